@@ -1,0 +1,352 @@
+"""Every merge method's contract, as plain data: the single place methods are listed.
+
+The engine registers one tensor function per name here, the validator checks recipes against it and
+the UI builds its grid columns from it. Figures follow mergekit 0.1.5 (`merge_methods/registry.py`).
+Nothing here imports torch, so validation and the app's first frame stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ParamType = Literal["float", "bool", "int"]
+# shared: one value per tensor; input: one per input model, the base included;
+# non_base: one per input model except the base (mergekit's ParameterScope).
+Scope = Literal["shared", "input", "non_base"]
+BasePolicy = Literal["required", "optional", "ignored"]
+
+REQUIRED: Any = object()
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter of a method: what it is, where it applies, its default and sane range."""
+
+    name: str
+    type: ParamType
+    scope: Scope
+    default: Any = REQUIRED
+    description: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    # Open bounds (strict inequality) where mergekit rejects the end point itself.
+    exclusive_minimum: bool = False
+    nullable: bool = False
+    step: float = 0.05
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def per_model(self) -> bool:
+        return self.scope != "shared"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method needs from a recipe: base, input counts and parameters."""
+
+    name: str
+    pretty_name: str
+    description: str
+    paper: str | None
+    base: BasePolicy
+    params: tuple[ParamSpec, ...] = ()
+    min_inputs: int = 1
+    max_inputs: int | None = None
+    min_non_base: int | None = None
+    max_non_base: int | None = None
+    random: bool = False
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def param(self, name: str) -> ParamSpec | None:
+        for p in self.params:
+            if p.name == name:
+                return p
+        return None
+
+    @property
+    def shared_params(self) -> tuple[ParamSpec, ...]:
+        return tuple(p for p in self.params if p.scope == "shared")
+
+    @property
+    def per_model_params(self) -> tuple[ParamSpec, ...]:
+        return tuple(p for p in self.params if p.scope != "shared")
+
+
+def _weight(scope: Scope, description: str = "how much this model contributes") -> ParamSpec:
+    return ParamSpec("weight", "float", scope, description=description, step=0.05)
+
+
+def _task_vector_params(
+    normalize: bool, rescale: bool, extra: tuple[ParamSpec, ...] = ()
+) -> tuple[ParamSpec, ...]:
+    return (
+        _weight("non_base", "scale of this model's task vector (x - base)"),
+        ParamSpec(
+            "density",
+            "float",
+            "non_base",
+            1.0,
+            "share of the task vector's entries kept (1 keeps all)",
+            minimum=0.0,
+            maximum=1.0,
+            exclusive_minimum=True,
+        ),
+        *extra,
+        ParamSpec("normalize", "bool", "shared", normalize, "divide by the sum of the weights"),
+        ParamSpec("rescale", "bool", "shared", rescale, "restore the L1 norm after sparsifying"),
+        ParamSpec("lambda", "float", "shared", 1.0, "scale of the merged task vector", step=0.05),
+        ParamSpec("int8_mask", "bool", "shared", False, "store sign masks as int8 (saves memory)"),
+    )
+
+
+_GAMMA = ParamSpec(
+    "gamma", "float", "non_base", 0.01, "share of the largest entries dropped as outliers", 0.0, 1.0, step=0.01
+)
+_EPSILON = ParamSpec(
+    "epsilon", "float", "non_base", 0.15, "spread of keep probabilities around density", 0.0, 1.0, step=0.01
+)
+
+_TASK_VECTOR = "task-vector"
+
+METHODS: dict[str, MethodSpec] = {
+    m.name: m
+    for m in (
+        MethodSpec(
+            "linear",
+            "Linear",
+            "Weighted average of the models (a model soup).",
+            "https://arxiv.org/abs/2203.05482",
+            "ignored",
+            (
+                _weight("input"),
+                ParamSpec("normalize", "bool", "shared", True, "divide by the sum of the weights"),
+            ),
+        ),
+        MethodSpec(
+            "slerp",
+            "SLERP",
+            "Spherical interpolation between two models; t = 0 gives the base.",
+            "https://en.wikipedia.org/wiki/Slerp",
+            "required",
+            (
+                ParamSpec(
+                    "t", "float", "shared", description="0 = base, 1 = the other model", minimum=0.0, maximum=1.0
+                ),
+            ),
+            min_inputs=2,
+            max_inputs=2,
+        ),
+        MethodSpec(
+            "nuslerp",
+            "NuSLERP",
+            "SLERP by weights, of the models or of their task vectors when a base is given.",
+            None,
+            "optional",
+            (
+                _weight("non_base"),
+                ParamSpec("nuslerp_flatten", "bool", "shared", True, "treat the tensor as one vector"),
+                ParamSpec("nuslerp_row_wise", "bool", "shared", False, "interpolate rows, not columns"),
+            ),
+            min_non_base=2,
+            max_non_base=2,
+        ),
+        MethodSpec(
+            "multislerp",
+            "Multi-SLERP",
+            "Spherical barycentre of any number of models (or task vectors with a base).",
+            "https://goddard.blog/posts/multislerp-wow-what-a-cool-idea",
+            "optional",
+            (
+                _weight("non_base"),
+                ParamSpec("normalize_weights", "bool", "shared", True, "make the weights sum to 1"),
+                ParamSpec("eps", "float", "shared", 1e-8, "numerical floor", minimum=0.0, step=1e-8),
+            ),
+            min_non_base=1,
+        ),
+        MethodSpec(
+            "karcher",
+            "Karcher Mean",
+            "Riemannian (Karcher) mean of the models on the sphere, equal weights.",
+            "https://arxiv.org/abs/2603.04972",
+            "ignored",
+            (
+                ParamSpec("max_iter", "int", "shared", 10, "iterations at most", minimum=1, step=1),
+                ParamSpec("tol", "float", "shared", 1e-5, "convergence tolerance", minimum=0.0, step=1e-5),
+            ),
+        ),
+        MethodSpec(
+            "task_arithmetic",
+            "Task Arithmetic",
+            "Adds the weighted task vectors (x - base) to the base.",
+            "https://arxiv.org/abs/2212.04089",
+            "required",
+            _task_vector_params(normalize=False, rescale=False),
+            tags=(_TASK_VECTOR,),
+        ),
+        MethodSpec(
+            "ties",
+            "TIES",
+            "Keeps each task vector's largest entries, elects a sign per entry, averages agreeing ones.",
+            "https://arxiv.org/abs/2306.01708",
+            "required",
+            _task_vector_params(normalize=True, rescale=False),
+            tags=(_TASK_VECTOR,),
+        ),
+        MethodSpec(
+            "dare_ties",
+            "DARE TIES",
+            "Drops task-vector entries at random, rescales, then TIES sign election.",
+            "https://arxiv.org/abs/2311.03099",
+            "required",
+            _task_vector_params(normalize=False, rescale=True),
+            random=True,
+            tags=(_TASK_VECTOR,),
+        ),
+        MethodSpec(
+            "dare_linear",
+            "Linear DARE",
+            "Drops task-vector entries at random, rescales, adds them up.",
+            "https://arxiv.org/abs/2311.03099",
+            "required",
+            _task_vector_params(normalize=False, rescale=True),
+            random=True,
+            tags=(_TASK_VECTOR,),
+        ),
+        MethodSpec(
+            "breadcrumbs",
+            "Model Breadcrumbs",
+            "Drops the largest (outliers) and smallest task-vector entries, adds the rest.",
+            "https://arxiv.org/abs/2312.06795",
+            "required",
+            _task_vector_params(normalize=False, rescale=False, extra=(_GAMMA,)),
+            tags=(_TASK_VECTOR,),
+        ),
+        MethodSpec(
+            "breadcrumbs_ties",
+            "Model Breadcrumbs with TIES",
+            "Breadcrumbs sparsification followed by TIES sign election.",
+            "https://arxiv.org/abs/2312.06795",
+            "required",
+            _task_vector_params(normalize=False, rescale=False, extra=(_GAMMA,)),
+            tags=(_TASK_VECTOR,),
+        ),
+        MethodSpec(
+            "della",
+            "DELLA",
+            "Magnitude-ranked random pruning of task vectors, rescaled, with sign election.",
+            "https://arxiv.org/abs/2406.11617",
+            "required",
+            _task_vector_params(normalize=True, rescale=True, extra=(_EPSILON,)),
+            random=True,
+            tags=(_TASK_VECTOR,),
+        ),
+        MethodSpec(
+            "della_linear",
+            "Linear DELLA",
+            "DELLA pruning without sign election.",
+            "https://arxiv.org/abs/2406.11617",
+            "required",
+            _task_vector_params(normalize=False, rescale=True, extra=(_EPSILON,)),
+            random=True,
+            tags=(_TASK_VECTOR,),
+        ),
+        MethodSpec(
+            "sce",
+            "SCE",
+            "Selects high-variance entries, weights task vectors by energy, TIES-style sign election.",
+            "https://arxiv.org/abs/2408.07990",
+            "required",
+            (
+                ParamSpec(
+                    "select_topk", "float", "shared", 1.0, "share of entries kept by variance", 0.0, 1.0
+                ),
+                ParamSpec("int8_mask", "bool", "shared", False, "store sign masks as int8"),
+            ),
+        ),
+        MethodSpec(
+            "ram",
+            "Reinforced Agent Merging",
+            "Keeps each model's unique changes whole and averages the shared ones.",
+            "https://arxiv.org/abs/2601.13572",
+            "required",
+            (ParamSpec("epsilon", "float", "shared", 1e-5, "smallest change that counts", minimum=0.0, step=1e-5),),
+        ),
+        MethodSpec(
+            "ramplus_tl",
+            "Reinforced Agent Merging Plus (Tensor-Local)",
+            "RAM, with unique changes boosted by the shared/unique ratio.",
+            "https://arxiv.org/abs/2601.13572",
+            "required",
+            (
+                ParamSpec("r", "float", "shared", 0.1, "boost strength", minimum=0.0),
+                ParamSpec("alpha", "float", "shared", 0.2, "cap on the ratio", minimum=0.0),
+                ParamSpec("epsilon", "float", "shared", 1e-5, "smallest change that counts", minimum=0.0, step=1e-5),
+            ),
+        ),
+        MethodSpec(
+            "model_stock",
+            "Model Stock",
+            "Interpolates the average of the fine-tunes toward the base by their angle.",
+            "https://arxiv.org/abs/2403.19522",
+            "required",
+            (ParamSpec("filter_wise", "bool", "shared", False, "compute the angle per row"),),
+            min_inputs=3,
+        ),
+        MethodSpec(
+            "nearswap",
+            "NearSwap",
+            "Takes the other model's value where it is close to the base's.",
+            "https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001",
+            "required",
+            (
+                ParamSpec(
+                    "t",
+                    "float",
+                    "shared",
+                    description="similarity threshold",
+                    minimum=0.0,
+                    exclusive_minimum=True,
+                    step=0.0001,
+                ),
+            ),
+            min_inputs=2,
+            max_inputs=2,
+        ),
+        MethodSpec(
+            "arcee_fusion",
+            "Arcee Fusion",
+            "Takes the other model's changes only where they matter most (importance above threshold).",
+            "https://arcee.ai",
+            "required",
+            (),
+            min_inputs=2,
+            max_inputs=2,
+        ),
+        MethodSpec(
+            "passthrough",
+            "Passthrough",
+            "Copies tensors as they are, optionally scaled: builds layer stacks (frankenmerges).",
+            None,
+            "ignored",
+            (
+                ParamSpec(
+                    "scale", "float", "input", None, "multiply the copied tensor", nullable=True, step=0.05
+                ),
+            ),
+            min_inputs=1,
+            max_inputs=1,
+        ),
+    )
+}
+
+
+def get_method(name: str) -> MethodSpec | None:
+    return METHODS.get(name)
+
+
+def method_names() -> list[str]:
+    return list(METHODS)

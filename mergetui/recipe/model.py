@@ -1,0 +1,107 @@
+"""The recipe: the single source of truth for a merge, as plain dataclasses.
+
+A recipe names its models, so errors, the grid and the model card can say "merge14" rather than a
+path. `slices` is None for the common case (every layer of every model, mergekit's `models:` form);
+a list of slices describes layer stacks (mergekit's `slices:` form, passthrough frankenmerges).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+Scalar = Union[bool, int, float, str]
+
+
+@dataclass
+class Conditional:
+    """One `{filter, value}` entry: applies to tensors whose name contains `filter` (None: all)."""
+
+    value: Scalar | list[Scalar]
+    filter: str | None = None
+
+
+# A parameter value: a number (or bool/str), a gradient (list of anchors, or one value per layer),
+# or a list of Conditional entries where the first matching filter wins.
+ParamValue = Union[Scalar, list[Scalar], list[Conditional], Conditional]
+Parameters = dict[str, ParamValue]
+
+
+@dataclass
+class ModelEntry:
+    """A model the recipe uses: a local folder or a Hub id, with optional revision and parameters."""
+
+    name: str
+    source: str
+    revision: str | None = None
+    parameters: Parameters = field(default_factory=dict)
+
+    @property
+    def reference(self) -> str:
+        """mergekit's `path@revision` form."""
+        return f"{self.source}@{self.revision}" if self.revision else self.source
+
+
+@dataclass
+class SliceSource:
+    """Layers [start, end) of one model feeding an output slice."""
+
+    model: str
+    layer_range: tuple[int, int]
+    parameters: Parameters = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return self.layer_range[1] - self.layer_range[0]
+
+
+@dataclass
+class Slice:
+    """A run of output layers, merged from equally long layer ranges of its sources."""
+
+    sources: list[SliceSource]
+    parameters: Parameters = field(default_factory=dict)
+    base: str | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return self.sources[0].num_layers if self.sources else 0
+
+
+@dataclass
+class Recipe:
+    """A whole merge. `models` keeps insertion order: it is the input order of the merge."""
+
+    method: str
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+    base: str | None = None
+    output: str | None = None
+    dtype: str | None = None
+    out_dtype: str | None = None
+    # "base", "union" or a model name; mergekit's `tokenizer_source`.
+    tokenizer_source: str | None = None
+    # mergekit's `tokenizer:` block (source, tokens, pad_to_multiple_of), kept as data.
+    tokenizer: dict[str, Any] | None = None
+    chat_template: str | None = None
+    seed: int | None = None
+    parameters: Parameters = field(default_factory=dict)
+    slices: list[Slice] | None = None
+    description: str | None = None
+
+    def model(self, name: str) -> ModelEntry:
+        return self.models[name]
+
+    def effective_slices(self, layer_counts: Mapping[str, int]) -> list[Slice]:
+        """The recipe as output slices, whatever form it was written in.
+
+        In the `models` form every model contributes all its layers to a single slice, in recipe order
+        (mergekit adds the base as an input when it is not listed; here the base is always a model).
+        """
+        if self.slices is not None:
+            return self.slices
+        sources = [
+            SliceSource(name, (0, layer_counts[name]), entry.parameters)
+            for name, entry in self.models.items()
+        ]
+        return [Slice(sources=sources)]
