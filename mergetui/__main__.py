@@ -1,0 +1,5 @@
+import sys
+
+from mergetui.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sample recipes in the shapes people use (TOML and mergekit YAML)."""
