@@ -166,7 +166,9 @@ def layout_output(
         filename = (
             SINGLE_FILE_NAME if count == 1 else f"model-{index + 1:05d}-of-{count:05d}.safetensors"
         )
-        ordered = sorted(group, key=lambda s: -DTYPE_SIZES[s.dtype])  # stable: plan order kept
+        # Stable sort: plan order kept within a dtype width. Empty tensors go last, so none shares
+        # its (empty) offset with the start of another tensor; strict parsers call that overlap.
+        ordered = sorted(group, key=lambda s: (s.nbytes == 0, -DTYPE_SIZES[s.dtype]))
         relative: list[tuple[TensorSlot, int, int]] = []
         cursor = 0
         for slot in ordered:
