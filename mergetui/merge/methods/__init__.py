@@ -1,0 +1,96 @@
+"""Merge methods as pure tensor functions, looked up by name.
+
+Each method is `fn(tensors, ctx) -> Tensor`: `tensors` are the inputs of one output tensor, float32
+(float64 only where mergekit computes in float64), on the chosen device, in recipe input order;
+`ctx` carries the resolved parameters. The result is a float32 tensor of the output shape (it may
+alias an input when the method is a plain copy); the engine casts it once to the output dtype.
+Functions never modify their inputs.
+
+The names are those of `mergetui.recipe.methods.METHODS`, the only list of methods; the family
+modules are imported on first use, so importing this package stays cheap (no torch).
+See docs/methods.md for each method's formula and every deliberate difference from mergekit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class MethodContext:
+    """Everything a method needs besides the tensors, resolved by the engine for one output tensor."""
+
+    method: str
+    tensor_name: str
+    # Index of the base in `tensors`; None when there is no base or the method ignores it.
+    base_index: int | None
+    # Resolved shared parameters, defaults applied, e.g. {"t": 0.3}.
+    shared: dict[str, Any]
+    # Aligned with `tensors`; the base's dict holds only input-scoped parameters.
+    per_model: list[dict[str, Any]]
+    # Random methods derive their generators from (seed, tensor_name): same seed and name give the
+    # same output whatever order the engine processes tensors in. None draws a fresh seed.
+    seed: int | None = None
+    # Checked between chunks of long work; when set, the method raises CancelledError.
+    cancel: threading.Event | None = None
+    device: torch.device | None = None
+    # Optional display names of the inputs (aligned with `tensors`), used in error messages.
+    input_names: list[str] | None = field(default=None)
+
+
+MethodFunction = Callable[[list["torch.Tensor"], MethodContext], "torch.Tensor"]
+
+# name -> (module in this package, function name). Kept in the order of the spec table.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "linear": ("linear", "linear"),
+    "slerp": ("slerp", "slerp"),
+    "nuslerp": ("nuslerp", "nuslerp"),
+    "multislerp": ("multislerp", "multislerp"),
+    "karcher": ("karcher", "karcher"),
+    "task_arithmetic": ("task_vector", "task_arithmetic"),
+    "ties": ("task_vector", "ties"),
+    "dare_ties": ("task_vector", "dare_ties"),
+    "dare_linear": ("task_vector", "dare_linear"),
+    "breadcrumbs": ("task_vector", "breadcrumbs"),
+    "breadcrumbs_ties": ("task_vector", "breadcrumbs_ties"),
+    "della": ("task_vector", "della"),
+    "della_linear": ("task_vector", "della_linear"),
+    "sce": ("sce", "sce"),
+    "ram": ("ram", "ram"),
+    "ramplus_tl": ("ram", "ramplus_tl"),
+    "model_stock": ("model_stock", "model_stock"),
+    "nearswap": ("nearswap", "nearswap"),
+    "arcee_fusion": ("arcee_fusion", "arcee_fusion"),
+    "passthrough": ("passthrough", "passthrough"),
+}
+
+
+def registered_names() -> list[str]:
+    """Every method name that has a tensor function."""
+    return list(_REGISTRY)
+
+
+def get_method_function(name: str) -> MethodFunction:
+    """The tensor function of a method; a name outside the spec table is a UserError."""
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        from mergetui.errors import UserError
+
+        raise UserError(
+            f"unknown merge method {name!r}",
+            where="merge.method",
+            fix="use one of " + ", ".join(_REGISTRY),
+        )
+    module_name, function_name = entry
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    return getattr(module, function_name)
+
+
+__all__ = ["MethodContext", "MethodFunction", "get_method_function", "registered_names"]

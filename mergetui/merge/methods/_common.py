@@ -1,0 +1,141 @@
+"""Small helpers every method family shares: parameters, base handling, chunking, cancellation.
+
+Chunking is how the methods stay fast and small: element-wise work runs over slices of about a
+quarter of a million elements, so the temporaries of one step stay in cache and no method ever
+stacks N full-size copies of a tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from mergetui.errors import CancelledError, UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from mergetui.merge.methods import MethodContext
+
+# Elements per chunk of element-wise work (1 MiB of float32): small enough for the temporaries of
+# a step to stay in cache, big enough that Python overhead per chunk is negligible.
+CHUNK_ELEMENTS = 1 << 18
+
+
+def check_cancel(ctx: MethodContext) -> None:
+    """Stop long work promptly when the user cancels."""
+    if ctx.cancel is not None and ctx.cancel.is_set():
+        raise CancelledError(f"cancelled while merging {ctx.tensor_name}")
+
+
+def input_label(ctx: MethodContext, index: int) -> str:
+    """How an error names an input: its model name when the engine gave one."""
+    if ctx.input_names is not None and index < len(ctx.input_names):
+        return repr(ctx.input_names[index])
+    return f"input #{index + 1}"
+
+
+def _spec_default(ctx: MethodContext, name: str) -> Any:
+    from mergetui.recipe.methods import METHODS
+
+    spec = METHODS.get(ctx.method)
+    param = spec.param(name) if spec is not None else None
+    if param is None or param.required:
+        raise UserError(
+            f"the {ctx.method} method needs the parameter {name!r}",
+            where=ctx.tensor_name,
+            fix=f"set {name} in the recipe's parameters",
+        )
+    return param.default
+
+
+def shared_param(ctx: MethodContext, name: str) -> Any:
+    """A shared parameter, falling back to the spec default when the caller left it out."""
+    if name in ctx.shared and ctx.shared[name] is not None:
+        return ctx.shared[name]
+    if name in ctx.shared:  # explicitly None: only meaningful for nullable parameters
+        return None
+    return _spec_default(ctx, name)
+
+
+def model_param(ctx: MethodContext, index: int, name: str) -> Any:
+    """A per-model parameter of input `index`, falling back to the spec default."""
+    values = ctx.per_model[index] if index < len(ctx.per_model) else {}
+    if name in values:
+        return values[name]
+    try:
+        return _spec_default(ctx, name)
+    except UserError:
+        raise UserError(
+            f"the {ctx.method} method needs the parameter {name!r} for {input_label(ctx, index)}",
+            where=ctx.tensor_name,
+            fix=f"set {name} for that model (or at the top level of the recipe)",
+        ) from None
+
+
+def split_base(
+    tensors: list[torch.Tensor], ctx: MethodContext, *, required: bool
+) -> tuple[torch.Tensor | None, list[int]]:
+    """The base tensor (or None) and the indices of the other inputs, in input order."""
+    base_index = ctx.base_index
+    if base_index is None:
+        if required:
+            raise UserError(
+                f"the {ctx.method} method needs a base model",
+                where=ctx.tensor_name,
+                fix="set merge.base to one of the models",
+            )
+        return None, list(range(len(tensors)))
+    if not 0 <= base_index < len(tensors):
+        raise UserError(
+            f"base index {base_index} is out of range for {len(tensors)} inputs",
+            where=ctx.tensor_name,
+        )
+    return tensors[base_index], [i for i in range(len(tensors)) if i != base_index]
+
+
+def require_count(
+    ctx: MethodContext, count: int, *, minimum: int, maximum: int | None, what: str
+) -> None:
+    """Input-count checks with a message a person can act on."""
+    if count < minimum or (maximum is not None and count > maximum):
+        if maximum == minimum:
+            wanted = f"exactly {minimum}"
+        elif maximum is None:
+            wanted = f"at least {minimum}"
+        else:
+            wanted = f"{minimum} to {maximum}"
+        raise UserError(
+            f"the {ctx.method} method needs {wanted} {what}, got {count}",
+            where=ctx.tensor_name,
+            fix="change the models listed in the recipe",
+        )
+
+
+def flat(tensor: torch.Tensor) -> torch.Tensor:
+    """A 1-D view (a copy only for non-contiguous inputs)."""
+    return tensor.reshape(-1)
+
+
+def spans(total: int, step: int = CHUNK_ELEMENTS) -> Iterator[tuple[int, int]]:
+    """Consecutive [start, end) ranges covering `total` items."""
+    for start in range(0, total, step):
+        yield start, min(total, start + step)
+
+
+def rows_view(tensor: torch.Tensor, rowwise_dim: int | None) -> torch.Tensor:
+    """A 2-D [rows, n] view whose rows are the vectors a per-vector method works on.
+
+    rowwise_dim None: the whole tensor is one vector; -1: vectors run along the last dim; 0:
+    vectors run along the first dim (the rows of the view are then the transposed columns).
+    """
+    if rowwise_dim is None or tensor.dim() < 2:
+        return tensor.reshape(1, -1)
+    if rowwise_dim == -1:
+        return tensor.reshape(-1, tensor.shape[-1])
+    return tensor.movedim(0, -1).reshape(-1, tensor.shape[0])
+
+
+def row_spans(rows: int, cols: int) -> Iterator[tuple[int, int]]:
+    """Row ranges of about CHUNK_ELEMENTS elements each (at least one row)."""
+    return spans(rows, max(1, CHUNK_ELEMENTS // max(1, cols)))
