@@ -1,0 +1,433 @@
+"""What a checkpoint folder holds, from headers and config alone: no tensor is loaded.
+
+`open_checkpoint` is the one way the rest of mergetui learns about a model: the planner needs every
+tensor's name, shape, dtype and byte range; the app and `mergetui inspect` need the layer map, the
+parameter count and whether a tokenizer and chat template come with it. Problems the user can fix
+(missing folder, no weights, broken config, a truncated shard, a pickle checkpoint) raise `UserError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mergetui.checkpoints.layers import (
+    BLOCK_KINDS,
+    BlockKind,
+    block_kind,
+    is_pre_layer,
+    layer_index,
+)
+from mergetui.checkpoints.safetensors_io import TensorInfo, dtype_from_torch, read_header
+from mergetui.errors import UserError
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+# Files that are safetensors but not a full model's weights.
+_NOT_MODEL_WEIGHTS = {"adapter_model.safetensors"}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+_HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
+# Token embeddings, as opposed to position or type embeddings.
+_TOKEN_EMBEDDINGS = {"embed_tokens", "wte", "word_embeddings", "tok_embeddings", "embed_in"}
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint folder as mergetui sees it. `tensors` runs embeddings, layers in order, then the rest."""
+
+    path: Path
+    config: dict[str, Any]
+    tensors: dict[str, TensorInfo]
+    weight_files: list[Path]
+    files: list[str]
+    format: str  # "safetensors" or "bin"
+    layers: list[dict[BlockKind, list[str]]]
+    pre_layer: list[str]
+    post_layer: list[str]
+    has_tokenizer: bool
+    has_chat_template: bool
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def architecture(self) -> str | None:
+        architectures = self.config.get("architectures") or []
+        return architectures[0] if architectures else None
+
+    @property
+    def model_type(self) -> str | None:
+        return self.config.get("model_type")
+
+    @property
+    def num_layers(self) -> int:
+        configured = _config_layer_count(self.config)
+        return configured if configured is not None else len(self.layers)
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(info.numel for info in self.tensors.values())
+
+    @property
+    def dtypes(self) -> dict[str, int]:
+        """Number of tensors per safetensors dtype name, most common first."""
+        return dict(Counter(info.dtype for info in self.tensors.values()).most_common())
+
+    @property
+    def dtype(self) -> str | None:
+        """The dtype holding the most parameters (what "a bf16 model" means)."""
+        weights: Counter[str] = Counter()
+        for info in self.tensors.values():
+            weights[info.dtype] += info.numel
+        return weights.most_common(1)[0][0] if weights else None
+
+    @property
+    def size_on_disk(self) -> int:
+        """Bytes of the weight files (symlinks into the HF cache are followed)."""
+        return sum(file.stat().st_size for file in self.weight_files)
+
+    @property
+    def tied(self) -> bool:
+        """No head tensor is stored: the output projection reuses the input embeddings."""
+        has_embedding = any(block_kind(name) == "embedding" for name in self.pre_layer)
+        has_head = any(block_kind(name) == "head" for name in self.post_layer)
+        return has_embedding and not has_head
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        """What config.json declares (transformers' default, true, when it says nothing)."""
+        value = self.config.get("tie_word_embeddings")
+        if value is None and isinstance(self.config.get("text_config"), dict):
+            value = self.config["text_config"].get("tie_word_embeddings")
+        return True if value is None else bool(value)
+
+    @property
+    def vocab_size(self) -> int | None:
+        value = _config_value(self.config, ("vocab_size", "padded_vocab_size"))
+        if value is not None:
+            return int(value)
+        embedding = self._embedding_tensor()
+        return embedding.shape[0] if embedding is not None else None
+
+    @property
+    def hidden_size(self) -> int | None:
+        value = _config_value(self.config, _HIDDEN_KEYS)
+        if value is not None:
+            return int(value)
+        embedding = self._embedding_tensor()
+        return embedding.shape[-1] if embedding is not None else None
+
+    def _embedding_tensor(self) -> TensorInfo | None:
+        for name in self.pre_layer:
+            if _TOKEN_EMBEDDINGS & set(name.split(".")) and len(self.tensors[name].shape) == 2:
+                return self.tensors[name]
+        return None
+
+    def layer_tensors(self, index: int) -> list[str]:
+        """Every tensor name of one layer, grouped by block kind."""
+        return [name for kind in BLOCK_KINDS for name in self.layers[index].get(kind, [])]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything above as plain JSON types (for `mergetui inspect --json` and the app)."""
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "architecture": self.architecture,
+            "model_type": self.model_type,
+            "num_layers": self.num_layers,
+            "parameters": self.parameter_count,
+            "dtype": self.dtype,
+            "dtypes": self.dtypes,
+            "size_on_disk": self.size_on_disk,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "tied": self.tied,
+            "has_tokenizer": self.has_tokenizer,
+            "has_chat_template": self.has_chat_template,
+            "files": self.files,
+            "weight_files": [file.name for file in self.weight_files],
+            "pre_layer": self.pre_layer,
+            "post_layer": self.post_layer,
+            "layers": [
+                {kind: names for kind, names in layer.items() if names} for layer in self.layers
+            ],
+            "tensors": {
+                name: {"shape": list(info.shape), "dtype": info.dtype, "file": info.file.name}
+                for name, info in self.tensors.items()
+            },
+            "warnings": self.warnings,
+        }
+
+
+def open_checkpoint(path: str | Path, *, allow_bin: bool = False) -> Checkpoint:
+    """Read a local checkpoint folder's config and weight headers.
+
+    `pytorch_model.bin` checkpoints are pickles: opening one runs a restricted unpickler and loads
+    every tensor, so they are refused unless `allow_bin` is set (then read with
+    `torch.load(weights_only=True, mmap=True)`; their TensorInfo.offset is -1).
+    """
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise UserError(
+            "checkpoint folder not found",
+            where=str(folder),
+            fix="check the path, or give a Hugging Face repo id that is in the local cache",
+        )
+    if not folder.is_dir():
+        raise UserError(
+            "expected a checkpoint folder, got a file",
+            where=str(folder),
+            fix=f"pass the folder that holds it: {folder.parent}",
+        )
+    warnings: list[str] = []
+    config = _read_config(folder, warnings)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+    weight_files, raw_tensors, fmt = _read_weights(folder, allow_bin, warnings)
+    tensors, layers, pre_layer, post_layer = _layer_map(raw_tensors)
+
+    configured = _config_layer_count(config)
+    if configured is not None and configured != len(layers):
+        warnings.append(
+            f"config.json says {configured} layers but the tensors number {len(layers)} layers"
+        )
+    return Checkpoint(
+        path=folder,
+        config=config,
+        tensors=tensors,
+        weight_files=weight_files,
+        files=files,
+        format=fmt,
+        layers=layers,
+        pre_layer=pre_layer,
+        post_layer=post_layer,
+        has_tokenizer=any((folder / name).is_file() for name in _TOKENIZER_FILES),
+        has_chat_template=_has_chat_template(folder),
+        warnings=warnings,
+    )
+
+
+def _read_config(folder: Path, warnings: list[str]) -> dict[str, Any]:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        warnings.append("no config.json: architecture and layer count come from tensor names")
+        return {}
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(
+            f"config.json is not valid JSON ({exc})",
+            where=str(config_path),
+            fix="restore config.json from the model's source",
+        ) from None
+    if not isinstance(config, dict):
+        raise UserError(
+            "config.json is not a JSON object",
+            where=str(config_path),
+            fix="restore config.json from the model's source",
+        )
+    return config
+
+
+def _read_weights(
+    folder: Path, allow_bin: bool, warnings: list[str]
+) -> tuple[list[Path], dict[str, TensorInfo], str]:
+    index_path = folder / SAFETENSORS_INDEX
+    if index_path.is_file():
+        files, tensors = _read_safetensors_index(index_path, warnings)
+        return files, tensors, "safetensors"
+    safetensors_files = sorted(
+        p for p in folder.glob("*.safetensors") if p.name not in _NOT_MODEL_WEIGHTS
+    )
+    if safetensors_files:
+        tensors: dict[str, TensorInfo] = {}
+        for file in safetensors_files:
+            _merge_tensors(tensors, read_header(file)[0], file)
+        return safetensors_files, tensors, "safetensors"
+
+    bin_files = _bin_files(folder)
+    if bin_files:
+        if not allow_bin:
+            raise UserError(
+                "checkpoint is in pytorch_model.bin (pickle) format, which mergetui does not open "
+                "by default: loading a pickle can run code and loads every tensor into memory",
+                where=str(folder),
+                fix="convert it to safetensors (e.g. save_pretrained in transformers), "
+                "or pass --allow-bin if you trust it",
+            )
+        return bin_files, _read_bin(bin_files), "bin"
+
+    if (folder / "adapter_model.safetensors").is_file():
+        raise UserError(
+            "this is a LoRA/PEFT adapter, not a full checkpoint",
+            where=str(folder),
+            fix="merge the adapter into its base model first (peft's merge_and_unload)",
+        )
+    raise UserError(
+        "no model weights found (no *.safetensors, model.safetensors.index.json or "
+        "pytorch_model.bin)",
+        where=str(folder),
+        fix="point at the folder that holds the model's weight files",
+    )
+
+
+def _read_safetensors_index(
+    index_path: Path, warnings: list[str]
+) -> tuple[list[Path], dict[str, TensorInfo]]:
+    folder = index_path.parent
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        weight_map = index["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"broken shard index ({exc})",
+            where=str(index_path),
+            fix="restore model.safetensors.index.json from the model's source",
+        ) from None
+    shard_names = list(dict.fromkeys(weight_map.values()))
+    headers: dict[str, dict[str, TensorInfo]] = {}
+    for shard in shard_names:
+        shard_path = folder / shard
+        if not shard_path.is_file():
+            raise UserError(
+                f"shard {shard} listed in {SAFETENSORS_INDEX} is missing",
+                where=str(folder),
+                fix="download the missing shard (the checkpoint is incomplete)",
+            )
+        headers[shard] = read_header(shard_path)[0]
+    tensors: dict[str, TensorInfo] = {}
+    for name, shard in weight_map.items():
+        info = headers[shard].get(name)
+        if info is None:
+            raise UserError(
+                f"{SAFETENSORS_INDEX} places tensor {name} in {shard}, which does not contain it",
+                where=str(folder),
+                fix="the index and the shards come from different versions; download them again",
+            )
+        tensors[name] = info
+    for shard, header in headers.items():
+        extra = sorted(set(header) - set(weight_map))
+        if extra:
+            warnings.append(
+                f"{shard} holds {len(extra)} tensors missing from the index: {extra[:3]}"
+            )
+            _merge_tensors(tensors, {name: header[name] for name in extra}, folder / shard)
+    return [folder / shard for shard in shard_names], tensors
+
+
+def _merge_tensors(tensors: dict[str, TensorInfo], new: dict[str, TensorInfo], file: Path) -> None:
+    for name, info in new.items():
+        if name in tensors:
+            raise UserError(
+                f"tensor {name} appears in both {tensors[name].file.name} and {file.name}",
+                where=str(file.parent),
+                fix="remove the stray weight file (two copies of the model in one folder?)",
+            )
+        tensors[name] = info
+
+
+def _bin_files(folder: Path) -> list[Path]:
+    index_path = folder / BIN_INDEX
+    if index_path.is_file():
+        try:
+            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"broken shard index ({exc})", where=str(index_path)) from None
+        return [folder / name for name in dict.fromkeys(weight_map.values())]
+    return sorted(folder.glob("pytorch_model*.bin"))
+
+
+def _read_bin(files: list[Path]) -> dict[str, TensorInfo]:
+    import pickle
+
+    import torch
+
+    tensors: dict[str, TensorInfo] = {}
+    for file in files:
+        if not file.is_file():
+            raise UserError(
+                f"shard {file.name} is missing",
+                where=str(file.parent),
+                fix="download the missing shard (the checkpoint is incomplete)",
+            )
+        try:
+            state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            raise UserError(
+                f"cannot read this .bin file ({str(exc).splitlines()[0]})",
+                where=str(file),
+                fix="it may be truncated or not a plain state dict; convert it to safetensors",
+            ) from None
+        if not isinstance(state, dict):
+            raise UserError("the .bin file does not hold a state dict", where=str(file))
+        found: dict[str, TensorInfo] = {}
+        for name, tensor in state.items():
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            dtype = dtype_from_torch(tensor.dtype)
+            found[name] = TensorInfo(
+                name, tuple(tensor.shape), dtype, file, -1, tensor.numel() * tensor.element_size()
+            )
+        _merge_tensors(tensors, found, file)
+    return tensors
+
+
+def _layer_map(
+    raw: dict[str, TensorInfo],
+) -> tuple[dict[str, TensorInfo], list[dict[BlockKind, list[str]]], list[str], list[str]]:
+    pre_layer: list[str] = []
+    post_layer: list[str] = []
+    by_layer: dict[int, list[str]] = {}
+    for name in raw:
+        index = layer_index(name)
+        if index is not None:
+            by_layer.setdefault(index, []).append(name)
+        elif is_pre_layer(name):
+            pre_layer.append(name)
+        else:
+            post_layer.append(name)
+    # After the stack: final norm first, the head last, as a forward pass meets them.
+    post_layer.sort(key=lambda name: {"norm": 0, "head": 2}.get(block_kind(name), 1))
+    count = max(by_layer) + 1 if by_layer else 0
+    layers: list[dict[BlockKind, list[str]]] = []
+    ordered_names = list(pre_layer)
+    for index in range(count):
+        groups: dict[BlockKind, list[str]] = {kind: [] for kind in BLOCK_KINDS}
+        for name in by_layer.get(index, []):
+            groups[block_kind(name)].append(name)
+        layers.append(groups)
+        ordered_names.extend(name for kind in BLOCK_KINDS for name in groups[kind])
+    ordered_names.extend(post_layer)
+    return {name: raw[name] for name in ordered_names}, layers, pre_layer, post_layer
+
+
+def _config_value(config: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    for source in (config, config.get("text_config")):
+        if isinstance(source, dict):
+            for key in keys:
+                if isinstance(source.get(key), int) and not isinstance(source.get(key), bool):
+                    return source[key]
+    return None
+
+
+def _config_layer_count(config: dict[str, Any]) -> int | None:
+    value = _config_value(config, _LAYER_COUNT_KEYS)
+    return int(value) if value is not None else None
+
+
+def _has_chat_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    tokenizer_config = folder / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        try:
+            data = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return isinstance(data, dict) and bool(data.get("chat_template"))
+    return False
