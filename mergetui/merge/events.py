@@ -49,6 +49,13 @@ class ShardWritten:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """Something the user should know that does not stop the merge (a missing tokenizer...)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class Finished:
     """The output folder is complete and in place."""
 
@@ -72,7 +79,7 @@ class Cancelled:
     tensors_done: int = 0
 
 
-MergeEvent = PlanReady | TensorDone | ShardWritten | Finished | Failed | Cancelled
+MergeEvent = PlanReady | TensorDone | ShardWritten | Notice | Finished | Failed | Cancelled
 EventCallback = Callable[[MergeEvent], None]
 
 
@@ -86,3 +93,4 @@ class MergeResult:
     total_bytes: int
     shard_files: tuple[str, ...]
     device: str
+    notices: tuple[str, ...] = ()

@@ -1,0 +1,327 @@
+"""Everything beside the weights that makes a merged folder usable: config, generation config,
+tokenizer and chat template, a model card, and the recipe itself.
+
+`build_output_config` is pure dict work (the plan calls it, so a dry run already knows the config);
+`write_extras` writes the files into the temporary output folder before it is renamed into place.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from mergetui.errors import UserError
+
+if TYPE_CHECKING:
+    from mergetui.merge.plan import Plan
+
+# Files that make up a tokenizer (and its chat template), copied from the donor as they are.
+TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+# Config keys holding the layer count, in the order they are looked for.
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+# Config lists with one entry per layer: rebuilt from the source layers of a layer stack.
+PER_LAYER_KEYS = ("layer_types", "no_rope_layers")
+# Config keys holding the vocabulary size.
+VOCAB_KEYS = ("vocab_size", "n_vocab", "padded_vocab_size")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+RECIPE_FILE = "mergetui.toml"
+MERGEKIT_FILE = "mergekit_config.yml"
+CARD_FILE = "README.md"
+PROJECT_URL = "https://github.com/mergetui/mergetui"
+
+
+def dtype_config_key() -> str:
+    """transformers >= 4.56 writes `dtype` (and still reads `torch_dtype`); older ones only know
+    `torch_dtype`."""
+    try:
+        version = metadata.version("transformers")
+    except metadata.PackageNotFoundError:  # pragma: no cover - transformers is a dependency
+        return "dtype"
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = re.match(r"\d+", piece)
+        parts.append(int(digits.group()) if digits else 0)
+    while len(parts) < 2:
+        parts.append(0)
+    return "dtype" if tuple(parts) >= (4, 56) else "torch_dtype"
+
+
+def config_layer_key(config: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(section, key) of the layer count: section None for the top level, "text_config" for the
+    multimodal configs that nest the language model."""
+    for key in LAYER_COUNT_KEYS:
+        if isinstance(config.get(key), int):
+            return None, key
+    nested = config.get("text_config")
+    if isinstance(nested, Mapping):
+        for key in LAYER_COUNT_KEYS:
+            if isinstance(nested.get(key), int):
+                return "text_config", key
+    return None, None
+
+
+def config_layer_count(config: Mapping[str, Any]) -> int | None:
+    section, key = config_layer_key(config)
+    if key is None:
+        return None
+    holder = config if section is None else config[section]
+    return int(holder[key])
+
+
+def config_vocab_size(config: Mapping[str, Any]) -> int | None:
+    for holder in (config, config.get("text_config")):
+        if isinstance(holder, Mapping):
+            for key in VOCAB_KEYS:
+                if isinstance(holder.get(key), int):
+                    return int(holder[key])
+    return None
+
+
+def build_output_config(
+    donor_config: Mapping[str, Any],
+    *,
+    dtype_name: str | None,
+    layer_sources: Sequence[tuple[Mapping[str, Any], int]] | None,
+    vocab_size: int | None = None,
+) -> dict[str, Any]:
+    """The merged model's config.json: the donor's, with dtype, layer count and per-layer lists
+    rewritten.
+
+    `layer_sources` lists, per output layer, the config of the model it comes from and its layer
+    index there; None leaves the layer count alone (no layered module found).
+    """
+    config = copy.deepcopy(dict(donor_config))
+    config.pop("_name_or_path", None)
+    if dtype_name:
+        key = dtype_config_key()
+        other = "torch_dtype" if key == "dtype" else "dtype"
+        config.pop(other, None)
+        config[key] = dtype_name
+        nested = config.get("text_config")
+        if isinstance(nested, dict):
+            nested.pop(other, None)
+            if key in nested or other in donor_config.get("text_config", {}):
+                nested[key] = dtype_name
+    if layer_sources is not None:
+        section, key = config_layer_key(config)
+        if key is not None:
+            holder = config if section is None else config[section]
+            donor_layers = holder[key]
+            holder[key] = len(layer_sources)
+            for list_key in PER_LAYER_KEYS:
+                values = holder.get(list_key)
+                if not isinstance(values, list) or len(values) != donor_layers:
+                    continue
+                rebuilt = []
+                for source_config, source_layer in layer_sources:
+                    source_holder = (
+                        source_config if section is None else source_config.get(section, {})
+                    )
+                    source_values = source_holder.get(list_key)
+                    if isinstance(source_values, list) and source_layer < len(source_values):
+                        rebuilt.append(source_values[source_layer])
+                    else:
+                        rebuilt.append(values[min(source_layer, len(values) - 1)])
+                holder[list_key] = rebuilt
+    if vocab_size is not None:
+        for holder in (config, config.get("text_config")):
+            if isinstance(holder, dict):
+                for key in VOCAB_KEYS:
+                    if isinstance(holder.get(key), int):
+                        holder[key] = vocab_size
+                        break
+    return config
+
+
+def looks_like_hub_id(source: str) -> bool:
+    return bool(_HUB_ID.match(source))
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing the files
+
+
+def write_extras(plan: Plan, folder: Path) -> list[str]:
+    """Write config, generation config, tokenizer, card and recipe; return notices for the user."""
+    notices: list[str] = []
+    write_json(folder / "config.json", plan.output_config)
+    write_generation_config(plan, folder)
+    notices.extend(write_tokenizer(plan, folder))
+    recipe_toml, recipe_yaml = recipe_texts(plan)
+    (folder / RECIPE_FILE).write_text(recipe_toml, encoding="utf-8")
+    if recipe_yaml is not None:
+        (folder / MERGEKIT_FILE).write_text(recipe_yaml, encoding="utf-8")
+    (folder / CARD_FILE).write_text(model_card(plan, recipe_toml, recipe_yaml), encoding="utf-8")
+    return notices
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_generation_config(plan: Plan, folder: Path) -> None:
+    """The donor's generation_config.json, or a minimal one carrying the special token ids."""
+    donor = plan.models[plan.donor].path / "generation_config.json"
+    if donor.is_file():
+        shutil.copyfile(donor, folder / "generation_config.json")
+        return
+    config = plan.output_config
+    minimal: dict[str, Any] = {"_from_model_config": True}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+        if config.get(key) is not None:
+            minimal[key] = config[key]
+    write_json(folder / "generation_config.json", minimal)
+
+
+def write_tokenizer(plan: Plan, folder: Path) -> list[str]:
+    """Copy the donor's tokenizer files; with a chat template, re-save through transformers."""
+    donor_name = plan.tokenizer_donor
+    donor = plan.models[donor_name].path
+    files = [name for name in TOKENIZER_FILES if (donor / name).is_file()]
+    if not files:
+        return [
+            f"no tokenizer found in {donor_name} ({donor}); the output has none: "
+            "copy one in before chatting with it"
+        ]
+    if plan.chat_template is None:
+        for name in files:
+            shutil.copyfile(donor / name, folder / name)
+        return []
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(donor))
+    except Exception as exc:  # noqa: BLE001 - any loading failure means the files are unusable
+        raise UserError(
+            f"cannot load the tokenizer of {donor_name} to set the chat template: {exc}",
+            where=str(donor),
+            fix="remove chat_template from the recipe, or fix that model's tokenizer files",
+        ) from exc
+    tokenizer.chat_template = plan.chat_template
+    tokenizer.save_pretrained(str(folder))
+    return []
+
+
+def recipe_texts(plan: Plan) -> tuple[str, str | None]:
+    """The recipe as run (seed included, local paths made absolute): TOML, and mergekit YAML when
+    mergekit can express it."""
+    from mergetui.recipe import io as recipe_io
+
+    recipe = dataclasses.replace(plan.recipe, seed=plan.seed)
+    models = {}
+    for name, entry in recipe.models.items():
+        planned = plan.models.get(name)
+        if planned is not None and planned.local_source is not None:
+            entry = dataclasses.replace(entry, source=str(planned.local_source))
+        models[name] = entry
+    recipe = dataclasses.replace(recipe, models=models)
+    toml_text = recipe_io.dumps_toml(recipe)
+    try:
+        yaml_text: str | None = recipe_io.dumps_yaml(recipe)
+    except (UserError, ValueError, TypeError):
+        yaml_text = None
+    return toml_text, yaml_text
+
+
+def model_card(plan: Plan, recipe_toml: str, recipe_yaml: str | None) -> str:
+    """README.md with Hugging Face front matter: parents, library, tags; then method, models, recipe."""
+    from mergetui.recipe.methods import METHODS
+
+    spec = METHODS[plan.method]
+    hub_parents = []
+    for name in plan.models:
+        source = plan.models[name].hub_id
+        if source and source not in hub_parents:
+            hub_parents.append(source)
+    front: dict[str, Any] = {}
+    if hub_parents:
+        front["base_model"] = hub_parents
+        front["base_model_relation"] = "merge"
+    front["library_name"] = "transformers"
+    front["tags"] = ["mergetui", "merge"]
+    method_md = f"[{spec.pretty_name}]({spec.paper})" if spec.paper else spec.pretty_name
+
+    def describe(name: str) -> str:
+        model = plan.models[name]
+        if model.hub_id:
+            shown = f"[{model.hub_id}](https://huggingface.co/{model.hub_id})"
+            if model.revision:
+                shown += f" (revision `{model.revision}`)"
+        else:
+            shown = f"`{model.source}`"
+        return f"**{name}**: {shown}"
+
+    base = plan.base
+    base_text = f", with {describe(base)} as the base" if base else ""
+    others = [name for name in plan.models if name != base]
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).rstrip(),
+        "---",
+        f"# {plan.output_dir.name}",
+        "",
+        f"This is a merge of pre-trained language models made with [mergetui]({PROJECT_URL}).",
+        "",
+        "## Merge details",
+        "",
+        "### Method",
+        "",
+        f"Merged with the {method_md} method{base_text}.",
+        "",
+        "### Models merged",
+        "",
+        *[f"* {describe(name)}" for name in others],
+        "",
+        "### Output",
+        "",
+        f"* {plan.tensor_count} tensors, {plan.total_bytes:,} bytes in {plan.shard_count} file(s)",
+    ]
+    if plan.layer_count is not None:
+        lines.append(f"* {plan.layer_count} layers")
+    if plan.output_dtype:
+        lines.append(f"* dtype {plan.output_dtype}")
+    if plan.seed is not None:
+        lines.append(f"* random seed {plan.seed}")
+    lines += [
+        "",
+        "### Recipe",
+        "",
+        f"The mergetui recipe that produced this model (`{RECIPE_FILE}`; rerun it with "
+        f"`mergetui merge {RECIPE_FILE}`):",
+        "",
+        "```toml",
+        recipe_toml.rstrip(),
+        "```",
+    ]
+    if recipe_yaml is not None:
+        lines += [
+            "",
+            f"The same recipe as a mergekit configuration (`{MERGEKIT_FILE}`):",
+            "",
+            "```yaml",
+            recipe_yaml.rstrip(),
+            "```",
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,497 @@
+"""Executes a Plan: read, merge and write tensor by tensor, then put the folder in place.
+
+Three threads share the work so the disk and the arithmetic overlap:
+
+- a reader thread reads the next tensor's inputs (pread, see reader.py) while the current one is
+  being merged; a byte budget (1.5 x the largest input set) lets it run ahead on small tensors
+  but never holds two of the largest sets at once;
+- the calling thread casts the inputs to float32 on the device, runs the method, casts the result
+  once to the output dtype and hands it on;
+- a writer thread writes each finished tensor at its offset in its shard (see writer.py).
+
+Everything is written to `.<name>.mergetui-tmp-XXXX` beside the target and renamed into place only
+when complete; on any error or cancel the temporary folder is removed and nothing is left behind.
+`run_merge` keeps no global state: several merges may run at once in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mergetui.errors import CancelledError, UserError
+from mergetui.merge.events import (
+    Cancelled,
+    EventCallback,
+    Failed,
+    Finished,
+    MergeEvent,
+    MergeResult,
+    Notice,
+    PlanReady,
+    ShardWritten,
+    TensorDone,
+)
+from mergetui.merge.writer import human_bytes
+
+if TYPE_CHECKING:
+    import torch
+
+    from mergetui.merge.plan import Plan, PlannedTensor
+
+_POLL_SECONDS = 0.05
+TEMP_MARKER = ".mergetui-tmp-"
+OLD_MARKER = ".mergetui-old-"
+
+
+def run_merge(
+    plan: Plan,
+    *,
+    on_event: EventCallback | None = None,
+    cancel: threading.Event | None = None,
+    force: bool = False,
+) -> MergeResult:
+    """Run the merge; return once the output folder is complete and in place.
+
+    Raises UserError (bad input, full disk...) or CancelledError after emitting Failed or
+    Cancelled; in every such case no output folder and no temporary folder remain. `on_event` is
+    called from the engine's threads, one call at a time.
+    """
+    emit = _SerialEmitter(on_event)
+    started = time.perf_counter()
+    target = plan.output_dir
+    progress = _Progress()
+    temp: Path | None = None
+    try:
+        _check_target(target, force)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _check_free_space(target.parent, plan.total_bytes)
+        temp = _make_temp_dir(target)
+
+        from mergetui.merge.device import resolve_device
+
+        device = resolve_device(plan.device)
+        emit(
+            PlanReady(
+                method=plan.method,
+                models=tuple(plan.models),
+                tensor_count=plan.tensor_count,
+                layer_count=plan.layer_count,
+                total_bytes=plan.total_bytes,
+                shard_count=plan.shard_count,
+                output_dir=target,
+                device=str(device),
+                estimated_peak_bytes=plan.estimated_peak_bytes,
+            )
+        )
+        for message in plan.notices:
+            emit(Notice(message))
+        _use_all_cores()
+        _execute(plan, temp, device, emit, cancel, progress)
+
+        from mergetui.merge.output import write_extras
+
+        notices = write_extras(plan, temp)
+        for message in notices:
+            emit(Notice(message))
+        _raise_if_cancelled(cancel)
+        _move_into_place(temp, target, force)
+        temp = None
+    except CancelledError:
+        _remove(temp)
+        emit(Cancelled(progress.tensors_done))
+        raise
+    except UserError as exc:
+        _remove(temp)
+        emit(Failed(str(exc)))
+        raise
+    except OSError as exc:
+        _remove(temp)
+        error = _os_user_error(exc, target)
+        emit(Failed(str(error)))
+        raise error from exc
+    except BaseException as exc:
+        _remove(temp)
+        if isinstance(exc, KeyboardInterrupt):
+            emit(Cancelled(progress.tensors_done))
+        else:
+            emit(Failed(f"internal error: {exc!r}"))
+        raise
+    seconds = time.perf_counter() - started
+    emit(Finished(target, seconds, plan.tensor_count, plan.total_bytes))
+    return MergeResult(
+        output_dir=target,
+        seconds=seconds,
+        tensor_count=plan.tensor_count,
+        total_bytes=plan.total_bytes,
+        shard_files=tuple(plan.layout.filenames),
+        device=str(device),
+        notices=tuple(plan.notices) + tuple(notices),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The three threads
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self.tensors_done = 0
+        self.bytes_done = 0
+
+
+class _SerialEmitter:
+    """Calls the listener one event at a time, whichever engine thread emits."""
+
+    def __init__(self, callback: EventCallback | None) -> None:
+        self._callback = callback
+        self._lock = threading.Lock()
+
+    def __call__(self, event: MergeEvent) -> None:
+        if self._callback is None:
+            return
+        with self._lock:
+            self._callback(event)
+
+
+class _ByteBudget:
+    """Admits a read when the bytes held stay under the limit (or nothing is held at all)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._held = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def acquire(self, nbytes: int) -> bool:
+        with self._cond:
+            while not self._closed and self._held > 0 and self._held + nbytes > self._limit:
+                self._cond.wait()
+            if self._closed:
+                return False
+            self._held += nbytes
+            return True
+
+    def release(self, nbytes: int) -> None:
+        with self._cond:
+            self._held -= nbytes
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _execute(
+    plan: Plan,
+    folder: Path,
+    device: torch.device,
+    emit: Callable[[MergeEvent], None],
+    cancel: threading.Event | None,
+    progress: _Progress,
+) -> None:
+    from mergetui.merge.methods import get_method_function
+    from mergetui.merge.reader import TensorReader
+    from mergetui.merge.writer import ShardSetWriter
+
+    method = get_method_function(plan.method)
+    reader = TensorReader()
+    writer = ShardSetWriter(folder, plan.layout)
+    sizes = [sum(i.nbytes for i in t.inputs) for t in plan.tensors]
+    largest = max(sizes, default=0)
+    budget = _ByteBudget(largest + largest // 2)
+    stop = threading.Event()
+    loaded: queue.Queue[tuple[int, Any]] = queue.Queue()
+    writes: queue.Queue[tuple[PlannedTensor, Any] | None] = queue.Queue(maxsize=2)
+    writer_error: list[BaseException] = []
+
+    def read_loop() -> None:
+        for tensor, size in zip(plan.tensors, sizes, strict=True):
+            if stop.is_set() or not budget.acquire(size):
+                return
+            try:
+                data = [
+                    reader.read(i.file, i.offset, i.nbytes, i.dtype, i.shape, i.tensor)
+                    for i in tensor.inputs
+                ]
+            except BaseException as exc:  # handed to the main thread, which raises it
+                loaded.put((tensor.index, exc))
+                return
+            loaded.put((tensor.index, data))
+
+    def write_loop() -> None:
+        total = plan.total_bytes
+        while True:
+            try:
+                item = writes.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if stop.is_set():
+                    return
+                continue
+            if item is None:
+                return
+            tensor, result = item
+            try:
+                shard = writer.write(tensor.name, result)
+            except BaseException as exc:
+                writer_error.append(exc)
+                stop.set()
+                return
+            del result, item
+            progress.tensors_done += 1
+            progress.bytes_done += tensor.nbytes
+            emit(
+                TensorDone(
+                    index=tensor.index,
+                    tensor_count=plan.tensor_count,
+                    name=tensor.name,
+                    bytes_written=progress.bytes_done,
+                    total_bytes=total,
+                    layer=tensor.layer,
+                )
+            )
+            if shard is not None:
+                emit(ShardWritten(shard.index, plan.shard_count, shard.filename, shard.file_size))
+
+    reader_thread = threading.Thread(target=read_loop, name="mergetui-reader", daemon=True)
+    writer_thread = threading.Thread(target=write_loop, name="mergetui-writer", daemon=True)
+    reader_thread.start()
+    writer_thread.start()
+    try:
+        for tensor, size in zip(plan.tensors, sizes, strict=True):
+            index, data = _next_loaded(loaded, cancel, writer_error)
+            if index != tensor.index:
+                raise RuntimeError(f"reader out of order: got {index}, expected {tensor.index}")
+            if isinstance(data, BaseException):
+                raise data
+            _raise_if_cancelled(cancel)
+            result = _compute(plan, tensor, data, method, device, cancel)
+            del data
+            budget.release(size)
+            _put_write(writes, (tensor, result), cancel, writer_error)
+            del result
+        _put_write(writes, None, cancel, writer_error)
+        while writer_thread.is_alive():
+            writer_thread.join(_POLL_SECONDS)
+            if writer_error:
+                break
+            _raise_if_cancelled(cancel)
+        if writer_error:
+            raise writer_error[0]
+        writer.finish()
+    finally:
+        stop.set()
+        budget.close()
+        reader_thread.join()
+        writer_thread.join()
+        reader.close()
+        writer.close()
+
+
+def _next_loaded(
+    loaded: queue.Queue[tuple[int, Any]],
+    cancel: threading.Event | None,
+    writer_error: list[BaseException],
+) -> tuple[int, Any]:
+    while True:
+        _raise_if_cancelled(cancel)
+        if writer_error:
+            raise writer_error[0]
+        try:
+            return loaded.get(timeout=_POLL_SECONDS)
+        except queue.Empty:
+            continue
+
+
+def _put_write(
+    writes: queue.Queue[Any],
+    item: Any,
+    cancel: threading.Event | None,
+    writer_error: list[BaseException],
+) -> None:
+    while True:
+        if writer_error:
+            raise writer_error[0]
+        _raise_if_cancelled(cancel)
+        try:
+            writes.put(item, timeout=_POLL_SECONDS)
+            return
+        except queue.Full:
+            continue
+
+
+def _compute(
+    plan: Plan,
+    tensor: PlannedTensor,
+    data: list[torch.Tensor],
+    method: Callable[..., torch.Tensor],
+    device: torch.device,
+    cancel: threading.Event | None,
+) -> torch.Tensor:
+    """One output tensor, contiguous on the CPU in its output dtype."""
+    import torch
+
+    from mergetui.checkpoints.safetensors_io import torch_dtype
+    from mergetui.merge.methods import MethodContext
+
+    out_dtype = torch_dtype(tensor.dtype)
+    if tensor.copy_only:
+        first = data[0]
+        for other, source in zip(data[1:], tensor.inputs[1:], strict=True):
+            if not torch.equal(first, other):
+                raise UserError(
+                    f"the non-floating buffer {tensor.name} differs between "
+                    f"{tensor.inputs[0].model!r} and {source.model!r}; it cannot be averaged",
+                    where=tensor.name,
+                    fix="merge models whose integer buffers agree",
+                )
+        return first.contiguous()
+    if (
+        plan.method == "passthrough"
+        and tensor.per_model[0].get("scale") is None
+        and data[0].dtype == out_dtype
+    ):
+        return data[0].contiguous()  # a plain copy: no float32 round trip
+
+    compute_dtype = (
+        torch.float64 if any(d.dtype == torch.float64 for d in data) else torch.float32
+    )
+    inputs = [d.to(device=device, dtype=compute_dtype, non_blocking=True) for d in data]
+    del data
+    ctx = MethodContext(
+        method=plan.method,
+        tensor_name=tensor.name,
+        base_index=tensor.base_index,
+        shared=dict(tensor.shared),
+        per_model=[dict(p) for p in tensor.per_model],
+        seed=plan.seed,
+        cancel=cancel,
+        device=device,
+        input_names=[i.model for i in tensor.inputs],
+    )
+    with torch.inference_mode():
+        result = method(inputs, ctx)
+        if tuple(result.shape) != tensor.shape:
+            raise RuntimeError(
+                f"method {plan.method} returned shape {tuple(result.shape)} for {tensor.name}, "
+                f"expected {tensor.shape}"
+            )
+        del inputs
+        result = result.to(dtype=out_dtype)
+        if result.device.type != "cpu":
+            result = result.to("cpu")
+        return result.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# Folders
+
+
+def _check_target(target: Path, force: bool) -> None:
+    if target.exists() or target.is_symlink():
+        if not force:
+            raise UserError(
+                "the output folder already exists",
+                where=str(target),
+                fix="pass --force to replace it (only once the new merge is complete), "
+                "or choose another --out",
+            )
+        if not target.is_dir():
+            raise UserError(
+                "the output path exists and is not a folder",
+                where=str(target),
+                fix="remove it or choose another --out",
+            )
+
+
+def _check_free_space(parent: Path, needed: int) -> None:
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError:
+        return
+    margin = 16 * 1024 * 1024
+    if free < needed + margin:
+        raise UserError(
+            f"not enough free disk space: the merge writes {human_bytes(needed)} but only "
+            f"{human_bytes(free)} is free",
+            where=str(parent),
+            fix="free some space or choose another --out",
+        )
+
+
+def _make_temp_dir(target: Path) -> Path:
+    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}{TEMP_MARKER}", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
+    return temp
+
+
+def _move_into_place(temp: Path, target: Path, force: bool) -> None:
+    """Rename the finished folder into place; an old output is replaced only now, and restored
+    if the rename fails."""
+    if target.exists() or target.is_symlink():
+        if not force:
+            raise UserError(
+                "the output folder appeared while merging",
+                where=str(target),
+                fix="pass --force to replace it, or choose another --out",
+            )
+        old = target.parent / f".{target.name}{OLD_MARKER}{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+        try:
+            os.rename(temp, target)
+        except BaseException:
+            os.rename(old, target)
+            raise
+        _remove(old)
+    else:
+        os.rename(temp, target)
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None and (path.exists() or path.is_symlink()):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _raise_if_cancelled(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise CancelledError("merge cancelled")
+
+
+def _use_all_cores() -> None:
+    import torch
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS and Windows
+        cores = os.cpu_count() or 1
+    if torch.get_num_threads() != cores:
+        torch.set_num_threads(cores)
+
+
+def _os_user_error(exc: OSError, target: Path) -> UserError:
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(
+            "the disk is full: no space left to write the merged model",
+            where=str(target.parent),
+            fix="free some space or choose another --out",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UserError(
+            f"cannot write there: {exc.strerror}",
+            where=str(exc.filename or target),
+            fix="choose an output folder you can write to",
+        )
+    return UserError(f"{exc.strerror or exc}", where=str(exc.filename or target))
