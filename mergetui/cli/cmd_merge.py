@@ -1,0 +1,215 @@
+"""`mergetui merge RECIPE`: run a recipe (ours, or a mergekit YAML as it is) without the app.
+
+The recipe is validated first (problems printed as `mergetui validate` prints them), then planned
+from headers alone; `--dry-run` stops there and prints the plan. A run shows a Rich progress bar
+(bytes, tensors, throughput, ETA). Ctrl-C cancels cleanly: no output, no temporary folder, exit 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SHARD_SIZE_TEXT = "5GB"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "merge",
+        help="run a merge recipe (mergetui TOML or mergekit YAML)",
+        description="Merge the checkpoints a recipe names into a new model folder.",
+    )
+    parser.add_argument("recipe", type=Path, help="recipe file (.toml, or mergekit .yaml/.yml)")
+    parser.add_argument("--out", type=Path, help="output folder (overrides the recipe's output)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where to compute: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
+    )
+    parser.add_argument(
+        "--shard-size",
+        default=DEFAULT_SHARD_SIZE_TEXT,
+        help="largest output file, e.g. 5GB (default), 2GiB, 500MB",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing output (once the new one is done)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan and write nothing"
+    )
+    parser.add_argument("--seed", type=int, help="seed for the random methods (dare, della)")
+    parser.add_argument(
+        "--allow-bin",
+        action="store_true",
+        help="also read pytorch_model.bin (pickle) checkpoints; only for files you trust",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mergetui.cli.output import console, console_err
+    from mergetui.errors import UserError
+    from mergetui.merge.device import check_device_name
+    from mergetui.merge.plan import make_plan
+    from mergetui.merge.writer import parse_size
+    from mergetui.recipe.io import load_recipe
+
+    recipe_path: Path = args.recipe
+    shard_size = parse_size(args.shard_size)
+    device = check_device_name(args.device)
+    if not recipe_path.is_file():
+        raise UserError("recipe file not found", where=str(recipe_path))
+    recipe = load_recipe(recipe_path)
+    if not _validate(recipe, recipe_path):
+        return 1
+
+    plan = make_plan(
+        recipe,
+        recipe_dir=recipe_path.parent,
+        out=args.out,
+        shard_size=shard_size,
+        device=device,
+        seed=args.seed,
+        allow_bin=args.allow_bin,
+    )
+    if args.dry_run:
+        _print_plan(plan, force=args.force)
+        return 0
+    if plan.output_dir.exists() and not args.force:
+        raise UserError(
+            "the output folder already exists",
+            where=str(plan.output_dir),
+            fix="pass --force to replace it (only once the new merge is complete), "
+            "or choose another --out",
+        )
+    for notice in plan.notices:
+        console_err().print(f"[yellow]note:[/] {notice}", soft_wrap=True, markup=True)
+    return _run_with_progress(plan, force=args.force, out=console(), err=console_err())
+
+
+def _validate(recipe: Any, recipe_path: Path) -> bool:
+    """Print the validator's problems like `mergetui validate`; False when any is an error."""
+    from mergetui.recipe.validate import validate_recipe
+
+    problems = validate_recipe(recipe, offline=True, base_dir=recipe_path.parent)
+    if not problems:
+        return True
+    try:
+        from mergetui.cli.cmd_validate import print_problems
+    except ImportError:  # pragma: no cover - validate's printer not available
+        print_problems = None
+    if print_problems is not None:
+        print_problems(problems, recipe_path)
+    else:  # pragma: no cover
+        from mergetui.cli.output import console_err
+
+        for problem in problems:
+            console_err().print(str(problem), soft_wrap=True, markup=False)
+    return not any(_is_error(p) for p in problems)
+
+
+def _is_error(problem: Any) -> bool:
+    level = getattr(problem, "severity", None) or getattr(problem, "level", None)
+    return str(level).lower() in ("error", "severity.error", "none")
+
+
+def _print_plan(plan: Any, *, force: bool) -> None:
+    from rich.table import Table
+
+    from mergetui.cli.output import console
+
+    table = Table(title="merge plan (dry run: nothing written)", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for line in plan.summary_lines():
+        key, _, value = line.partition(": ")
+        table.add_row(key, value)
+    console().print(table)
+    if plan.output_dir.exists():
+        console().print(
+            f"[yellow]the output folder exists[/]: {plan.output_dir}"
+            + (" (--force will replace it)" if force else " (a run needs --force)")
+        )
+    for notice in plan.notices:
+        console().print(f"[yellow]note:[/] {notice}", soft_wrap=True)
+
+
+def _run_with_progress(plan: Any, *, force: bool, out: Any, err: Any) -> int:
+    from rich.markup import escape
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from mergetui.errors import CancelledError
+    from mergetui.merge.events import Notice, PlanReady, TensorDone
+    from mergetui.merge.runner import run_merge
+    from mergetui.merge.writer import human_bytes
+
+    cancel = threading.Event()
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=False),
+        TextColumn("{task.fields[tensors]}"),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+    task = progress.add_task("merging", total=plan.total_bytes, tensors=f"0/{plan.tensor_count}")
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, TensorDone):
+            progress.update(
+                task,
+                completed=event.bytes_written,
+                tensors=f"{event.index + 1}/{event.tensor_count} tensors",
+            )
+        elif isinstance(event, PlanReady):
+            progress.update(task, description=f"merging on {event.device}")
+        elif isinstance(event, Notice):
+            progress.console.print(f"[yellow]note:[/] {escape(event.message)}", soft_wrap=True)
+
+    previous = _install_sigint(cancel)
+    try:
+        with progress:
+            result = run_merge(plan, on_event=on_event, cancel=cancel, force=force)
+    except CancelledError:
+        err.print("[yellow]Cancelled:[/] nothing was written.")
+        return 130
+    finally:
+        _restore_sigint(previous)
+    out.print(
+        f"[green]Merged[/] {result.tensor_count} tensors ({human_bytes(result.total_bytes)}) "
+        f"into {escape(str(result.output_dir))} in {result.seconds:.1f} s",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _install_sigint(cancel: threading.Event) -> Any:
+    """First Ctrl-C asks the engine to stop at the next tensor; a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _restore_sigint(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
