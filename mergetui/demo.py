@@ -10,9 +10,12 @@ torch, transformers and tokenizers are imported inside the functions that need t
 
 from __future__ import annotations
 
+import json
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -272,6 +275,9 @@ def make_tiny_model(
         save_kwargs["max_shard_size"] = max_shard_size
     with _quiet_transformers():
         model.save_pretrained(str(out), **save_kwargs)
+    for weights in out.glob("*.safetensors"):
+        # safetensors writes through a private temp file (mode 0600); make it readable like the rest.
+        weights.chmod(0o644)
 
     if tokenizer:
         if base_dir is None or not _copy_tokenizer(base_dir, out):
@@ -279,8 +285,259 @@ def make_tiny_model(
     return out
 
 
+# --------------------------------------------------------------------------------------------------
+# The `mergetui demo` family: a base and three fine-tunes of it, plus recipes that merge them.
+
+DEMO_MODELS = ("base", "chat", "code", "math")
+DEMO_MARKER = "mergetui-demo.json"
+_DEMO_FORMAT = 1
+# A bit bigger than the test models, so per-layer grids have something to show.
+_DEMO_SHAPE = dict(num_layers=8, hidden_size=128, intermediate_size=256, vocab_size=512)
+# Seeds and noise per fine-tune: different enough that merges visibly differ.
+_DEMO_FINE_TUNES = {"chat": (1, 0.02), "code": (2, 0.03), "math": (3, 0.025)}
+
+
+@dataclass
+class DemoInfo:
+    """What `make_demo` left on disk. `created` is False when an existing demo was reused."""
+
+    directory: Path
+    models: dict[str, Path]
+    recipes: dict[str, Path]
+    created: bool
+
+    @property
+    def recipes_dir(self) -> Path:
+        return self.directory / "recipes"
+
+    @property
+    def merges_dir(self) -> Path:
+        return self.directory / "merges"
+
+
+def _demo_recipes() -> dict[str, str]:
+    """TOML recipes over the demo models; paths are relative to the recipes/ folder."""
+    models = {name: f'[models.{name}]\nsource = "../{name}"\n' for name in DEMO_MODELS}
+    return {
+        "linear-soup": f"""# A linear "model soup": the weighted average of the three fine-tunes.
+description = "Linear soup of the chat, code and math fine-tunes"
+
+[merge]
+method = "linear"
+dtype = "bfloat16"
+output = "../merges/linear-soup"
+
+{models["chat"]}
+[models.chat.parameters]
+weight = 0.5
+
+{models["code"]}
+[models.code.parameters]
+weight = 0.3
+
+{models["math"]}
+[models.math.parameters]
+weight = 0.2
+""",
+        "slerp-gradient": f"""# SLERP between two fine-tunes: attention leans to chat in the first layers and to code in the
+# last; the MLPs do the opposite; everything else sits half-way.
+description = "SLERP with attention/mlp gradients across layers"
+
+[merge]
+method = "slerp"
+base = "chat"
+dtype = "bfloat16"
+output = "../merges/slerp-gradient"
+
+{models["chat"]}
+{models["code"]}
+[parameters]
+t = [
+  {{ filter = "self_attn", value = [0, 0.5, 0.3, 0.7, 1] }},
+  {{ filter = "mlp", value = [1, 0.5, 0.7, 0.3, 0] }},
+  {{ value = 0.5 }},
+]
+""",
+        "ties": f"""# TIES: keep each fine-tune's largest changes from the base, elect a sign per entry, and add
+# the agreeing changes back onto the base.
+description = "TIES of three fine-tunes onto their base"
+
+[merge]
+method = "ties"
+base = "base"
+dtype = "bfloat16"
+output = "../merges/ties"
+
+{models["base"]}
+{models["chat"]}
+[models.chat.parameters]
+density = 0.5
+weight = 1.0
+
+{models["code"]}
+[models.code.parameters]
+density = [1, 0.7, 0.3]
+weight = 0.7
+
+{models["math"]}
+[models.math.parameters]
+density = 0.4
+weight = [{{ filter = "mlp", value = 0.8 }}, {{ value = 0.4 }}]
+
+[parameters]
+normalize = true
+""",
+        "dare-ties": f"""# DARE-TIES: each fine-tune keeps a random half of its changes (rescaled to make up for the
+# dropped ones) before sign election. The seed makes the random draw reproducible.
+description = "DARE-TIES with a fixed seed"
+
+[merge]
+method = "dare_ties"
+base = "base"
+dtype = "bfloat16"
+seed = 42
+output = "../merges/dare-ties"
+
+{models["base"]}
+{models["chat"]}
+[models.chat.parameters]
+density = 0.5
+weight = 0.5
+
+{models["code"]}
+[models.code.parameters]
+density = 0.5
+weight = 0.3
+
+{models["math"]}
+[models.math.parameters]
+density = 0.5
+weight = 0.2
+""",
+        "passthrough-stack": f"""# A passthrough "frankenmerge": the base's first six layers, then the chat fine-tune's last
+# six, stacked into a 12-layer model (layers renumbered, config rewritten).
+description = "Passthrough layer stack, 8 + 8 -> 12 layers"
+
+[merge]
+method = "passthrough"
+dtype = "bfloat16"
+output = "../merges/passthrough-stack"
+
+{models["base"]}
+{models["chat"]}
+[[slices]]
+sources = [{{ model = "base", layers = [0, 6] }}]
+
+[[slices]]
+sources = [{{ model = "chat", layers = [2, 8] }}]
+""",
+    }
+
+
+def _existing_demo(directory: Path) -> DemoInfo | None:
+    """The demo in `directory` if a complete one is there (the marker is written last)."""
+    try:
+        marker = json.loads((directory / DEMO_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("format") != _DEMO_FORMAT:
+        return None
+    models = {name: directory / name for name in marker.get("models", [])}
+    recipes = {name: directory / "recipes" / f"{name}.toml" for name in marker.get("recipes", [])}
+    complete = all((path / "config.json").is_file() for path in models.values()) and all(
+        path.is_file() for path in recipes.values()
+    )
+    if not complete or set(models) != set(DEMO_MODELS):
+        return None
+    return DemoInfo(directory, models, recipes, created=False)
+
+
+def _ours(entry: Path) -> bool:
+    return entry.name in {*DEMO_MODELS, "recipes", "merges", DEMO_MARKER} or entry.name.startswith(
+        ".demo-build-"
+    )
+
+
+def make_demo(
+    directory: str | Path = "mergetui-demo",
+    force: bool = False,
+    *,
+    on_progress: Callable[[str], None] | None = None,
+) -> DemoInfo:
+    """Write the demo family (offline) into `directory`, or reuse a complete one already there.
+
+    Models are built in a hidden folder and moved into place, and the marker file is written last,
+    so an interrupted run is rebuilt next time instead of being taken for a finished demo. `force`
+    rebuilds the demo's own folders; other files in `directory` are never touched.
+    """
+    from mergetui.errors import UserError
+
+    root = Path(directory).expanduser().resolve()
+    report = on_progress or (lambda _message: None)
+    if not force:
+        existing = _existing_demo(root)
+        if existing is not None:
+            return existing
+    if root.exists() and not root.is_dir():
+        raise UserError("exists and is not a folder", where=str(root), fix="choose another --dir")
+    strangers = [e.name for e in root.iterdir() if not _ours(e)] if root.is_dir() else []
+    if strangers and not force:
+        raise UserError(
+            f"folder is not empty and holds no mergetui demo ({', '.join(sorted(strangers)[:3])}...)",
+            where=str(root),
+            fix="choose an empty or new --dir, or pass --force to write the demo beside those files",
+        )
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / DEMO_MARKER).unlink(missing_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=".demo-build-", dir=root))
+    try:
+        report("training the demo tokenizer")
+        tokenizer_dir = train_tokenizer(build / "tokenizer", _DEMO_SHAPE["vocab_size"])
+        report("building base (llama, 8 layers, hidden 128)")
+        shape = {k: v for k, v in _DEMO_SHAPE.items() if k != "vocab_size"}
+        make_tiny_model(
+            build / "base",
+            "llama",
+            seed=0,
+            vocab_size=_DEMO_SHAPE["vocab_size"],
+            dtype="bfloat16",
+            tokenizer=False,
+            **shape,
+        )
+        _copy_tokenizer(tokenizer_dir, build / "base")
+        for name, (seed, noise) in _DEMO_FINE_TUNES.items():
+            report(f"building {name} (a fine-tune of base)")
+            make_tiny_model(
+                build / name, seed=seed, base=build / "base", noise=noise, dtype="bfloat16"
+            )
+        recipes_build = build / "recipes"
+        recipes_build.mkdir()
+        recipes = _demo_recipes()
+        for name, text in recipes.items():
+            (recipes_build / f"{name}.toml").write_text(text, encoding="utf-8")
+
+        for name in (*DEMO_MODELS, "recipes"):
+            target = root / name
+            if target.exists():
+                shutil.rmtree(target)
+            (build / name).rename(target)
+        marker = {"format": _DEMO_FORMAT, "models": list(DEMO_MODELS), "recipes": list(recipes)}
+        (root / DEMO_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return DemoInfo(
+        root,
+        {name: root / name for name in DEMO_MODELS},
+        {name: root / "recipes" / f"{name}.toml" for name in recipes},
+        created=True,
+    )
+
+
 __all__ = [
     "ARCHITECTURES",
+    "DemoInfo",
+    "make_demo",
     "CHAT_TEMPLATE",
     "make_tiny_model",
     "sample_sections",

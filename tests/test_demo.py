@@ -160,3 +160,160 @@ def test_shapes_and_dtype_follow_arguments(tmp_path: Path) -> None:
     assert all(t.dtype == torch.float16 for t in tensors.values())
     with pytest.raises(ValueError, match="unknown tiny architecture"):
         make_tiny_model(tmp_path / "bad", "falcon")
+
+
+# ---- make_demo and `mergetui demo` -------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_main(monkeypatch: pytest.MonkeyPatch):
+    """The real `mergetui` entry point, with only this part's commands registered (so these tests
+    do not depend on the other commands' modules)."""
+    import mergetui.cli
+
+    monkeypatch.setattr(mergetui.cli, "COMMAND_MODULES", ("inspect", "demo"))
+    return mergetui.cli.main
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    from mergetui.demo import make_demo
+
+    messages: list[str] = []
+    info = make_demo(tmp_path_factory.mktemp("demo") / "mergetui-demo", on_progress=messages.append)
+    assert messages and any("base" in m for m in messages)
+    return info
+
+
+def test_demo_models_are_a_family(demo) -> None:
+    from mergetui.checkpoints.inspect import open_checkpoint
+
+    assert demo.created and set(demo.models) == {"base", "chat", "code", "math"}
+    checkpoints = {name: open_checkpoint(folder) for name, folder in demo.models.items()}
+    base = checkpoints["base"]
+    assert base.num_layers == 8 and base.hidden_size == 128 and base.vocab_size == 512
+    assert base.dtypes == {"BF16": len(base.tensors)}
+    base_tensors = _all_tensors(demo.models["base"])
+    for name, checkpoint in checkpoints.items():
+        assert checkpoint.has_tokenizer and checkpoint.has_chat_template, name
+        assert {n: i.shape for n, i in checkpoint.tensors.items()} == {
+            n: i.shape for n, i in base.tensors.items()
+        }
+        if name != "base":
+            tuned = _all_tensors(demo.models[name])
+            delta = (
+                tuned["model.layers.5.mlp.up_proj.weight"].float()
+                - base_tensors["model.layers.5.mlp.up_proj.weight"].float()
+            )
+            assert 0.01 < delta.std().item() < 0.05, name
+
+
+def test_demo_recipes_load_and_point_at_the_models(demo) -> None:
+    from mergetui.recipe.io import load_recipe
+    from mergetui.recipe.methods import METHODS
+
+    assert set(demo.recipes) == {
+        "linear-soup",
+        "slerp-gradient",
+        "ties",
+        "dare-ties",
+        "passthrough-stack",
+    }
+    methods = {}
+    for name, path in demo.recipes.items():
+        assert path.parent == demo.recipes_dir
+        recipe = load_recipe(path)
+        methods[name] = recipe.method
+        assert recipe.method in METHODS
+        assert recipe.output == f"../merges/{name}"
+        for entry in recipe.models.values():
+            folder = (path.parent / entry.source).resolve()
+            assert folder in demo.models.values() and (folder / "config.json").is_file()
+        if recipe.base is not None:
+            assert recipe.base in recipe.models
+    assert methods == {
+        "linear-soup": "linear",
+        "slerp-gradient": "slerp",
+        "ties": "ties",
+        "dare-ties": "dare_ties",
+        "passthrough-stack": "passthrough",
+    }
+    assert load_recipe(demo.recipes["dare-ties"]).seed == 42
+    assert len(load_recipe(demo.recipes["ties"]).models) == 4
+    stack = load_recipe(demo.recipes["passthrough-stack"])
+    assert [s.sources[0].layer_range for s in stack.slices] == [(0, 6), (2, 8)]
+    slerp = load_recipe(demo.recipes["slerp-gradient"])
+    assert [c.filter for c in slerp.parameters["t"]] == ["self_attn", "mlp", None]
+
+
+def test_existing_demo_is_reused(demo) -> None:
+    from mergetui.demo import make_demo
+
+    weights = demo.models["chat"] / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    again = make_demo(demo.directory)
+    assert not again.created
+    assert again.models == demo.models and again.recipes == demo.recipes
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_interrupted_demo_is_rebuilt_and_force_keeps_other_files(tmp_path: Path) -> None:
+    from mergetui.demo import DEMO_MARKER, make_demo
+    from mergetui.errors import UserError
+
+    target = tmp_path / "demo"
+    first = make_demo(target)
+    weights = first.models["math"] / "model.safetensors"
+    # No marker: a run that stopped half-way. It is rebuilt without --force.
+    (target / DEMO_MARKER).unlink()
+    weights.write_bytes(b"half-written")
+    rebuilt = make_demo(target)
+    assert rebuilt.created and weights.stat().st_size > 1000
+
+    (target / "notes.txt").write_text("mine")
+    forced = make_demo(target, force=True)
+    assert forced.created and (target / "notes.txt").read_text() == "mine"
+    assert not list(target.glob(".demo-build-*"))
+
+    stranger = tmp_path / "someone-else"
+    stranger.mkdir()
+    (stranger / "thesis.tex").write_text("x")
+    with pytest.raises(UserError, match="not empty") as caught:
+        make_demo(stranger)
+    assert "--force" in caught.value.fix
+    assert sorted(p.name for p in stranger.iterdir()) == ["thesis.tex"]
+
+
+def test_demo_command_writes_and_prints_next_steps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, cli_main
+) -> None:
+    main = cli_main
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--no-tui"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "mergetui-demo" / "base" / "model.safetensors").is_file()
+    assert "Wrote the demo" in out and "Next, try" in out
+    assert "mergetui merge mergetui-demo/recipes/linear-soup.toml" in out
+
+    assert main(["demo", "--no-tui"]) == 0
+    assert "Reusing the demo" in capsys.readouterr().out
+
+
+def test_demo_command_opens_the_app_when_there_is_one(
+    demo, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, cli_main
+) -> None:
+    import sys
+    import types
+
+    main = cli_main
+
+    opened: list[Path] = []
+    fake_app = types.ModuleType("mergetui.tui.app")
+    fake_app.run_app = lambda recipe_path: opened.append(recipe_path) or 0
+    monkeypatch.setitem(sys.modules, "mergetui.tui.app", fake_app)
+
+    assert main(["demo", "--dir", str(demo.directory)]) == 0
+    assert opened == [demo.recipes["slerp-gradient"]]
+    assert "Next, try" not in capsys.readouterr().out
+    assert main(["demo", "--dir", str(demo.directory), "--no-tui"]) == 0
+    assert len(opened) == 1 and "Next, try" in capsys.readouterr().out

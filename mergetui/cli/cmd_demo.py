@@ -1,0 +1,130 @@
+"""`mergetui demo`: a family of tiny checkpoints and recipes to try everything offline.
+
+Writes `base` and three fine-tunes of it (`chat`, `code`, `math`) plus recipes that merge them, then
+opens the app on one of them (or, with `--no-tui` or before the app exists, prints what to try next).
+An existing demo in the folder is reused unless `--force`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DIR = "mergetui-demo"
+# The recipe the app opens on: its per-layer gradients make the grid worth looking at.
+APP_RECIPE = "slerp-gradient"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="write tiny demo checkpoints and recipes, then open them",
+        description="Build (offline, in seconds) a base model, three fine-tunes of it and recipes "
+        "that merge them, to try mergetui without downloading anything.",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(DEFAULT_DIR),
+        help=f"where to write the demo (default: ./{DEFAULT_DIR})",
+    )
+    parser.add_argument(
+        "--no-tui", action="store_true", help="only write the demo and print the next steps"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="rebuild the demo even if one is already there"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from mergetui.cli.output import console
+    from mergetui.demo import make_demo
+
+    out = console()
+    info = make_demo(
+        args.dir,
+        force=args.force,
+        on_progress=lambda message: out.print(f"[dim]{escape(message)}[/]"),
+    )
+    _print_demo(info)
+
+    # ---- Where the app opens. The Textual app is optional here: until `mergetui.tui.app` exposes
+    # `run_app(recipe_path)`, or with --no-tui, the demo ends with the next steps printed above.
+    if not args.no_tui:
+        run_app = _app_runner()
+        if run_app is not None:
+            return int(run_app(info.recipes[APP_RECIPE]) or 0)
+    _print_next_steps(info)
+    return 0
+
+
+def _app_runner() -> Any:
+    import importlib
+
+    try:
+        app = importlib.import_module("mergetui.tui.app")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("mergetui.tui.app", "textual"):
+            return None
+        raise
+    return getattr(app, "run_app", None)
+
+
+def _print_demo(info: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mergetui.checkpoints.inspect import open_checkpoint
+    from mergetui.cli.cmd_inspect import human_bytes, human_count
+    from mergetui.cli.output import console
+
+    verb = "Wrote" if info.created else "Reusing"
+    table = Table(title=f"{verb} the demo in {escape(str(info.directory))}", title_justify="left")
+    table.add_column("model")
+    table.add_column("folder")
+    table.add_column("layers", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("size", justify="right")
+    for name, folder in info.models.items():
+        checkpoint = open_checkpoint(folder)
+        table.add_row(
+            name,
+            escape(_relative(folder)),
+            str(checkpoint.num_layers),
+            human_count(checkpoint.parameter_count),
+            human_bytes(checkpoint.size_on_disk),
+        )
+    out = console()
+    out.print(table)
+    out.print("[bold]Recipes[/] (model paths are relative to the recipe file):")
+    for path in info.recipes.values():
+        out.print(f"  {escape(_relative(path))}")
+
+
+def _print_next_steps(info: Any) -> None:
+    from rich.markup import escape
+
+    from mergetui.cli.output import console
+
+    recipe = escape(_relative(info.recipes["linear-soup"]))
+    merged = escape(_relative(info.merges_dir / "linear-soup"))
+    base = escape(_relative(info.models["base"]))
+    out = console()
+    out.print("\n[bold]Next, try:[/]")
+    out.print(f"  mergetui inspect {base} --layers")
+    out.print(f"  mergetui validate {recipe}")
+    out.print(f"  mergetui merge {recipe} --dry-run")
+    out.print(f"  mergetui merge {recipe}")
+    out.print(f"  mergetui inspect {merged}")
+
+
+def _relative(path: Path) -> str:
+    """A path as short as it can be from the current folder (absolute when outside it)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

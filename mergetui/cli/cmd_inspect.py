@@ -1,0 +1,155 @@
+"""`mergetui inspect PATH`: what a checkpoint holds, read from its headers in milliseconds.
+
+PATH is a folder or a Hub repo id already in the local Hugging Face cache. The summary answers the
+questions asked before a merge (architecture, layers, parameters, dtypes, size, tokenizer and chat
+template, tied embeddings); `--layers` adds the per-layer map; `--json` prints only JSON, for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="show what a checkpoint holds (headers only, nothing loaded)",
+        description="Summarise a checkpoint folder, or a Hub repo id in the local cache, "
+        "from its config and safetensors headers.",
+    )
+    parser.add_argument("path", metavar="PATH", help="checkpoint folder or cached Hub repo id")
+    parser.add_argument("--revision", help="branch, tag or commit of a cached Hub repo")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    parser.add_argument("--layers", action="store_true", help="add the per-layer table")
+    parser.add_argument(
+        "--allow-bin",
+        action="store_true",
+        help="also read pytorch_model.bin (pickle) checkpoints; only for files you trust",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mergetui.checkpoints.inspect import open_checkpoint
+    from mergetui.checkpoints.locate import find_local, looks_like_hub_id
+    from mergetui.errors import UserError
+
+    folder = find_local(args.path, args.revision)
+    if folder is None:
+        if looks_like_hub_id(args.path) and not args.path.startswith("."):
+            raise UserError(
+                "not a local folder, and not in the Hugging Face cache"
+                + (f" at revision {args.revision}" if args.revision else ""),
+                where=args.path,
+                fix="download it first (huggingface-cli download "
+                f"{args.path}) or give the path of a folder",
+            )
+        raise UserError(
+            "checkpoint folder not found",
+            where=args.path,
+            fix="check the path (relative paths start from the current folder)",
+        )
+    checkpoint = open_checkpoint(folder, allow_bin=args.allow_bin)
+    if args.json:
+        sys.stdout.write(json.dumps(checkpoint.to_dict(), indent=2) + "\n")
+        return 0
+    _print_summary(checkpoint, source=args.path)
+    if args.layers:
+        _print_layers(checkpoint)
+    return 0
+
+
+def human_bytes(count: int) -> str:
+    """1234567 -> "1.2 MB" (decimal units, as the Hub shows sizes)."""
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_count(count: int) -> str:
+    """7241732096 -> "7.24B" (how parameter counts are spoken of)."""
+    for threshold, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if count >= threshold:
+            return f"{count / threshold:.3g}{suffix}"
+    return str(count)
+
+
+def _print_summary(checkpoint: Any, *, source: str) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mergetui.cli.output import console
+
+    def yes_no(flag: bool) -> str:
+        return "[green]yes[/]" if flag else "[yellow]no[/]"
+
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("checkpoint", escape(str(checkpoint.path)))
+    if source != str(checkpoint.path):
+        table.add_row("source", escape(source))
+    table.add_row(
+        "architecture",
+        escape(f"{checkpoint.architecture or 'unknown'} ({checkpoint.model_type or '?'})"),
+    )
+    table.add_row("layers", str(checkpoint.num_layers))
+    table.add_row(
+        "parameters", f"{human_count(checkpoint.parameter_count)} ({checkpoint.parameter_count:,})"
+    )
+    table.add_row(
+        "dtypes", ", ".join(f"{dtype} x{count}" for dtype, count in checkpoint.dtypes.items())
+    )
+    table.add_row(
+        "size on disk",
+        f"{human_bytes(checkpoint.size_on_disk)} in {len(checkpoint.weight_files)} "
+        f"{checkpoint.format} file{'s' if len(checkpoint.weight_files) != 1 else ''}",
+    )
+    table.add_row("hidden / vocab", f"{checkpoint.hidden_size} / {checkpoint.vocab_size}")
+    table.add_row("tokenizer", yes_no(checkpoint.has_tokenizer))
+    table.add_row("chat template", yes_no(checkpoint.has_chat_template))
+    tied = "yes (no lm_head tensor)" if checkpoint.tied else "no"
+    table.add_row("tied embeddings", tied)
+    table.add_row("before layers", escape(", ".join(checkpoint.pre_layer) or "-"))
+    table.add_row("after layers", escape(", ".join(checkpoint.post_layer) or "-"))
+    out = console()
+    out.print(table)
+    for warning in checkpoint.warnings:
+        out.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
+def _module_name(name: str) -> str:
+    """The module a tensor belongs to: `model.layers.3.self_attn.q_proj.weight` -> `q_proj`."""
+    parts = name.split(".")
+    if len(parts) > 1 and parts[-1] in ("weight", "bias"):
+        return parts[-2]
+    return parts[-1]
+
+
+def _print_layers(checkpoint: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mergetui.checkpoints.layers import BLOCK_KINDS
+    from mergetui.cli.output import console
+
+    kinds = [k for k in BLOCK_KINDS if any(layer.get(k) for layer in checkpoint.layers)]
+    table = Table(title="layers", show_lines=False, expand=False)
+    table.add_column("layer", justify="right")
+    for kind in kinds:
+        table.add_column(kind)
+    table.add_column("params", justify="right")
+    for index, layer in enumerate(checkpoint.layers):
+        cells = []
+        for kind in kinds:
+            names = layer.get(kind, [])
+            cells.append(escape(" ".join(dict.fromkeys(_module_name(n) for n in names))))
+        params = sum(checkpoint.tensors[n].numel for n in checkpoint.layer_tensors(index))
+        table.add_row(str(index), *cells, human_count(params))
+    console().print(table)
