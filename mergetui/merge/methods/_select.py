@@ -1,0 +1,255 @@
+"""Exact order statistics of magnitudes without sorting: a two-level radix histogram.
+
+mergekit finds the top-k entries of a task vector with an argsort of the whole tensor, which is
+where TIES and breadcrumbs spend their time. The k-th smallest of non-negative float32 values only
+needs their bit patterns, which order the same way as the values: a first pass histograms the top
+16 bits (sign, exponent and 7 mantissa bits), which names the bucket holding the wanted rank; a
+second pass histograms the low 16 bits of the values inside that bucket, which gives every distinct
+value there with its count. Both passes run over chunks, so nothing of the tensor's size is kept.
+
+Ties (equal magnitudes, common once bf16 weights are subtracted) are resolved like a stable sort:
+among equal values the one with the lower flat index ranks first. `KeepRule` then keeps exactly the
+asked number of entries, counting ties in flat order as the chunks go by.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+_HIGH_BUCKETS = 1 << 15  # non-negative float32: the sign bit is 0, so the top 16 bits are < 2**15
+_LOW_BUCKETS = 1 << 16
+
+
+def _bits(values: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return values.float().contiguous().view(torch.int32)
+
+
+class RankSelector:
+    """Order statistics of a stream of non-negative float32 chunks, fed twice in the same order.
+
+    Pass 1: `add` every chunk, then `prepare(ranks)` with the 0-based ascending ranks wanted.
+    Pass 2 (only when `needs_second_pass`): `refine` every chunk again. Then `value_at(rank)`.
+    With `with_sums`, `sum_below(rank)` gives the sum of the `rank` smallest values (for rescaling).
+    """
+
+    def __init__(self, device: torch.device, *, with_sums: bool = False) -> None:
+        import torch
+
+        self.device = device
+        self.with_sums = with_sums
+        self.total = 0
+        self._counts = torch.zeros(_HIGH_BUCKETS, dtype=torch.int64, device=device)
+        self._sums = (
+            torch.zeros(_HIGH_BUCKETS, dtype=torch.float64, device=device) if with_sums else None
+        )
+        self._cum: list[int] = []
+        self._cum_sums: list[float] = []
+        self._low: dict[int, torch.Tensor] = {}
+        self._low_cum: dict[int, list[int]] = {}
+
+    # -- pass 1 ---------------------------------------------------------------------------------
+    def add(self, values: torch.Tensor) -> None:
+        import torch
+
+        high = _bits(values) >> 16
+        self._counts += torch.bincount(high, minlength=_HIGH_BUCKETS)
+        if self._sums is not None:
+            self._sums += torch.bincount(high, weights=values.float(), minlength=_HIGH_BUCKETS)
+        self.total += values.numel()
+
+    def prepare(self, ranks: list[int]) -> None:
+        """Fix the buckets the wanted ranks fall in; the second pass resolves inside them."""
+        self._cum = self._counts.cumsum(0).tolist()
+        if self._sums is not None:
+            self._cum_sums = self._sums.cumsum(0).tolist()
+        for rank in ranks:
+            if 0 <= rank < self.total:
+                self._low.setdefault(self._bucket_of(rank), None)  # type: ignore[arg-type]
+
+    @property
+    def needs_second_pass(self) -> bool:
+        return any(v is None for v in self._low.values())
+
+    # -- pass 2 ---------------------------------------------------------------------------------
+    def refine(self, values: torch.Tensor) -> None:
+        import torch
+
+        bits = _bits(values)
+        for bucket in self._low:
+            # In-bucket values map to 1..65536, everything else to 0 or 65537: one bincount.
+            keys = torch.sub(bits, (bucket << 16) - 1).clamp_(0, _LOW_BUCKETS + 1)
+            counts = torch.bincount(keys, minlength=_LOW_BUCKETS + 2)[1:-1]
+            current = self._low[bucket]
+            self._low[bucket] = counts if current is None else current + counts
+
+    # -- answers --------------------------------------------------------------------------------
+    def _bucket_of(self, rank: int) -> int:
+        import bisect
+
+        return bisect.bisect_right(self._cum, rank)
+
+    def _low_cum_of(self, bucket: int) -> list[int]:
+        import torch
+
+        if bucket not in self._low_cum:
+            counts = self._low[bucket]
+            if counts is None:
+                counts = torch.zeros(_LOW_BUCKETS, dtype=torch.int64)
+            self._low_cum[bucket] = counts.cumsum(0).tolist()
+        return self._low_cum[bucket]
+
+    def value_at(self, rank: int) -> tuple[float, int]:
+        """The value of ascending rank `rank` (0-based) and how many values are strictly smaller."""
+        import bisect
+        import struct
+
+        bucket = self._bucket_of(rank)
+        below_bucket = self._cum[bucket - 1] if bucket > 0 else 0
+        low_cum = self._low_cum_of(bucket)
+        low = bisect.bisect_right(low_cum, rank - below_bucket)
+        less = below_bucket + (low_cum[low - 1] if low > 0 else 0)
+        value = struct.unpack("<f", struct.pack("<i", (bucket << 16) | low))[0]
+        return value, less
+
+    def sum_below(self, rank: int) -> float:
+        """Sum of the `rank` smallest values (needs with_sums)."""
+        import struct
+
+        import torch
+
+        if rank <= 0:
+            return 0.0
+        if rank >= self.total:
+            return self._cum_sums[-1] if self._cum_sums else 0.0
+        value, less = self.value_at(rank)
+        bucket = self._bucket_of(rank)
+        total = self._cum_sums[bucket - 1] if bucket > 0 else 0.0
+        counts = self._low[bucket]
+        low = struct.unpack("<i", struct.pack("<f", value))[0] & 0xFFFF
+        if counts is not None and low > 0:
+            bits = torch.arange(low, dtype=torch.int32, device=counts.device) | (bucket << 16)
+            values = bits.view(torch.float32).double()
+            total += float((counts[:low].double() * values).sum())
+        return total + (rank - less) * value
+
+
+@dataclass
+class TieWindow:
+    """Keep the entries equal to `value` whose index among those ties (flat order) is in [start, end)."""
+
+    value: float
+    start: int
+    end: int | None  # None: no end
+    seen: int = 0
+
+
+@dataclass
+class KeepRule:
+    """Which entries a magnitude selection keeps: lower < |x| < upper, plus windows of the ties."""
+
+    lower: float | None = None
+    upper: float | None = None
+    ties: list[TieWindow] = field(default_factory=list)
+    keep_nothing: bool = False
+
+    def mask(self, magnitudes: torch.Tensor) -> torch.Tensor | None:
+        """The keep mask of the next chunk (None: keep all). Chunks must come in flat order."""
+        import torch
+
+        if self.keep_nothing:
+            return torch.zeros_like(magnitudes, dtype=torch.bool)
+        mask = None
+        if self.lower is not None:
+            mask = magnitudes > self.lower
+        if self.upper is not None:
+            upper = magnitudes < self.upper
+            mask = upper if mask is None else mask.logical_and_(upper)
+        for tie in self.ties:
+            if tie.end is not None and tie.seen >= tie.end:
+                continue  # every later tie is dropped
+            equal = magnitudes == tie.value
+            if tie.end is None and tie.seen >= tie.start:
+                chosen = equal
+                tie.seen += int(equal.sum())
+            else:
+                count = int(equal.sum())
+                first, last = tie.seen, tie.seen + count
+                tie.seen = last
+                if count == 0 or last <= tie.start:
+                    continue
+                if first >= tie.start and (tie.end is None or last <= tie.end):
+                    chosen = equal
+                else:
+                    order = equal.flatten().cumsum(0).view_as(equal) + (first - 1)
+                    chosen = equal & (order >= tie.start)
+                    if tie.end is not None:
+                        chosen &= order < tie.end
+            mask = chosen if mask is None else mask.logical_or_(chosen)
+        return mask
+
+    def drop_mask(self, magnitudes: torch.Tensor) -> torch.Tensor | None:
+        """The complement of `mask` (None: drop nothing), for zeroing in place."""
+        keep = self.mask(magnitudes)
+        return None if keep is None else keep.logical_not_()
+
+
+def top_k_rule(selector: RankSelector, k: int) -> KeepRule:
+    """Keep the k largest (ties: lower flat index first), like a stable descending argsort."""
+    n = selector.total
+    if k >= n:
+        return KeepRule()
+    if k <= 0:
+        return KeepRule(keep_nothing=True)
+    value, less = selector.value_at(n - k)
+    # Everything above `value` is kept; the rest of the k come from the ties, first ones first.
+    greater = n - less - _count_equal(selector, value, less)
+    return KeepRule(lower=value, ties=[TieWindow(value, 0, k - greater)])
+
+
+def _count_equal(selector: RankSelector, value: float, less: int) -> int:
+    import struct
+
+    bits = struct.unpack("<i", struct.pack("<f", value))[0]
+    bucket, low = bits >> 16, bits & 0xFFFF
+    below_bucket = selector._cum[bucket - 1] if bucket > 0 else 0
+    low_cum = selector._low_cum_of(bucket)
+    upto = below_bucket + low_cum[low]
+    return upto - less
+
+
+def rank_window_rule(selector: RankSelector, lo: int, hi: int) -> KeepRule:
+    """Keep ascending ranks [lo, hi) of a stable ascending sort (ties: lower flat index first)."""
+    n = selector.total
+    lo, hi = max(0, lo), min(n, hi)
+    if hi <= lo:
+        return KeepRule(keep_nothing=True)
+    rule = KeepRule()
+    low_value = high_value = None
+    if lo > 0:
+        low_value, low_less = selector.value_at(lo)
+        rule.lower = low_value
+    if hi < n:
+        high_value, high_less = selector.value_at(hi)
+        rule.upper = high_value
+    if low_value is not None and low_value == high_value:
+        rule.ties.append(TieWindow(low_value, lo - low_less, hi - high_less))
+    else:
+        if low_value is not None:
+            rule.ties.append(TieWindow(low_value, lo - low_less, None))
+        if high_value is not None:
+            rule.ties.append(TieWindow(high_value, 0, hi - high_less))
+    return rule
+
+
+def kept_sum(selector: RankSelector, lo: int, hi: int) -> float:
+    """Sum of the values of ascending ranks [lo, hi) (needs with_sums)."""
+    lo, hi = max(0, lo), min(selector.total, hi)
+    if hi <= lo:
+        return 0.0
+    return selector.sum_below(hi) - selector.sum_below(lo)

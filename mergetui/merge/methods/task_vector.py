@@ -1,0 +1,364 @@
+"""The task-vector family: task_arithmetic, ties, dare_*, breadcrumbs*, della*.
+
+What mergekit's GeneralizedTaskArithmeticMerge computes, for each non-base input i:
+    tau_i = x_i - base, sparsified over the whole tensor with density_i (>= 1: untouched),
+    optionally rescaled to its L1 norm before sparsifying, times weight_i;
+then, with sign election, entries whose sign matches sign(sum_i tau_i) (>= 0 counts as +) are
+summed and divided by the sum of their weights (0 -> 1); without it, all are summed and divided by
+sum(weight) (|sum| < 1e-8 -> 1). normalize turns the division on; out = base + lambda * merged.
+
+How it is done here, so that no full-size copy per input is ever made:
+  1. a statistics pass over chunks gathers what the sparsifiers need for the whole tensor: a
+     radix histogram of |tau| (magnitude, breadcrumbs), L1 norms before and after a random mask
+     (DARE, regenerated later from its seed), or DELLA's rank-based masks (kept as bool);
+  2. a second histogram pass, only when a selection needs it, pins down the exact threshold;
+  3. one output pass recomputes tau chunk by chunk, masks, weights, elects signs and writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mergetui.errors import UserError
+from mergetui.merge.methods import _random
+from mergetui.merge.methods._common import (
+    CHUNK_ELEMENTS,
+    check_cancel,
+    flat,
+    input_label,
+    model_param,
+    row_spans,
+    shared_param,
+    spans,
+    split_base,
+)
+from mergetui.merge.methods._select import (
+    KeepRule,
+    RankSelector,
+    kept_sum,
+    rank_window_rule,
+    top_k_rule,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from mergetui.merge.methods import MethodContext
+
+# mergekit's rescaled_masked_tensor leaves the mask unscaled below this norm.
+_RESCALE_EPS = 1e-7
+
+
+@dataclass
+class _Input:
+    """One non-base input and everything its sparsifier decided about it."""
+
+    index: int  # position in `tensors`
+    slot: int  # position among the non-base inputs (keys its random stream)
+    tensor: torch.Tensor  # flat view
+    weight: float
+    kind: str | None  # None: keep all; "zero"; "magnitude"; "random"; "outliers"; "della"
+    density: float = 1.0
+    gamma: float = 0.0
+    epsilon: float = 0.0
+    selector: RankSelector | None = None
+    rule: KeepRule | None = None
+    window: tuple[int, int] = (0, 0)  # kept ascending ranks for the histogram selections
+    stream: int = 0
+    l1_before: Any = 0.0
+    l1_after: Any = 0.0
+    scale: float = 1.0
+    della_mask: torch.Tensor | None = field(default=None, repr=False)  # True: dropped
+
+
+def _merge(
+    tensors: list[torch.Tensor],
+    ctx: MethodContext,
+    sparsification: str | None,
+    consensus: bool,
+) -> torch.Tensor:
+    import torch
+
+    base, others = split_base(tensors, ctx, required=True)
+    assert base is not None
+    if not others or base.numel() == 0:
+        return base.clone()
+    normalize = bool(shared_param(ctx, "normalize"))
+    rescale = bool(shared_param(ctx, "rescale"))
+    lam = float(shared_param(ctx, "lambda"))
+    base_flat = flat(base)
+    numel = base_flat.numel()
+
+    inputs = [
+        _plan_input(tensors, ctx, index, slot, sparsification, numel)
+        for slot, index in enumerate(others)
+    ]
+    _gather_statistics(inputs, base, base_flat, ctx, rescale)
+    for item in inputs:
+        if rescale and item.kind in ("magnitude", "outliers", "random", "della"):
+            before, after = float(item.l1_before), float(item.l1_after)
+            if before >= _RESCALE_EPS and after >= _RESCALE_EPS:
+                item.scale = before / after
+
+    weights = [item.weight for item in inputs]
+    coefficients = [item.weight * item.scale for item in inputs]
+    if not consensus:
+        divisor = sum(weights) if normalize else 1.0
+        if abs(divisor) < 1e-8:
+            divisor = 1.0
+        coefficients = [c * lam / divisor for c in coefficients]
+
+    device = base.device
+    count = len(inputs)
+    out = torch.empty_like(base, memory_format=torch.contiguous_format)
+    out_flat = out.view(-1)
+    deltas = torch.empty((count, min(numel, CHUNK_ELEMENTS)), dtype=base.dtype, device=device)
+    coef = torch.tensor(coefficients, dtype=base.dtype, device=device).unsqueeze(1)
+    weight_row = torch.tensor(weights, dtype=base.dtype, device=device)
+    for chunk_index, (start, end) in enumerate(spans(numel)):
+        check_cancel(ctx)
+        length = end - start
+        block = deltas[:, :length]
+        base_chunk = base_flat[start:end]
+        for row, item in zip(block, inputs, strict=True):
+            torch.sub(item.tensor[start:end], base_chunk, out=row)
+            drop = _chunk_drop(item, row, chunk_index, start, end)
+            if drop is not None:
+                row.masked_fill_(drop, 0)
+        block.mul_(coef)
+        target = out_flat[start:end]
+        if consensus:
+            # Elected sign s = +1 where sum >= 0, else -1. An entry agrees when s * tau > 0, so
+            # relu(s * tau) keeps exactly the agreeing magnitudes (zeros never agree).
+            sign = torch.where(block.sum(0) >= 0, 1.0, -1.0).to(block.dtype)
+            block.mul_(sign).relu_()
+            merged = block.sum(0).mul_(sign)
+            if normalize:
+                divisor = weight_row @ block.sign_()
+                merged.div_(divisor.masked_fill_(divisor == 0, 1))
+            torch.add(base_chunk, merged, alpha=lam, out=target)
+        else:
+            torch.add(base_chunk, block.sum(0), out=target)
+    return out
+
+
+def _plan_input(
+    tensors: list[torch.Tensor],
+    ctx: MethodContext,
+    index: int,
+    slot: int,
+    sparsification: str | None,
+    numel: int,
+) -> _Input:
+    item = _Input(
+        index=index,
+        slot=slot,
+        tensor=flat(tensors[index]),
+        weight=float(model_param(ctx, index, "weight")),
+        kind=None,
+    )
+    if sparsification is None:
+        return item
+    item.density = float(model_param(ctx, index, "density"))
+    if item.density >= 1:
+        return item  # density >= 1: nothing is dropped and nothing rescaled
+    if sparsification == "magnitude":
+        item.kind = "zero" if item.density <= 0 else "magnitude"
+        k = max(1, int(item.density * numel))
+        item.window = (numel - k, numel)
+    elif sparsification == "outliers":
+        item.kind = "outliers"
+        item.gamma = float(model_param(ctx, index, "gamma"))
+        target = int(item.density * numel)
+        top = int(item.gamma * numel)
+        bottom = max(0, numel - target - top)
+        item.window = (bottom, bottom + target)
+    elif sparsification == "random":
+        item.kind = "random"
+        item.stream = _random.stream_key(ctx.seed, ctx.tensor_name, slot)
+    elif sparsification == "della":
+        if item.density <= 0:
+            item.kind = "zero"
+            return item
+        item.kind = "della"
+        item.epsilon = float(model_param(ctx, index, "epsilon"))
+        if item.density + item.epsilon >= 1 or item.density - item.epsilon <= 0:
+            raise UserError(
+                f"epsilon must be chosen such that density +/- epsilon is in (0, 1); "
+                f"{input_label(ctx, index)} has density {item.density:g} and epsilon "
+                f"{item.epsilon:g}",
+                where=ctx.tensor_name,
+                fix=f"use an epsilon below {min(item.density, 1 - item.density):g} for that model",
+            )
+        item.stream = _random.stream_key(ctx.seed, ctx.tensor_name, slot)
+    else:  # pragma: no cover - the table below only names the kinds above
+        raise ValueError(sparsification)
+    return item
+
+
+def _gather_statistics(
+    inputs: list[_Input],
+    base: torch.Tensor,
+    base_flat: torch.Tensor,
+    ctx: MethodContext,
+    rescale: bool,
+) -> None:
+    """Passes 1 and 2: histograms, L1 norms and DELLA masks, whole-tensor facts the output needs."""
+    import torch
+
+    for item in inputs:
+        if item.kind in ("magnitude", "outliers"):
+            item.selector = RankSelector(base.device, with_sums=rescale)
+        if item.kind == "della":
+            _della_mask(item, base, ctx, rescale)
+
+    flat_stats = [
+        item for item in inputs if item.selector is not None or (rescale and item.kind == "random")
+    ]
+    if flat_stats:
+        zero = torch.zeros((), dtype=torch.float64, device=base.device)
+        for item in flat_stats:
+            item.l1_before, item.l1_after = zero.clone(), zero.clone()
+        for chunk_index, (start, end) in enumerate(spans(base_flat.numel())):
+            check_cancel(ctx)
+            base_chunk = base_flat[start:end]
+            for item in flat_stats:
+                magnitudes = torch.sub(item.tensor[start:end], base_chunk).abs_()
+                if item.selector is not None:
+                    item.selector.add(magnitudes)
+                    continue
+                drop = _random.bernoulli_drop(
+                    item.stream, chunk_index, end - start, item.density, base.device
+                )
+                item.l1_before += magnitudes.sum()
+                item.l1_after += magnitudes.masked_fill_(drop, 0).sum()
+
+    selections = [item for item in inputs if item.selector is not None]
+    for item in selections:
+        lo, hi = item.window
+        item.selector.prepare([lo, hi])
+    refine = [item for item in selections if item.selector.needs_second_pass]
+    if refine:
+        for start, end in spans(base_flat.numel()):
+            check_cancel(ctx)
+            base_chunk = base_flat[start:end]
+            for item in refine:
+                item.selector.refine(torch.sub(item.tensor[start:end], base_chunk).abs_())
+    for item in selections:
+        lo, hi = item.window
+        if item.kind == "magnitude":
+            item.rule = top_k_rule(item.selector, hi - lo)
+        else:
+            item.rule = rank_window_rule(item.selector, lo, hi)
+        if rescale:
+            item.l1_before = item.selector.sum_below(item.selector.total)
+            item.l1_after = kept_sum(item.selector, lo, hi)
+        item.selector = None  # free the histograms
+
+
+def _della_mask(item: _Input, base: torch.Tensor, ctx: MethodContext, rescale: bool) -> None:
+    """DELLA's keep mask: per vector (the rows; 1-D tensors are one vector), rank entries by
+    magnitude and keep each with probability (density - eps) + 2 eps * rank / (n - 1)."""
+    import torch
+
+    x = item.tensor.view(base.shape)
+    if base.dim() < 2:
+        x_rows, base_rows = x.reshape(1, -1), base.reshape(1, -1)
+    elif base.dim() == 2:
+        x_rows, base_rows = x, base
+    else:  # vectors along dim 1, as mergekit's argsort(dim=1)
+        x_rows = x.movedim(1, -1).reshape(-1, base.shape[1])
+        base_rows = base.movedim(1, -1).reshape(-1, base.shape[1])
+    rows, cols = x_rows.shape
+    mask_rows = torch.empty((rows, cols), dtype=torch.bool, device=base.device)
+    low = item.density - item.epsilon
+    before = torch.zeros((), dtype=torch.float64, device=base.device)
+    after = before.clone()
+    steps = None
+    if cols > 1:
+        steps = torch.arange(cols, dtype=torch.float32, device=base.device)
+        steps = steps.mul_(2 * item.epsilon / (cols - 1)).add_(low)
+    for chunk_index, (r0, r1) in enumerate(row_spans(rows, cols)):
+        check_cancel(ctx)
+        magnitudes = torch.sub(x_rows[r0:r1], base_rows[r0:r1]).abs_()
+        draws = _random.uniform(item.stream, chunk_index, magnitudes.numel(), base.device)
+        draws = draws.view_as(magnitudes)
+        if steps is None:  # one-entry vectors: mergekit's rank formula divides 0 by 0
+            keep = draws < item.density
+        else:
+            order = torch.sort(magnitudes, dim=1, stable=True).indices
+            probabilities = torch.empty_like(magnitudes)
+            probabilities.scatter_(1, order, steps.expand_as(magnitudes))
+            keep = draws < probabilities
+        drop = keep.logical_not_()
+        mask_rows[r0:r1] = drop
+        if rescale:
+            before += magnitudes.sum()
+            after += magnitudes.masked_fill_(drop, 0).sum()
+    if base.dim() > 2:
+        moved = list(base.movedim(1, -1).shape)
+        mask_rows = mask_rows.reshape(moved).movedim(-1, 1).contiguous()
+    item.della_mask = mask_rows.reshape(-1)
+    item.l1_before, item.l1_after = before, after
+
+
+def _chunk_drop(
+    item: _Input, delta: torch.Tensor, chunk_index: int, start: int, end: int
+) -> torch.Tensor | None:
+    """Which entries of one chunk of an input's task vector to zero (None: none)."""
+    import torch
+
+    if item.kind is None:
+        return None
+    if item.kind == "zero":
+        return torch.ones_like(delta, dtype=torch.bool)
+    if item.kind == "random":
+        return _random.bernoulli_drop(
+            item.stream, chunk_index, end - start, item.density, delta.device
+        )
+    if item.kind == "della":
+        assert item.della_mask is not None
+        return item.della_mask[start:end]
+    assert item.rule is not None
+    return item.rule.drop_mask(delta.abs())
+
+
+def task_arithmetic(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
+    """base + lambda * sum(w_i tau_i) (/ sum w_i when normalize)."""
+    return _merge(tensors, ctx, None, consensus=False)
+
+
+def ties(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
+    """Top-k by magnitude per task vector, then sign election."""
+    return _merge(tensors, ctx, "magnitude", consensus=True)
+
+
+def dare_ties(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
+    """Random (Bernoulli density) drop per task vector, L1 rescale, then sign election."""
+    return _merge(tensors, ctx, "random", consensus=True)
+
+
+def dare_linear(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
+    """Random drop per task vector, L1 rescale, summed without election."""
+    return _merge(tensors, ctx, "random", consensus=False)
+
+
+def breadcrumbs(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
+    """Drop the largest gamma share and the smallest entries, keep density; no election."""
+    return _merge(tensors, ctx, "outliers", consensus=False)
+
+
+def breadcrumbs_ties(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
+    """Breadcrumbs sparsification, then sign election."""
+    return _merge(tensors, ctx, "outliers", consensus=True)
+
+
+def della(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
+    """Magnitude-ranked random drop per row, L1 rescale, then sign election."""
+    return _merge(tensors, ctx, "della", consensus=True)
+
+
+def della_linear(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
+    """DELLA's drop without sign election."""
+    return _merge(tensors, ctx, "della", consensus=False)
