@@ -88,9 +88,25 @@ class Recipe:
     parameters: Parameters = field(default_factory=dict)
     slices: list[Slice] | None = None
     description: str | None = None
+    # Where each key was written (dotted recipe path -> 1-based line), so problems can point at it.
+    # Bookkeeping only: it takes no part in equality, so a recipe read from TOML equals one from YAML.
+    locations: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    source_path: str | None = field(default=None, compare=False, repr=False)
 
     def model(self, name: str) -> ModelEntry:
         return self.models[name]
+
+    def line_of(self, path: str) -> int | None:
+        """The line a dotted recipe path was written on, or that of its nearest written parent.
+
+        A value written inline (`sources = [{ model = "a", ... }]`) has no line of its own, so the
+        line of the key holding it is the best place to point at.
+        """
+        while path:
+            if path in self.locations:
+                return self.locations[path]
+            path = path.rpartition(".")[0]
+        return None
 
     def effective_slices(self, layer_counts: Mapping[str, int]) -> list[Slice]:
         """The recipe as output slices, whatever form it was written in.
