@@ -104,10 +104,24 @@ def _task_vector_params(
 
 
 _GAMMA = ParamSpec(
-    "gamma", "float", "non_base", 0.01, "share of the largest entries dropped as outliers", 0.0, 1.0, step=0.01
+    "gamma",
+    "float",
+    "non_base",
+    0.01,
+    "share of the largest entries dropped as outliers",
+    0.0,
+    1.0,
+    step=0.01,
 )
 _EPSILON = ParamSpec(
-    "epsilon", "float", "non_base", 0.15, "spread of keep probabilities around density", 0.0, 1.0, step=0.01
+    "epsilon",
+    "float",
+    "non_base",
+    0.15,
+    "spread of keep probabilities around density",
+    0.0,
+    1.0,
+    step=0.01,
 )
 
 _TASK_VECTOR = "task-vector"
@@ -134,7 +148,12 @@ METHODS: dict[str, MethodSpec] = {
             "required",
             (
                 ParamSpec(
-                    "t", "float", "shared", description="0 = base, 1 = the other model", minimum=0.0, maximum=1.0
+                    "t",
+                    "float",
+                    "shared",
+                    description="0 = base, 1 = the other model",
+                    minimum=0.0,
+                    maximum=1.0,
                 ),
             ),
             min_inputs=2,
@@ -148,8 +167,12 @@ METHODS: dict[str, MethodSpec] = {
             "optional",
             (
                 _weight("non_base"),
-                ParamSpec("nuslerp_flatten", "bool", "shared", True, "treat the tensor as one vector"),
-                ParamSpec("nuslerp_row_wise", "bool", "shared", False, "interpolate rows, not columns"),
+                ParamSpec(
+                    "nuslerp_flatten", "bool", "shared", True, "treat the tensor as one vector"
+                ),
+                ParamSpec(
+                    "nuslerp_row_wise", "bool", "shared", False, "interpolate rows, not columns"
+                ),
             ),
             min_non_base=2,
             max_non_base=2,
@@ -163,7 +186,9 @@ METHODS: dict[str, MethodSpec] = {
             (
                 _weight("non_base"),
                 ParamSpec("normalize_weights", "bool", "shared", True, "make the weights sum to 1"),
-                ParamSpec("eps", "float", "shared", 1e-8, "numerical floor", minimum=0.0, step=1e-8),
+                ParamSpec(
+                    "eps", "float", "shared", 1e-8, "numerical floor", minimum=0.0, step=1e-8
+                ),
             ),
             min_non_base=1,
         ),
@@ -175,7 +200,9 @@ METHODS: dict[str, MethodSpec] = {
             "ignored",
             (
                 ParamSpec("max_iter", "int", "shared", 10, "iterations at most", minimum=1, step=1),
-                ParamSpec("tol", "float", "shared", 1e-5, "convergence tolerance", minimum=0.0, step=1e-5),
+                ParamSpec(
+                    "tol", "float", "shared", 1e-5, "convergence tolerance", minimum=0.0, step=1e-5
+                ),
             ),
         ),
         MethodSpec(
@@ -262,7 +289,13 @@ METHODS: dict[str, MethodSpec] = {
             "required",
             (
                 ParamSpec(
-                    "select_topk", "float", "shared", 1.0, "share of entries kept by variance", 0.0, 1.0
+                    "select_topk",
+                    "float",
+                    "shared",
+                    1.0,
+                    "share of entries kept by variance",
+                    0.0,
+                    1.0,
                 ),
                 ParamSpec("int8_mask", "bool", "shared", False, "store sign masks as int8"),
             ),
@@ -273,7 +306,17 @@ METHODS: dict[str, MethodSpec] = {
             "Keeps each model's unique changes whole and averages the shared ones.",
             "https://arxiv.org/abs/2601.13572",
             "required",
-            (ParamSpec("epsilon", "float", "shared", 1e-5, "smallest change that counts", minimum=0.0, step=1e-5),),
+            (
+                ParamSpec(
+                    "epsilon",
+                    "float",
+                    "shared",
+                    1e-5,
+                    "smallest change that counts",
+                    minimum=0.0,
+                    step=1e-5,
+                ),
+            ),
         ),
         MethodSpec(
             "ramplus_tl",
@@ -284,7 +327,15 @@ METHODS: dict[str, MethodSpec] = {
             (
                 ParamSpec("r", "float", "shared", 0.1, "boost strength", minimum=0.0),
                 ParamSpec("alpha", "float", "shared", 0.2, "cap on the ratio", minimum=0.0),
-                ParamSpec("epsilon", "float", "shared", 1e-5, "smallest change that counts", minimum=0.0, step=1e-5),
+                ParamSpec(
+                    "epsilon",
+                    "float",
+                    "shared",
+                    1e-5,
+                    "smallest change that counts",
+                    minimum=0.0,
+                    step=1e-5,
+                ),
             ),
         ),
         MethodSpec(
@@ -334,7 +385,13 @@ METHODS: dict[str, MethodSpec] = {
             "ignored",
             (
                 ParamSpec(
-                    "scale", "float", "input", None, "multiply the copied tensor", nullable=True, step=0.05
+                    "scale",
+                    "float",
+                    "input",
+                    None,
+                    "multiply the copied tensor",
+                    nullable=True,
+                    step=0.05,
                 ),
             ),
             min_inputs=1,
