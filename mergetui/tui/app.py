@@ -1,0 +1,299 @@
+"""The mergetui app: four screens on F2..F5, the recipe document, files, themes and settings.
+
+Start-up stays light: nothing here imports torch or transformers (the checkpoint headers are read
+without them, in a worker), so the first frame appears at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from mergetui.errors import UserError
+from mergetui.resources import themes_dir
+from mergetui.tui.commands import MergeTuiCommands
+from mergetui.tui.config import DEFAULT_THEME, AppConfig, user_themes_dir
+from mergetui.tui.dialogs import ConfirmQuit, TextPrompt
+from mergetui.tui.document import RecipeDocument
+from mergetui.tui.help import HelpScreen, active_sections
+from mergetui.tui.placeholders import ChatScreen, CheckpointsScreen, RunScreen
+from mergetui.tui.recipe_screen import RecipeScreen
+from mergetui.tui.themes import Heatmap, LoadedTheme, default_heatmap, load_themes
+
+SCREENS: dict[str, tuple[str, str]] = {
+    # mode: (key, title)
+    "checkpoints": ("f2", "Checkpoints"),
+    "recipe": ("f3", "Recipe"),
+    "run": ("f4", "Run"),
+    "chat": ("f5", "Chat"),
+}
+MODIFIED_MARK = "[modified]"
+
+
+class MergeTuiApp(App):
+    """Build merge recipes in a terminal: checkpoints, recipe and layer grid, run, chat."""
+
+    TITLE = "mergetui"
+    CSS_PATH = "app.tcss"
+    MODES = {
+        "checkpoints": CheckpointsScreen,
+        "recipe": RecipeScreen,
+        "run": RunScreen,
+        "chat": ChatScreen,
+    }
+    DEFAULT_MODE = "recipe"
+    COMMANDS = App.COMMANDS | {MergeTuiCommands}
+    BINDINGS = [
+        Binding("f1", "help", "Help"),
+        Binding("question_mark", "help", "Help", show=False),
+        *(Binding(key, f"switch_mode('{mode}')", title) for mode, (key, title) in SCREENS.items()),
+        Binding("ctrl+s", "save", "Save"),
+        Binding("ctrl+o", "open", "Open recipe", show=False),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(
+        self,
+        document: RecipeDocument | None = None,
+        *,
+        initial_screen: str = "recipe",
+        config: AppConfig | None = None,
+    ) -> None:
+        if initial_screen not in self.MODES:
+            raise UserError(
+                f"no screen called {initial_screen!r}", fix=f"use one of {', '.join(self.MODES)}"
+            )
+        self.document = document or RecipeDocument.new()
+        self.config = config or AppConfig.load()
+        self.initial_screen = initial_screen
+        super().__init__()
+        self.themes: dict[str, LoadedTheme] = {}
+        self.theme_errors: list[str] = []
+        self._load_themes()
+        wanted = self.config.theme
+        self._missing_theme = wanted if wanted not in self.available_themes else None
+        self.theme = wanted if self._missing_theme is None else DEFAULT_THEME
+
+    # -- themes and settings -------------------------------------------------------------------
+
+    def _load_themes(self) -> None:
+        found = load_themes(themes_dir(), user_themes_dir())
+        self.theme_errors = found.errors
+        for name, loaded in found.themes.items():
+            self.register_theme(loaded.theme)
+            self.themes[name] = loaded
+
+    @property
+    def heatmap(self) -> Heatmap:
+        """The grid's colours for the current theme (Textual's own themes get a default)."""
+        loaded = self.themes.get(self.theme)
+        return loaded.heatmap if loaded else default_heatmap(self.current_theme)
+
+    def save_config(self) -> None:
+        try:
+            self.config.save()
+        except OSError as exc:
+            self.notify(f"could not save settings: {exc}", severity="warning")
+
+    def _theme_changed(self, theme: Any) -> None:
+        if self.config.theme != self.theme:
+            self.config.theme = self.theme
+            self.save_config()
+
+    def on_mount(self) -> None:
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
+        for error in self.theme_errors:
+            self.notify(f"theme skipped: {error}", severity="warning", timeout=8)
+        if self._missing_theme:
+            self.notify(
+                f"theme {self._missing_theme!r} is not installed; using {DEFAULT_THEME}",
+                severity="warning",
+            )
+        self.switch_mode(self.initial_screen)
+        self.refresh_title()
+
+    # -- title ---------------------------------------------------------------------------------
+
+    def refresh_title(self) -> None:
+        """The header names the file, and says when it has unsaved changes."""
+        mark = f" {MODIFIED_MARK}" if self.document.modified else ""
+        self.sub_title = f"{self.document.display_name}{mark}"
+
+    def _recipe_screens(self) -> Iterable[RecipeScreen]:
+        for stack in self._screen_stacks.values():
+            for screen in stack:
+                if isinstance(screen, RecipeScreen):
+                    yield screen
+
+    def document_replaced(self) -> None:
+        for screen in self._recipe_screens():
+            screen.reload_document()
+        self.refresh_title()
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        screen = self.screen
+        sections = screen.help_sections() if hasattr(screen, "help_sections") else []
+        everywhere = [s for s in active_sections(screen) if s[0] == "Everywhere"]
+        sections = [*sections, *everywhere] if sections else active_sections(screen)
+        title = SCREENS.get(self.current_mode, ("", self.current_mode.title()))[1]
+        self.push_screen(HelpScreen(title, sections))
+
+    async def action_quit(self) -> None:
+        if not self.document.modified:
+            self.exit()
+            return
+        if isinstance(self.screen, ConfirmQuit):
+            return
+        self.push_screen(ConfirmQuit(self.document.display_name), self._quit_answer)
+
+    def _quit_answer(self, answer: str | None) -> None:
+        if answer == "discard":
+            self.exit()
+        elif answer == "save":
+            self.save_document(then=self.exit)
+
+    def action_save(self) -> None:
+        self.save_document()
+
+    def action_save_as(self) -> None:
+        self.save_document(ask=True)
+
+    def save_document(self, *, ask: bool = False, then: Callable[[], Any] | None = None) -> None:
+        """Save TOML, asking for a path when the recipe has none (or when asked to)."""
+        if self.document.path is None or ask:
+            self.push_screen(
+                TextPrompt(
+                    "Save recipe as (TOML)",
+                    str(self.document.suggested_path()),
+                    paths=True,
+                    hint="a .toml path · enter saves · escape cancels",
+                ),
+                partial(self._save_to, then=then),
+            )
+            return
+        self._save_to(None, then=then)
+
+    def _save_to(self, path: str | None, then: Callable[[], Any] | None = None) -> None:
+        if path is None and self.document.path is None:
+            return
+        try:
+            saved = self.document.save(path)
+        except (UserError, OSError) as exc:
+            self.notify(str(exc), title="Not saved", severity="error", timeout=8)
+            return
+        self.notify(f"saved {saved}", timeout=3)
+        self.refresh_title()
+        if then is not None:
+            then()
+
+    def action_export_yaml(self) -> None:
+        suggestion = self.document.suggested_path().with_suffix(".yaml")
+        self.push_screen(
+            TextPrompt("Export as mergekit YAML", str(suggestion), paths=True), self._export_to
+        )
+
+    def _export_to(self, path: str | None) -> None:
+        if path is None:
+            return
+        try:
+            written = self.document.export_yaml(path)
+        except (UserError, OSError) as exc:
+            self.notify(str(exc), title="Not exported", severity="error", timeout=8)
+            return
+        self.notify(f"exported {written} (mergekit-yaml {written.name} OUT)", timeout=5)
+
+    def action_open(self) -> None:
+        self._after_unsaved_check(self._ask_open)
+
+    def _ask_open(self) -> None:
+        start = self.document.path.parent if self.document.path else Path.cwd()
+        self.push_screen(
+            TextPrompt("Open recipe (TOML or mergekit YAML)", f"{start}/", paths=True),
+            self._open_path,
+        )
+
+    def _open_path(self, path: str | None) -> None:
+        if path is None:
+            return
+        try:
+            document = RecipeDocument.open(path)
+        except (UserError, OSError) as exc:
+            self.notify(str(exc), title="Not opened", severity="error", timeout=8)
+            return
+        self.document = document
+        self.document_replaced()
+        self.notify(f"opened {path}", timeout=3)
+
+    def action_new_recipe(self) -> None:
+        self._after_unsaved_check(self._new_recipe)
+
+    def _new_recipe(self) -> None:
+        self.document = RecipeDocument.new()
+        self.document_replaced()
+
+    def _after_unsaved_check(self, proceed: Callable[[], None]) -> None:
+        """Run `proceed` once unsaved changes are saved or knowingly dropped."""
+        if not self.document.modified:
+            proceed()
+            return
+
+        def answered(answer: str | None) -> None:
+            if answer == "discard":
+                proceed()
+            elif answer == "save":
+                self.save_document(then=proceed)
+
+        self.push_screen(ConfirmQuit(self.document.display_name), answered)
+
+    def action_theme(self, name: str) -> None:
+        self.theme = name
+        self.notify(f"theme {name}", timeout=2)
+
+    # -- command palette -----------------------------------------------------------------------
+
+    def palette_commands(self, screen: Screen) -> list[tuple[str, str, Any]]:
+        """Everything the app can do from `screen`: (title, help, callback), for the palette."""
+        commands: list[tuple[str, str, Any]] = [
+            (f"Go to {title}", f"{key} · the {title} screen", partial(self.switch_mode, mode))
+            for mode, (key, title) in SCREENS.items()
+        ]
+        commands += [
+            ("Save recipe", "ctrl+s · write the recipe as TOML", self.action_save),
+            ("Save recipe as…", "write the recipe to another TOML file", self.action_save_as),
+            ("Open recipe…", "ctrl+o · a TOML recipe or a mergekit YAML config", self.action_open),
+            ("New recipe", "start from an empty recipe", self.action_new_recipe),
+            ("Export mergekit YAML…", "write a config for mergekit-yaml", self.action_export_yaml),
+            ("Help: keys of this screen", "f1 or ?", self.action_help),
+            ("Quit", "ctrl+q · asks first if there are unsaved changes", self.action_quit),
+        ]
+        for name in sorted(self.available_themes):
+            loaded = self.themes.get(name)
+            description = loaded.description if loaded else "Textual built-in theme"
+            commands.append((f"Theme: {name}", description, partial(self.action_theme, name)))
+        if hasattr(screen, "palette_commands"):
+            commands += screen.palette_commands()
+        return commands
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        # Our provider covers quitting and themes; keep Textual's extras (keys panel, screenshot).
+        for command in super().get_system_commands(screen):
+            if command.title not in ("Quit", "Theme"):
+                yield command
+
+
+def run_app(recipe_path: str | Path | None = None, screen: str | None = None) -> int:
+    """Open the app (on a recipe file if given); returns the exit code. Raises UserError early."""
+    document = RecipeDocument.open(recipe_path) if recipe_path is not None else RecipeDocument.new()
+    app = MergeTuiApp(document, initial_screen=screen or "recipe")
+    app.run()
+    return app.return_code or 0

@@ -1,0 +1,27 @@
+"""The command palette (ctrl+p): every action of the app and of the current screen, searchable.
+
+Commands come from `MergeTuiApp.palette_commands(screen)`, which adds the screen's own
+`palette_commands()`; this provider only matches and lists them.
+"""
+
+from __future__ import annotations
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+
+class MergeTuiCommands(Provider):
+    """Screens, files, themes, recipe and grid operations."""
+
+    def _commands(self) -> list[tuple[str, str, object]]:
+        return list(self.app.palette_commands(self.screen))
+
+    async def discover(self) -> Hits:
+        for title, help_text, callback in self._commands():
+            yield DiscoveryHit(title, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for title, help_text, callback in self._commands():
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title), callback, help=help_text)

@@ -1,0 +1,77 @@
+"""The app's remembered settings (theme, nudge step, split view), kept in the user's config folder.
+
+The folder is `platformdirs.user_config_dir("mergetui")`, or `$MERGETUI_CONFIG_DIR` when set (tests
+point it at a temporary folder). A missing or unreadable file means defaults: settings are a
+convenience, never a reason to refuse to start.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_ENV = "MERGETUI_CONFIG_DIR"
+CONFIG_FILE = "config.toml"
+DEFAULT_THEME = "mergetui-dark"
+
+
+def config_dir() -> Path:
+    """Where settings and user themes live; `$MERGETUI_CONFIG_DIR` wins over the platform default."""
+    override = os.environ.get(CONFIG_ENV)
+    if override:
+        return Path(override).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("mergetui"))
+
+
+def user_themes_dir() -> Path:
+    return config_dir() / "themes"
+
+
+@dataclass
+class AppConfig:
+    """Settings that outlive a session."""
+
+    theme: str = DEFAULT_THEME
+    nudge_step: float | None = None
+    split_filters: bool = False
+
+    @classmethod
+    def load(cls) -> AppConfig:
+        """Read the config file, keeping defaults for anything missing or malformed."""
+        path = config_dir() / CONFIG_FILE
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+            return cls()
+        config = cls()
+        for field in fields(cls):
+            value = data.get(field.name)
+            if field.name == "theme" and isinstance(value, str) and value:
+                config.theme = value
+            elif field.name == "nudge_step" and isinstance(value, (int, float)) and value > 0:
+                config.nudge_step = float(value)
+            elif field.name == "split_filters" and isinstance(value, bool):
+                config.split_filters = value
+        return config
+
+    def save(self) -> Path:
+        """Write the file atomically (a temp file renamed into place)."""
+        import tomli_w
+
+        folder = config_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / CONFIG_FILE
+        data = {key: value for key, value in asdict(self).items() if value is not None}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
+        os.replace(tmp, path)
+        return path

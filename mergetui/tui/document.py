@@ -1,0 +1,177 @@
+"""The recipe being edited: where it lives, whether it changed since saving, and its undo history.
+
+Plain Python (no textual) so the editing rules are unit-tested without a terminal. Every change to the
+recipe goes through `edit()`, which snapshots the recipe first; undo and redo restore snapshots in
+place, so every part of the app keeps pointing at the same `Recipe` object.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+
+from mergetui.errors import UserError
+from mergetui.recipe.model import Recipe
+
+HISTORY_LIMIT = 500
+DEFAULT_METHOD = "linear"
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+class RecipeDocument:
+    """One open recipe: the `Recipe`, its file, the last saved state and undo/redo stacks."""
+
+    def __init__(
+        self, recipe: Recipe, path: Path | None = None, origin: Path | None = None
+    ) -> None:
+        self.recipe = recipe
+        # Where ctrl+s writes (TOML). None for a new recipe or one opened from mergekit YAML.
+        self.path = path
+        # The file it was read from, if any (a YAML file keeps its name as the suggestion for saving).
+        self.origin = origin or path
+        self._undo: list[tuple[str, Recipe]] = []
+        self._redo: list[tuple[str, Recipe]] = []
+        self._saved = self._fingerprint()
+
+    @classmethod
+    def new(cls, method: str = DEFAULT_METHOD) -> RecipeDocument:
+        return cls(Recipe(method=method))
+
+    @classmethod
+    def open(cls, path: str | Path) -> RecipeDocument:
+        """Read a recipe (TOML, or mergekit YAML which is saved as TOML next time)."""
+        from mergetui.recipe.io import load_recipe
+
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise UserError(
+                "no such recipe file", where=str(path), fix="check the path, or start a new recipe"
+            )
+        recipe = load_recipe(path)
+        if path.suffix.lower() in YAML_SUFFIXES:
+            return cls(recipe, path=None, origin=path)
+        return cls(recipe, path=path)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _fingerprint(self) -> str:
+        from mergetui.recipe.io import dumps_toml
+
+        return dumps_toml(self.recipe)
+
+    @property
+    def modified(self) -> bool:
+        """True when the recipe differs from what was last saved (or, if new, from how it started)."""
+        return self._fingerprint() != self._saved
+
+    @property
+    def display_name(self) -> str:
+        if self.path is not None:
+            return self.path.name
+        if self.origin is not None:
+            return f"{self.origin.name} (imported)"
+        return "untitled"
+
+    def suggested_path(self) -> Path:
+        """Where Save should propose to write: the file itself, or a .toml beside the imported YAML."""
+        if self.path is not None:
+            return self.path
+        if self.origin is not None:
+            return self.origin.with_suffix(".toml")
+        return Path.cwd() / "recipe.toml"
+
+    # -- history -------------------------------------------------------------------------------
+
+    @contextmanager
+    def edit(self, label: str) -> Iterator[Recipe]:
+        """Change the recipe inside this block; one undo step. On an exception nothing changes."""
+        before = copy.deepcopy(self.recipe)
+        try:
+            yield self.recipe
+        except BaseException:
+            self._restore(before)
+            raise
+        if _same(before, self.recipe):
+            return
+        self._undo.append((label, before))
+        del self._undo[:-HISTORY_LIMIT]
+        self._redo.clear()
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    def undo(self) -> str | None:
+        """Go back one edit; returns its label, or None when there is nothing to undo."""
+        if not self._undo:
+            return None
+        label, before = self._undo.pop()
+        self._redo.append((label, copy.deepcopy(self.recipe)))
+        self._restore(before)
+        return label
+
+    def redo(self) -> str | None:
+        if not self._redo:
+            return None
+        label, after = self._redo.pop()
+        self._undo.append((label, copy.deepcopy(self.recipe)))
+        self._restore(after)
+        return label
+
+    def _restore(self, snapshot: Recipe) -> None:
+        for item in fields(Recipe):
+            setattr(self.recipe, item.name, getattr(snapshot, item.name))
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write TOML (atomically, by the core); the document then points at that file."""
+        from mergetui.recipe.io import save_recipe
+
+        target = Path(path).expanduser() if path is not None else self.path
+        if target is None:
+            raise UserError("this recipe has no file yet", fix="choose a path to save it to")
+        if target.suffix.lower() in YAML_SUFFIXES:
+            raise UserError(
+                "Save writes mergetui's TOML",
+                where=str(target),
+                fix="save to a .toml file, or use 'Export mergekit YAML' for a .yaml",
+            )
+        if target.suffix == "":
+            target = target.with_suffix(".toml")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_recipe(self.recipe, target)
+        self.path = target
+        self.origin = target
+        self._saved = self._fingerprint()
+        return target
+
+    def export_yaml(self, path: str | Path) -> Path:
+        """Write the recipe as a mergekit YAML config (atomically); the document stays as it was."""
+        from mergetui.recipe.io import dumps_yaml
+
+        target = Path(path).expanduser()
+        if target.suffix == "":
+            target = target.with_suffix(".yaml")
+        text = dumps_yaml(self.recipe)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return target
+
+
+def _same(a: Recipe, b: Recipe) -> bool:
+    return a == b
