@@ -37,9 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--force", action="store_true", help="replace an existing output (once the new one is done)"
     )
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the plan and write nothing"
-    )
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
     parser.add_argument("--seed", type=int, help="seed for the random methods (dare, della)")
     parser.add_argument(
         "--allow-bin",

@@ -63,8 +63,26 @@ _SKIPPED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.masked_bias")
 # Input embeddings a tied head falls back to (mergekit's `tied_names`), most specific first.
 _EMBEDDING_HINTS = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embed_in")
 
-# Rough resident size of Python + torch + transformers before any tensor: part of the estimate.
-PROCESS_BASELINE_BYTES = 450 * 1000**2
+# Methods whose output element i depends only on input element i (so a tensor can be merged piece
+# by piece), and those that are so when nothing is sparsified (every density >= 1).
+ELEMENTWISE_METHODS = frozenset({"passthrough", "linear", "nearswap", "ram"})
+ELEMENTWISE_WITHOUT_SPARSIFY = frozenset(
+    {
+        "task_arithmetic",
+        "ties",
+        "dare_ties",
+        "dare_linear",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "della",
+        "della_linear",
+    }
+)
+
+# Rough resident size of Python + torch before any tensor: part of the estimate.
+PROCESS_BASELINE_BYTES = 300 * 1000**2
+# Elements per piece when an element-wise method streams a big tensor (16 MB in float32).
+PIECE_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,9 @@ class PlannedTensor:
     section: str  # "pre", "layer" or "post"
     layer: int | None = None  # output layer index
     copy_only: bool = False  # a non-floating buffer: copied (inputs must agree), never merged
+    # Each output element depends only on the same element of the inputs, so the engine may
+    # stream the tensor in pieces (bounded memory whatever the tensor's size).
+    elementwise: bool = False
 
     @property
     def numel(self) -> int:
@@ -313,18 +334,19 @@ def make_plan(
 def estimate_peak_bytes(tensors: Sequence[PlannedTensor]) -> int:
     """Peak resident memory of a run: the process baseline plus the largest working set.
 
-    For one output tensor the runner holds its inputs as read, their float32 copies, the method's
-    temporaries (about two tensors) and the result in the output dtype; the prefetch of the next
-    tensor's inputs is only admitted while both fit in 1.5 x the largest input set (see runner).
+    For one piece of work (a whole tensor, or a PIECE_ELEMENTS piece of an element-wise one) the
+    runner holds the inputs in float32, the method's temporaries (about two tensors) and the
+    result in float32 and in the output dtype; the reader may prefetch up to half the largest
+    input set more (see runner).
     """
     worst = 0
     largest_inputs = 0
     for tensor in tensors:
-        raw = sum(i.nbytes for i in tensor.inputs)
-        fp32 = 4 * sum(i.numel for i in tensor.inputs)
-        largest_inputs = max(largest_inputs, raw)
-        working = raw + fp32 + 3 * 4 * tensor.numel + 2 * tensor.nbytes
-        worst = max(worst, working)
+        numel = min(tensor.numel, PIECE_ELEMENTS) if tensor.elementwise else tensor.numel
+        inputs = 4 * numel * len(tensor.inputs)
+        largest_inputs = max(largest_inputs, inputs)
+        out_bytes = tensor.nbytes * numel // tensor.numel if tensor.numel else 0
+        worst = max(worst, inputs + 3 * 4 * numel + 2 * out_bytes)
     return PROCESS_BASELINE_BYTES + worst + largest_inputs // 2
 
 
@@ -397,7 +419,9 @@ def resolve_model_path(
     return None
 
 
-def _open_model(recipe: Recipe, name: str, recipe_dir: Path | None, allow_bin: bool) -> PlannedModel:
+def _open_model(
+    recipe: Recipe, name: str, recipe_dir: Path | None, allow_bin: bool
+) -> PlannedModel:
     from mergetui.checkpoints.inspect import open_checkpoint
 
     entry = recipe.models[name]
@@ -457,7 +481,9 @@ def _output_dir(recipe: Recipe, out: str | Path | None) -> Path:
 # Checks
 
 
-def _check_slices(recipe: Recipe, slices: Sequence[Slice], models: Mapping[str, PlannedModel]) -> None:
+def _check_slices(
+    recipe: Recipe, slices: Sequence[Slice], models: Mapping[str, PlannedModel]
+) -> None:
     for number, slice_ in enumerate(slices, start=1):
         where = f"slices[{number}]" if recipe.slices is not None else "models"
         lengths = set()
@@ -702,6 +728,7 @@ class _TensorBuilder:
                 section=section,
                 layer=out_layer,
                 copy_only=not floating,
+                elementwise=floating and _is_elementwise(self.spec.name, per_model),
             )
         )
 
@@ -739,6 +766,15 @@ class _TensorBuilder:
                 exc.where = tensor_name
             raise
         return dict(shared), [dict(per_model.get(name, {})) for name in inputs]
+
+
+def _is_elementwise(method: str, per_model: Sequence[Mapping[str, Any]]) -> bool:
+    if method in ELEMENTWISE_METHODS:
+        return True
+    if method in ELEMENTWISE_WITHOUT_SPARSIFY:
+        densities = [p.get("density", 1.0) for p in per_model]
+        return all(d is None or float(d) >= 1.0 for d in densities)
+    return False
 
 
 def _skipped(name: str) -> bool:
@@ -806,7 +842,10 @@ def _model_chat_template(folder: Path) -> str | None:
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
         return jinja.read_text(encoding="utf-8")
-    for name, key in (("chat_template.json", "chat_template"), ("tokenizer_config.json", "chat_template")):
+    for name, key in (
+        ("chat_template.json", "chat_template"),
+        ("tokenizer_config.json", "chat_template"),
+    ):
         path = folder / name
         if path.is_file():
             try:

@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ from mergetui.merge.events import (
     ShardWritten,
     TensorDone,
 )
+from mergetui.merge.plan import PIECE_ELEMENTS
 from mergetui.merge.writer import human_bytes
 
 if TYPE_CHECKING:
@@ -191,6 +193,50 @@ class _ByteBudget:
             self._cond.notify_all()
 
 
+@dataclass(frozen=True)
+class _Piece:
+    """A run of elements [start, stop) of one output tensor: the unit the threads pass along.
+
+    Element-wise methods stream big tensors in pieces of PIECE_ELEMENTS; every other tensor is one
+    piece. Elements of a contiguous tensor are contiguous bytes, in the inputs and in the output.
+    """
+
+    tensor: PlannedTensor
+    start: int
+    stop: int
+    fast_copy: bool  # passthrough without scale or dtype change: bytes in, bytes out
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0 and self.stop == self.tensor.numel
+
+    @property
+    def last(self) -> bool:
+        return self.stop == self.tensor.numel
+
+    @property
+    def numel(self) -> int:
+        return self.stop - self.start
+
+
+def _pieces(plan: Plan) -> list[_Piece]:
+    pieces = []
+    for tensor in plan.tensors:
+        fast = (
+            plan.method == "passthrough"
+            and not tensor.copy_only
+            and tensor.per_model[0].get("scale") is None
+            and tensor.inputs[0].dtype == tensor.dtype
+        )
+        total = tensor.numel
+        if (tensor.elementwise or fast) and total > PIECE_ELEMENTS:
+            for start in range(0, total, PIECE_ELEMENTS):
+                pieces.append(_Piece(tensor, start, min(total, start + PIECE_ELEMENTS), fast))
+        else:
+            pieces.append(_Piece(tensor, 0, total, fast))
+    return pieces
+
+
 def _execute(
     plan: Plan,
     folder: Path,
@@ -199,6 +245,8 @@ def _execute(
     cancel: threading.Event | None,
     progress: _Progress,
 ) -> None:
+    import torch
+
     from mergetui.merge.methods import get_method_function
     from mergetui.merge.reader import TensorReader
     from mergetui.merge.writer import ShardSetWriter
@@ -206,27 +254,28 @@ def _execute(
     method = get_method_function(plan.method)
     reader = TensorReader()
     writer = ShardSetWriter(folder, plan.layout)
-    sizes = [sum(i.nbytes for i in t.inputs) for t in plan.tensors]
+    pieces = _pieces(plan)
+    convert_early = device.type == "cpu"  # on a GPU, copy the stored bytes and convert there
+    sizes = [_held_bytes(p, convert_early) for p in pieces]
     largest = max(sizes, default=0)
     budget = _ByteBudget(largest + largest // 2)
     stop = threading.Event()
     loaded: queue.Queue[tuple[int, Any]] = queue.Queue()
-    writes: queue.Queue[tuple[PlannedTensor, Any] | None] = queue.Queue(maxsize=2)
+    writes: queue.Queue[tuple[_Piece, Any] | None] = queue.Queue(maxsize=2)
     writer_error: list[BaseException] = []
 
     def read_loop() -> None:
-        for tensor, size in zip(plan.tensors, sizes, strict=True):
-            if stop.is_set() or not budget.acquire(size):
-                return
-            try:
-                data = [
-                    reader.read(i.file, i.offset, i.nbytes, i.dtype, i.shape, i.tensor)
-                    for i in tensor.inputs
-                ]
-            except BaseException as exc:  # handed to the main thread, which raises it
-                loaded.put((tensor.index, exc))
-                return
-            loaded.put((tensor.index, data))
+        with torch.inference_mode():
+            for number, (piece, size) in enumerate(zip(pieces, sizes, strict=True)):
+                if stop.is_set() or not budget.acquire(size):
+                    return
+                try:
+                    data = _read_piece(reader, piece, convert_early)
+                except BaseException as exc:  # handed to the main thread, which raises it
+                    loaded.put((number, exc))
+                    return
+                loaded.put((number, data))
+                del data
 
     def write_loop() -> None:
         total = plan.total_bytes
@@ -239,16 +288,20 @@ def _execute(
                 continue
             if item is None:
                 return
-            tensor, result = item
+            piece, result = item
+            tensor = piece.tensor
+            itemsize = tensor.nbytes // tensor.numel if tensor.numel else 0
             try:
-                shard = writer.write(tensor.name, result)
+                shard = writer.write(tensor.name, result, piece.start * itemsize)
             except BaseException as exc:
                 writer_error.append(exc)
                 stop.set()
                 return
+            progress.bytes_done += piece.numel * itemsize
             del result, item
+            if not piece.last:
+                continue
             progress.tensors_done += 1
-            progress.bytes_done += tensor.nbytes
             emit(
                 TensorDone(
                     index=tensor.index,
@@ -267,17 +320,16 @@ def _execute(
     reader_thread.start()
     writer_thread.start()
     try:
-        for tensor, size in zip(plan.tensors, sizes, strict=True):
+        for number, (piece, size) in enumerate(zip(pieces, sizes, strict=True)):
             index, data = _next_loaded(loaded, cancel, writer_error)
-            if index != tensor.index:
-                raise RuntimeError(f"reader out of order: got {index}, expected {tensor.index}")
+            if index != number:
+                raise RuntimeError(f"reader out of order: got piece {index}, expected {number}")
             if isinstance(data, BaseException):
                 raise data
             _raise_if_cancelled(cancel)
-            result = _compute(plan, tensor, data, method, device, cancel)
-            del data
+            result = _compute(plan, piece, data, method, device, cancel)  # empties `data`
             budget.release(size)
-            _put_write(writes, (tensor, result), cancel, writer_error)
+            _put_write(writes, (piece, result), cancel, writer_error)
             del result
         _put_write(writes, None, cancel, writer_error)
         while writer_thread.is_alive():
@@ -295,6 +347,49 @@ def _execute(
         writer_thread.join()
         reader.close()
         writer.close()
+
+
+def _held_bytes(piece: _Piece, convert_early: bool) -> int:
+    """Bytes the inputs of a piece occupy while queued and computed."""
+    tensor = piece.tensor
+    total = 0
+    for source in tensor.inputs:
+        itemsize = source.nbytes // source.numel if source.numel else 0
+        if convert_early and not (tensor.copy_only or piece.fast_copy):
+            itemsize = 8 if source.dtype == "F64" else 4
+        total += itemsize * piece.numel
+    return total
+
+
+def _read_piece(reader: Any, piece: _Piece, convert_early: bool) -> list[torch.Tensor]:
+    """The inputs of one piece, on the CPU: in float32 (float64) when converting early."""
+    import torch
+
+    tensor = piece.tensor
+    data = []
+    wide = any(i.dtype == "F64" for i in tensor.inputs)
+    for source in tensor.inputs:
+        if source.offset < 0:  # pytorch .bin: the whole tensor, then the piece's elements
+            value = reader.read(
+                source.file, -1, source.nbytes, source.dtype, source.shape, source.tensor
+            )
+            if not piece.whole:
+                value = value.reshape(-1)[piece.start : piece.stop]
+        else:
+            itemsize = source.nbytes // source.numel if source.numel else 0
+            shape = source.shape if piece.whole else (piece.numel,)
+            value = reader.read(
+                source.file,
+                source.offset + piece.start * itemsize,
+                piece.numel * itemsize,
+                source.dtype,
+                shape,
+                source.tensor,
+            )
+        if convert_early and not (tensor.copy_only or piece.fast_copy):
+            value = value.to(torch.float64 if wide else torch.float32)
+        data.append(value)
+    return data
 
 
 def _next_loaded(
@@ -331,18 +426,22 @@ def _put_write(
 
 def _compute(
     plan: Plan,
-    tensor: PlannedTensor,
+    piece: _Piece,
     data: list[torch.Tensor],
     method: Callable[..., torch.Tensor],
     device: torch.device,
     cancel: threading.Event | None,
 ) -> torch.Tensor:
-    """One output tensor, contiguous on the CPU in its output dtype."""
+    """One piece of an output tensor, contiguous on the CPU in its output dtype.
+
+    Takes ownership of `data` (emptied here), so the inputs are freed as soon as possible.
+    """
     import torch
 
     from mergetui.checkpoints.safetensors_io import torch_dtype
     from mergetui.merge.methods import MethodContext
 
+    tensor = piece.tensor
     out_dtype = torch_dtype(tensor.dtype)
     if tensor.copy_only:
         first = data[0]
@@ -354,19 +453,16 @@ def _compute(
                     where=tensor.name,
                     fix="merge models whose integer buffers agree",
                 )
+        data.clear()
         return first.contiguous()
-    if (
-        plan.method == "passthrough"
-        and tensor.per_model[0].get("scale") is None
-        and data[0].dtype == out_dtype
-    ):
-        return data[0].contiguous()  # a plain copy: no float32 round trip
+    if piece.fast_copy:
+        first = data[0]
+        data.clear()
+        return first.contiguous()
 
-    compute_dtype = (
-        torch.float64 if any(d.dtype == torch.float64 for d in data) else torch.float32
-    )
+    compute_dtype = torch.float64 if any(d.dtype == torch.float64 for d in data) else torch.float32
     inputs = [d.to(device=device, dtype=compute_dtype, non_blocking=True) for d in data]
-    del data
+    data.clear()
     ctx = MethodContext(
         method=plan.method,
         tensor_name=tensor.name,
@@ -378,14 +474,15 @@ def _compute(
         device=device,
         input_names=[i.model for i in tensor.inputs],
     )
+    expected = tensor.shape if piece.whole else (piece.numel,)
     with torch.inference_mode():
         result = method(inputs, ctx)
-        if tuple(result.shape) != tensor.shape:
+        inputs.clear()
+        if tuple(result.shape) != tuple(expected):
             raise RuntimeError(
                 f"method {plan.method} returned shape {tuple(result.shape)} for {tensor.name}, "
-                f"expected {tensor.shape}"
+                f"expected {tuple(expected)}"
             )
-        del inputs
         result = result.to(dtype=out_dtype)
         if result.device.type != "cpu":
             result = result.to("cpu")

@@ -230,6 +230,7 @@ class ShardSetWriter:
         self._fds: dict[int, int] = {}
         self._remaining = [len(s.slots) for s in layout.shards]
         self._written: set[str] = set()
+        self._bytes: dict[str, int] = {}
 
     def _fd(self, shard: int) -> int:
         fd = self._fds.get(shard)
@@ -245,28 +246,41 @@ class ShardSetWriter:
                 raise self._os_error(exc, spec.filename) from exc
         return fd
 
-    def write(self, name: str, tensor: torch.Tensor) -> ShardLayout | None:
-        """Write one finished tensor; return its shard when that shard just became complete."""
+    def write(self, name: str, tensor: torch.Tensor, start: int = 0) -> ShardLayout | None:
+        """Write a finished tensor, or the piece of it that begins `start` bytes into it.
+
+        Returns the tensor's shard when that shard just became complete. Pieces of one tensor may
+        arrive in any order; the tensor counts as written once all its bytes are.
+        """
         slot = self.layout.slots[name]
-        if name in self._written:
-            raise RuntimeError(f"tensor {name} written twice")
         if tensor.device.type != "cpu" or not tensor.is_contiguous():
             raise RuntimeError(f"tensor {name} must be a contiguous CPU tensor to be written")
         nbytes = tensor.numel() * tensor.element_size()
-        if nbytes != slot.nbytes:
-            raise RuntimeError(f"tensor {name} has {nbytes} bytes but its slot holds {slot.nbytes}")
+        done = self._bytes.get(name, 0)
+        if start < 0 or start + nbytes > slot.nbytes or done + nbytes > slot.nbytes:
+            raise RuntimeError(
+                f"{nbytes} bytes at {start} do not fit tensor {name} ({slot.nbytes} bytes, "
+                f"{done} already written)"
+            )
         spec = self.layout.shards[slot.shard]
         fd = self._fd(slot.shard)
         try:
-            write_at(fd, tensor_bytes(tensor), slot.begin)
+            write_at(fd, tensor_bytes(tensor), slot.begin + start)
         except OSError as exc:
             raise self._os_error(exc, spec.filename) from exc
+        done += nbytes
+        self._bytes[name] = done
+        if done < slot.nbytes or name in self._written:
+            return None
         self._written.add(name)
         self._remaining[slot.shard] -= 1
         if self._remaining[slot.shard] == 0:
             self._close_shard(slot.shard)
             return spec
         return None
+
+    def is_written(self, name: str) -> bool:
+        return name in self._written
 
     def _close_shard(self, shard: int) -> None:
         fd = self._fds.pop(shard)
