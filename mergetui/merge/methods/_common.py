@@ -139,3 +139,26 @@ def rows_view(tensor: torch.Tensor, rowwise_dim: int | None) -> torch.Tensor:
 def row_spans(rows: int, cols: int) -> Iterator[tuple[int, int]]:
     """Row ranges of about CHUNK_ELEMENTS elements each (at least one row)."""
     return spans(rows, max(1, CHUNK_ELEMENTS // max(1, cols)))
+
+
+def vector_view(tensor: torch.Tensor, mode: str) -> tuple[torch.Tensor, int]:
+    """A 2-D view of `tensor` and the dim its vectors run along (1: rows, 0: columns).
+
+    mode "flat": the whole tensor is one vector (a column of a [numel, 1] view, so it can still be
+    walked in row chunks); "last": vectors along the last dim (1-D tensors are one vector);
+    "first": vectors along the first dim. Row chunks of the view are cache-friendly either way.
+    """
+    if mode == "flat":
+        return tensor.reshape(-1, 1), 0
+    if tensor.dim() < 2:
+        return tensor.reshape(1, -1), 1
+    if mode == "last":
+        return tensor.reshape(-1, tensor.shape[-1]), 1
+    if mode == "first":
+        return tensor.reshape(tensor.shape[0], -1), 0
+    raise ValueError(mode)
+
+
+def vector_sums(rows: torch.Tensor, along: int) -> torch.Tensor:
+    """Sum of a chunk along the vector dim, keeping the dim (partial sums when along == 0)."""
+    return rows.sum(dim=along, keepdim=True)

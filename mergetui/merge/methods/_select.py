@@ -158,6 +158,11 @@ class KeepRule:
     ties: list[TieWindow] = field(default_factory=list)
     keep_nothing: bool = False
 
+    def restart(self) -> None:
+        """Forget the ties counted so far, to walk the chunks again from the start."""
+        for tie in self.ties:
+            tie.seen = 0
+
     def mask(self, magnitudes: torch.Tensor) -> torch.Tensor | None:
         """The keep mask of the next chunk (None: keep all). Chunks must come in flat order."""
         import torch

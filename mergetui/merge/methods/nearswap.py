@@ -1,0 +1,39 @@
+"""NearSwap: take the other model's value where it is close to the base's."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mergetui.merge.methods._common import (
+    check_cancel,
+    flat,
+    require_count,
+    shared_param,
+    spans,
+    split_base,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from mergetui.merge.methods import MethodContext
+
+
+def nearswap(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
+    """w = clamp(t / max(|a - b|, 1e-6), 0, 1) per entry; out = w b + (1 - w) a, a the base."""
+    import torch
+
+    require_count(ctx, len(tensors), minimum=2, maximum=2, what="inputs (a base and one model)")
+    base, others = split_base(tensors, ctx, required=True)
+    assert base is not None
+    a, b = flat(base), flat(tensors[others[0]])
+    t = float(shared_param(ctx, "t"))
+    out = torch.empty_like(base, memory_format=torch.contiguous_format)
+    out_flat = out.view(-1)
+    for start, end in spans(a.numel()):
+        check_cancel(ctx)
+        x, y = a[start:end], b[start:end]
+        diff = torch.sub(y, x)
+        weight = diff.abs().clamp_(min=1e-6).reciprocal_().mul_(t).clamp_(0, 1)
+        torch.addcmul(x, weight, diff, out=out_flat[start:end])
+    return out
