@@ -207,11 +207,12 @@ class AddModelDialog(DialogScreen):
 
 
 def suggest_model_name(source: str, taken: set[str]) -> str:
-    """A short recipe name from a path or Hub id: its last component, made unique."""
-    stem = source.strip().rstrip("/").rsplit("/", 1)[-1].strip()
-    stem = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in stem).strip("-.").lower()
-    if not stem:
+    """The recipe's short name for a path or Hub id (the core's rule), made unique."""
+    from mergetui.recipe.io import derive_model_name
+
+    if not source.strip():
         return ""
+    stem = derive_model_name(source)
     name, counter = stem, 2
     while name in taken:
         name = f"{stem}-{counter}"

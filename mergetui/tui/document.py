@@ -8,7 +8,6 @@ place, so every part of the app keeps pointing at the same `Recipe` object.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
@@ -156,20 +155,13 @@ class RecipeDocument:
 
     def export_yaml(self, path: str | Path) -> Path:
         """Write the recipe as a mergekit YAML config (atomically); the document stays as it was."""
-        from mergetui.recipe.io import dumps_yaml
+        from mergetui.recipe.io import dumps_yaml, write_text_atomic
 
         target = Path(path).expanduser()
         if target.suffix == "":
             target = target.with_suffix(".yaml")
         text = dumps_yaml(self.recipe)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        write_text_atomic(target, text)
         return target
 
 

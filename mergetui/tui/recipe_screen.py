@@ -289,6 +289,7 @@ class RecipeScreen(Screen):
                     id="grid-keys",
                     classes="hint",
                 )
+                yield Static(id="grid-note")
                 yield LayerGrid(self.grid_model, id="grid")
                 with Horizontal(id="curve"):
                     yield Static(id="curve-label")
@@ -405,7 +406,7 @@ class RecipeScreen(Screen):
         if not seed.has_focus:
             seed.value = "" if self.recipe.seed is None else str(self.recipe.seed)
         dtype = self.query_one("#dtype", Select)
-        wanted = self.recipe.dtype if self.recipe.dtype in DTYPES else Select.BLANK
+        wanted = self.recipe.dtype if self.recipe.dtype in DTYPES else Select.NULL
         if dtype.value != wanted:
             with dtype.prevent(Select.Changed):
                 dtype.value = wanted
@@ -417,6 +418,9 @@ class RecipeScreen(Screen):
         model.names = self._tensor_names() or model.names
         model.rebuild()
         self.query_one(LayerGrid).refresh_model()
+        note = self.query_one("#grid-note", Static)
+        note.update(f"⚠ {model.layer_note}" if model.layer_note else "")
+        note.display = bool(model.layer_note)
 
     def _tensor_names(self) -> TensorNames | None:
         for name in self.recipe.models:
@@ -586,9 +590,6 @@ class RecipeScreen(Screen):
         self._refresh_models()
         self._refresh_grid()
         self._refresh_slices()
-        unreadable = [n for n, f in facts.items() if f.error and n in self.recipe.models]
-        if unreadable and self.grid_model.layer_note:
-            self.notify(self.grid_model.layer_note, severity="warning", timeout=6)
 
     # -- tabs, undo ----------------------------------------------------------------------------
 
@@ -775,7 +776,7 @@ class RecipeScreen(Screen):
 
     @on(Select.Changed, "#dtype")
     def dtype_changed(self, event: Select.Changed) -> None:
-        value = None if event.value is Select.BLANK else str(event.value)
+        value = None if event.value is Select.NULL else str(event.value)
         if value != self.recipe.dtype:
             with self.edit(f"dtype {value or 'default'}"):
                 self.recipe.dtype = value
