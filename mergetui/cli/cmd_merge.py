@@ -89,29 +89,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _validate(recipe: Any, recipe_path: Path) -> bool:
-    """Print the validator's problems like `mergetui validate`; False when any is an error."""
+    """Print the validator's problems as `mergetui validate` does; False when any is an error."""
+    from mergetui.cli import cmd_validate
     from mergetui.recipe.validate import validate_recipe
 
     problems = validate_recipe(recipe, offline=True, base_dir=recipe_path.parent)
     if not problems:
         return True
-    try:
-        from mergetui.cli.cmd_validate import print_problems
-    except ImportError:  # pragma: no cover - validate's printer not available
-        print_problems = None
-    if print_problems is not None:
-        print_problems(problems, recipe_path)
-    else:  # pragma: no cover
-        from mergetui.cli.output import console_err
-
-        for problem in problems:
-            console_err().print(str(problem), soft_wrap=True, markup=False)
-    return not any(_is_error(p) for p in problems)
-
-
-def _is_error(problem: Any) -> bool:
-    level = getattr(problem, "severity", None) or getattr(problem, "level", None)
-    return str(level).lower() in ("error", "severity.error", "none")
+    printer = getattr(cmd_validate, "print_problems", None) or cmd_validate._print_problems
+    printer(str(recipe_path), problems)
+    return not any(p.is_error for p in problems)
 
 
 def _print_plan(plan: Any, *, force: bool) -> None:

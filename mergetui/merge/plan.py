@@ -704,7 +704,7 @@ class _TensorBuilder:
 
         model_names = [p.model for p in present]
         base = self._slice_base(slice_)
-        shared, per_model = self._parameters(slice_, out_name, model_names, t, base)
+        shared, per_model = self._parameters(slice_, out_name, list(inputs), t, base)
         base_index = None
         if base is not None and self.spec.base != "ignored":
             if base not in model_names:
@@ -753,8 +753,15 @@ class _TensorBuilder:
         return slice_.base if slice_.base is not None else self.recipe.base
 
     def _parameters(
-        self, slice_: Slice, tensor_name: str, inputs: list[str], t: float, base: str | None
+        self,
+        slice_: Slice,
+        tensor_name: str,
+        inputs: list[tuple[str, str]],
+        t: float,
+        base: str | None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Shared values (filters see the output name) and per-input values (filters see each
+        input's own tensor name), exactly as mergekit resolves them."""
         from mergetui.recipe.resolve import resolve_tensor_params
 
         try:
@@ -765,7 +772,7 @@ class _TensorBuilder:
             if exc.where is None:
                 exc.where = tensor_name
             raise
-        return dict(shared), [dict(per_model.get(name, {})) for name in inputs]
+        return dict(shared), [dict(per_model.get(model, {})) for model, _ in inputs]
 
 
 def _is_elementwise(method: str, per_model: Sequence[Mapping[str, Any]]) -> bool:
