@@ -93,7 +93,7 @@ _YAML_MODEL_KEYS = ("model", "parameters")
 _YAML_SLICE_KEYS = ("sources", "base_model", "parameters", "residual_weight")
 _YAML_SOURCE_KEYS = ("model", "layer_range", "parameters")
 
-_META_RE = re.compile(r"^#\s*mergetui:\s*(\{.*\})\s*$", re.MULTILINE)
+_META_RE = re.compile(r"^#\s*mergetui:\s*(.*?)\s*$", re.MULTILINE)
 
 Path_ = tuple[Any, ...]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
-Scalar = Union[bool, int, float, str]
+Scalar = bool | int | float | str
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Conditional:
 
 # A parameter value: a number (or bool/str), a gradient (list of anchors, or one value per layer),
 # or a list of Conditional entries where the first matching filter wins.
-ParamValue = Union[Scalar, list[Scalar], list[Conditional], Conditional]
+ParamValue = Scalar | list[Scalar] | list[Conditional] | Conditional
 Parameters = dict[str, ParamValue]
 
 
