@@ -169,6 +169,8 @@ class KeepRule:
 
         if self.keep_nothing:
             return torch.zeros_like(magnitudes, dtype=torch.bool)
+        # Thresholds are float32 values (mergekit also ranks float32 magnitudes on the CPU).
+        magnitudes = magnitudes.float()
         mask = None
         if self.lower is not None:
             mask = magnitudes > self.lower

@@ -1,0 +1,113 @@
+"""The radix selection behind TIES, breadcrumbs and SCE: exact ranks, exact counts, stable ties.
+
+Every answer is checked against torch's stable sort of the same values, fed in uneven chunks so
+that tie runs and rank boundaries straddle chunk edges.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mergetui.merge.methods._select import (
+    KeepRule,
+    RankSelector,
+    kept_sum,
+    rank_window_rule,
+    top_k_rule,
+)
+
+CHUNK = 97
+
+
+def _chunks(values: torch.Tensor) -> list[torch.Tensor]:
+    return [values[i : i + CHUNK] for i in range(0, values.numel(), CHUNK)]
+
+
+def _selector(values: torch.Tensor, ranks: list[int], with_sums: bool = False) -> RankSelector:
+    selector = RankSelector(values.device, with_sums=with_sums)
+    for chunk in _chunks(values):
+        selector.add(chunk)
+    selector.prepare(ranks)
+    if selector.needs_second_pass:
+        for chunk in _chunks(values):
+            selector.refine(chunk)
+    return selector
+
+
+def _apply(rule: KeepRule, values: torch.Tensor) -> torch.Tensor:
+    parts = []
+    for chunk in _chunks(values):
+        mask = rule.mask(chunk)
+        parts.append(torch.ones_like(chunk, dtype=torch.bool) if mask is None else mask)
+    return torch.cat(parts)
+
+
+def _samples() -> list[tuple[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    n = 1500
+    return [
+        ("gaussian", torch.randn(n, generator=g).abs()),
+        ("few distinct values", torch.randint(0, 6, (n,), generator=g).float() * 0.375),
+        ("mostly zeros", torch.where(torch.rand(n, generator=g) < 0.8, 0.0, torch.rand(n))),
+        ("all equal", torch.full((n,), 0.25)),
+        ("bf16-like steps", (torch.randn(n, generator=g) * 1e-3).bfloat16().float().abs()),
+        ("wide range", torch.randn(n, generator=g).abs() * 10.0 ** torch.randint(-30, 30, (n,))),
+    ]
+
+
+@pytest.mark.parametrize(("label", "values"), _samples(), ids=[s[0] for s in _samples()])
+def test_value_at_matches_sorted_values(label: str, values: torch.Tensor) -> None:
+    ranks = [0, 1, values.numel() // 3, values.numel() // 2, values.numel() - 1]
+    selector = _selector(values, ranks)
+    ordered = torch.sort(values).values
+    for rank in ranks:
+        value, less = selector.value_at(rank)
+        assert value == ordered[rank].item()
+        assert less == int((values < ordered[rank]).sum())
+
+
+@pytest.mark.parametrize(("label", "values"), _samples(), ids=[s[0] for s in _samples()])
+@pytest.mark.parametrize("k", [0, 1, 7, 500, 1499, 1500])
+def test_top_k_keeps_exactly_k_like_a_stable_descending_sort(
+    label: str, values: torch.Tensor, k: int
+) -> None:
+    n = values.numel()
+    selector = _selector(values, [n - k])
+    got = _apply(top_k_rule(selector, k), values)
+    expected = torch.zeros(n, dtype=torch.bool)
+    expected[torch.sort(values, descending=True, stable=True).indices[:k]] = True
+    assert int(got.sum()) == k
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize(("label", "values"), _samples(), ids=[s[0] for s in _samples()])
+@pytest.mark.parametrize(("lo", "hi"), [(0, 1500), (0, 10), (300, 1200), (1499, 1500), (700, 700)])
+def test_rank_window_is_a_slice_of_the_stable_ascending_order(
+    label: str, values: torch.Tensor, lo: int, hi: int
+) -> None:
+    selector = _selector(values, [lo, hi], with_sums=True)
+    got = _apply(rank_window_rule(selector, lo, hi), values)
+    expected = torch.zeros(values.numel(), dtype=torch.bool)
+    expected[torch.sort(values, stable=True).indices[lo:hi]] = True
+    assert torch.equal(got, expected)
+    want = values[expected].double().sum().item()
+    assert kept_sum(selector, lo, hi) == pytest.approx(want, rel=1e-6, abs=1e-30)
+
+
+def test_rule_restart_replays_the_same_mask() -> None:
+    values = torch.randint(0, 3, (1000,)).float()
+    selector = _selector(values, [400])
+    rule = top_k_rule(selector, 600)
+    first = _apply(rule, values)
+    rule.restart()
+    assert torch.equal(_apply(rule, values), first)
+
+
+def test_drop_mask_is_the_complement() -> None:
+    values = torch.randn(500).abs()
+    rule = top_k_rule(_selector(values, [250]), 250)
+    keep = _apply(rule, values)
+    rule.restart()
+    drop = torch.cat([rule.drop_mask(c) for c in _chunks(values)])
+    assert torch.equal(drop, ~keep)
