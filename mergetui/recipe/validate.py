@@ -627,14 +627,18 @@ def _check_paths(problems: _Problems, folder: Path) -> dict[str, Path]:
     return located
 
 
-def _normalised(checkpoint: Checkpoint) -> dict[str, str]:
-    """Tensor names with the layer number set to 0 (one key per kind of tensor) -> an actual name."""
-    from mergetui.checkpoints.layers import layer_index, with_layer_index
+def _comparable(checkpoint: Checkpoint, depth: int) -> dict[str, str]:
+    """Tensor names outside the layer stack or in its first `depth` layers (name -> name).
+
+    Models of different depths (layer stacks) are compared over the layers they share.
+    """
+    from mergetui.checkpoints.layers import layer_index
 
     result: dict[str, str] = {}
     for name in checkpoint.tensors:
-        key = with_layer_index(name, 0) if layer_index(name) is not None else name
-        result.setdefault(key, name)
+        index = layer_index(name)
+        if index is None or index < depth:
+            result[name] = name
     return result
 
 
@@ -702,11 +706,12 @@ def _compare_tensors(
 
     recipe = problems.recipe
     vocab_aligned = recipe.tokenizer_source is not None or recipe.tokenizer is not None
-    ref_names = _normalised(checkpoints[reference])
     for name, checkpoint in checkpoints.items():
         if name == reference:
             continue
-        names = _normalised(checkpoint)
+        depth = min(len(checkpoint.layers), len(checkpoints[reference].layers))
+        ref_names = _comparable(checkpoints[reference], depth)
+        names = _comparable(checkpoint, depth)
         for lacking, having, keys, other in (
             (name, reference, sorted(set(ref_names) - set(names)), ref_names),
             (reference, name, sorted(set(names) - set(ref_names)), names),
@@ -728,17 +733,22 @@ def _compare_tensors(
                     f"'{lacking}' has no tensor {other[keys[0]]}{more}, which '{having}' has",
                     "merge checkpoints with the same tensors (same architecture and options)",
                 )
+        mismatched: dict[bool, list[tuple[str, tuple, tuple]]] = {True: [], False: []}
         for key in sorted(set(ref_names) & set(names)):
             shape_a = tuple(checkpoints[reference].tensors[ref_names[key]].shape)
             shape_b = tuple(checkpoint.tensors[names[key]].shape)
-            if shape_a == shape_b:
+            if shape_a != shape_b:
+                vocabulary = block_kind(key) in ("embedding", "head")
+                mismatched[vocabulary].append((names[key], shape_a, shape_b))
+        for vocabulary, found in mismatched.items():
+            if not found or (vocabulary and vocab_aligned):
                 continue
-            vocabulary = block_kind(key) in ("embedding", "head")
-            if vocabulary and vocab_aligned:
-                continue
+            tensor, shape_a, shape_b = found[0]
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
             problems.error(
                 f"models.{name}.source",
-                f"tensor {names[key]} is {list(shape_b)} in '{name}' but {list(shape_a)} in '{reference}'",
+                f"tensor {tensor} is {list(shape_b)} in '{name}' but {list(shape_a)} in "
+                f"'{reference}'{more}",
                 'set tokenizer_source = "union" (or "base") under [merge] to align the vocabularies'
                 if vocabulary
                 else "these checkpoints differ in size and cannot be merged",
