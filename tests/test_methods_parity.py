@@ -249,7 +249,9 @@ def test_random_methods_at_full_density_are_deterministic(method: str, normalize
     g = _gen(method, "full")
     base = torch.randn(37, 29, generator=g)
     models = [base + 0.01 * torch.randn(37, 29, generator=g) for _ in range(3)]
-    per_model = {i: {"weight": w, "density": 1.0} for i, w in zip((1, 2, 3), (0.5, 0.3, -0.2))}
+    per_model = {
+        i: {"weight": w, "density": 1.0} for i, w in zip((1, 2, 3), (0.5, 0.3, -0.2), strict=True)
+    }
     shared = {"normalize": normalize, "rescale": True}
     assert_parity(method, [base, *models], 0, shared, per_model)
 
@@ -278,9 +280,7 @@ def test_sce_with_distinct_variances(
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("count", [1, 2, 4])
-def test_sce_on_gaussian_task_vectors_without_selection(
-    shape: tuple[int, ...], count: int
-) -> None:
+def test_sce_on_gaussian_task_vectors_without_selection(shape: tuple[int, ...], count: int) -> None:
     g = _gen("sce-gauss", shape, count)
     base = torch.randn(shape, generator=g)
     models = [base + 0.1 * torch.randn(shape, generator=g) for _ in range(count)]
@@ -321,7 +321,9 @@ def test_model_stock_singular_denominator_keeps_the_base() -> None:
     tensors = [base, base + delta, base - delta]  # cos = -1, N = 2: 1 + (N - 1) cos = 0
     for filter_wise in (True, False):
         assert_parity("model_stock", tensors, 0, {"filter_wise": filter_wise}, {})
-        assert torch.allclose(ours("model_stock", tensors, 0, {"filter_wise": filter_wise}, {}), base)
+        assert torch.allclose(
+            ours("model_stock", tensors, 0, {"filter_wise": filter_wise}, {}), base
+        )
 
 
 @pytest.mark.parametrize("shape", SHAPES)
