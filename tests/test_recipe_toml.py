@@ -345,3 +345,31 @@ def test_packaged_samples_are_readable() -> None:
     assert len(paths) >= 10
     for path in paths:
         assert load_recipe(path).method
+
+
+def test_locations_survive_tricky_toml() -> None:
+    text = '''\
+a.b . "c.d" = [ # a comment with ] and {
+  1, # x
+  """multi
+line""", 'lit', {x=1, y={z=[1,2]}},
+]
+[t.'q r']
+k = "\\\\"
+m = """a\\"""b"""
+[[arr.x]]
+v = 1
+[[arr.x]]
+v = 2
+[arr.x.sub]
+w = 3
+'''
+    found = toml_locations(text)
+    assert found["a.b.c.d"] == 1
+    assert found["a.b.c.d.1"] == 3
+    assert found["a.b.c.d.3.y.z.1"] == 4
+    assert found["t.q r.m"] == 8
+    assert found["arr.x.1.v"] == 12
+    assert found["arr.x.1.sub.w"] == 14
+    # CRLF line endings give the same lines.
+    assert toml_locations(text.replace("\n", "\r\n")) == found
