@@ -17,7 +17,7 @@ from textual.screen import Screen
 
 from mergetui.errors import UserError
 from mergetui.resources import themes_dir
-from mergetui.tui.commands import MergeTuiCommands
+from mergetui.tui.commands import MergeTuiCommands, PaletteCommand
 from mergetui.tui.config import DEFAULT_THEME, AppConfig, user_themes_dir
 from mergetui.tui.dialogs import ConfirmQuit, TextPrompt
 from mergetui.tui.document import RecipeDocument
@@ -261,25 +261,58 @@ class MergeTuiApp(App):
 
     # -- command palette -----------------------------------------------------------------------
 
-    def palette_commands(self, screen: Screen) -> list[tuple[str, str, Any]]:
-        """Everything the app can do from `screen`: (title, help, callback), for the palette."""
-        commands: list[tuple[str, str, Any]] = [
-            (f"Go to {title}", f"{key} · the {title} screen", partial(self.switch_mode, mode))
+    def palette_commands(self, screen: Screen) -> list[PaletteCommand]:
+        """Everything the app can do from `screen`, for the command palette."""
+        commands = [
+            PaletteCommand(
+                f"Go to {title}",
+                f"{key} · the {title} screen",
+                partial(self.switch_mode, mode),
+                f"switch_mode('{mode}')",
+            )
             for mode, (key, title) in SCREENS.items()
         ]
         commands += [
-            ("Save recipe", "ctrl+s · write the recipe as TOML", self.action_save),
-            ("Save recipe as…", "write the recipe to another TOML file", self.action_save_as),
-            ("Open recipe…", "ctrl+o · a TOML recipe or a mergekit YAML config", self.action_open),
-            ("New recipe", "start from an empty recipe", self.action_new_recipe),
-            ("Export mergekit YAML…", "write a config for mergekit-yaml", self.action_export_yaml),
-            ("Help: keys of this screen", "f1 or ?", self.action_help),
-            ("Quit", "ctrl+q · asks first if there are unsaved changes", self.action_quit),
+            PaletteCommand(
+                "Save recipe", "ctrl+s · write the recipe as TOML", self.action_save, "save"
+            ),
+            PaletteCommand(
+                "Save recipe as…",
+                "write the recipe to another TOML file",
+                self.action_save_as,
+                "save_as",
+            ),
+            PaletteCommand(
+                "Open recipe…",
+                "ctrl+o · a TOML recipe or a mergekit YAML config",
+                self.action_open,
+                "open",
+            ),
+            PaletteCommand(
+                "New recipe", "start from an empty recipe", self.action_new_recipe, "new_recipe"
+            ),
+            PaletteCommand(
+                "Export mergekit YAML…",
+                "write a config for mergekit-yaml",
+                self.action_export_yaml,
+                "export_yaml",
+            ),
+            PaletteCommand("Help: keys of this screen", "f1 or ?", self.action_help, "help"),
+            PaletteCommand(
+                "Quit", "ctrl+q · asks first if there are unsaved changes", self.action_quit, "quit"
+            ),
         ]
         for name in sorted(self.available_themes):
             loaded = self.themes.get(name)
             description = loaded.description if loaded else "Textual built-in theme"
-            commands.append((f"Theme: {name}", description, partial(self.action_theme, name)))
+            commands.append(
+                PaletteCommand(
+                    f"Theme: {name}",
+                    description,
+                    partial(self.action_theme, name),
+                    f"theme('{name}')",
+                )
+            )
         if hasattr(screen, "palette_commands"):
             commands += screen.palette_commands()
         return commands

@@ -6,22 +6,34 @@ Commands come from `MergeTuiApp.palette_commands(screen)`, which adds the screen
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+
+class PaletteCommand(NamedTuple):
+    """One palette entry; `action` names the key binding it mirrors, if any (for the help and tests)."""
+
+    title: str
+    help: str
+    callback: Callable[[], Any]
+    action: str | None = None
 
 
 class MergeTuiCommands(Provider):
     """Screens, files, themes, recipe and grid operations."""
 
-    def _commands(self) -> list[tuple[str, str, object]]:
+    def _commands(self) -> list[PaletteCommand]:
         return list(self.app.palette_commands(self.screen))
 
     async def discover(self) -> Hits:
-        for title, help_text, callback in self._commands():
+        for title, help_text, callback, _action in self._commands():
             yield DiscoveryHit(title, callback, help=help_text)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
-        for title, help_text, callback in self._commands():
+        for title, help_text, callback, _action in self._commands():
             score = matcher.match(title)
             if score > 0:
                 yield Hit(score, matcher.highlight(title), callback, help=help_text)

@@ -240,7 +240,7 @@ class PresetDialog(DialogScreen):
     def __init__(self, low: float, high: float, layers: tuple[int, int], target: str) -> None:
         super().__init__()
         self.low, self.high = low, high
-        self.layers = layers
+        self.layer_span = layers
         self.target = target
 
     def compose(self) -> ComposeResult:
@@ -257,7 +257,7 @@ class PresetDialog(DialogScreen):
                 yield Label("seed")
                 yield Input(f"{self.low:g}", id="low", type="number")
                 yield Input(f"{self.high:g}", id="high", type="number")
-                middle = (self.layers[0] + self.layers[1] + 1) // 2
+                middle = (self.layer_span[0] + self.layer_span[1] + 1) // 2
                 yield Input(str(middle), id="at", type="integer")
                 yield Input("0", id="seed", type="integer")
             yield Static(
@@ -423,7 +423,7 @@ class SliceDialog(DialogScreen):
             if count
             else f"{model}'s layer count is not known"
         )
-        return f"{known} · layers [first, end) · enter saves · escape cancels"
+        return f"{known} · layers \\[first, end) · enter saves · escape cancels"
 
     def on_mount(self) -> None:
         self.query_one("#model", Select).focus()

@@ -40,6 +40,7 @@ from textual.widgets.option_list import Option
 from mergetui.errors import UserError
 from mergetui.recipe.methods import METHODS, REQUIRED, ParamSpec
 from mergetui.recipe.model import Conditional, ModelEntry, Slice, SliceSource
+from mergetui.tui.commands import PaletteCommand
 from mergetui.tui.dialogs import (
     AddModelDialog,
     MethodPicker,
@@ -170,7 +171,7 @@ class SlicesTable(DataTable):
 
 
 class ParamField(Horizontal):
-    """One shared parameter: its name, an input (or a switch for booleans) and what it means."""
+    """One shared parameter: its name, an input (a checkbox for booleans) and what it means."""
 
     def __init__(self, param: ParamSpec, value: Any) -> None:
         super().__init__(classes="param-field")
@@ -180,13 +181,10 @@ class ParamField(Horizontal):
     def compose(self) -> ComposeResult:
         yield Label(self.param.name, classes="param-name")
         if self.param.type == "bool":
-            current = self.value if isinstance(self.value, bool) else bool(self.param.default)
-            yield Checkbox("", current, id=f"param-{self.param.name}", compact=True)
-        else:
-            per_filter = isinstance(self.value, (list, Conditional)) and any(
-                isinstance(v, Conditional)
-                for v in (self.value if isinstance(self.value, list) else [self.value])
+            yield Checkbox(
+                "", self._checked(self.value), id=f"param-{self.param.name}", compact=True
             )
+        else:
             default = (
                 "" if self.param.default in (REQUIRED, None) else f"default {self.param.default}"
             )
@@ -194,11 +192,32 @@ class ParamField(Horizontal):
                 value_text(self.value),
                 placeholder="required" if self.param.required else default,
                 id=f"param-{self.param.name}",
-                disabled=per_filter,
+                disabled=_per_filter(self.value),
                 classes="param-input",
                 compact=True,
             )
         yield Static(describe_param(self.param).split(": ", 1)[-1], classes="param-hint")
+
+    def _checked(self, value: Any) -> bool:
+        return value if isinstance(value, bool) else bool(self.param.default is True)
+
+    def show(self, value: Any) -> None:
+        """Show a value that changed elsewhere (undo, the grid), unless the field is being edited."""
+        self.value = value
+        widget = self.query_one(f"#param-{self.param.name}")
+        if widget.has_focus:
+            return
+        if isinstance(widget, Checkbox):
+            with widget.prevent(Checkbox.Changed):
+                widget.value = self._checked(value)
+        elif isinstance(widget, Input):
+            widget.value = value_text(value)
+            widget.disabled = _per_filter(value)
+
+
+def _per_filter(value: Any) -> bool:
+    items = value if isinstance(value, list) else [value]
+    return any(isinstance(v, Conditional) for v in items)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -382,21 +401,21 @@ class RecipeScreen(Screen):
             table.move_cursor(row=min(keep, len(self.recipe.models) - 1))
 
     def _refresh_params(self) -> None:
+        """Rebuild the form when the method changes; otherwise update the fields in place."""
         form = self.query_one("#params-form", Vertical)
         spec = METHODS.get(self.recipe.method)
-        shared = [p for p in spec.shared_params] if spec else []
-        signature = (
-            self.recipe.method,
-            tuple((p.name, value_text(self.recipe.parameters.get(p.name))) for p in shared),
-        )
-        if getattr(form, "_signature", None) == signature:
+        shared = list(spec.shared_params) if spec else []
+        signature = (self.recipe.method, tuple(p.name for p in shared))
+        if getattr(form, "_signature", None) != signature:
+            form._signature = signature
+            form.remove_children()
+            if not shared:
+                form.mount(Static("this method has no shared parameters", classes="hint"))
+                return
+            form.mount_all([ParamField(p, self.recipe.parameters.get(p.name)) for p in shared])
             return
-        form._signature = signature
-        form.remove_children()
-        if not shared:
-            form.mount(Static("this method has no shared parameters", classes="hint"))
-            return
-        form.mount_all([ParamField(p, self.recipe.parameters.get(p.name)) for p in shared])
+        for field_ in form.query(ParamField):
+            field_.show(self.recipe.parameters.get(field_.param.name))
 
     def _refresh_output(self) -> None:
         output = self.query_one("#output", Input)
@@ -446,7 +465,7 @@ class RecipeScreen(Screen):
             summary.update("")
             return
         help_text.update(
-            "Output layers, top to bottom: each slice takes layers [first, end) of its sources.\n"
+            "Output layers, top to bottom: each slice takes layers \\[first, end) of its sources.\n"
             "[dim]a add slice · s add a source to a slice · e edit · x remove · shift+↑↓ move[/]"
         )
         for index, slice_ in enumerate(self.recipe.slices):
@@ -1059,68 +1078,57 @@ class RecipeScreen(Screen):
             ("Slices tab", binding_rows(app, SlicesTable.BINDINGS)),
         ]
 
-    def palette_commands(self) -> list[tuple[str, str, Any]]:
-        """Every action of this screen for the command palette: (title, help, callback)."""
-        commands: list[tuple[str, str, Any]] = [
+    def palette_commands(self) -> list[PaletteCommand]:
+        """Every action of this screen (tabs, models, slices, the grid's keys) for the palette."""
+        entries = [
+            ("Recipe: Setup tab", "f6 · method, models, shared parameters, output", "tab('setup')"),
+            ("Recipe: Layers tab", "f7 · the per-layer grid", "tab('layers')"),
+            ("Recipe: Slices tab", "f8 · layer stacks for passthrough merges", "tab('slices')"),
+            ("Recipe: Problems tab", "f9 · what the validator found", "tab('problems')"),
+            ("Undo", "ctrl+z · undo the last recipe edit", "undo"),
+            ("Redo", "ctrl+y · redo what was undone", "redo"),
+            ("Change method…", "pick the merge method", "pick_method"),
+            ("Add model…", "a (models list) · a checkpoint by path or Hub id", "add_model"),
+            ("Remove model", "x (models list) · the model under the cursor", "remove_model"),
+            ("Mark base model", "b (models list) · or unmark it", "toggle_base"),
             (
-                "Recipe: Setup tab",
-                "method, models, shared parameters, output",
-                partial(self.action_tab, "setup"),
-            ),
-            ("Recipe: Layers tab", "the per-layer grid", partial(self.action_tab, "layers")),
-            (
-                "Recipe: Slices tab",
-                "layer stacks for passthrough merges",
-                partial(self.action_tab, "slices"),
-            ),
-            (
-                "Recipe: Problems tab",
-                "what the validator found",
-                partial(self.action_tab, "problems"),
-            ),
-            ("Undo", "undo the last recipe edit (ctrl+z)", self.action_undo),
-            ("Redo", "redo what was undone (ctrl+y)", self.action_redo),
-            ("Change method…", "pick the merge method", self.action_pick_method),
-            ("Add model…", "add a checkpoint by path or Hub id", self.action_add_model),
-            (
-                "Remove model",
-                "remove the model under the cursor (Setup tab)",
-                self.action_remove_model,
+                "Move model up",
+                "shift+up (models list) · earlier in the input order",
+                "move_model(-1)",
             ),
             (
-                "Mark base model",
-                "make the model under the cursor the base (or unmark it)",
-                self.action_toggle_base,
+                "Move model down",
+                "shift+down (models list) · later in the input order",
+                "move_model(1)",
             ),
-            ("Move model up", "earlier in the input order", partial(self.action_move_model, -1)),
-            ("Move model down", "later in the input order", partial(self.action_move_model, 1)),
-            ("Add slice…", "append a slice to the layer stack", self.action_add_slice),
+            ("Add slice…", "a (slices list) · append a slice to the layer stack", "add_slice"),
             (
                 "Add source to slice…",
-                "another model feeding the selected slice",
-                self.action_add_source,
+                "s (slices list) · another model feeding the slice",
+                "add_source",
             ),
-            ("Edit slice source…", "model and layer range", self.action_edit_slice),
+            ("Edit slice source…", "e (slices list) · model and layer range", "edit_slice"),
             (
                 "Remove slice source",
-                "drop the selected source (and its slice if empty)",
-                self.action_remove_slice,
+                "x (slices list) · and its slice if it was the last",
+                "remove_slice",
             ),
-            ("Move slice up", "earlier in the stack", partial(self.action_move_slice, -1)),
-            ("Move slice down", "later in the stack", partial(self.action_move_slice, 1)),
-            (
-                "Set layer count…",
-                "when the checkpoints cannot be read",
-                self.action_set_layer_count,
-            ),
-            ("Set nudge step…", "how much + and - change a cell", self.action_set_step),
+            ("Move slice up", "shift+up (slices list) · earlier in the stack", "move_slice(-1)"),
+            ("Move slice down", "shift+down (slices list) · later in the stack", "move_slice(1)"),
+            ("Set layer count…", "when the checkpoints cannot be read", "set_layer_count"),
+            ("Set nudge step…", "how much + and - change a cell", "set_step"),
+        ]
+        commands = [
+            PaletteCommand(title, help_text, partial(self.run_action, action), action)
+            for title, help_text, action in entries
         ]
         for item in GRID_ACTIONS:
             commands.append(
-                (
+                PaletteCommand(
                     f"Grid: {item.description}",
-                    f"key {item.key.split(',')[0]}",
+                    f"{item.key.split(',')[0]} (Layers tab)",
                     partial(self._grid_action, item.action),
+                    item.action,
                 )
             )
         return commands
