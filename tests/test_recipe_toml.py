@@ -373,3 +373,30 @@ w = 3
     assert found["arr.x.1.sub.w"] == 14
     # CRLF line endings give the same lines.
     assert toml_locations(text.replace("\n", "\r\n")) == found
+
+
+def test_slices_round_trip_with_parameters_at_every_level() -> None:
+    recipe = Recipe(
+        method="task_arithmetic",
+        base="base",
+        models={"base": ModelEntry("base", "org/base"), "a": ModelEntry("a", "org/a", "v1")},
+        parameters={"lambda": [0.5, 1]},
+        slices=[
+            Slice(
+                sources=[
+                    SliceSource("base", (0, 2)),
+                    SliceSource(
+                        "a", (0, 2), {"weight": [Conditional(0.3, "mlp"), Conditional([0, 1])]}
+                    ),
+                ],
+                parameters={"weight": Conditional(0.8, "self_attn"), "density": [1, 0.5]},
+            ),
+            Slice(sources=[SliceSource("a", (2, 4)), SliceSource("base", (2, 4))], base="a"),
+            Slice(sources=[SliceSource("base", (4, 5))], parameters={"weight": 1}),
+        ],
+    )
+    text = dumps_toml(recipe)
+    again = loads_toml(text, "s.toml")
+    assert again == recipe
+    assert dumps_toml(again) == text
+    assert again.line_of("slices.2.parameters.weight") == text.splitlines().index("weight = 1") + 1
