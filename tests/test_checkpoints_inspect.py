@@ -244,3 +244,18 @@ def test_duplicate_tensors_across_files(llama_family: dict[str, Path], tmp_path:
     shutil.copy(folder / "model.safetensors", folder / "model-copy.safetensors")
     with pytest.raises(UserError, match="appears in both"):
         open_checkpoint(folder)
+
+
+def test_legacy_format_bin_is_read_without_mmap(tmp_path: Path) -> None:
+    state = {
+        "model.embed_tokens.weight": torch.ones(6, 4),
+        "model.layers.0.mlp.up_proj.weight": torch.ones(8, 4),
+    }
+    torch.save(state, tmp_path / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    checkpoint = open_checkpoint(tmp_path, allow_bin=True)
+    assert checkpoint.parameter_count == 56 and checkpoint.num_layers == 1
+    assert checkpoint.layers[0]["mlp"] == ["model.layers.0.mlp.up_proj.weight"]
+    complex_state = {"model.layers.0.mlp.up_proj.weight": torch.ones(2, dtype=torch.complex64)}
+    torch.save(complex_state, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UserError, match="safetensors cannot hold"):
+        open_checkpoint(tmp_path, allow_bin=True)

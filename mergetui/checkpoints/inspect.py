@@ -356,7 +356,13 @@ def _read_bin(files: list[Path]) -> dict[str, TensorInfo]:
                 fix="download the missing shard (the checkpoint is incomplete)",
             )
         try:
-            state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+            try:
+                state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                # Files in torch's legacy (pre-1.6, non-zip) format cannot be memory-mapped.
+                if "mmap" not in str(exc):
+                    raise
+                state = torch.load(str(file), map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
             raise UserError(
                 f"cannot read this .bin file ({str(exc).splitlines()[0]})",
@@ -369,7 +375,13 @@ def _read_bin(files: list[Path]) -> dict[str, TensorInfo]:
         for name, tensor in state.items():
             if not isinstance(tensor, torch.Tensor):
                 continue
-            dtype = dtype_from_torch(tensor.dtype)
+            try:
+                dtype = dtype_from_torch(tensor.dtype)
+            except ValueError:
+                raise UserError(
+                    f"tensor {name} has dtype {tensor.dtype}, which safetensors cannot hold",
+                    where=str(file),
+                ) from None
             found[name] = TensorInfo(
                 name, tuple(tensor.shape), dtype, file, -1, tensor.numel() * tensor.element_size()
             )

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     folder = find_local(args.path, args.revision)
     if folder is None:
-        if looks_like_hub_id(args.path) and not args.path.startswith("."):
+        if looks_like_hub_id(args.path):
             raise UserError(
                 "not a local folder, and not in the Hugging Face cache"
                 + (f" at revision {args.revision}" if args.revision else ""),
