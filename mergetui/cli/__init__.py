@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from mergetui import __version__
 
-COMMAND_MODULES = ("validate", "convert", "inspect", "demo", "merge")
+COMMAND_MODULES = ("validate", "convert", "inspect", "demo", "merge", "open")
 
 
 def build_parser() -> argparse.ArgumentParser:

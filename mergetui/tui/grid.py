@@ -33,6 +33,7 @@ from mergetui.tui.grid_model import (
 from mergetui.tui.themes import Heatmap
 
 CELL_WIDTH = 8  # seven characters of value and a gap
+MAX_CELL_WIDTH = 14  # wider when a model name needs it
 TYPING_KEYS = set("0123456789.")
 
 
@@ -73,7 +74,6 @@ class LayerGrid(ScrollView, can_focus=True):
         "layer-grid--label",
         "layer-grid--label-cursor",
         "layer-grid--cursor",
-        "layer-grid--fixed",
         "layer-grid--na",
     }
 
@@ -95,25 +95,24 @@ class LayerGrid(ScrollView, can_focus=True):
         color: $block-cursor-foreground;
         text-style: bold;
     }
-    LayerGrid > .layer-grid--fixed { text-style: dim italic; }
     LayerGrid > .layer-grid--na { color: $text-disabled; }
     """
 
     BINDINGS = [
-        Binding("up", "move(-1, 0)", "Up", show=False),
-        Binding("down", "move(1, 0)", "Down", show=False),
-        Binding("left", "move(0, -1)", "Left", show=False),
-        Binding("right", "move(0, 1)", "Right", show=False),
-        Binding("shift+up", "extend(-1, 0)", "Select up", show=False),
-        Binding("shift+down", "extend(1, 0)", "Select down", show=False),
-        Binding("shift+left", "extend(0, -1)", "Select left", show=False),
-        Binding("shift+right", "extend(0, 1)", "Select right", show=False),
-        Binding("pageup", "page(-1)", "Page up", show=False),
-        Binding("pagedown", "page(1)", "Page down", show=False),
-        Binding("home", "jump('home')", "First column", show=False),
-        Binding("end", "jump('end')", "Last column", show=False),
-        Binding("ctrl+home", "jump('top')", "First row", show=False),
-        Binding("ctrl+end", "jump('bottom')", "Last row", show=False),
+        Binding("up", "move(-1, 0)", "Move the cursor", show=False),
+        Binding("down", "move(1, 0)", "Move the cursor", show=False),
+        Binding("left", "move(0, -1)", "Move the cursor", show=False),
+        Binding("right", "move(0, 1)", "Move the cursor", show=False),
+        Binding("shift+up", "extend(-1, 0)", "Select a block", show=False),
+        Binding("shift+down", "extend(1, 0)", "Select a block", show=False),
+        Binding("shift+left", "extend(0, -1)", "Select a block", show=False),
+        Binding("shift+right", "extend(0, 1)", "Select a block", show=False),
+        Binding("pageup", "page(-1)", "Page up / down", show=False),
+        Binding("pagedown", "page(1)", "Page up / down", show=False),
+        Binding("home", "jump('home')", "First / last column", show=False),
+        Binding("end", "jump('end')", "First / last column", show=False),
+        Binding("ctrl+home", "jump('top')", "First / last row", show=False),
+        Binding("ctrl+end", "jump('bottom')", "First / last row", show=False),
         *(Binding(a.key, a.action, a.description, show=a.show) for a in GRID_ACTIONS),
     ]
 
@@ -147,6 +146,8 @@ class LayerGrid(ScrollView, can_focus=True):
         self.clipboard: Block | None = None
         self.heatmap: Heatmap | None = None
         self._style_cache: dict[tuple[float, bool], Style] = {}
+        self._widths: list[int] = []
+        self._offsets: list[int] = [0]
 
     # -- geometry ------------------------------------------------------------------------------
 
@@ -154,6 +155,14 @@ class LayerGrid(ScrollView, can_focus=True):
     def label_width(self) -> int:
         labels = [self.model.row_label(r) for r in range(len(self.model.rows))]
         return max([6, *(len(label) for label in labels)]) + 2
+
+    def _column_width(self, col: int) -> int:
+        """Room for the value, or for the model's name when the column is not split."""
+        column = self.model.columns[col]
+        if column.group != ALL:
+            return CELL_WIDTH
+        name = column.model or "shared"
+        return max(CELL_WIDTH, min(MAX_CELL_WIDTH, len(name) + 1))
 
     @property
     def header_height(self) -> int:
@@ -169,7 +178,9 @@ class LayerGrid(ScrollView, can_focus=True):
                 min(self.anchor[0], max(rows - 1, 0)),
                 min(self.anchor[1], max(cols - 1, 0)),
             )
-        self.virtual_size = Size(self.label_width + cols * CELL_WIDTH, self.header_height + rows)
+        self._widths = [self._column_width(c) for c in range(cols)]
+        self._offsets = [sum(self._widths[:c]) for c in range(cols + 1)]
+        self.virtual_size = Size(self.label_width + self._offsets[-1], self.header_height + rows)
         self._style_cache.clear()
         self.refresh()
         self.post_message(self.CursorMoved())
@@ -222,7 +233,7 @@ class LayerGrid(ScrollView, can_focus=True):
     def _scroll_to_cursor(self) -> None:
         row, col = self.cursor
         region = Region(
-            self.label_width + col * CELL_WIDTH, self.header_height + row, CELL_WIDTH, 1
+            self.label_width + self._offsets[col], self.header_height + row, self._widths[col], 1
         )
         self.scroll_to_region(
             region,
@@ -374,7 +385,8 @@ class LayerGrid(ScrollView, can_focus=True):
         if y < self.header_height or x < self.label_width:
             return
         row = int(self.scroll_y) + y - self.header_height
-        col = (int(self.scroll_x) + x - self.label_width) // CELL_WIDTH
+        position = int(self.scroll_x) + x - self.label_width
+        col = next((c for c in range(len(self._widths)) if position < self._offsets[c + 1]), -1)
         if 0 <= row < self.model.shape[0] and 0 <= col < self.model.shape[1]:
             self._move_to(row, col, extend=event.shift)
 
@@ -433,7 +445,7 @@ class LayerGrid(ScrollView, can_focus=True):
             end = index
             while end + 1 < len(columns) and keys[end + 1] == keys[index]:
                 end += 1
-            span = (end - index + 1) * CELL_WIDTH
+            span = self._offsets[end + 1] - self._offsets[index]
             column = columns[index]
             if y == 0:
                 text = column.param
@@ -456,12 +468,13 @@ class LayerGrid(ScrollView, can_focus=True):
         )
         label_text = f" {model.row_label(row)}".ljust(label_width)[:label_width]
         cursor_style = self.get_component_rich_style("layer-grid--cursor")
-        fixed_style = self.get_component_rich_style("layer-grid--fixed")
+        fixed_style = Style(dim=True, italic=True)
         na_style = self.get_component_rich_style("layer-grid--na")
         segments: list[Segment] = []
         for col in range(len(model.columns)):
             value = model.value(row, col)
-            text = model.text(row, col).rjust(CELL_WIDTH - 1)[: CELL_WIDTH - 1] + " "
+            width = self._widths[col]
+            text = model.text(row, col).rjust(width - 1)[: width - 1] + " "
             if value is NA:
                 style = na_style
             else:

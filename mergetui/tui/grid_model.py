@@ -447,13 +447,13 @@ class GridModel:
         if known:
             return max(known), None
         if self.assumed_layers:
-            return self.assumed_layers, "layer count set by hand (checkpoints not readable)"
+            return (
+                self.assumed_layers,
+                f"{self.assumed_layers} layers, set by hand (checkpoints not found)",
+            )
         # A saved grid column is as long as the stack; shorter lists are gradient anchors.
         guess = max(guess_layer_count(self.recipe) or 0, DEFAULT_ASSUMED_LAYERS)
-        return guess, (
-            f"checkpoints not readable: assuming {guess} layers "
-            "(set the count from the command palette: Set layer count)"
-        )
+        return guess, (f"checkpoints not found: assuming {guess} layers (ctrl+p › Set layer count)")
 
     def rebuild(self) -> None:
         """Recompute rows, columns and values from the recipe (after any change to it)."""
@@ -696,22 +696,25 @@ class GridModel:
         return format_number(value)
 
     def param_range(self, param: str) -> tuple[float, float]:
-        """The heat map's scale for a parameter: its declared range, else the values it spans."""
+        """The heat map's scale for a parameter: its declared range, else 0..1 widened to its values.
+
+        Weights have no declared range; scaling them to their own min..max would paint 0.3 and 0.4
+        as opposite ends, so the scale always spans at least 0..1.
+        """
         spec = METHODS[self.recipe.method].param(param)
         if spec is not None and spec.minimum is not None and spec.maximum is not None:
             return float(spec.minimum), float(spec.maximum)
         numbers = [
             v
             for (r, c), v in self._values.items()
-            if self.columns[c].param == param and isinstance(v, (int, float)) and v is not NA
+            if self.columns[c].param == param and isinstance(v, float)
         ]
-        if not numbers:
-            return 0.0, 1.0
-        low, high = min(numbers), max(numbers)
+        low = min([0.0, *numbers])
+        high = max([1.0, *numbers])
         if spec is not None and spec.minimum is not None:
-            low = min(low, float(spec.minimum))
-        if math.isclose(low, high):
-            return low - 0.5, high + 0.5
+            low = float(spec.minimum)
+        if spec is not None and spec.maximum is not None:
+            high = float(spec.maximum)
         return low, high
 
     def heat(self, row: int, col: int) -> float | None:

@@ -18,7 +18,7 @@ HelpSection = tuple[str, list[tuple[str, str]]]
 
 
 def binding_rows(app, bindings: Iterable[BindingType]) -> list[tuple[str, str]]:
-    """(keys, description) for each binding with a description, keys of one action joined."""
+    """(keys, description) for each binding with a description; keys sharing a description join."""
     rows: dict[str, tuple[list[str], str]] = {}
     for item in bindings:
         if not isinstance(item, Binding):
@@ -29,7 +29,7 @@ def binding_rows(app, bindings: Iterable[BindingType]) -> list[tuple[str, str]]:
             app.get_key_display(Binding(key.strip(), item.action, key_display=item.key_display))
             for key in item.key.split(",")
         ]
-        shown, _ = rows.setdefault(f"{item.action}|{item.description}", ([], item.description))
+        shown, _ = rows.setdefault(item.description, ([], item.description))
         shown.extend(k for k in keys if k not in shown)
     return [(" ".join(keys), description) for keys, description in rows.values()]
 

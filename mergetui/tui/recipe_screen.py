@@ -303,8 +303,8 @@ class RecipeScreen(Screen):
                         )
             with TabPane("Layers [dim]F7[/]", id="layers"):
                 yield Static(
-                    "[b]enter[/] edit · [b]+/-[/] nudge · [b]shift+arrows[/] select · [b]s a m[/] set add mul · "
-                    "[b]p[/] preset · [b]i[/] interpolate · [b]c v[/] copy paste · [b]f[/] split · [b]F1[/] all keys",
+                    "[b]⏎[/] edit · [b]+/-[/] nudge · [b]shift+arrows[/] select · [b]p[/] preset · "
+                    "[b]f[/] split · [b]F1[/] all keys",
                     id="grid-keys",
                     classes="hint",
                 )
@@ -1073,7 +1073,14 @@ class RecipeScreen(Screen):
         app = self.app
         return [
             ("Recipe screen", binding_rows(app, self.BINDINGS)),
-            ("Layers tab: the grid", binding_rows(app, LayerGrid.BINDINGS)),
+            (
+                "Layers tab: the grid",
+                [
+                    ("0-9 .", "Type a number for the selection (enter applies, escape cancels)"),
+                    *binding_rows(app, LayerGrid.BINDINGS),
+                    ("mouse", "Click a cell to move there, shift+click to select"),
+                ],
+            ),
             ("Setup tab: models list", binding_rows(app, ModelsTable.BINDINGS)),
             ("Slices tab", binding_rows(app, SlicesTable.BINDINGS)),
         ]

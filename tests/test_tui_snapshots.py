@@ -1,0 +1,72 @@
+"""Snapshots of the main screens (pytest-textual-snapshot): the Recipe screen's grid at 80x24 and
+160x48, its Setup tab, and the help screen. Regenerate with `--snapshot-update` after a deliberate
+change to the layout, then look at the SVGs under tests/__snapshots__/ before committing them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mergetui.resources import sample_recipes_dir
+from mergetui.tui.app import MergeTuiApp
+from mergetui.tui.config import CONFIG_ENV
+from mergetui.tui.document import RecipeDocument
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Default settings and theme, and an empty Hugging Face cache: the same screen on every machine.
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.chdir(tmp_path)
+
+
+def sample(name: str, tmp_path: Path) -> RecipeDocument:
+    target = tmp_path / name
+    shutil.copy(sample_recipes_dir() / name, target)
+    return RecipeDocument.open(target)
+
+
+async def settled(pilot) -> None:
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def test_recipe_grid_80x24(snap_compare, tmp_path: Path) -> None:
+    app = MergeTuiApp(sample("marcoro14-slerp.toml", tmp_path))
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settled)
+
+
+def test_recipe_grid_160x48_with_a_selection(snap_compare, tmp_path: Path) -> None:
+    app = MergeTuiApp(sample("daredevil-dare-ties.toml", tmp_path))
+
+    async def select(pilot) -> None:
+        await settled(pilot)
+        await pilot.press("down", "shift+down", "shift+down", "shift+right")
+
+    assert snap_compare(app, terminal_size=(160, 48), run_before=select)
+
+
+def test_recipe_setup_80x24(snap_compare, tmp_path: Path) -> None:
+    app = MergeTuiApp(sample("daredevil-dare-ties.toml", tmp_path))
+
+    async def setup(pilot) -> None:
+        await settled(pilot)
+        await pilot.press("f6")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=setup)
+
+
+def test_help_screen(snap_compare, tmp_path: Path) -> None:
+    app = MergeTuiApp(sample("marcoro14-slerp.toml", tmp_path))
+
+    async def help_(pilot) -> None:
+        await settled(pilot)
+        await pilot.press("f1")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(100, 40), run_before=help_)
