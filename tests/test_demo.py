@@ -211,6 +211,7 @@ def test_demo_models_are_a_family(demo) -> None:
 def test_demo_recipes_load_and_point_at_the_models(demo) -> None:
     from mergetui.recipe.io import load_recipe
     from mergetui.recipe.methods import METHODS
+    from mergetui.recipe.validate import validate_recipe
 
     assert set(demo.recipes) == {
         "linear-soup",
@@ -225,7 +226,7 @@ def test_demo_recipes_load_and_point_at_the_models(demo) -> None:
         recipe = load_recipe(path)
         methods[name] = recipe.method
         assert recipe.method in METHODS
-        assert recipe.output == f"../merges/{name}"
+        assert recipe.output == f"merges/{name}"
         for entry in recipe.models.values():
             folder = (path.parent / entry.source).resolve()
             assert folder in demo.models.values() and (folder / "config.json").is_file()
@@ -240,6 +241,10 @@ def test_demo_recipes_load_and_point_at_the_models(demo) -> None:
     }
     assert load_recipe(demo.recipes["dare-ties"]).seed == 42
     assert len(load_recipe(demo.recipes["ties"]).models) == 4
+    for path in demo.recipes.values():
+        # Checked against the checkpoints themselves: tensor names, shapes, layer ranges.
+        problems = validate_recipe(load_recipe(path))
+        assert problems == [], (path.name, problems)
     stack = load_recipe(demo.recipes["passthrough-stack"])
     assert [s.sources[0].layer_range for s in stack.slices] == [(0, 6), (2, 8)]
     slerp = load_recipe(demo.recipes["slerp-gradient"])
@@ -293,7 +298,7 @@ def test_demo_command_writes_and_prints_next_steps(
     out = capsys.readouterr().out
     assert (tmp_path / "mergetui-demo" / "base" / "model.safetensors").is_file()
     assert "Wrote the demo" in out and "Next, try" in out
-    assert "mergetui merge mergetui-demo/recipes/linear-soup.toml" in out
+    assert "cd mergetui-demo\n" in out and "mergetui merge recipes/linear-soup.toml\n" in out
 
     assert main(["demo", "--no-tui"]) == 0
     assert "Reusing the demo" in capsys.readouterr().out
@@ -307,13 +312,15 @@ def test_demo_command_opens_the_app_when_there_is_one(
 
     main = cli_main
 
-    opened: list[Path] = []
+    opened: list[tuple[Path, Path]] = []
     fake_app = types.ModuleType("mergetui.tui.app")
-    fake_app.run_app = lambda recipe_path: opened.append(recipe_path) or 0
+    fake_app.run_app = lambda recipe_path: opened.append((recipe_path, Path.cwd())) or 0
     monkeypatch.setitem(sys.modules, "mergetui.tui.app", fake_app)
+    monkeypatch.chdir(demo.directory.parent)  # restored after the test; the command changes it
 
     assert main(["demo", "--dir", str(demo.directory)]) == 0
-    assert opened == [demo.recipes["slerp-gradient"]]
+    # Opened on the gradient recipe, from the demo folder so that merges land in its merges/.
+    assert opened == [(demo.recipes["slerp-gradient"], demo.directory)]
     assert "Next, try" not in capsys.readouterr().out
     assert main(["demo", "--dir", str(demo.directory), "--no-tui"]) == 0
     assert len(opened) == 1 and "Next, try" in capsys.readouterr().out

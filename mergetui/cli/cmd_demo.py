@@ -8,6 +8,7 @@ An existing demo in the folder is reused unless `--force`.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,13 @@ def run(args: argparse.Namespace) -> int:
     _print_demo(info)
 
     # ---- Where the app opens. The Textual app is optional here: until `mergetui.tui.app` exposes
-    # `run_app(recipe_path)`, or with --no-tui, the demo ends with the next steps printed above.
+    # `run_app(recipe_path)`, or with --no-tui, the demo ends with the next steps printed below.
     if not args.no_tui:
         run_app = _app_runner()
         if run_app is not None:
+            # Recipe outputs are relative to the working folder: merges made in the app land in
+            # the demo's merges/ folder.
+            os.chdir(info.directory)
             return int(run_app(info.recipes[APP_RECIPE]) or 0)
     _print_next_steps(info)
     return 0
@@ -110,16 +114,16 @@ def _print_next_steps(info: Any) -> None:
 
     from mergetui.cli.output import console
 
-    recipe = escape(_relative(info.recipes["linear-soup"]))
-    merged = escape(_relative(info.merges_dir / "linear-soup"))
-    base = escape(_relative(info.models["base"]))
     out = console()
-    out.print("\n[bold]Next, try:[/]")
-    out.print(f"  mergetui inspect {base} --layers")
-    out.print(f"  mergetui validate {recipe}")
-    out.print(f"  mergetui merge {recipe} --dry-run")
-    out.print(f"  mergetui merge {recipe}")
-    out.print(f"  mergetui inspect {merged}")
+    out.print("\n[bold]Next, try[/] (recipe outputs are relative to the folder you merge from):")
+    where = _relative(info.directory)
+    if where != ".":
+        out.print(f"  cd {escape(where)}")
+    out.print("  mergetui inspect base --layers")
+    out.print("  mergetui validate recipes/linear-soup.toml")
+    out.print("  mergetui merge recipes/linear-soup.toml --dry-run")
+    out.print("  mergetui merge recipes/linear-soup.toml")
+    out.print("  mergetui inspect merges/linear-soup")
 
 
 def _relative(path: Path) -> str:
