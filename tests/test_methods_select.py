@@ -38,8 +38,11 @@ def _selector(values: torch.Tensor, ranks: list[int], with_sums: bool = False) -
 def _apply(rule: KeepRule, values: torch.Tensor) -> torch.Tensor:
     parts = []
     for chunk in _chunks(values):
-        mask = rule.mask(chunk)
-        parts.append(torch.ones_like(chunk, dtype=torch.bool) if mask is None else mask)
+        mask = rule.keep(chunk)
+        if mask is not None:
+            assert mask.dtype == torch.float32
+            assert bool(((mask == 0) | (mask == 1)).all())
+        parts.append(torch.ones_like(chunk, dtype=torch.bool) if mask is None else mask == 1)
     return torch.cat(parts)
 
 
@@ -102,12 +105,3 @@ def test_rule_restart_replays_the_same_mask() -> None:
     first = _apply(rule, values)
     rule.restart()
     assert torch.equal(_apply(rule, values), first)
-
-
-def test_drop_mask_is_the_complement() -> None:
-    values = torch.randn(500).abs()
-    rule = top_k_rule(_selector(values, [250]), 250)
-    keep = _apply(rule, values)
-    rule.restart()
-    drop = torch.cat([rule.drop_mask(c) for c in _chunks(values)])
-    assert torch.equal(drop, ~keep)

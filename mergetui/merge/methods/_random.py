@@ -52,29 +52,18 @@ def random_u16(key: int, chunk_index: int, count: int, device: torch.device) -> 
 def bernoulli_keep(
     key: int, chunk_index: int, count: int, probability: float, device: torch.device
 ) -> torch.Tensor:
-    """Keep mask with P(keep) = probability (rounded to a multiple of 2**-16)."""
+    """Keep mask as float32 0/1 with P(1) = probability (rounded to a multiple of 2**-16)."""
     import torch
 
     threshold = round(probability * _U16)
     if threshold >= _U16:
-        return torch.ones(count, dtype=torch.bool, device=device)
+        return torch.ones(count, dtype=torch.float32, device=device)
     if threshold <= 0:
-        return torch.zeros(count, dtype=torch.bool, device=device)
-    return random_u16(key, chunk_index, count, device) < threshold - (_U16 // 2)
-
-
-def bernoulli_drop(
-    key: int, chunk_index: int, count: int, probability: float, device: torch.device
-) -> torch.Tensor:
-    """The complement of `bernoulli_keep` for the same stream: entries to zero."""
-    import torch
-
-    threshold = round(probability * _U16)
-    if threshold >= _U16:
-        return torch.zeros(count, dtype=torch.bool, device=device)
-    if threshold <= 0:
-        return torch.ones(count, dtype=torch.bool, device=device)
-    return random_u16(key, chunk_index, count, device) >= threshold - (_U16 // 2)
+        return torch.zeros(count, dtype=torch.float32, device=device)
+    draws = random_u16(key, chunk_index, count, device)
+    # A float output: comparisons writing bool are several times slower on the CPU.
+    keep = torch.empty(count, dtype=torch.float32, device=device)
+    return torch.lt(draws, threshold - (_U16 // 2), out=keep)
 
 
 def uniform(key: int, chunk_index: int, count: int, device: torch.device) -> torch.Tensor:

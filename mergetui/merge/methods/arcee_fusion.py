@@ -28,7 +28,7 @@ def arcee_fusion(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tenso
     """importance = |b - a| * KL(softmax(b) || softmax(a)) of each row (softmax over the last
     dim, +1e-8); threshold = median + 1.5 IQR of the importance, with quantiles read at index
     floor(q (n - 1)) of the sorted values (of 1M entries drawn with replacement when the tensor
-    is larger); out = b where importance >= threshold, else a (a is the base).
+    is larger); out = a + (b - a) [importance >= threshold] (a is the base).
 
     The importance is computed row chunk by row chunk into the output buffer, the quantiles are
     found by selection (no full sort), then the buffer is overwritten with the result.
@@ -77,5 +77,7 @@ def arcee_fusion(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tenso
     for start, end in spans(out_flat.numel()):
         check_cancel(ctx)
         chunk = out_flat[start:end]
-        torch.where(chunk >= threshold, b_flat[start:end], a_flat[start:end], out=chunk)
+        torch.ge(chunk, threshold, out=chunk)  # float 0/1, in place of the importance
+        a_chunk = a_flat[start:end]
+        chunk.mul_(b_flat[start:end] - a_chunk).add_(a_chunk)  # a + (b - a) mask, as mergekit
     return out

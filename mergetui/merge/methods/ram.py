@@ -43,7 +43,9 @@ class _Deltas:
         deltas = self._block[:, : end - start]
         for row, x in zip(deltas, self.xs, strict=True):
             torch.sub(x[start:end], self.base_flat[start:end], out=row)
-        changed = deltas.abs() > self.epsilon
+        # Float 0/1 masks: comparisons writing bool are several times slower on the CPU.
+        changed = deltas.abs()
+        changed = torch.gt(changed, self.epsilon, out=changed)
         deltas.mul_(changed)
         return deltas, changed, changed.sum(dim=0)
 
@@ -83,15 +85,16 @@ def ramplus_tl(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     r = float(shared_param(ctx, "r"))
     alpha = float(shared_param(ctx, "alpha"))
     count = len(data.xs)
-    shared_counts = torch.zeros(count, dtype=torch.int64, device=data.base.device)
-    unique_counts = torch.zeros(count, dtype=torch.int64, device=data.base.device)
+    shared_counts = torch.zeros(count, dtype=torch.float64, device=data.base.device)
+    unique_counts = torch.zeros(count, dtype=torch.float64, device=data.base.device)
     for start, end in spans(data.numel):
         check_cancel(ctx)
         _, changed, counts = data.load(start, end)
-        unique = counts == 1
-        unique_counts += (changed & unique).sum(dim=1)
-        shared_counts += (changed & (counts > 1)).sum(dim=1)
-    rho = shared_counts / unique_counts.clamp(min=data.epsilon)
+        unique = torch.eq(counts, 1, out=torch.empty_like(counts))
+        in_unique = changed @ unique
+        unique_counts += in_unique
+        shared_counts += changed.sum(dim=1) - in_unique
+    rho = (shared_counts / unique_counts.clamp(min=data.epsilon)).float()
     lambdas = (1 + r * rho.clamp(min=0, max=alpha)).to(data.base.dtype).unsqueeze(1)
 
     out = torch.empty_like(data.base, memory_format=torch.contiguous_format)
@@ -99,9 +102,9 @@ def ramplus_tl(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     for start, end in spans(data.numel):
         check_cancel(ctx)
         deltas, _, counts = data.load(start, end)
-        unique = counts == 1
-        averaged = deltas.sum(dim=0).div_(counts.clamp(min=1))
+        unique = torch.eq(counts, 1, out=torch.empty_like(counts))
+        averaged = deltas.sum(dim=0).div_(counts.clamp_(min=1))
         boosted = (deltas * lambdas).sum(dim=0)
-        merged = torch.where(unique, boosted, averaged)
+        merged = averaged.add_(boosted.sub_(averaged).mul_(unique))  # boosted where unique
         torch.add(data.base_flat[start:end], merged, out=out_flat[start:end])
     return out

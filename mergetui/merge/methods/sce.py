@@ -57,7 +57,7 @@ def sce(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
             check_cancel(ctx)
             variance = torch.var(load(start, end), dim=0, unbiased=False)
             selector.add(variance)
-            nonzero += int(torch.count_nonzero(variance))
+            nonzero += int(torch.gt(variance, 0, out=torch.empty_like(variance)).sum())
         k = int(nonzero * select_topk)
         selector.prepare([numel - k])
         if selector.needs_second_pass:
@@ -69,9 +69,9 @@ def sce(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     def masked(start: int, end: int) -> torch.Tensor:
         deltas = load(start, end)
         if rule is not None:
-            drop = rule.drop_mask(torch.var(deltas, dim=0, unbiased=False))
-            if drop is not None:
-                deltas.masked_fill_(drop, 0)
+            keep = rule.keep(torch.var(deltas, dim=0, unbiased=False))
+            if keep is not None:
+                deltas.mul_(keep)
         return deltas
 
     energy = torch.zeros(count, dtype=torch.float64, device=base.device)
@@ -94,7 +94,8 @@ def sce(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
         check_cancel(ctx)
         deltas = masked(start, end)
         # Elected sign s; relu(s * tau) keeps the agreeing magnitudes (zeros never agree).
-        sign = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
+        sign = deltas.sum(dim=0)
+        sign = torch.ge(sign, 0, out=sign).mul_(2).sub_(1)
         agreeing = deltas.mul_(sign).relu_()
         merged = (weights @ agreeing).mul_(sign)
         divisor = (weights @ agreeing.sign_()).clamp_(min=1e-6)

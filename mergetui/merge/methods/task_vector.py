@@ -69,7 +69,7 @@ class _Input:
     l1_before: Any = 0.0
     l1_after: Any = 0.0
     scale: float = 1.0
-    della_mask: torch.Tensor | None = field(default=None, repr=False)  # True: dropped
+    della_keep: torch.Tensor | None = field(default=None, repr=False)  # int8 0/1, flat
 
 
 def _merge(
@@ -123,20 +123,22 @@ def _merge(
         base_chunk = base_flat[start:end]
         for row, item in zip(block, inputs, strict=True):
             torch.sub(item.tensor[start:end], base_chunk, out=row)
-            drop = _chunk_drop(item, row, chunk_index, start, end)
-            if drop is not None:
-                row.masked_fill_(drop, 0)
+            keep = _chunk_keep(item, row, chunk_index, start, end)
+            if keep is not None:
+                row.mul_(keep)
         block.mul_(coef)
         target = out_flat[start:end]
         if consensus:
             # Elected sign s = +1 where sum >= 0, else -1. An entry agrees when s * tau > 0, so
             # relu(s * tau) keeps exactly the agreeing magnitudes (zeros never agree).
-            sign = torch.where(block.sum(0) >= 0, 1.0, -1.0).to(block.dtype)
+            sign = block.sum(0)
+            sign = torch.ge(sign, 0, out=sign).mul_(2).sub_(1)
             block.mul_(sign).relu_()
             merged = block.sum(0).mul_(sign)
             if normalize:
                 divisor = weight_row @ block.sign_()
-                merged.div_(divisor.masked_fill_(divisor == 0, 1))
+                divisor.add_(torch.eq(divisor, 0, out=torch.empty_like(divisor)))  # 0 -> 1
+                merged.div_(divisor)
             torch.add(base_chunk, merged, alpha=lam, out=target)
         else:
             torch.add(base_chunk, block.sum(0), out=target)
@@ -228,11 +230,11 @@ def _gather_statistics(
                 if item.selector is not None:
                     item.selector.add(magnitudes)
                     continue
-                drop = _random.bernoulli_drop(
+                keep = _random.bernoulli_keep(
                     item.stream, chunk_index, end - start, item.density, base.device
                 )
                 item.l1_before += magnitudes.sum()
-                item.l1_after += magnitudes.masked_fill_(drop, 0).sum()
+                item.l1_after += torch.dot(magnitudes, keep.to(magnitudes.dtype))
 
     selections = [item for item in inputs if item.selector is not None]
     for item in selections:
@@ -271,7 +273,7 @@ def _della_mask(item: _Input, base: torch.Tensor, ctx: MethodContext, rescale: b
         x_rows = x.movedim(1, -1).reshape(-1, base.shape[1])
         base_rows = base.movedim(1, -1).reshape(-1, base.shape[1])
     rows, cols = x_rows.shape
-    mask_rows = torch.empty((rows, cols), dtype=torch.bool, device=base.device)
+    keep_rows = torch.empty((rows, cols), dtype=torch.int8, device=base.device)
     low = item.density - item.epsilon
     before = torch.zeros((), dtype=torch.float64, device=base.device)
     after = before.clone()
@@ -283,45 +285,44 @@ def _della_mask(item: _Input, base: torch.Tensor, ctx: MethodContext, rescale: b
         check_cancel(ctx)
         magnitudes = torch.sub(x_rows[r0:r1], base_rows[r0:r1]).abs_()
         draws = _random.uniform(item.stream, chunk_index, magnitudes.numel(), base.device)
-        draws = draws.view_as(magnitudes)
+        draws = draws.view(magnitudes.shape)
         if steps is None:  # one-entry vectors: mergekit's rank formula divides 0 by 0
-            keep = draws < item.density
+            probabilities = torch.full_like(draws, item.density)
         else:
             order = torch.sort(magnitudes, dim=1, stable=True).indices
-            probabilities = torch.empty_like(magnitudes)
-            probabilities.scatter_(1, order, steps.expand_as(magnitudes))
-            keep = draws < probabilities
-        drop = keep.logical_not_()
-        mask_rows[r0:r1] = drop
+            probabilities = torch.empty_like(draws)
+            probabilities.scatter_(1, order, steps.expand_as(draws))
+        keep = torch.lt(draws, probabilities, out=probabilities)
+        keep_rows[r0:r1] = keep
         if rescale:
             before += magnitudes.sum()
-            after += magnitudes.masked_fill_(drop, 0).sum()
+            after += magnitudes.mul_(keep).sum()
     if base.dim() > 2:
         moved = list(base.movedim(1, -1).shape)
-        mask_rows = mask_rows.reshape(moved).movedim(-1, 1).contiguous()
-    item.della_mask = mask_rows.reshape(-1)
+        keep_rows = keep_rows.reshape(moved).movedim(-1, 1).contiguous()
+    item.della_keep = keep_rows.reshape(-1)
     item.l1_before, item.l1_after = before, after
 
 
-def _chunk_drop(
+def _chunk_keep(
     item: _Input, delta: torch.Tensor, chunk_index: int, start: int, end: int
 ) -> torch.Tensor | None:
-    """Which entries of one chunk of an input's task vector to zero (None: none)."""
+    """The keep multiplier (0/1) of one chunk of an input's task vector (None: keep all)."""
     import torch
 
     if item.kind is None:
         return None
     if item.kind == "zero":
-        return torch.ones_like(delta, dtype=torch.bool)
+        return torch.zeros_like(delta)
     if item.kind == "random":
-        return _random.bernoulli_drop(
+        return _random.bernoulli_keep(
             item.stream, chunk_index, end - start, item.density, delta.device
         )
     if item.kind == "della":
-        assert item.della_mask is not None
-        return item.della_mask[start:end]
+        assert item.della_keep is not None
+        return item.della_keep[start:end]
     assert item.rule is not None
-    return item.rule.drop_mask(delta.abs())
+    return item.rule.keep(delta.abs())
 
 
 def task_arithmetic(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
