@@ -1,0 +1,316 @@
+"""Streaming execution: exact results, valid safetensors, events, and nothing left behind on failure."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from mergetui.errors import CancelledError, UserError
+from mergetui.merge import plan as plan_module
+from mergetui.merge import runner as runner_module
+from mergetui.merge import writer as writer_module
+from mergetui.merge.events import (
+    Cancelled,
+    Failed,
+    Finished,
+    PlanReady,
+    ShardWritten,
+    TensorDone,
+)
+from mergetui.merge.plan import make_plan
+from mergetui.merge.runner import run_merge
+from mergetui.recipe.model import ModelEntry, Recipe, Slice, SliceSource
+
+
+def _linear(models: dict[str, tuple[Path, float]], **kwargs: object) -> Recipe:
+    return Recipe(
+        method="linear",
+        models={
+            name: ModelEntry(name, str(path), parameters={"weight": weight})
+            for name, (path, weight) in models.items()
+        },
+        **kwargs,
+    )
+
+
+def _load_output(folder: Path) -> dict[str, torch.Tensor]:
+    index = folder / "model.safetensors.index.json"
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        if index.exists()
+        else ["model.safetensors"]
+    )
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(str(folder / file), "pt") as handle:  # validates the file format
+            for name in handle.keys():
+                tensors[name] = handle.get_tensor(name)
+    return tensors
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if ".mergetui-" in p.name)
+
+
+def test_linear_merge_is_exact_and_loads(llama_family: dict[str, Path], tmp_path: Path) -> None:
+    recipe = _linear(
+        {
+            "base": (llama_family["base"], 0.5),
+            "a": (llama_family["a"], 0.3),
+            "b": (llama_family["b"], 0.2),
+        },
+        dtype="float32",
+    )
+    out = tmp_path / "merged"
+    events: list[object] = []
+    result = run_merge(make_plan(recipe, out=out), on_event=events.append)
+    assert result.output_dir == out
+    merged = _load_output(out)
+    inputs = [load_file(str(llama_family[n] / "model.safetensors")) for n in ("base", "a", "b")]
+    assert set(merged) == set(inputs[0])
+    for name, value in merged.items():
+        expected = 0.5 * inputs[0][name] + 0.3 * inputs[1][name] + 0.2 * inputs[2][name]
+        torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-6)
+
+    kinds = [type(e) for e in events]
+    assert kinds[0] is PlanReady and kinds[-1] is Finished
+    done = [e for e in events if isinstance(e, TensorDone)]
+    assert len(done) == result.tensor_count == len(merged)
+    assert done[-1].bytes_written == done[-1].total_bytes == result.total_bytes
+    assert sorted(e.index for e in done) == list(range(len(done)))
+    assert [e for e in events if isinstance(e, ShardWritten)][0].filename == "model.safetensors"
+    assert _leftovers(tmp_path) == []
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    ids = tokenizer("The merged model", return_tensors="pt").input_ids
+    generated = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] == ids.shape[1] + 4
+
+
+def test_sharded_output_with_index(
+    sharded_llama: Path, llama_family: dict[str, Path], tmp_path: Path
+) -> None:
+    recipe = _linear({"s": (sharded_llama, 1.0), "a": (llama_family["a"], 1.0)})
+    out = tmp_path / "merged"
+    run_merge(make_plan(recipe, out=out, shard_size=150_000))
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 2
+    assert files == [
+        f"model-{i:05d}-of-{len(files):05d}.safetensors" for i in range(1, len(files) + 1)
+    ]
+    merged = _load_output(out)
+    a = load_file(str(llama_family["a"] / "model.safetensors"))
+    base = load_file(str(llama_family["base"] / "model.safetensors"))
+    for name, value in merged.items():
+        torch.testing.assert_close(value, (base[name] + a[name]) / 2)
+    assert index["metadata"]["total_size"] == sum(
+        v.numel() * v.element_size() for v in merged.values()
+    )
+
+
+def test_big_tensors_stream_in_pieces(
+    llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Element-wise methods split big tensors into pieces; the result must not change."""
+    monkeypatch.setattr(runner_module, "PIECE_ELEMENTS", 1000)
+    recipe = _linear(
+        {"base": (llama_family["base"], 0.25), "a": (llama_family["a"], 0.75)}, out_dtype="bfloat16"
+    )
+    plan = make_plan(recipe, out=tmp_path / "merged")
+    assert len(runner_module._pieces(plan)) > 2 * len(plan.tensors)
+    run_merge(plan)
+    merged = _load_output(tmp_path / "merged")
+    base = load_file(str(llama_family["base"] / "model.safetensors"))
+    a = load_file(str(llama_family["a"] / "model.safetensors"))
+    for name, value in merged.items():
+        assert value.dtype == torch.bfloat16
+        assert torch.equal(value, (0.25 * base[name] + 0.75 * a[name]).to(torch.bfloat16)), name
+
+
+def test_passthrough_stack_copies_layers_byte_for_byte(
+    llama_family: dict[str, Path], tmp_path: Path
+) -> None:
+    recipe = Recipe(
+        method="passthrough",
+        models={
+            "x": ModelEntry("x", str(llama_family["base"])),
+            "y": ModelEntry("y", str(llama_family["a"])),
+        },
+        slices=[Slice([SliceSource("x", (0, 3))]), Slice([SliceSource("y", (1, 4))])],
+    )
+    out = tmp_path / "stack"
+    run_merge(make_plan(recipe, out=out))
+    merged = _load_output(out)
+    x = load_file(str(llama_family["base"] / "model.safetensors"))
+    y = load_file(str(llama_family["a"] / "model.safetensors"))
+    for out_layer, (source, layer) in enumerate([(x, 0), (x, 1), (x, 2), (y, 1), (y, 2), (y, 3)]):
+        for suffix in ("self_attn.o_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight"):
+            assert torch.equal(
+                merged[f"model.layers.{out_layer}.{suffix}"],
+                source[f"model.layers.{layer}.{suffix}"],
+            )
+    assert torch.equal(merged["model.embed_tokens.weight"], x["model.embed_tokens.weight"])
+    assert torch.equal(merged["model.norm.weight"], y["model.norm.weight"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_hidden_layers"] == 6
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    assert len(model.model.layers) == 6
+
+
+def test_cancel_half_way_leaves_nothing(llama_family: dict[str, Path], tmp_path: Path) -> None:
+    recipe = _linear({"base": (llama_family["base"], 1.0), "a": (llama_family["a"], 1.0)})
+    out = tmp_path / "merged"
+    cancel = threading.Event()
+    events: list[object] = []
+
+    def listener(event: object) -> None:
+        events.append(event)
+        if isinstance(event, TensorDone) and event.index == 5:
+            cancel.set()
+
+    with pytest.raises(CancelledError):
+        run_merge(make_plan(recipe, out=out), on_event=listener, cancel=cancel)
+    assert isinstance(events[-1], Cancelled)
+    assert not out.exists()
+    assert _leftovers(tmp_path) == []
+    assert sum(isinstance(e, TensorDone) for e in events) < 39
+
+
+def test_full_disk_part_way_leaves_nothing(
+    llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real = writer_module.write_at
+
+    def failing(fd: int, data: memoryview, offset: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data, offset)
+
+    monkeypatch.setattr(writer_module, "write_at", failing)
+    recipe = _linear({"base": (llama_family["base"], 1.0), "a": (llama_family["a"], 1.0)})
+    out = tmp_path / "merged"
+    events: list[object] = []
+    with pytest.raises(UserError) as info:
+        run_merge(make_plan(recipe, out=out), on_event=events.append)
+    assert "disk is full" in info.value.message
+    assert isinstance(events[-1], Failed) and "disk is full" in events[-1].message
+    assert not out.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_input_truncated_after_planning(llama_family: dict[str, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(llama_family["a"], copy)
+    recipe = _linear({"base": (llama_family["base"], 1.0), "c": (copy, 1.0)})
+    plan = make_plan(recipe, out=tmp_path / "merged")
+    file = copy / "model.safetensors"
+    with open(file, "r+b") as handle:
+        handle.truncate(file.stat().st_size // 2)
+    with pytest.raises(UserError) as info:
+        run_merge(plan)
+    assert "truncated" in info.value.message
+    assert info.value.where == str(file)
+    assert not (tmp_path / "merged").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_existing_output_needs_force_and_survives_a_failed_replace(
+    llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "keep.txt").write_text("old result")
+    recipe = _linear({"base": (llama_family["base"], 1.0), "a": (llama_family["a"], 1.0)})
+    with pytest.raises(UserError) as info:
+        run_merge(make_plan(recipe, out=out))
+    assert "already exists" in info.value.message and "--force" in (info.value.fix or "")
+    assert (out / "keep.txt").read_text() == "old result"
+
+    def broken_compute(*args: object, **kwargs: object) -> object:
+        raise UserError("simulated failure")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner_module, "_compute", broken_compute)
+        with pytest.raises(UserError):
+            run_merge(make_plan(recipe, out=out), force=True)
+    assert (out / "keep.txt").read_text() == "old result"  # replaced only once complete
+    assert _leftovers(tmp_path) == []
+
+    run_merge(make_plan(recipe, out=out), force=True)
+    assert not (out / "keep.txt").exists()
+    assert (out / "model.safetensors").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_differing_integer_buffers_are_refused(
+    llama_family: dict[str, Path], tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    folders = {}
+    for name, value in (("p", 1), ("q", 2)):
+        folder = tmp_path / name
+        shutil.copytree(llama_family["base"], folder)
+        tensors = load_file(str(folder / "model.safetensors"))
+        tensors["model.position_ids"] = torch.full((4,), value, dtype=torch.int64)
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        folders[name] = folder
+    same = _linear({"p": (folders["p"], 1.0), "p2": (folders["p"], 1.0)})
+    run_merge(make_plan(same, out=tmp_path / "same"))
+    assert torch.equal(
+        _load_output(tmp_path / "same")["model.position_ids"],
+        torch.full((4,), 1, dtype=torch.int64),
+    )
+    differ = _linear({"p": (folders["p"], 1.0), "q": (folders["q"], 1.0)})
+    with pytest.raises(UserError) as info:
+        run_merge(make_plan(differ, out=tmp_path / "differ"))
+    assert "model.position_ids" in info.value.message
+    assert not (tmp_path / "differ").exists()
+
+
+def test_prefetch_budget_bounds_inputs_held() -> None:
+    budget = runner_module._ByteBudget(100)
+    assert budget.acquire(80)
+    holder: list[bool] = []
+    thread = threading.Thread(target=lambda: holder.append(budget.acquire(50)), daemon=True)
+    thread.start()
+    thread.join(0.2)
+    assert thread.is_alive()  # 80 + 50 > 100: waits
+    budget.release(80)
+    thread.join(5)
+    assert holder == [True]
+    budget.release(50)
+    assert budget.acquire(500)  # bigger than the limit, but nothing else is held: admitted
+    closer = threading.Thread(target=lambda: holder.append(budget.acquire(1)), daemon=True)
+    closer.start()
+    budget.close()  # a closed budget wakes the waiter, which gives up
+    closer.join(5)
+    assert holder == [True, False]
+
+
+def test_estimate_covers_the_largest_working_set(
+    llama_family: dict[str, Path], tmp_path: Path
+) -> None:
+    plan = make_plan(
+        _linear({"base": (llama_family["base"], 1.0), "a": (llama_family["a"], 1.0)}),
+        out=tmp_path / "x",
+    )
+    biggest = max(t.numel for t in plan.tensors)
+    assert plan.estimated_peak_bytes >= plan_module.PROCESS_BASELINE_BYTES + 2 * 4 * biggest
