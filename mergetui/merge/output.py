@@ -44,8 +44,6 @@ PER_LAYER_KEYS = ("layer_types", "no_rope_layers")
 # Config keys holding the vocabulary size.
 VOCAB_KEYS = ("vocab_size", "n_vocab", "padded_vocab_size")
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
 RECIPE_FILE = "mergetui.toml"
 MERGEKIT_FILE = "mergekit_config.yml"
 CARD_FILE = "README.md"
@@ -153,10 +151,6 @@ def build_output_config(
                         holder[key] = vocab_size
                         break
     return config
-
-
-def looks_like_hub_id(source: str) -> bool:
-    return bool(_HUB_ID.match(source))
 
 
 # ----------------------------------------------------------------------------------------------

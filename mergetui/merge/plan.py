@@ -28,14 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergetui.checkpoints.layers import block_kind, layer_index, with_layer_index
+from mergetui.checkpoints.locate import looks_like_hub_id
 from mergetui.checkpoints.safetensors_io import TensorInfo
 from mergetui.errors import UserError
 from mergetui.merge.device import check_device_name
-from mergetui.merge.output import (
-    build_output_config,
-    config_vocab_size,
-    looks_like_hub_id,
-)
+from mergetui.merge.output import build_output_config, config_vocab_size
 from mergetui.merge.writer import DEFAULT_SHARD_SIZE, OutputLayout, human_bytes, layout_output
 
 if TYPE_CHECKING:
