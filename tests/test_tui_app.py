@@ -16,7 +16,7 @@ from rich.color import ColorType
 from mergetui.recipe.io import load_recipe, loads_yaml
 from mergetui.recipe.model import Conditional
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.config import CONFIG_ENV
+from mergetui.tui.config import CONFIG_ENV, AppConfig
 from mergetui.tui.dialogs import (
     AddModelDialog,
     ConfirmQuit,
@@ -28,7 +28,7 @@ from mergetui.tui.dialogs import (
 from mergetui.tui.document import RecipeDocument
 from mergetui.tui.grid import LayerGrid
 from mergetui.tui.help import HelpScreen
-from mergetui.tui.recipe_screen import ModelsTable, RecipeScreen, SlicesTable
+from mergetui.tui.recipe_screen import RecipeScreen, SetupPane, SlicesPane
 
 
 @pytest.fixture(autouse=True)
@@ -204,7 +204,7 @@ async def test_palette_holds_every_key_action(ties_recipe: Path) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await started(app, pilot)
         actions = {c.action for c in app.palette_commands(screen)}
-        for owner in (MergeTuiApp, RecipeScreen, LayerGrid, ModelsTable, SlicesTable):
+        for owner in (MergeTuiApp, RecipeScreen, LayerGrid, SetupPane, SlicesPane):
             for binding in owner.BINDINGS:
                 action = binding.action.removeprefix("screen.")
                 if owner is LayerGrid and action.startswith(("move(", "extend(", "page(", "jump(")):
@@ -249,8 +249,10 @@ async def test_type_a_number_nudge_and_change_the_step(ties_recipe: Path) -> Non
         assert screen.recipe.models["a"].parameters["weight"] == [0.6, 0.25, 0.6, 0.6]
         await pilot.press("plus")
         assert layers(grid, weight_a)[1] == pytest.approx(0.3)
-        await pilot.press("right_square_bracket")  # step 0.05 -> 0.1
+        await pilot.press("right_square_bracket")  # step 0.05 -> 0.1, remembered
         assert grid.model.step == 0.1
+        await pilot.pause()
+        assert AppConfig.load().nudge_step == 0.1
         await pilot.press("minus", "minus")
         assert layers(grid, weight_a)[1] == pytest.approx(0.1)
         # enter edits the cell with its value filled in
@@ -359,6 +361,8 @@ async def test_filter_split_writes_filter_entries(ties_recipe: Path) -> None:
         await started(app, pilot)
         grid = grid_of(app)
         await pilot.press("f")
+        await pilot.pause()
+        assert AppConfig.load().split_filters  # the next session starts split too
         attn, mlp = col(grid, "weight", "a", "attention"), col(grid, "weight", "a", "mlp")
         await go(pilot, grid, 1, attn)
         await pilot.press("shift+down", "shift+down", "shift+down")

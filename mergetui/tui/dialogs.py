@@ -20,7 +20,7 @@ from textual.widgets import Button, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from mergetui.recipe.methods import METHODS, REQUIRED, MethodSpec
-from mergetui.tui.grid_model import PRESET_TITLES, PRESETS
+from mergetui.tui.grid_model import PRESET_TITLES, PRESETS, preset_values
 
 
 class PathSuggester(Suggester):
@@ -61,6 +61,8 @@ class DialogScreen(ModalScreen):
     DialogScreen .hint { color: $text-muted; }
     DialogScreen .error { color: $text-error; }
     DialogScreen Input { margin-bottom: 0; }
+    DialogScreen Input.-textual-compact { background: $panel; }
+    DialogScreen Input.-textual-compact:focus { background: $boost; text-style: bold; }
     DialogScreen .buttons { height: auto; align-horizontal: right; margin-top: 1; }
     DialogScreen .buttons Button { margin-left: 1; min-width: 10; }
     """
@@ -234,7 +236,7 @@ class PresetDialog(DialogScreen):
 
     DEFAULT_CSS = """
     PresetDialog OptionList { height: 11; }
-    PresetDialog #fields { height: auto; grid-size: 4; grid-gutter: 0 1; grid-rows: 1 3; }
+    PresetDialog #fields { height: auto; grid-size: 4; grid-gutter: 0 1; grid-rows: 1 1; margin-top: 1; }
     """
 
     def __init__(self, low: float, high: float, layers: tuple[int, int], target: str) -> None:
@@ -247,7 +249,10 @@ class PresetDialog(DialogScreen):
         with Vertical(classes="dialog"):
             yield Label(f"Fill with a preset · {self.target}", classes="dialog-title")
             yield OptionList(
-                *(Option(f"{PRESET_TITLES[key]:<16} {PRESETS[key]}", id=key) for key in PRESETS),
+                *(
+                    Option(f"{PRESET_TITLES[key]:<16} {curve_preview(key)}  {PRESETS[key]}", id=key)
+                    for key in PRESETS
+                ),
                 id="presets",
             )
             with Grid(id="fields"):
@@ -255,11 +260,11 @@ class PresetDialog(DialogScreen):
                 yield Label("high")
                 yield Label("step at layer")
                 yield Label("seed")
-                yield Input(f"{self.low:g}", id="low", type="number")
-                yield Input(f"{self.high:g}", id="high", type="number")
+                yield Input(f"{self.low:g}", id="low", type="number", compact=True)
+                yield Input(f"{self.high:g}", id="high", type="number", compact=True)
                 middle = (self.layer_span[0] + self.layer_span[1] + 1) // 2
-                yield Input(str(middle), id="at", type="integer")
-                yield Input("0", id="seed", type="integer")
+                yield Input(str(middle), id="at", type="integer", compact=True)
+                yield Input("0", id="seed", type="integer", compact=True)
             yield Static(
                 "tab to the fields · enter applies · escape cancels", classes="hint", id="message"
             )
@@ -293,6 +298,15 @@ class PresetDialog(DialogScreen):
         choice = self._choice()
         if choice is not None:
             self.dismiss(choice)
+
+
+def curve_preview(name: str, width: int = 8) -> str:
+    """The preset's shape in block characters, low to high: ▁▂▃▄▅▆▇█ for a ramp up."""
+    bars = "▁▂▃▄▅▆▇█"
+    values = preset_values(
+        name, width, 0.0, 1.0, layers=list(range(width)), at_layer=width // 2, seed=1
+    )
+    return "".join(bars[min(len(bars) - 1, int(v * (len(bars) - 1) + 0.5))] for v in values)
 
 
 def describe_param(param) -> str:
@@ -383,7 +397,7 @@ class SliceDialog(DialogScreen):
     """One slice source: which model, and its layers [start, end)."""
 
     DEFAULT_CSS = """
-    SliceDialog #fields { height: auto; grid-size: 3; grid-gutter: 0 1; grid-rows: 1 3; }
+    SliceDialog #fields { height: auto; grid-size: 3; grid-gutter: 0 1; grid-rows: 1 1; }
     """
 
     def __init__(
@@ -411,9 +425,10 @@ class SliceDialog(DialogScreen):
                     value=self.initial.model,
                     allow_blank=False,
                     id="model",
+                    compact=True,
                 )
-                yield Input(str(self.initial.start), id="start", type="integer")
-                yield Input(str(self.initial.end), id="end", type="integer")
+                yield Input(str(self.initial.start), id="start", type="integer", compact=True)
+                yield Input(str(self.initial.end), id="end", type="integer", compact=True)
             yield Static(self._hint(self.initial.model), classes="hint", id="message")
 
     def _hint(self, model: str) -> str:

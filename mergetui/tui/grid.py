@@ -99,14 +99,22 @@ class LayerGrid(ScrollView, can_focus=True):
     """
 
     BINDINGS = [
-        Binding("up", "move(-1, 0)", "Move the cursor", show=False),
-        Binding("down", "move(1, 0)", "Move the cursor", show=False),
-        Binding("left", "move(0, -1)", "Move the cursor", show=False),
-        Binding("right", "move(0, 1)", "Move the cursor", show=False),
-        Binding("shift+up", "extend(-1, 0)", "Select a block", show=False),
-        Binding("shift+down", "extend(1, 0)", "Select a block", show=False),
-        Binding("shift+left", "extend(0, -1)", "Select a block", show=False),
-        Binding("shift+right", "extend(0, 1)", "Select a block", show=False),
+        Binding("up", "move(-1, 0)", "Move the cursor", show=False, key_display="arrows"),
+        Binding("down", "move(1, 0)", "Move the cursor", show=False, key_display="arrows"),
+        Binding("left", "move(0, -1)", "Move the cursor", show=False, key_display="arrows"),
+        Binding("right", "move(0, 1)", "Move the cursor", show=False, key_display="arrows"),
+        Binding(
+            "shift+up", "extend(-1, 0)", "Select a block", show=False, key_display="shift+arrows"
+        ),
+        Binding(
+            "shift+down", "extend(1, 0)", "Select a block", show=False, key_display="shift+arrows"
+        ),
+        Binding(
+            "shift+left", "extend(0, -1)", "Select a block", show=False, key_display="shift+arrows"
+        ),
+        Binding(
+            "shift+right", "extend(0, 1)", "Select a block", show=False, key_display="shift+arrows"
+        ),
         Binding("pageup", "page(-1)", "Page up / down", show=False),
         Binding("pagedown", "page(1)", "Page up / down", show=False),
         Binding("home", "jump('home')", "First / last column", show=False),
@@ -137,6 +145,9 @@ class LayerGrid(ScrollView, can_focus=True):
 
     class PresetRequested(Message):
         """The grid wants the preset dialog for its current selection."""
+
+    class SettingsChanged(Message):
+        """The nudge step or the split view changed (the app remembers them)."""
 
     def __init__(self, model: GridModel, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -309,6 +320,7 @@ class LayerGrid(ScrollView, can_focus=True):
         self.model.step = next_step(self.model.step, direction)
         self.notify(f"nudge step {format_number(self.model.step, precise=True)}", timeout=2)
         self.post_message(self.CursorMoved())
+        self.post_message(self.SettingsChanged())
 
     def action_edit(self) -> None:
         if not self.model.columns:
@@ -369,6 +381,7 @@ class LayerGrid(ScrollView, can_focus=True):
                 timeout=4,
             )
         self.post_message(self.CursorMoved())
+        self.post_message(self.SettingsChanged())
 
     def on_key(self, event: events.Key) -> None:
         """Typing a digit or a point starts entering a number for the selection."""

@@ -42,15 +42,15 @@ STEP_LADDER = (0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 DEFAULT_STEP = 0.05
 
 PRESETS: dict[str, str] = {
-    "flat": "every cell the same value (high)",
-    "ramp_up": "straight line from low to high",
-    "ramp_down": "straight line from high to low",
-    "v": "high at both ends, low in the middle",
-    "lambda": "low at both ends, high in the middle (Λ)",
-    "cosine": "half cosine from low to high: flat ends, steep middle",
-    "smoothstep": "smoothstep 3x²-2x³ from low to high",
-    "step": "low before the given layer, high from it on",
-    "random": "uniform random in [low, high] from a seed",
+    "flat": "every cell = high",
+    "ramp_up": "straight from low to high",
+    "ramp_down": "straight from high to low",
+    "v": "high at the ends, low mid",
+    "lambda": "low at the ends, high mid",
+    "cosine": "half cosine, low to high",
+    "smoothstep": "3x²-2x³, low to high",
+    "step": "low, then high from a layer",
+    "random": "uniform in [low, high], seeded",
 }
 PRESET_TITLES: dict[str, str] = {
     "flat": "Flat",

@@ -9,6 +9,7 @@ change goes through the document (`with document.edit(...)`), which gives undo/r
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -89,7 +90,7 @@ def value_text(value: Any) -> str:
         return format_number(float(value), precise=True) if isinstance(value, float) else str(value)
     if isinstance(value, list) and not any(isinstance(v, Conditional) for v in value):
         return "[" + ", ".join(value_text(v) for v in value) + "]"
-    return "per-filter values (edit them on the Layers tab)"
+    return "per filter (see Layers tab)"
 
 
 def problem_text(problem: Any, severity: str) -> Text:
@@ -145,28 +146,28 @@ def parse_param_text(text: str, param: ParamSpec) -> Any:
 # Widgets of the Setup tab
 
 
-class ModelsTable(DataTable):
-    """The recipe's models in input order; the base is starred."""
+class SetupPane(VerticalScroll):
+    """The Setup tab; its model keys work wherever the focus is in the tab (not only in the list)."""
 
     BINDINGS = [
-        Binding("a", "screen.add_model", "Add model"),
-        Binding("x,delete", "screen.remove_model", "Remove model"),
-        Binding("b", "screen.toggle_base", "Mark/unmark base"),
-        Binding("shift+up", "screen.move_model(-1)", "Move model up"),
-        Binding("shift+down", "screen.move_model(1)", "Move model down"),
+        Binding("a", "screen.add_model", "Add model", show=False),
+        Binding("x,delete", "screen.remove_model", "Remove model", show=False),
+        Binding("b", "screen.toggle_base", "Mark/unmark base", show=False),
+        Binding("shift+up", "screen.move_model(-1)", "Move model up", show=False),
+        Binding("shift+down", "screen.move_model(1)", "Move model down", show=False),
     ]
 
 
-class SlicesTable(DataTable):
-    """One row per slice source: the layer stack, top to bottom."""
+class SlicesPane(Vertical):
+    """The Slices tab: one row per slice source, the layer stack top to bottom."""
 
     BINDINGS = [
-        Binding("a", "screen.add_slice", "Add slice"),
-        Binding("s", "screen.add_source", "Add source to slice"),
-        Binding("e,enter", "screen.edit_slice", "Edit slice source"),
-        Binding("x,delete", "screen.remove_slice", "Remove slice source"),
-        Binding("shift+up", "screen.move_slice(-1)", "Move slice up"),
-        Binding("shift+down", "screen.move_slice(1)", "Move slice down"),
+        Binding("a", "screen.add_slice", "Add slice", show=False),
+        Binding("s", "screen.add_source", "Add source to slice", show=False),
+        Binding("e", "screen.edit_slice", "Edit slice source (or enter)", show=False),
+        Binding("x,delete", "screen.remove_slice", "Remove slice source", show=False),
+        Binding("shift+up", "screen.move_slice(-1)", "Move slice up", show=False),
+        Binding("shift+down", "screen.move_slice(1)", "Move slice down", show=False),
     ]
 
 
@@ -265,7 +266,7 @@ class RecipeScreen(Screen):
         initial = "layers" if self.recipe.models else "setup"
         with TabbedContent(id="recipe-tabs", initial=initial):
             with TabPane("Setup [dim]F6[/]", id="setup"):
-                with VerticalScroll(id="setup-scroll"):
+                with SetupPane(id="setup-scroll"):
                     yield Label("Method", classes="section")
                     with Horizontal(id="method-row"):
                         yield Button("method", id="method-button", compact=True)
@@ -275,7 +276,7 @@ class RecipeScreen(Screen):
                         "Models  [dim]a add · x remove · b base · shift+↑↓ move[/]",
                         classes="section",
                     )
-                    yield ModelsTable(id="models", cursor_type="row", zebra_stripes=True)
+                    yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
                     yield Label("Shared parameters", classes="section")
                     yield Vertical(id="params-form")
                     yield Label("Output", classes="section")
@@ -295,7 +296,7 @@ class RecipeScreen(Screen):
                     with Horizontal(classes="param-field"):
                         yield Label("seed", classes="param-name")
                         yield Input(
-                            placeholder="none (random methods draw freshly)",
+                            placeholder="none",
                             id="seed",
                             type="integer",
                             classes="param-input",
@@ -317,9 +318,10 @@ class RecipeScreen(Screen):
                     yield Label("", id="grid-prompt-label")
                     yield Input(id="grid-prompt-input")
             with TabPane("Slices [dim]F8[/]", id="slices"):
-                yield Static(id="slices-help", classes="hint")
-                yield SlicesTable(id="slices-table", cursor_type="row", zebra_stripes=True)
-                yield Static(id="slices-summary")
+                with SlicesPane(id="slices-pane"):
+                    yield Static(id="slices-help", classes="hint")
+                    yield DataTable(id="slices-table", cursor_type="row", zebra_stripes=True)
+                    yield Static(id="slices-summary")
             with TabPane("Problems [dim]F9[/]", id="problems"):
                 yield Static(id="problems-summary")
                 yield OptionList(id="problems-table")
@@ -676,14 +678,26 @@ class RecipeScreen(Screen):
     def _model_added(self, choice: ModelChoice | None) -> None:
         if choice is None:
             return
+        source = self._recipe_relative(choice.source)
         with self.edit(f"add model {choice.name}"):
-            self.recipe.models[choice.name] = ModelEntry(choice.name, choice.source)
+            self.recipe.models[choice.name] = ModelEntry(choice.name, source)
             spec = METHODS.get(self.recipe.method)
             if self.recipe.base is None and spec is not None and spec.base == "required":
                 self.recipe.base = choice.name
         self.recipe_changed()
         table = self.query_one("#models", DataTable)
         table.move_cursor(row=len(self.recipe.models) - 1)
+
+    def _recipe_relative(self, source: str) -> str:
+        """A folder typed relative to where mergetui runs, rewritten relative to the recipe file
+        (where the validator and the merge look for it); Hub ids and absolute paths stay as typed."""
+        typed = Path(source).expanduser()
+        if typed.is_absolute() or not typed.exists():
+            return str(typed) if typed.is_absolute() else source
+        recipe_file = self.document.path or self.document.origin
+        if recipe_file is None:
+            return str(typed.resolve())
+        return os.path.relpath(typed.resolve(), recipe_file.resolve().parent)
 
     def action_remove_model(self) -> None:
         name = self._selected_model()
@@ -807,6 +821,13 @@ class RecipeScreen(Screen):
     def grid_cursor_moved(self) -> None:
         self._refresh_status()
         self._refresh_curve()
+
+    @on(LayerGrid.SettingsChanged)
+    def grid_settings_changed(self) -> None:
+        config = self.app.config
+        config.nudge_step = self.grid_model.step
+        config.split_filters = self.grid_model.split
+        self.app.save_config()
 
     @on(LayerGrid.Edited)
     def grid_edited(self, event: LayerGrid.Edited) -> None:
@@ -1037,6 +1058,10 @@ class RecipeScreen(Screen):
                 self.recipe.slices[where[0]].sources.append(SliceSource(choice.model, layer_range))
         self.recipe_changed()
 
+    @on(DataTable.RowSelected, "#slices-table")
+    def slice_row_chosen(self) -> None:
+        self.action_edit_slice()
+
     def action_remove_slice(self) -> None:
         selected = self._selected_slice()
         if selected is None:
@@ -1076,13 +1101,13 @@ class RecipeScreen(Screen):
             (
                 "Layers tab: the grid",
                 [
-                    ("0-9 .", "Type a number for the selection (enter applies, escape cancels)"),
+                    ("0-9 .", "Type a number: sets the selection"),
                     *binding_rows(app, LayerGrid.BINDINGS),
                     ("mouse", "Click a cell to move there, shift+click to select"),
                 ],
             ),
-            ("Setup tab: models list", binding_rows(app, ModelsTable.BINDINGS)),
-            ("Slices tab", binding_rows(app, SlicesTable.BINDINGS)),
+            ("Setup tab: models", binding_rows(app, SetupPane.BINDINGS)),
+            ("Slices tab", binding_rows(app, SlicesPane.BINDINGS)),
         ]
 
     def palette_commands(self) -> list[PaletteCommand]:
