@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -347,9 +348,9 @@ class MethodPicker(DialogScreen):
     """Every method with its one-line description; the highlighted one's parameters below."""
 
     DEFAULT_CSS = """
-    MethodPicker > .dialog { width: 96; }
-    MethodPicker OptionList { height: 12; }
-    MethodPicker #details { height: auto; max-height: 12; margin-top: 1; }
+    MethodPicker > .dialog { width: 100; height: 90%; }
+    MethodPicker OptionList { height: 50%; text-wrap: nowrap; text-overflow: ellipsis; }
+    MethodPicker #details { height: 1fr; margin-top: 1; }
     """
 
     def __init__(self, current: str) -> None:
@@ -361,7 +362,12 @@ class MethodPicker(DialogScreen):
             yield Label("Merge method", classes="dialog-title")
             yield OptionList(
                 *(
-                    Option(f"{spec.name:<17} {spec.description}", id=spec.name)
+                    Option(
+                        Text(
+                            f"{spec.name:<17} {spec.description}", no_wrap=True, overflow="ellipsis"
+                        ),
+                        id=spec.name,
+                    )
                     for spec in METHODS.values()
                 ),
                 id="methods",

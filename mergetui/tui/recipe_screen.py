@@ -182,8 +182,9 @@ class ParamField(Horizontal):
     def compose(self) -> ComposeResult:
         yield Label(self.param.name, classes="param-name")
         if self.param.type == "bool":
+            checked = self._checked(self.value)
             yield Checkbox(
-                "", self._checked(self.value), id=f"param-{self.param.name}", compact=True
+                bool_label(checked), checked, id=f"param-{self.param.name}", compact=True
             )
         else:
             default = (
@@ -211,9 +212,15 @@ class ParamField(Horizontal):
         if isinstance(widget, Checkbox):
             with widget.prevent(Checkbox.Changed):
                 widget.value = self._checked(value)
+            widget.label = bool_label(widget.value)
         elif isinstance(widget, Input):
             widget.value = value_text(value)
             widget.disabled = _per_filter(value)
+
+
+def bool_label(value: bool) -> str:
+    """Say the state in words: a checkbox's mark alone is easy to misread in 16 colours."""
+    return "true" if value else "false"
 
 
 def _per_filter(value: Any) -> bool:
@@ -786,6 +793,7 @@ class RecipeScreen(Screen):
     def switch_changed(self, event: Checkbox.Changed) -> None:
         field_ = event.checkbox.parent
         if isinstance(field_, ParamField):
+            event.checkbox.label = bool_label(event.value)
             self._set_param(field_.param, event.value)
 
     def _output_input(self, widget: Input) -> None:
@@ -851,8 +859,9 @@ class RecipeScreen(Screen):
             low = min(values)
             sparkline.data = [v - low for v in values] if max(values) > low else [1.0] * len(values)
         else:
-            span = "no values"
+            span = "no values yet"
             sparkline.data = []
+        sparkline.display = bool(values)
         label.update(f"{column.title}{group} {span} ")
 
     @on(LayerGrid.PromptRequested)
