@@ -75,8 +75,8 @@ def ties_recipe(tmp_path: Path, llama_family: dict[str, Path]) -> Path:
 
 
 async def started(app: MergeTuiApp, pilot) -> RecipeScreen:
-    """Wait for the first frame and the checkpoint-header worker."""
-    await pilot.pause()
+    """Wait for the first frame, the checkpoint-header reader and the delayed checks."""
+    await pilot.pause(0.4)
     await app.workers.wait_for_complete()
     await pilot.pause()
     screen = app.screen
@@ -659,3 +659,22 @@ async def test_sixteen_colour_theme_draws_with_ansi_colours(ties_recipe: Path) -
             assert (
                 style.bgcolor.type == ColorType.STANDARD and style.color.type == ColorType.STANDARD
             )
+
+
+async def test_terminal_paste_and_mouse_click(ties_recipe: Path) -> None:
+    from textual import events
+
+    app = MergeTuiApp(RecipeDocument.open(ties_recipe))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(app, pilot)
+        grid = grid_of(app)
+        density_b = col(grid, "density", "b")
+        # click on layer 2 of density·b (below the header rows, right of the labels)
+        x = grid.label_width + grid._offsets[density_b] + 2
+        y = grid.header_height + 3
+        await pilot.click(LayerGrid, offset=(x, y))
+        assert grid.cursor == (3, density_b)
+        # a column pasted from a spreadsheet lands at the cursor
+        grid.post_message(events.Paste("0.11\n0.22\n0.33\n0.44\n"))
+        await pilot.pause()
+        assert layers(grid, density_b) == pytest.approx([0.5, 0.5, 0.11, 0.22])

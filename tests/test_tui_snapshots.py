@@ -30,7 +30,7 @@ def sample(name: str, tmp_path: Path) -> RecipeDocument:
 
 
 async def settled(pilot) -> None:
-    await pilot.pause()
+    await pilot.pause(0.4)  # the checkpoint checks start after a short pause in editing
     await pilot.app.workers.wait_for_complete()
     await pilot.pause()
 

@@ -59,6 +59,7 @@ from mergetui.tui.help import HelpSection, binding_rows
 
 DTYPES = ("float32", "float16", "bfloat16")
 TABS = ("setup", "layers", "slices", "problems")
+CHECK_DELAY = 0.3  # seconds without edits before the checkpoint checks run
 
 
 @dataclass
@@ -251,6 +252,7 @@ class RecipeScreen(Screen):
         self.problems: list[Any] = []
         self.prompt_kind: str | None = None
         self.layer_override: int | None = None
+        self._check_timer = None
         config = self.app.config
         self.grid_model = GridModel(
             self.app.document,
@@ -527,7 +529,10 @@ class RecipeScreen(Screen):
         except UserError as exc:
             problems = [exc]
         self._show_problems(problems)
-        self._validate_checkpoints()
+        # The checks that read checkpoint headers wait for a pause in the typing.
+        if self._check_timer is not None:
+            self._check_timer.stop()
+        self._check_timer = self.set_timer(CHECK_DELAY, self._validate_checkpoints)
 
     @work(thread=True, exclusive=True, group="validate")
     def _validate_checkpoints(self) -> None:
