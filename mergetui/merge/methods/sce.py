@@ -55,7 +55,7 @@ def sce(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
         nonzero = 0
         for start, end in spans(numel):
             check_cancel(ctx)
-            variance = torch.var(load(start, end), dim=0, unbiased=False)
+            variance = _variance(load(start, end))
             selector.add(variance)
             nonzero += int(torch.gt(variance, 0, out=torch.empty_like(variance)).sum())
         k = int(nonzero * select_topk)
@@ -63,13 +63,13 @@ def sce(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
         if selector.needs_second_pass:
             for start, end in spans(numel):
                 check_cancel(ctx)
-                selector.refine(torch.var(load(start, end), dim=0, unbiased=False))
+                selector.refine(_variance(load(start, end)))
         rule = top_k_rule(selector, k)
 
     def masked(start: int, end: int) -> torch.Tensor:
         deltas = load(start, end)
         if rule is not None:
-            keep = rule.keep(torch.var(deltas, dim=0, unbiased=False))
+            keep = rule.keep(_variance(deltas))
             if keep is not None:
                 deltas.mul_(keep)
         return deltas
@@ -101,3 +101,10 @@ def sce(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
         divisor = (weights @ agreeing.sign_()).clamp_(min=1e-6)
         torch.add(base_flat[start:end], merged.div_(divisor), out=out_flat[start:end])
     return out
+
+
+def _variance(deltas: torch.Tensor) -> torch.Tensor:
+    """Population variance across models, per entry (torch.var(dim=0) is ~50x slower on CPU for a
+    reduction over so few rows; this differs from it by at most an ulp)."""
+    mean = deltas.mean(dim=0)
+    return (deltas - mean).square_().mean(dim=0)
