@@ -159,13 +159,14 @@ class LayerGrid(ScrollView, can_focus=True):
         self._style_cache: dict[tuple[float, bool], Style] = {}
         self._widths: list[int] = []
         self._offsets: list[int] = [0]
+        self._label_width = 8
+        self._cursor_key: tuple | None = None
 
     # -- geometry ------------------------------------------------------------------------------
 
     @property
     def label_width(self) -> int:
-        labels = [self.model.row_label(r) for r in range(len(self.model.rows))]
-        return max([6, *(len(label) for label in labels)]) + 2
+        return self._label_width
 
     def _column_width(self, col: int) -> int:
         """Room for the value, or for the model's name when the column is not split."""
@@ -183,7 +184,11 @@ class LayerGrid(ScrollView, can_focus=True):
         """Call after the model changed: resize, keep the cursor inside, redraw."""
         rows, cols = self.model.shape
         row, col = self.cursor
+        col = self._column_for(self._cursor_key, col)
         self.cursor = (min(max(row, 0), max(rows - 1, 0)), min(max(col, 0), max(cols - 1, 0)))
+        self._remember_cursor()
+        labels = [self.model.row_label(r) for r in range(rows)]
+        self._label_width = max([6, *(len(label) for label in labels)]) + 2
         if self.anchor is not None:
             self.anchor = (
                 min(self.anchor[0], max(rows - 1, 0)),
@@ -201,6 +206,29 @@ class LayerGrid(ScrollView, can_focus=True):
         # Start on layer 0 rather than the embeddings row.
         if len(self.model.rows) > 1:
             self.cursor = (1, 0)
+            self._remember_cursor()
+
+    def _remember_cursor(self) -> None:
+        columns = self.model.columns
+        col = self.cursor[1]
+        self._cursor_key = (
+            (columns[col].param, columns[col].model, columns[col].group)
+            if col < len(columns)
+            else None
+        )
+
+    def _column_for(self, key: tuple | None, fallback: int) -> int:
+        """Where the cursor's column went after a rebuild (split, method change), if it still exists."""
+        if key is None:
+            return fallback
+        columns = self.model.columns
+        for index, column in enumerate(columns):
+            if (column.param, column.model, column.group) == key:
+                return index
+        for index, column in enumerate(columns):
+            if (column.param, column.model) == key[:2]:
+                return index
+        return fallback
 
     def set_heatmap(self, heatmap: Heatmap) -> None:
         self.heatmap = heatmap
@@ -237,6 +265,7 @@ class LayerGrid(ScrollView, can_focus=True):
         else:
             self.anchor = None
         self.cursor = (row, col)
+        self._remember_cursor()
         self._scroll_to_cursor()
         self.refresh()
         self.post_message(self.CursorMoved())
@@ -279,6 +308,7 @@ class LayerGrid(ScrollView, can_focus=True):
         if rows and cols:
             self.anchor = (0, 0)
             self.cursor = (rows - 1, cols - 1)
+            self._remember_cursor()
             self.refresh()
             self.post_message(self.CursorMoved())
 

@@ -433,6 +433,7 @@ class GridModel:
         self.layer_note: str | None = None  # how the layer count was found, when it is a guess
         self._values: dict[tuple[int, int], CellValue] = {}
         self._slices: list[Slice] = []
+        self._ranges: dict[str, tuple[float, float]] = {}
         self.rebuild()
 
     @property
@@ -457,6 +458,7 @@ class GridModel:
 
     def rebuild(self) -> None:
         """Recompute rows, columns and values from the recipe (after any change to it)."""
+        self._ranges = {}
         self.problem = None
         self.layer_note = None
         spec = METHODS.get(self.recipe.method)
@@ -610,7 +612,14 @@ class GridModel:
         self._series: dict[tuple[tuple[str, str | None], str], list[CellValue]] = {}
         self._errors: dict[tuple[str, str | None], str] = {}
         for column in columns:
+            # Without filter entries every group resolves alike: ask once, share the answer.
+            filtered = any(
+                _conditionals(v) for v in self._value_sources(column.param, column.model)
+            )
             for group in SPLIT_GROUPS:
+                if not filtered and group != SPLIT_GROUPS[0]:
+                    self._series[(column.key, group)] = self._series[(column.key, SPLIT_GROUPS[0])]
+                    continue
                 try:
                     found = resolve.resolve_layer_values(
                         self.recipe,
@@ -701,6 +710,12 @@ class GridModel:
         Weights have no declared range; scaling them to their own min..max would paint 0.3 and 0.4
         as opposite ends, so the scale always spans at least 0..1.
         """
+        cached = self._ranges.get(param)
+        if cached is None:
+            cached = self._ranges[param] = self._param_range(param)
+        return cached
+
+    def _param_range(self, param: str) -> tuple[float, float]:
         spec = METHODS[self.recipe.method].param(param)
         if spec is not None and spec.minimum is not None and spec.maximum is not None:
             return float(spec.minimum), float(spec.maximum)
