@@ -314,3 +314,35 @@ def test_estimate_covers_the_largest_working_set(
     )
     biggest = max(t.numel for t in plan.tensors)
     assert plan.estimated_peak_bytes >= plan_module.PROCESS_BASELINE_BYTES + 2 * 4 * biggest
+
+
+def test_methods_that_accept_stored_dtype_get_it(
+    tiny_model_factory: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A method declaring `accepts_stored_dtype` gets whole tensors as stored (bf16 here, half
+    the memory of float32) and the same result comes out."""
+    base = tiny_model_factory("llama", seed=0, dtype="bfloat16")  # type: ignore[operator]
+    other = tiny_model_factory("llama", seed=1, base=base, dtype="bfloat16")  # type: ignore[operator]
+    recipe = Recipe(
+        method="slerp",
+        base="base",
+        models={"base": ModelEntry("base", str(base)), "other": ModelEntry("other", str(other))},
+        parameters={"t": 0.4},
+    )
+    run_merge(make_plan(recipe, out=tmp_path / "plain"))
+
+    from mergetui.merge import methods
+
+    real = methods.get_method_function("slerp")
+    seen: list[set[torch.dtype]] = []
+
+    def stored(tensors: list[torch.Tensor], ctx: object) -> torch.Tensor:
+        seen.append({t.dtype for t in tensors})
+        return real([t.float() for t in tensors], ctx)
+
+    stored.accepts_stored_dtype = True  # type: ignore[attr-defined]
+    monkeypatch.setattr(methods, "get_method_function", lambda name: stored)
+    run_merge(make_plan(recipe, out=tmp_path / "stored"))
+    assert seen and all(dtypes == {torch.bfloat16} for dtypes in seen)
+    plain, got = _load_output(tmp_path / "plain"), _load_output(tmp_path / "stored")
+    assert all(torch.equal(plain[name], got[name]) for name in plain)

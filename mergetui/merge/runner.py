@@ -3,8 +3,8 @@
 Three threads share the work so the disk and the arithmetic overlap:
 
 - a reader thread reads the next tensor's inputs (pread, see reader.py) while the current one is
-  being merged; a byte budget (1.5 x the largest input set) lets it run ahead on small tensors
-  but never holds two of the largest sets at once;
+  being merged; a byte budget (the largest input set + 64 MB) lets it run ahead on small
+  tensors but never holds two of the large sets at once;
 - the calling thread casts the inputs to float32 on the device, runs the method, casts the result
   once to the output dtype and hands it on;
 - a writer thread writes each finished tensor at its offset in its shard (see writer.py).
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from mergetui.merge.plan import Plan, PlannedTensor
 
 _POLL_SECONDS = 0.05
+# How far past the largest input set the reader may prefetch.
+PREFETCH_MARGIN_BYTES = 64 * 1024 * 1024
 TEMP_MARKER = ".mergetui-tmp-"
 OLD_MARKER = ".mergetui-old-"
 
@@ -255,10 +257,20 @@ def _execute(
     reader = TensorReader()
     writer = ShardSetWriter(folder, plan.layout)
     pieces = _pieces(plan)
-    convert_early = device.type == "cpu"  # on a GPU, copy the stored bytes and convert there
-    sizes = [_held_bytes(p, convert_early) for p in pieces]
+    # On the CPU the reader thread converts inputs to float32 (off the compute thread); on a GPU
+    # the stored bytes travel and are converted there. A method that declares
+    # `accepts_stored_dtype` upcasts chunk by chunk itself: whole tensors then stay as stored
+    # (half the memory for bf16 checkpoints).
+    stored_ok = bool(getattr(method, "accepts_stored_dtype", False))
+    early = [
+        device.type == "cpu"
+        and not (p.tensor.copy_only or p.fast_copy)
+        and (p.tensor.elementwise or not stored_ok)
+        for p in pieces
+    ]
+    sizes = [_held_bytes(p, convert) for p, convert in zip(pieces, early, strict=True)]
     largest = max(sizes, default=0)
-    budget = _ByteBudget(largest + largest // 2)
+    budget = _ByteBudget(largest + PREFETCH_MARGIN_BYTES)
     stop = threading.Event()
     loaded: queue.Queue[tuple[int, Any]] = queue.Queue()
     writes: queue.Queue[tuple[_Piece, Any] | None] = queue.Queue(maxsize=2)
@@ -266,11 +278,11 @@ def _execute(
 
     def read_loop() -> None:
         with torch.inference_mode():
-            for number, (piece, size) in enumerate(zip(pieces, sizes, strict=True)):
+            for number, (piece, size, convert) in enumerate(zip(pieces, sizes, early, strict=True)):
                 if stop.is_set() or not budget.acquire(size):
                     return
                 try:
-                    data = _read_piece(reader, piece, convert_early)
+                    data = _read_piece(reader, piece, convert)
                 except BaseException as exc:  # handed to the main thread, which raises it
                     loaded.put((number, exc))
                     return
@@ -327,7 +339,7 @@ def _execute(
             if isinstance(data, BaseException):
                 raise data
             _raise_if_cancelled(cancel)
-            result = _compute(plan, piece, data, method, device, cancel)  # empties `data`
+            result = _compute(plan, piece, data, method, device, cancel, stored_ok)  # empties data
             budget.release(size)
             _put_write(writes, (piece, result), cancel, writer_error)
             del result
@@ -355,7 +367,7 @@ def _held_bytes(piece: _Piece, convert_early: bool) -> int:
     total = 0
     for source in tensor.inputs:
         itemsize = source.nbytes // source.numel if source.numel else 0
-        if convert_early and not (tensor.copy_only or piece.fast_copy):
+        if convert_early:
             itemsize = 8 if source.dtype == "F64" else 4
         total += itemsize * piece.numel
     return total
@@ -386,7 +398,7 @@ def _read_piece(reader: Any, piece: _Piece, convert_early: bool) -> list[torch.T
                 shape,
                 source.tensor,
             )
-        if convert_early and not (tensor.copy_only or piece.fast_copy):
+        if convert_early:
             value = value.to(torch.float64 if wide else torch.float32)
         data.append(value)
     return data
@@ -431,6 +443,7 @@ def _compute(
     method: Callable[..., torch.Tensor],
     device: torch.device,
     cancel: threading.Event | None,
+    stored_ok: bool = False,
 ) -> torch.Tensor:
     """One piece of an output tensor, contiguous on the CPU in its output dtype.
 
@@ -460,8 +473,12 @@ def _compute(
         data.clear()
         return first.contiguous()
 
-    compute_dtype = torch.float64 if any(d.dtype == torch.float64 for d in data) else torch.float32
-    inputs = [d.to(device=device, dtype=compute_dtype, non_blocking=True) for d in data]
+    if stored_ok and not tensor.elementwise:
+        inputs = [d.to(device=device, non_blocking=True) for d in data]
+    else:
+        wide = any(d.dtype == torch.float64 for d in data)
+        compute_dtype = torch.float64 if wide else torch.float32
+        inputs = [d.to(device=device, dtype=compute_dtype, non_blocking=True) for d in data]
     data.clear()
     ctx = MethodContext(
         method=plan.method,
