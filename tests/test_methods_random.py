@@ -143,3 +143,20 @@ def test_bernoulli_streams() -> None:
     draws = uniform(key, 0, 100_000, torch.device("cpu"))
     assert 0 < draws.min().item() and draws.max().item() < 1
     assert abs(draws.mean().item() - 0.5) < 0.01
+
+
+def test_della_ranks_along_dim_one_of_higher_rank_tensors() -> None:
+    g = torch.Generator().manual_seed(4)
+    shape = (30, 200, 20)
+    base = torch.randn(shape, generator=g)
+    model = base + torch.randn(shape, generator=g)
+    density, epsilon = 0.5, 0.3
+    per_model = [{}, {"weight": 1.0, "density": density, "epsilon": epsilon}]
+    out = run("della_linear", [base, model], per_model, {"rescale": False})
+    kept = out != base
+    assert _within_binomial(int(kept.sum()), kept.numel(), density)
+    # mergekit ranks along dim 1 for tensors of 2 or more dims
+    ranks = (model - base).abs().argsort(dim=1).argsort(dim=1).float() / (shape[1] - 1)
+    low, high = ranks < 0.25, ranks >= 0.75
+    assert _within_binomial(int(kept[low].sum()), int(low.sum()), density - 0.75 * epsilon)
+    assert _within_binomial(int(kept[high].sum()), int(high.sum()), density + 0.75 * epsilon)
