@@ -534,7 +534,7 @@ class RecipeScreen(Screen):
             self._check_timer.stop()
         self._check_timer = self.set_timer(CHECK_DELAY, self._validate_checkpoints)
 
-    @work(thread=True, exclusive=True, group="validate")
+    @work(thread=True, exclusive=True, group="validate", exit_on_error=False)
     def _validate_checkpoints(self) -> None:
         """The slower checks that read checkpoint headers, off the UI thread."""
         import copy
@@ -548,9 +548,18 @@ class RecipeScreen(Screen):
             problems = [exc]
         except Exception as exc:  # a checkpoint that cannot be read is a finding, not a crash
             problems = [UserError(f"checking the checkpoints failed: {exc}")]
-        self.app.call_from_thread(self._checked, recipe, problems)
+        self._reply(self._checked, recipe, problems)
+
+    def _reply(self, callback, *args: Any) -> None:
+        """Hand a worker's result to the UI thread, unless the app closed while it ran."""
+        try:
+            self.app.call_from_thread(callback, *args)
+        except RuntimeError:
+            pass
 
     def _checked(self, recipe, problems: list[Any]) -> None:
+        if not self.is_mounted:
+            return
         if recipe == self.recipe:  # ignore answers about a recipe that has changed since
             self._show_problems(problems)
 
@@ -610,15 +619,17 @@ class RecipeScreen(Screen):
         sources = {n: (e.source, e.revision) for n, e in self.recipe.models.items()}
         self._load_checkpoints(sources, self._base_dir())
 
-    @work(thread=True, exclusive=True, group="checkpoints")
+    @work(thread=True, exclusive=True, group="checkpoints", exit_on_error=False)
     def _load_checkpoints(self, sources: dict[str, tuple[str, str | None]], base_dir: Path) -> None:
         facts = {
             name: read_checkpoint_facts(source, revision, base_dir)
             for name, (source, revision) in sources.items()
         }
-        self.app.call_from_thread(self._checkpoints_loaded, facts)
+        self._reply(self._checkpoints_loaded, facts)
 
     def _checkpoints_loaded(self, facts: dict[str, CheckpointFacts]) -> None:
+        if not self.is_mounted:
+            return
         self.facts.update(facts)
         self._refresh_models()
         self._refresh_grid()
@@ -1210,5 +1221,5 @@ def read_checkpoint_facts(source: str, revision: str | None, base_dir: Path) -> 
         )
     except UserError as exc:
         return CheckpointFacts(error=str(exc))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         return CheckpointFacts(error=f"{source}: {exc}")
