@@ -37,12 +37,9 @@ def model_stock(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor
     xs = [vector_view(tensors[i], mode)[0] for i in others]
     count = len(xs)
     rows, cols = b.shape
-    pairs = [(i, j) for i in range(count) for j in range(i, count)]
-    left = torch.tensor([p[0] for p in pairs], device=base.device)
-    right = torch.tensor([p[1] for p in pairs], device=base.device)
-    # Gram entries per vector: [pairs, rows, 1] for row vectors, [pairs, 1, 1] for the flat one.
-    stats_rows = rows if along == 1 else 1
-    stats = torch.zeros((len(pairs), stats_rows, 1), dtype=base.dtype, device=base.device)
+    # Gram matrices of the d_i: one for the flat tensor, or one per row with filter_wise.
+    gram_rows = rows if along == 1 else 1
+    gram = torch.zeros((gram_rows, count, count), dtype=base.dtype, device=base.device)
     chunk_rows = max(1, CHUNK_ELEMENTS // max(1, cols))
     block = torch.empty((count, min(rows, chunk_rows), cols), dtype=base.dtype, device=base.device)
 
@@ -55,12 +52,14 @@ def model_stock(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor
     for r0, r1 in row_spans(rows, cols):
         check_cancel(ctx)
         deltas = load(r0, r1)
-        products = (deltas[left] * deltas[right]).sum(dim=along + 1, keepdim=True)
-        if along == 1:
-            stats[:, r0:r1] = products
+        if along == 1:  # [r, N, C] @ [r, C, N]: each row's Gram matrix
+            gram[r0:r1] = torch.matmul(deltas.transpose(0, 1), deltas.permute(1, 2, 0))
         else:
-            stats += products.sum(dim=1, keepdim=True)
+            flat_deltas = deltas.reshape(count, -1)
+            gram[0] += flat_deltas @ flat_deltas.T
 
+    pairs = [(i, j) for i in range(count) for j in range(i, count)]
+    stats = torch.stack([gram[:, i, j] for i, j in pairs]).unsqueeze(-1)  # [pairs, rows, 1]
     norms = {i: stats[pairs.index((i, i))].sqrt() for i in range(count)}
     cosines = [
         (stats[k] / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1, 1)
