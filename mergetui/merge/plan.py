@@ -78,8 +78,8 @@ ELEMENTWISE_WITHOUT_SPARSIFY = frozenset(
 
 # Rough resident size of Python + torch before any tensor: part of the estimate.
 PROCESS_BASELINE_BYTES = 300 * 1000**2
-# Elements per piece when an element-wise method streams a big tensor (16 MB in float32).
-PIECE_ELEMENTS = 1 << 22
+# Elements per piece when an element-wise method streams a big tensor (8 MB in float32).
+PIECE_ELEMENTS = 1 << 21
 
 
 @dataclass(frozen=True)

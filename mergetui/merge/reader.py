@@ -50,8 +50,12 @@ class TensorReader:
         dtype: str,
         shape: tuple[int, ...],
         tensor_name: str,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The tensor stored at [offset, offset + nbytes) of `path`, on the CPU, in its own dtype."""
+        """The tensor stored at [offset, offset + nbytes) of `path`, on the CPU, in its own dtype.
+
+        `out`, a uint8 buffer of exactly `nbytes`, is filled instead of a fresh one (buffer reuse).
+        """
         import torch
 
         from mergetui.merge.writer import tensor_bytes
@@ -60,7 +64,9 @@ class TensorReader:
         if offset < 0:
             return self._read_bin(path, tensor_name)
         fd = self._fd(path)
-        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        buffer = out if out is not None else torch.empty(nbytes, dtype=torch.uint8)
+        if buffer.dtype != torch.uint8 or buffer.numel() != nbytes:
+            raise ValueError(f"buffer for {tensor_name} must be {nbytes} uint8 bytes")
         view = tensor_bytes(buffer)
         done = 0
         while done < nbytes:

@@ -3,7 +3,7 @@
 Three threads share the work so the disk and the arithmetic overlap:
 
 - a reader thread reads the next tensor's inputs (pread, see reader.py) while the current one is
-  being merged; a byte budget (the largest input set + 64 MB) lets it run ahead on small
+  being merged; a byte budget (the largest input set + up to 64 MB) lets it run ahead on small
   tensors but never holds two of the large sets at once;
 - the calling thread casts the inputs to float32 on the device, runs the method, casts the result
   once to the output dtype and hands it on;
@@ -195,6 +195,42 @@ class _ByteBudget:
             self._cond.notify_all()
 
 
+class _BufferPool:
+    """Reuses the big byte buffers of finished pieces for the next ones.
+
+    Pieces of a streamed tensor all have the same size, so after the first few every read, float32
+    conversion and output cast lands in memory that is already mapped: no page faults, and the
+    allocator never accumulates freed blocks across threads. Small buffers are not pooled.
+    """
+
+    MIN_BYTES = 1 << 20
+
+    def __init__(self, limit: int) -> None:
+        self._free: dict[int, list[Any]] = {}
+        self._bytes = 0
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        import torch
+
+        if nbytes >= self.MIN_BYTES:
+            with self._lock:
+                stack = self._free.get(nbytes)
+                if stack:
+                    self._bytes -= nbytes
+                    return stack.pop()
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    def give(self, buffer: torch.Tensor | None) -> None:
+        if buffer is None or buffer.numel() < self.MIN_BYTES:
+            return
+        with self._lock:
+            if self._bytes + buffer.numel() <= self._limit:
+                self._free.setdefault(buffer.numel(), []).append(buffer)
+                self._bytes += buffer.numel()
+
+
 @dataclass(frozen=True)
 class _Piece:
     """A run of elements [start, stop) of one output tensor: the unit the threads pass along.
@@ -270,7 +306,10 @@ def _execute(
     ]
     sizes = [_held_bytes(p, convert) for p, convert in zip(pieces, early, strict=True)]
     largest = max(sizes, default=0)
-    budget = _ByteBudget(largest + PREFETCH_MARGIN_BYTES)
+    # Streamed pieces always get a second set in flight (read while the previous computes).
+    streamed = max((n for p, n in zip(pieces, sizes, strict=True) if not p.whole), default=0)
+    budget = _ByteBudget(largest + max(streamed, min(PREFETCH_MARGIN_BYTES, largest // 2)))
+    pool = _BufferPool(min(max(2 * largest, 64 * 1024 * 1024), 512 * 1024 * 1024))
     stop = threading.Event()
     loaded: queue.Queue[tuple[int, Any]] = queue.Queue()
     writes: queue.Queue[tuple[_Piece, Any] | None] = queue.Queue(maxsize=2)
@@ -282,7 +321,7 @@ def _execute(
                 if stop.is_set() or not budget.acquire(size):
                     return
                 try:
-                    data = _read_piece(reader, piece, convert)
+                    data = _read_piece(reader, piece, convert, pool)
                 except BaseException as exc:  # handed to the main thread, which raises it
                     loaded.put((number, exc))
                     return
@@ -300,7 +339,7 @@ def _execute(
                 continue
             if item is None:
                 return
-            piece, result = item
+            piece, (result, buffer) = item
             tensor = piece.tensor
             itemsize = tensor.nbytes // tensor.numel if tensor.numel else 0
             try:
@@ -311,6 +350,7 @@ def _execute(
                 return
             progress.bytes_done += piece.numel * itemsize
             del result, item
+            pool.give(buffer)
             if not piece.last:
                 continue
             progress.tensors_done += 1
@@ -339,7 +379,7 @@ def _execute(
             if isinstance(data, BaseException):
                 raise data
             _raise_if_cancelled(cancel)
-            result = _compute(plan, piece, data, method, device, cancel, stored_ok)  # empties data
+            result = _compute(plan, piece, data, method, device, cancel, stored_ok, pool)
             budget.release(size)
             _put_write(writes, (piece, result), cancel, writer_error)
             del result
@@ -373,14 +413,21 @@ def _held_bytes(piece: _Piece, convert_early: bool) -> int:
     return total
 
 
-def _read_piece(reader: Any, piece: _Piece, convert_early: bool) -> list[torch.Tensor]:
-    """The inputs of one piece, on the CPU: in float32 (float64) when converting early."""
+def _read_piece(
+    reader: Any, piece: _Piece, convert_early: bool, pool: _BufferPool
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The inputs of one piece on the CPU, each with the pooled buffer behind it (or None):
+    in float32 (float64) when converting early, else as stored."""
     import torch
 
+    from mergetui.checkpoints.safetensors_io import torch_dtype
+
     tensor = piece.tensor
-    data = []
+    data: list[tuple[torch.Tensor, torch.Tensor | None]] = []
     wide = any(i.dtype == "F64" for i in tensor.inputs)
     for source in tensor.inputs:
+        shape = source.shape if piece.whole else (piece.numel,)
+        buffer: torch.Tensor | None = None
         if source.offset < 0:  # pytorch .bin: the whole tensor, then the piece's elements
             value = reader.read(
                 source.file, -1, source.nbytes, source.dtype, source.shape, source.tensor
@@ -389,18 +436,27 @@ def _read_piece(reader: Any, piece: _Piece, convert_early: bool) -> list[torch.T
                 value = value.reshape(-1)[piece.start : piece.stop]
         else:
             itemsize = source.nbytes // source.numel if source.numel else 0
-            shape = source.shape if piece.whole else (piece.numel,)
+            nbytes = piece.numel * itemsize
+            buffer = pool.take(nbytes)
             value = reader.read(
                 source.file,
                 source.offset + piece.start * itemsize,
-                piece.numel * itemsize,
+                nbytes,
                 source.dtype,
                 shape,
                 source.tensor,
+                out=buffer,
             )
         if convert_early:
-            value = value.to(torch.float64 if wide else torch.float32)
-        data.append(value)
+            compute_dtype = torch.float64 if wide else torch.float32
+            converted_buffer = pool.take(piece.numel * (8 if wide else 4))
+            converted = converted_buffer.view(compute_dtype).view(shape)
+            converted.copy_(value)
+            pool.give(buffer)
+            value, buffer = converted, converted_buffer
+        elif value.dtype != torch_dtype(source.dtype):  # pragma: no cover - defensive
+            raise RuntimeError(f"{source.tensor} read as {value.dtype}, expected {source.dtype}")
+        data.append((value, buffer))
     return data
 
 
@@ -439,15 +495,18 @@ def _put_write(
 def _compute(
     plan: Plan,
     piece: _Piece,
-    data: list[torch.Tensor],
+    data: list[tuple[torch.Tensor, torch.Tensor | None]],
     method: Callable[..., torch.Tensor],
     device: torch.device,
     cancel: threading.Event | None,
     stored_ok: bool = False,
-) -> torch.Tensor:
-    """One piece of an output tensor, contiguous on the CPU in its output dtype.
+    pool: _BufferPool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One piece of an output tensor, contiguous on the CPU in its output dtype, with the pooled
+    buffer holding it (to recycle once written) or None.
 
-    Takes ownership of `data` (emptied here), so the inputs are freed as soon as possible.
+    Takes ownership of `data` (emptied here): the input buffers go back to the pool as soon as
+    the method is done with them, except one the result still lives in.
     """
     import torch
 
@@ -456,9 +515,33 @@ def _compute(
 
     tensor = piece.tensor
     out_dtype = torch_dtype(tensor.dtype)
+    values = [value for value, _ in data]
+    buffers = [buffer for _, buffer in data]
+    data.clear()
+
+    def finish(result: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Recycle the input buffers the result does not live in; cast into a pooled buffer."""
+        held = None
+        result_storage = result.untyped_storage().data_ptr() if result.device.type == "cpu" else -1
+        for buffer in buffers:
+            if buffer is not None and buffer.untyped_storage().data_ptr() == result_storage:
+                held = buffer
+            elif pool is not None:
+                pool.give(buffer)
+        buffers.clear()
+        if result.dtype == out_dtype and result.device.type == "cpu" and result.is_contiguous():
+            return result, held
+        nbytes = result.numel() * torch.empty((), dtype=out_dtype).element_size()
+        target = pool.take(nbytes) if pool is not None else torch.empty(nbytes, dtype=torch.uint8)
+        cast = target.view(out_dtype).view(result.shape)
+        cast.copy_(result)
+        if held is not None and pool is not None:
+            pool.give(held)
+        return cast, target
+
     if tensor.copy_only:
-        first = data[0]
-        for other, source in zip(data[1:], tensor.inputs[1:], strict=True):
+        first = values[0]
+        for other, source in zip(values[1:], tensor.inputs[1:], strict=True):
             if not torch.equal(first, other):
                 raise UserError(
                     f"the non-floating buffer {tensor.name} differs between "
@@ -466,20 +549,17 @@ def _compute(
                     where=tensor.name,
                     fix="merge models whose integer buffers agree",
                 )
-        data.clear()
-        return first.contiguous()
+        return finish(first.contiguous())
     if piece.fast_copy:
-        first = data[0]
-        data.clear()
-        return first.contiguous()
+        return finish(values[0].contiguous())
 
     if stored_ok and not tensor.elementwise:
-        inputs = [d.to(device=device, non_blocking=True) for d in data]
+        inputs = [v.to(device=device, non_blocking=True) for v in values]
     else:
-        wide = any(d.dtype == torch.float64 for d in data)
+        wide = any(v.dtype == torch.float64 for v in values)
         compute_dtype = torch.float64 if wide else torch.float32
-        inputs = [d.to(device=device, dtype=compute_dtype, non_blocking=True) for d in data]
-    data.clear()
+        inputs = [v.to(device=device, dtype=compute_dtype, non_blocking=True) for v in values]
+    values.clear()
     ctx = MethodContext(
         method=plan.method,
         tensor_name=tensor.name,
@@ -500,10 +580,9 @@ def _compute(
                 f"method {plan.method} returned shape {tuple(result.shape)} for {tensor.name}, "
                 f"expected {tuple(expected)}"
             )
-        result = result.to(dtype=out_dtype)
         if result.device.type != "cpu":
-            result = result.to("cpu")
-        return result.contiguous()
+            result = result.to(dtype=out_dtype).to("cpu")
+        return finish(result.contiguous())
 
 
 # ----------------------------------------------------------------------------------------------
