@@ -225,3 +225,24 @@ def test_empty_tensors() -> None:
         tensors = [torch.empty(0, 4) for _ in range(count)]
         out = get_method_function(method)(tensors, _context(method, count))
         assert out.shape == (0, 4)
+
+
+def test_none_means_unset_except_for_nullable_parameters() -> None:
+    tensors = _inputs(3, (6, 5))
+    fn = get_method_function("ties")
+    explicit = fn(tensors, _context("ties", 3, shared={"normalize": True, "lambda": 1.0}))
+    unset = fn(tensors, _context("ties", 3, shared={"normalize": None, "lambda": None}))
+    assert torch.equal(explicit, unset)
+    with pytest.raises(UserError, match="'t'"):
+        get_method_function("slerp")(_inputs(2, (3,)), _context("slerp", 2, shared={"t": None}))
+    x = _inputs(1, (4,))
+    ctx = _context("passthrough", 1, per_model=[{"scale": None}])
+    assert get_method_function("passthrough")(x, ctx) is x[0]  # a plain copy aliases the input
+
+
+def test_errors_name_the_model_when_the_engine_gives_names() -> None:
+    ctx = _context("della", 3, input_names=["base", "coder", "writer"])
+    ctx.per_model[2] = {"weight": 1.0, "density": 0.9, "epsilon": 0.2}
+    with pytest.raises(UserError, match="'writer' has density 0.9 and epsilon 0.2") as caught:
+        get_method_function("della")(_inputs(3, (4, 4)), ctx)
+    assert "epsilon below 0.1" in caught.value.fix

@@ -35,11 +35,15 @@ def input_label(ctx: MethodContext, index: int) -> str:
     return f"input #{index + 1}"
 
 
-def _spec_default(ctx: MethodContext, name: str) -> Any:
+def _spec(ctx: MethodContext, name: str) -> Any:
     from mergetui.recipe.methods import METHODS
 
     spec = METHODS.get(ctx.method)
-    param = spec.param(name) if spec is not None else None
+    return spec.param(name) if spec is not None else None
+
+
+def _spec_default(ctx: MethodContext, name: str) -> Any:
+    param = _spec(ctx, name)
     if param is None or param.required:
         raise UserError(
             f"the {ctx.method} method needs the parameter {name!r}",
@@ -49,19 +53,27 @@ def _spec_default(ctx: MethodContext, name: str) -> Any:
     return param.default
 
 
+def _given(ctx: MethodContext, values: dict[str, Any], name: str) -> bool:
+    """Whether `values` sets `name`: None counts only for nullable parameters (passthrough's scale)."""
+    if name not in values:
+        return False
+    if values[name] is not None:
+        return True
+    param = _spec(ctx, name)
+    return bool(param is not None and param.nullable)
+
+
 def shared_param(ctx: MethodContext, name: str) -> Any:
     """A shared parameter, falling back to the spec default when the caller left it out."""
-    if name in ctx.shared and ctx.shared[name] is not None:
+    if _given(ctx, ctx.shared, name):
         return ctx.shared[name]
-    if name in ctx.shared:  # explicitly None: only meaningful for nullable parameters
-        return None
     return _spec_default(ctx, name)
 
 
 def model_param(ctx: MethodContext, index: int, name: str) -> Any:
     """A per-model parameter of input `index`, falling back to the spec default."""
     values = ctx.per_model[index] if index < len(ctx.per_model) else {}
-    if name in values:
+    if _given(ctx, values, name):
         return values[name]
     try:
         return _spec_default(ctx, name)
