@@ -243,3 +243,21 @@ def test_build_output_config_per_layer_lists() -> None:
         layer_sources=[(donor, 0)] * 5,
     )
     assert nested["text_config"]["num_hidden_layers"] == 5
+
+
+def test_unusable_tokenizer_fails_before_any_tensor(
+    llama_family: dict[str, Path], tmp_path: Path
+) -> None:
+    from mergetui.merge.events import Failed, TensorDone
+
+    broken = tmp_path / "broken-tokenizer"
+    shutil.copytree(llama_family["base"], broken)
+    (broken / "tokenizer.json").write_text("{ not a tokenizer")
+    recipe = _ties(dict(llama_family, base=broken), chat_template="chatml")
+    events: list[object] = []
+    with pytest.raises(UserError) as info:
+        run_merge(make_plan(recipe, out=tmp_path / "out"), on_event=events.append)
+    assert "tokenizer" in info.value.message
+    assert not any(isinstance(e, TensorDone) for e in events)
+    assert isinstance(events[-1], Failed)
+    assert not (tmp_path / "out").exists()

@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if not recipe_path.is_file():
         raise UserError("recipe file not found", where=str(recipe_path))
     recipe = load_recipe(recipe_path)
+    if args.seed is not None:
+        recipe.seed = args.seed
     if not _validate(recipe, recipe_path):
         return 1
 

@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,18 +158,56 @@ def build_output_config(
 # Writing the files
 
 
-def write_extras(plan: Plan, folder: Path) -> list[str]:
+@dataclass
+class Extras:
+    """What the extras need that could fail, prepared before the weights are computed, so a
+    problem with them never costs a finished merge."""
+
+    recipe_toml: str
+    recipe_yaml: str | None
+    tokenizer: Any = None  # a loaded tokenizer, when a chat template must be set on it
+    notices: list[str] = field(default_factory=list)
+
+
+def prepare_extras(plan: Plan) -> Extras:
+    """Serialise the recipe and, with a chat template, load the donor's tokenizer (fail early)."""
+    recipe_toml, recipe_yaml = recipe_texts(plan)
+    extras = Extras(recipe_toml, recipe_yaml)
+    donor_name = plan.tokenizer_donor
+    donor = plan.models[donor_name].path
+    if not any((donor / name).is_file() for name in TOKENIZER_FILES):
+        extras.notices.append(
+            f"no tokenizer found in {donor_name} ({donor}); the output has none: "
+            "copy one in before chatting with it"
+        )
+    elif plan.chat_template is not None:
+        from transformers import AutoTokenizer
+
+        try:
+            extras.tokenizer = AutoTokenizer.from_pretrained(str(donor))
+        except Exception as exc:  # noqa: BLE001 - any loading failure means the files are unusable
+            raise UserError(
+                f"cannot load the tokenizer of {donor_name} to set the chat template: {exc}",
+                where=str(donor),
+                fix="remove chat_template from the recipe, or fix that model's tokenizer files",
+            ) from exc
+        extras.tokenizer.chat_template = plan.chat_template
+    return extras
+
+
+def write_extras(plan: Plan, folder: Path, extras: Extras | None = None) -> list[str]:
     """Write config, generation config, tokenizer, card and recipe; return notices for the user."""
-    notices: list[str] = []
+    if extras is None:
+        extras = prepare_extras(plan)
     write_json(folder / "config.json", plan.output_config)
     write_generation_config(plan, folder)
-    notices.extend(write_tokenizer(plan, folder))
-    recipe_toml, recipe_yaml = recipe_texts(plan)
-    (folder / RECIPE_FILE).write_text(recipe_toml, encoding="utf-8")
-    if recipe_yaml is not None:
-        (folder / MERGEKIT_FILE).write_text(recipe_yaml, encoding="utf-8")
-    (folder / CARD_FILE).write_text(model_card(plan, recipe_toml, recipe_yaml), encoding="utf-8")
-    return notices
+    write_tokenizer(plan, folder, extras)
+    (folder / RECIPE_FILE).write_text(extras.recipe_toml, encoding="utf-8")
+    if extras.recipe_yaml is not None:
+        (folder / MERGEKIT_FILE).write_text(extras.recipe_yaml, encoding="utf-8")
+    card = model_card(plan, extras.recipe_toml, extras.recipe_yaml)
+    (folder / CARD_FILE).write_text(card, encoding="utf-8")
+    return list(extras.notices)
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -189,33 +228,15 @@ def write_generation_config(plan: Plan, folder: Path) -> None:
     write_json(folder / "generation_config.json", minimal)
 
 
-def write_tokenizer(plan: Plan, folder: Path) -> list[str]:
-    """Copy the donor's tokenizer files; with a chat template, re-save through transformers."""
-    donor_name = plan.tokenizer_donor
-    donor = plan.models[donor_name].path
-    files = [name for name in TOKENIZER_FILES if (donor / name).is_file()]
-    if not files:
-        return [
-            f"no tokenizer found in {donor_name} ({donor}); the output has none: "
-            "copy one in before chatting with it"
-        ]
-    if plan.chat_template is None:
-        for name in files:
+def write_tokenizer(plan: Plan, folder: Path, extras: Extras) -> None:
+    """Copy the donor's tokenizer files; with a chat template, save the prepared tokenizer."""
+    if extras.tokenizer is not None:
+        extras.tokenizer.save_pretrained(str(folder))
+        return
+    donor = plan.models[plan.tokenizer_donor].path
+    for name in TOKENIZER_FILES:
+        if (donor / name).is_file():
             shutil.copyfile(donor / name, folder / name)
-        return []
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(donor))
-    except Exception as exc:  # noqa: BLE001 - any loading failure means the files are unusable
-        raise UserError(
-            f"cannot load the tokenizer of {donor_name} to set the chat template: {exc}",
-            where=str(donor),
-            fix="remove chat_template from the recipe, or fix that model's tokenizer files",
-        ) from exc
-    tokenizer.chat_template = plan.chat_template
-    tokenizer.save_pretrained(str(folder))
-    return []
 
 
 def recipe_texts(plan: Plan) -> tuple[str, str | None]:

@@ -98,12 +98,12 @@ def run_merge(
         )
         for message in plan.notices:
             emit(Notice(message))
+        from mergetui.merge.output import prepare_extras, write_extras
+
+        extras = prepare_extras(plan)  # recipe texts, tokenizer: fail before the long part
         _use_all_cores()
         _execute(plan, temp, device, emit, cancel, progress)
-
-        from mergetui.merge.output import write_extras
-
-        notices = write_extras(plan, temp)
+        notices = write_extras(plan, temp, extras)
         for message in notices:
             emit(Notice(message))
         _raise_if_cancelled(cancel)
