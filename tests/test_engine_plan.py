@@ -242,6 +242,19 @@ def test_tokenizer_source_with_one_shared_vocabulary_is_fine(
     )
     plan = make_plan(recipe, out=tmp_path / "out")
     assert plan.tokenizer_donor == "a"
+    # a tokenizer block is fine while it changes nothing (known tokens, padding already met)
+    recipe.tokenizer_source = None
+    recipe.tokenizer = {"source": "base", "tokens": {"<|im_end|>": {}}, "pad_to_multiple_of": 64}
+    assert make_plan(recipe, out=tmp_path / "out").tokenizer_donor == "base"
+    for block, where in (
+        ({"source": "base", "tokens": {"<|brand-new|>": {}}}, "<|brand-new|>"),
+        ({"source": "base", "tokens": {"<|im_end|>": {"force": True}}}, "forces"),
+        ({"source": "base", "pad_to_multiple_of": 100}, "pad_to_multiple_of"),
+    ):
+        recipe.tokenizer = block
+        with pytest.raises(UserError) as info:
+            make_plan(recipe, out=tmp_path / "out")
+        assert where in info.value.message and "does not implement" in info.value.message
 
 
 def test_unknown_model_and_bad_layer_range(llama_family: dict[str, Path], tmp_path: Path) -> None:

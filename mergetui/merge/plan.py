@@ -537,12 +537,39 @@ def _check_vocabularies(
             fix="merge models with the same tokenizer and vocabulary size",
         )
     if tokenizer_setting is not None:
-        _check_same_tokenizers(models, tokenizer_setting, sizes)
+        reference = _check_same_tokenizers(models, tokenizer_setting, sizes)
+        _check_tokenizer_block(recipe.tokenizer or {}, reference, sizes)
+
+
+def _check_tokenizer_block(
+    block: Mapping[str, Any], vocab: Mapping[str, int] | None, sizes: Mapping[str, int]
+) -> None:
+    """A `tokenizer:` block is only a no-op here: new or forced tokens, or padding that would
+    change the vocabulary size, need mergekit's embedding surgery, which is refused."""
+    tokens = block.get("tokens") or {}
+    for token, setting in tokens.items():
+        forced = isinstance(setting, Mapping) and bool(setting.get("force"))
+        if forced or vocab is None or token not in vocab:
+            raise UserError(
+                f"the tokenizer block {'forces' if forced else 'adds'} the token {token!r}, "
+                "which needs mergekit's embedding surgery; mergetui does not implement it",
+                where=f"tokenizer.tokens.{token}",
+                fix="remove it from the recipe, or run this recipe with mergekit",
+            )
+    multiple = block.get("pad_to_multiple_of")
+    size = next(iter(sizes.values()), None)
+    if multiple and size is not None and size % int(multiple):
+        raise UserError(
+            f"pad_to_multiple_of = {multiple} would resize the {size}-row embeddings, which "
+            "mergetui does not implement",
+            where="tokenizer.pad_to_multiple_of",
+            fix="remove pad_to_multiple_of, or run this recipe with mergekit",
+        )
 
 
 def _check_same_tokenizers(
     models: Mapping[str, PlannedModel], setting: str, sizes: Mapping[str, int]
-) -> None:
+) -> dict[str, int] | None:
     """With one shared vocabulary, mergekit's permutation is the identity: allow it; else refuse."""
     vocabularies = {}
     for name, model in models.items():
@@ -570,6 +597,7 @@ def _check_same_tokenizers(
                 where="tokenizer_source",
                 fix="remove tokenizer_source from the recipe (the tokenizers are the same)",
             )
+    return reference
 
 
 def _tokenizer_vocab(folder: Path) -> dict[str, int] | None:
