@@ -346,3 +346,25 @@ def test_methods_that_accept_stored_dtype_get_it(
     assert seen and all(dtypes == {torch.bfloat16} for dtypes in seen)
     plain, got = _load_output(tmp_path / "plain"), _load_output(tmp_path / "stored")
     assert all(torch.equal(plain[name], got[name]) for name in plain)
+
+
+def test_pickle_checkpoints_only_with_allow_bin(
+    llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for item in llama_family["a"].iterdir():
+        if item.suffix != ".safetensors":
+            shutil.copy(item, pickled / item.name)
+    state = load_file(str(llama_family["a"] / "model.safetensors"))
+    torch.save(state, pickled / "pytorch_model.bin")
+    recipe = _linear({"base": (llama_family["base"], 0.5), "p": (pickled, 0.5)})
+    with pytest.raises(UserError) as info:
+        make_plan(recipe, out=tmp_path / "out")
+    assert "--allow-bin" in (info.value.fix or "")
+    monkeypatch.setattr(runner_module, "PIECE_ELEMENTS", 1000)  # .bin tensors sliced into pieces
+    run_merge(make_plan(recipe, out=tmp_path / "out", allow_bin=True))
+    merged = _load_output(tmp_path / "out")
+    base = load_file(str(llama_family["base"] / "model.safetensors"))
+    for name, value in merged.items():
+        torch.testing.assert_close(value, 0.5 * base[name] + 0.5 * state[name])
