@@ -246,3 +246,19 @@ def test_errors_name_the_model_when_the_engine_gives_names() -> None:
     with pytest.raises(UserError, match="'writer' has density 0.9 and epsilon 0.2") as caught:
         get_method_function("della")(_inputs(3, (4, 4)), ctx)
     assert "epsilon below 0.1" in caught.value.fix
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_reusable_output_buffer_receives_the_result(method: str) -> None:
+    count = SETUPS[method][0]
+    tensors = _inputs(count, (300, 700))
+    fn = get_method_function(method)
+    fresh = fn(tensors, _context(method, count))
+    buffer = torch.full((300, 700), float("nan"))
+    reused = fn(tensors, _context(method, count, out=buffer))
+    assert torch.equal(reused, fresh)
+    assert reused is buffer
+    # a buffer that does not fit is ignored, never written
+    wrong = torch.full((700, 300), float("nan"))
+    assert torch.equal(fn(tensors, _context(method, count, out=wrong)), fresh)
+    assert bool(wrong.isnan().all())

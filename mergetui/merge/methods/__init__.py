@@ -43,6 +43,10 @@ class MethodContext:
     device: torch.device | None = None
     # Optional display names of the inputs (aligned with `tensors`), used in error messages.
     input_names: list[str] | None = field(default=None)
+    # Optional reusable output buffer: contiguous, of the output's shape, dtype and device, and not
+    # sharing memory with any input. A method that builds a new tensor writes into it and returns
+    # it (saving the page faults of fresh memory); one that returns an input or a copy does not.
+    out: torch.Tensor | None = field(default=None, repr=False)
 
 
 MethodFunction = Callable[[list["torch.Tensor"], MethodContext], "torch.Tensor"]

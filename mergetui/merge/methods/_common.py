@@ -174,3 +174,23 @@ def vector_view(tensor: torch.Tensor, mode: str) -> tuple[torch.Tensor, int]:
 def vector_sums(rows: torch.Tensor, along: int) -> torch.Tensor:
     """Sum of a chunk along the vector dim, keeping the dim (partial sums when along == 0)."""
     return rows.sum(dim=along, keepdim=True)
+
+
+def output_buffer(ctx: MethodContext, like: torch.Tensor) -> torch.Tensor:
+    """Where a method writes its result: the engine's reusable `ctx.out` when it fits, else new.
+
+    Writing into fresh memory costs a page fault per 4 KiB page (about 0.1 s per 128 MiB on the
+    development machine: a third of a SLERP), which an engine that reuses one buffer avoids.
+    """
+    import torch
+
+    out = ctx.out
+    if (
+        out is not None
+        and out.shape == like.shape
+        and out.dtype == like.dtype
+        and out.device == like.device
+        and out.is_contiguous()
+    ):
+        return out
+    return torch.empty_like(like, memory_format=torch.contiguous_format)

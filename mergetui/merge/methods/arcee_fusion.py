@@ -8,6 +8,7 @@ from mergetui.merge.methods import _random
 from mergetui.merge.methods._common import (
     check_cancel,
     flat,
+    output_buffer,
     require_count,
     row_spans,
     spans,
@@ -39,7 +40,7 @@ def arcee_fusion(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tenso
     base, others = split_base(tensors, ctx, required=True)
     assert base is not None
     other = tensors[others[0]]
-    out = torch.empty_like(base, memory_format=torch.contiguous_format)
+    out = output_buffer(ctx, base)
     if out.numel() == 0:
         return out
     a_rows, _ = vector_view(base, "last")

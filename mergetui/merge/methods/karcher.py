@@ -9,6 +9,7 @@ from mergetui.merge.methods._common import (
     CHUNK_ELEMENTS,
     check_cancel,
     flat,
+    output_buffer,
     shared_param,
     spans,
 )
@@ -59,7 +60,7 @@ def karcher(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
         scale * b / n if n != 0.0 and b != 0.0 else 0.0 for b, n in zip(beta, norms, strict=True)
     ]
 
-    out = torch.empty_like(first, memory_format=torch.contiguous_format)
+    out = output_buffer(ctx, first)
     out_flat = out.view(-1)
     for start, end in spans(numel):
         check_cancel(ctx)

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mergetui.errors import UserError
-from mergetui.merge.methods._common import check_cancel, flat, model_param, shared_param, spans
+from mergetui.merge.methods._common import (
+    check_cancel,
+    flat,
+    model_param,
+    output_buffer,
+    shared_param,
+    spans,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +40,7 @@ def linear(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
         weights = [w / total for w in weights]
 
     first = tensors[0]
-    out = torch.empty_like(first, memory_format=torch.contiguous_format)
+    out = output_buffer(ctx, first)
     out_flat, inputs = out.view(-1), [flat(t) for t in tensors]
     for start, end in spans(out_flat.numel()):
         check_cancel(ctx)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from mergetui.merge.methods._common import (
     CHUNK_ELEMENTS,
     check_cancel,
+    output_buffer,
     require_count,
     row_spans,
     shared_param,
@@ -73,7 +74,7 @@ def model_stock(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor
     t = torch.where(singular, torch.zeros_like(cos), (count * cos) / safe)
     step = t / count  # out = base + (t / N) sum_i d_i
 
-    out = torch.empty_like(base, memory_format=torch.contiguous_format)
+    out = output_buffer(ctx, base)
     out_view, _ = vector_view(out, mode)
     for r0, r1 in row_spans(rows, cols):
         check_cancel(ctx)

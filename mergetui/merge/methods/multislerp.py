@@ -11,6 +11,7 @@ from mergetui.merge.methods._common import (
     check_cancel,
     flat,
     model_param,
+    output_buffer,
     require_count,
     shared_param,
     spans,
@@ -91,7 +92,7 @@ def multislerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
         avg_norm = sum(w * n for w, n in zip(weights, norms, strict=True))
         coefficients = [c * avg_norm / mean_norm for c in unit]
 
-    out = torch.empty_like(first, memory_format=torch.contiguous_format)
+    out = output_buffer(ctx, first)
     out_flat = out.view(-1)
     coef = torch.tensor(coefficients, dtype=first.dtype, device=first.device)
     for start, end in spans(numel):

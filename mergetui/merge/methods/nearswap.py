@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from mergetui.merge.methods._common import (
     check_cancel,
     flat,
+    output_buffer,
     require_count,
     shared_param,
     spans,
@@ -28,7 +29,7 @@ def nearswap(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     assert base is not None
     a, b = flat(base), flat(tensors[others[0]])
     t = float(shared_param(ctx, "t"))
-    out = torch.empty_like(base, memory_format=torch.contiguous_format)
+    out = output_buffer(ctx, base)
     out_flat = out.view(-1)
     for start, end in spans(a.numel()):
         check_cancel(ctx)

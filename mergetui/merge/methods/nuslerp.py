@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from mergetui.merge.methods._common import (
     check_cancel,
     model_param,
+    output_buffer,
     require_count,
     row_spans,
     shared_param,
@@ -77,7 +78,7 @@ def nuslerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     coef0 = torch.where(colinear, 1 - t, torch.sin((1 - t) * theta) / sin_theta)
     coef1 = torch.where(colinear, t, torch.sin(t * theta) / sin_theta)
 
-    out = torch.empty_like(first, memory_format=torch.contiguous_format)
+    out = output_buffer(ctx, first)
     out_view, _ = vector_view(out, mode)
     for r0, r1 in row_spans(rows, cols):
         check_cancel(ctx)

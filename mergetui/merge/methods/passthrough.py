@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mergetui.merge.methods._common import model_param, require_count
+from mergetui.merge.methods._common import model_param, output_buffer, require_count
 
 if TYPE_CHECKING:
     import torch
@@ -18,4 +18,6 @@ def passthrough(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor
     scale = model_param(ctx, 0, "scale")
     if scale is None:
         return tensors[0]
-    return tensors[0] * float(scale)
+    import torch
+
+    return torch.mul(tensors[0], float(scale), out=output_buffer(ctx, tensors[0]))

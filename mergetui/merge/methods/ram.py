@@ -8,6 +8,7 @@ from mergetui.merge.methods._common import (
     CHUNK_ELEMENTS,
     check_cancel,
     flat,
+    output_buffer,
     shared_param,
     spans,
     split_base,
@@ -61,7 +62,7 @@ def ram(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     if len(tensors) == 1:
         return tensors[0]
     data = _Deltas(tensors, ctx)
-    out = torch.empty_like(data.base, memory_format=torch.contiguous_format)
+    out = output_buffer(ctx, data.base)
     out_flat = out.view(-1)
     for start, end in spans(data.numel):
         check_cancel(ctx)
@@ -97,7 +98,7 @@ def ramplus_tl(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     rho = (shared_counts / unique_counts.clamp(min=data.epsilon)).float()
     lambdas = (1 + r * rho.clamp(min=0, max=alpha)).to(data.base.dtype).unsqueeze(1)
 
-    out = torch.empty_like(data.base, memory_format=torch.contiguous_format)
+    out = output_buffer(ctx, data.base)
     out_flat = out.view(-1)
     for start, end in spans(data.numel):
         check_cancel(ctx)

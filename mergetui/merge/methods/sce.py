@@ -8,6 +8,7 @@ from mergetui.merge.methods._common import (
     CHUNK_ELEMENTS,
     check_cancel,
     flat,
+    output_buffer,
     shared_param,
     spans,
     split_base,
@@ -88,7 +89,7 @@ def sce(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
 
     if rule is not None:
         rule.restart()  # the output pass walks the chunks again from the start
-    out = torch.empty_like(base, memory_format=torch.contiguous_format)
+    out = output_buffer(ctx, base)
     out_flat = out.view(-1)
     for start, end in spans(numel):
         check_cancel(ctx)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from mergetui.merge.methods._common import (
     check_cancel,
     flat,
+    output_buffer,
     require_count,
     shared_param,
     spans,
@@ -58,7 +59,7 @@ def slerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     norm_b = math.sqrt(bb) if math.sqrt(bb) > NORM_EPS else 1.0
     coef_a, coef_b = slerp_coefficients(t, ab / (norm_a * norm_b))
 
-    out = torch.empty_like(base, memory_format=torch.contiguous_format)
+    out = output_buffer(ctx, base)
     out_flat = out.view(-1)
     for start, end in spans(a.numel()):
         check_cancel(ctx)

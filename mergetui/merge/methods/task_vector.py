@@ -28,6 +28,7 @@ from mergetui.merge.methods._common import (
     flat,
     input_label,
     model_param,
+    output_buffer,
     row_spans,
     shared_param,
     spans,
@@ -111,7 +112,7 @@ def _merge(
 
     device = base.device
     count = len(inputs)
-    out = torch.empty_like(base, memory_format=torch.contiguous_format)
+    out = output_buffer(ctx, base)
     out_flat = out.view(-1)
     deltas = torch.empty((count, min(numel, CHUNK_ELEMENTS)), dtype=base.dtype, device=device)
     coef = torch.tensor(coefficients, dtype=base.dtype, device=device).unsqueeze(1)
