@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from mergetui import __version__
 
-COMMAND_MODULES = ("validate", "convert", "inspect", "demo", "merge", "open")
+COMMAND_MODULES = ("validate", "convert", "inspect", "demo", "merge", "open", "diff")
 
 
 def build_parser() -> argparse.ArgumentParser:
