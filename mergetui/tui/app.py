@@ -22,8 +22,10 @@ from mergetui.tui.config import DEFAULT_THEME, AppConfig, user_themes_dir
 from mergetui.tui.dialogs import ConfirmQuit, TextPrompt
 from mergetui.tui.document import RecipeDocument
 from mergetui.tui.help import HelpScreen, active_sections
-from mergetui.tui.placeholders import ChatScreen, CheckpointsScreen, RunScreen
+from mergetui.tui.chat_screen import ChatScreen
+from mergetui.tui.placeholders import CheckpointsScreen
 from mergetui.tui.recipe_screen import RecipeScreen
+from mergetui.tui.run_screen import RunScreen, app_palette_commands
 from mergetui.tui.themes import Heatmap, LoadedTheme, default_heatmap, load_themes
 
 SCREENS: dict[str, tuple[str, str]] = {
@@ -74,6 +76,9 @@ class MergeTuiApp(App):
         self.initial_screen = initial_screen
         super().__init__()
         self.themes: dict[str, LoadedTheme] = {}
+        # Run and Chat: the last finished merge, and a checkpoint the Chat screen should load.
+        self.last_merge_output: str | None = None
+        self.pending_chat_model: str | None = None
         self.theme_errors: list[str] = []
         self._load_themes()
         wanted = self.config.theme
@@ -313,6 +318,7 @@ class MergeTuiApp(App):
                     f"theme('{name}')",
                 )
             )
+        commands += app_palette_commands(self)
         if hasattr(screen, "palette_commands"):
             commands += screen.palette_commands()
         return commands
@@ -324,9 +330,17 @@ class MergeTuiApp(App):
                 yield command
 
 
-def run_app(recipe_path: str | Path | None = None, screen: str | None = None) -> int:
-    """Open the app (on a recipe file if given); returns the exit code. Raises UserError early."""
+def run_app(
+    recipe_path: str | Path | None = None,
+    screen: str | None = None,
+    chat_model: str | None = None,
+) -> int:
+    """Open the app (on a recipe file if given); returns the exit code. Raises UserError early.
+
+    `chat_model` opens the Chat screen with that checkpoint loading.
+    """
     document = RecipeDocument.open(recipe_path) if recipe_path is not None else RecipeDocument.new()
-    app = MergeTuiApp(document, initial_screen=screen or "recipe")
+    app = MergeTuiApp(document, initial_screen="chat" if chat_model else screen or "recipe")
+    app.pending_chat_model = chat_model
     app.run()
     return app.return_code or 0

@@ -1,0 +1,84 @@
+"""`mergetui eval MODEL...`: perplexity of each model on a text, as a table.
+
+The quick check of a merge: a healthy model scores close to its parents, a broken merge far above
+them. The text is the bundled English sample unless `--text FILE` names another. Models are loaded
+one at a time (only one is in memory at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="perplexity of one or more checkpoints on a text (a quick merge check)",
+        description="Score each model's perplexity on a text (the bundled sample by default) and "
+        "print a table: a broken merge shows at a glance.",
+    )
+    parser.add_argument("models", nargs="+", help="checkpoint folders (or downloaded Hub ids)")
+    parser.add_argument(
+        "--text", type=Path, help="a UTF-8 text file to score instead of the sample"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--window", type=int, help="tokens per window (default: the model's context, at most 1024)"
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow Python code shipped with the models (only for models you trust)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mergetui.chat.loader import load_for_chat
+    from mergetui.chat.perplexity import perplexity, read_text, sample_text
+    from mergetui.cli.output import console, console_err
+    from mergetui.errors import UserError
+    from mergetui.merge.device import check_device_name
+
+    device = check_device_name(args.device)
+    text, text_name = read_text(args.text) if args.text else sample_text()
+    err = console_err()
+    table = Table(title=f"perplexity on the {escape(text_name)} (lower is better)")
+    table.add_column("model")
+    table.add_column("perplexity", justify="right")
+    table.add_column("tokens", justify="right")
+    table.add_column("device")
+    table.add_column("time", justify="right")
+    failures = 0
+    for source in args.models:
+        try:
+            with err.status(f"loading {escape(source)}…") as status:
+                loaded = load_for_chat(
+                    source,
+                    device=device,
+                    trust_remote_code=args.trust_remote_code,
+                    on_progress=lambda stage, f, source=source: status.update(
+                        f"{escape(source)}: {escape(stage)} ({f:.0%})"
+                    ),
+                )
+                status.update(f"scoring {escape(source)}…")
+                result = perplexity(loaded, text, text_name=text_name, window=args.window)
+            loaded.unload()
+        except UserError as exc:
+            failures += 1
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            table.add_row(escape(source), "[red]not scored[/]", "", "", "")
+            continue
+        table.add_row(
+            escape(source),
+            f"{result.perplexity:.2f}",
+            str(result.tokens),
+            loaded.device,
+            f"{result.seconds:.1f} s",
+        )
+    console().print(table)
+    return 1 if failures else 0
