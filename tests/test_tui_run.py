@@ -36,7 +36,7 @@ def write_recipe(tmp_path: Path, family: dict[str, Path], output: str | None = "
     out_line = f'output = "{output}"\n' if output else ""
     path.write_text(
         textwrap.dedent(
-            f"""\
+            """\
             [merge]
             method = "linear"
             dtype = "float32"

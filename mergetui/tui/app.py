@@ -17,12 +17,12 @@ from textual.screen import Screen
 
 from mergetui.errors import UserError
 from mergetui.resources import themes_dir
+from mergetui.tui.chat_screen import ChatScreen
 from mergetui.tui.commands import MergeTuiCommands, PaletteCommand
 from mergetui.tui.config import DEFAULT_THEME, AppConfig, user_themes_dir
 from mergetui.tui.dialogs import ConfirmQuit, TextPrompt
 from mergetui.tui.document import RecipeDocument
 from mergetui.tui.help import HelpScreen, active_sections
-from mergetui.tui.chat_screen import ChatScreen
 from mergetui.tui.placeholders import CheckpointsScreen
 from mergetui.tui.recipe_screen import RecipeScreen
 from mergetui.tui.run_screen import RunScreen, app_palette_commands
