@@ -316,36 +316,56 @@ def test_estimate_covers_the_largest_working_set(
     assert plan.estimated_peak_bytes >= plan_module.PROCESS_BASELINE_BYTES + 2 * 4 * biggest
 
 
-def test_methods_that_accept_stored_dtype_get_it(
-    tiny_model_factory: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("method", ["slerp", "ties", "dare_ties"])
+def test_chunk_reading_methods_give_the_same_tensors_from_every_source(
+    method: str, tiny_model_factory: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A method declaring `accepts_stored_dtype` gets whole tensors as stored (bf16 here, half
-    the memory of float32) and the same result comes out."""
+    """A method that `reads_chunks` gets its inputs held as stored (bf16) or left in the files,
+    and writes its output in the output dtype; every form gives the float32 path's tensors."""
+    from mergetui.merge import chunked, methods
+
     base = tiny_model_factory("llama", seed=0, dtype="bfloat16")  # type: ignore[operator]
-    other = tiny_model_factory("llama", seed=1, base=base, dtype="bfloat16")  # type: ignore[operator]
+    one = tiny_model_factory("llama", seed=1, base=base, dtype="bfloat16")  # type: ignore[operator]
+    two = tiny_model_factory("llama", seed=2, base=base, dtype="bfloat16")  # type: ignore[operator]
+    others = {"one": one} if method == "slerp" else {"one": one, "two": two}
     recipe = Recipe(
-        method="slerp",
+        method=method,
         base="base",
-        models={"base": ModelEntry("base", str(base)), "other": ModelEntry("other", str(other))},
-        parameters={"t": 0.4},
+        models={
+            "base": ModelEntry("base", str(base)),
+            **{name: ModelEntry(name, str(path)) for name, path in others.items()},
+        },
+        parameters={"t": 0.4} if method == "slerp" else {"density": 0.6, "weight": 0.5},
+        seed=7,
     )
-    run_merge(make_plan(recipe, out=tmp_path / "plain"))
+    real = methods.get_method_function(method)
+    assert getattr(real, "reads_chunks", False)
+    seen: list[set[type]] = []
 
-    from mergetui.merge import methods
+    def spy(tensors: list, ctx: object) -> torch.Tensor:
+        seen.append({type(t) for t in tensors})
+        return real(tensors, ctx)
 
-    real = methods.get_method_function("slerp")
-    seen: list[set[torch.dtype]] = []
-
-    def stored(tensors: list[torch.Tensor], ctx: object) -> torch.Tensor:
-        seen.append({t.dtype for t in tensors})
-        return real([t.float() for t in tensors], ctx)
-
-    stored.accepts_stored_dtype = True  # type: ignore[attr-defined]
-    monkeypatch.setattr(methods, "get_method_function", lambda name: stored)
-    run_merge(make_plan(recipe, out=tmp_path / "stored"))
-    assert seen and all(dtypes == {torch.bfloat16} for dtypes in seen)
-    plain, got = _load_output(tmp_path / "plain"), _load_output(tmp_path / "stored")
-    assert all(torch.equal(plain[name], got[name]) for name in plain)
+    spy.reads_chunks = True  # type: ignore[attr-defined]
+    monkeypatch.setattr(methods, "get_method_function", lambda name: spy)
+    outputs = {}
+    for label, threshold in (("stored", 1 << 40), ("file", 0)):
+        seen.clear()
+        monkeypatch.setattr(runner_module, "CHUNKS_FROM_FILE_BYTES", threshold)
+        run_merge(make_plan(recipe, out=tmp_path / label))
+        wanted = chunked.StoredSource if label == "stored" else chunked.FileSource
+        assert seen and all(kinds == {wanted} for kinds in seen)
+        outputs[label] = _load_output(tmp_path / label)
+    spy.reads_chunks = False  # type: ignore[attr-defined]
+    seen.clear()
+    run_merge(make_plan(recipe, out=tmp_path / "whole"))
+    assert seen and all(kinds == {torch.Tensor} for kinds in seen)
+    whole = _load_output(tmp_path / "whole")
+    for label, got in outputs.items():
+        assert got.keys() == whole.keys()
+        for name in whole:
+            assert got[name].dtype == whole[name].dtype == torch.bfloat16
+            assert torch.equal(got[name], whole[name]), (label, name)
 
 
 def test_pickle_checkpoints_only_with_allow_bin(

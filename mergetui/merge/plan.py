@@ -78,8 +78,13 @@ ELEMENTWISE_WITHOUT_SPARSIFY = frozenset(
 
 # Rough resident size of Python + torch before any tensor: part of the estimate.
 PROCESS_BASELINE_BYTES = 300 * 1000**2
-# Elements per piece when an element-wise method streams a big tensor (8 MB in float32).
-PIECE_ELEMENTS = 1 << 21
+# Elements per piece when an element-wise method streams a big tensor (4 MB in float32). Smaller
+# pieces keep the reader, compute and writer threads' buffers (and the allocator's slack) small;
+# per-piece overhead is still far below the arithmetic at this size.
+PIECE_ELEMENTS = 1 << 20
+# Whole-tensor input sets of more stored bytes than this are, for a method that reads chunks, left
+# in the files and read slice by slice (see runner and chunked.py) instead of held.
+CHUNKS_FROM_FILE_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -323,28 +328,49 @@ def make_plan(
         device=device,
         seed=seed,
         shard_size=shard_size,
-        estimated_peak_bytes=estimate_peak_bytes(tensors),
+        estimated_peak_bytes=estimate_peak_bytes(tensors, chunked=_reads_chunks(recipe.method)),
         notices=notices,
     )
 
 
-def estimate_peak_bytes(tensors: Sequence[PlannedTensor]) -> int:
+def estimate_peak_bytes(tensors: Sequence[PlannedTensor], *, chunked: bool = False) -> int:
     """Peak resident memory of a run: the process baseline plus the largest working set.
 
     For one piece of work (a whole tensor, or a PIECE_ELEMENTS piece of an element-wise one) the
     runner holds the inputs in float32, the method's temporaries (about two tensors) and the
     result in float32 and in the output dtype; the reader may prefetch up to half the largest
-    input set more (see runner).
+    input set more (see runner). A method that reads chunks (`chunked`) holds whole-tensor inputs
+    as stored, or not at all past CHUNKS_FROM_FILE_BYTES, plus chunk temporaries and the result
+    in the output dtype.
     """
+    from mergetui.merge.methods._common import CHUNK_ELEMENTS
+
     worst = 0
     largest_inputs = 0
     for tensor in tensors:
         numel = min(tensor.numel, PIECE_ELEMENTS) if tensor.elementwise else tensor.numel
-        inputs = 4 * numel * len(tensor.inputs)
-        largest_inputs = max(largest_inputs, inputs)
         out_bytes = tensor.nbytes * numel // tensor.numel if tensor.numel else 0
-        worst = max(worst, inputs + 3 * 4 * numel + 2 * out_bytes)
+        if chunked and not tensor.elementwise and not tensor.copy_only:
+            stored = sum(source.nbytes for source in tensor.inputs)
+            inputs = stored if stored <= CHUNKS_FROM_FILE_BYTES else 0
+            temporaries = 4 * min(numel, CHUNK_ELEMENTS) * (len(tensor.inputs) + 4)
+            working = inputs + temporaries + out_bytes
+        else:
+            inputs = 4 * numel * len(tensor.inputs)
+            working = inputs + 3 * 4 * numel + 2 * out_bytes
+        largest_inputs = max(largest_inputs, inputs)
+        worst = max(worst, working)
     return PROCESS_BASELINE_BYTES + worst + largest_inputs // 2
+
+
+def _reads_chunks(method: str) -> bool:
+    """Whether the method's function takes chunk sources (importing it does not import torch)."""
+    from mergetui.merge.methods import get_method_function
+
+    try:
+        return bool(getattr(get_method_function(method), "reads_chunks", False))
+    except UserError:
+        return False
 
 
 # ----------------------------------------------------------------------------------------------

@@ -87,6 +87,15 @@ class TensorReader:
             done += got
         return buffer.view(torch_dtype(dtype)).reshape(shape)
 
+    def will_need(self, path: str | Path, offset: int, nbytes: int) -> None:
+        """Ask the kernel to start reading a byte range now (a hint: errors surface on read)."""
+        if offset < 0 or not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            os.posix_fadvise(self._fd(str(path)), offset, nbytes, os.POSIX_FADV_WILLNEED)
+        except (OSError, UserError):
+            pass
+
     def _read_bin(self, path: str, tensor_name: str) -> torch.Tensor:
         """A tensor from a pytorch_model*.bin (only with --allow-bin): memory-mapped torch.load."""
         import torch

@@ -41,7 +41,7 @@ from mergetui.merge.events import (
     ShardWritten,
     TensorDone,
 )
-from mergetui.merge.plan import PIECE_ELEMENTS
+from mergetui.merge.plan import CHUNKS_FROM_FILE_BYTES, PIECE_ELEMENTS
 from mergetui.merge.writer import human_bytes
 
 if TYPE_CHECKING:
@@ -293,18 +293,20 @@ def _execute(
     reader = TensorReader()
     writer = ShardSetWriter(folder, plan.layout)
     pieces = _pieces(plan)
-    # On the CPU the reader thread converts inputs to float32 (off the compute thread); on a GPU
-    # the stored bytes travel and are converted there. A method that declares
-    # `accepts_stored_dtype` upcasts chunk by chunk itself: whole tensors then stay as stored
-    # (half the memory for bf16 checkpoints).
-    stored_ok = bool(getattr(method, "accepts_stored_dtype", False))
+    # A method that declares `reads_chunks` gets its whole-tensor inputs as chunk sources
+    # (chunked.py): held as stored, or for the largest sets not held at all but read from the
+    # file slice by slice. Otherwise, on the CPU, the reader thread converts inputs to float32
+    # (off the compute thread); on a GPU the stored bytes travel and are converted there.
+    chunked = bool(getattr(method, "reads_chunks", False))
+    modes = [_input_mode(p, chunked) for p in pieces]
     early = [
-        device.type == "cpu"
-        and not (p.tensor.copy_only or p.fast_copy)
-        and (p.tensor.elementwise or not stored_ok)
-        for p in pieces
+        device.type == "cpu" and mode == _WHOLE and not (p.tensor.copy_only or p.fast_copy)
+        for p, mode in zip(pieces, modes, strict=True)
     ]
-    sizes = [_held_bytes(p, convert) for p, convert in zip(pieces, early, strict=True)]
+    sizes = [
+        0 if mode == _FROM_FILE else _held_bytes(p, convert)
+        for p, mode, convert in zip(pieces, modes, early, strict=True)
+    ]
     largest = max(sizes, default=0)
     # Streamed pieces always get a second set in flight (read while the previous computes).
     streamed = max((n for p, n in zip(pieces, sizes, strict=True) if not p.whole), default=0)
@@ -321,7 +323,10 @@ def _execute(
                 if stop.is_set() or not budget.acquire(size):
                     return
                 try:
-                    data = _read_piece(reader, piece, convert, pool)
+                    if modes[number] == _FROM_FILE:
+                        data = _file_sources(reader, piece, device)
+                    else:
+                        data = _read_piece(reader, piece, convert, pool)
                 except BaseException as exc:  # handed to the main thread, which raises it
                     loaded.put((number, exc))
                     return
@@ -379,7 +384,7 @@ def _execute(
             if isinstance(data, BaseException):
                 raise data
             _raise_if_cancelled(cancel)
-            result = _compute(plan, piece, data, method, device, cancel, stored_ok, pool)
+            result = _compute(plan, piece, data, method, device, cancel, modes[number], pool)
             budget.release(size)
             _put_write(writes, (piece, result), cancel, writer_error)
             del result
@@ -399,6 +404,36 @@ def _execute(
         writer_thread.join()
         reader.close()
         writer.close()
+
+
+# How a piece's inputs reach the method.
+_WHOLE = "whole"  # whole tensors in the compute dtype (element-wise pieces: their elements)
+_STORED = "stored"  # chunk sources over whole tensors held as stored
+_FROM_FILE = "file"  # chunk sources that read each slice from the file
+
+
+def _input_mode(piece: _Piece, chunked: bool) -> str:
+    tensor = piece.tensor
+    if not chunked or tensor.elementwise or tensor.copy_only or piece.fast_copy:
+        return _WHOLE
+    if any(source.offset < 0 for source in tensor.inputs):  # pytorch .bin: no byte ranges
+        return _STORED
+    stored = sum(source.nbytes for source in tensor.inputs)
+    return _FROM_FILE if stored > CHUNKS_FROM_FILE_BYTES else _STORED
+
+
+def _file_sources(reader: Any, piece: _Piece, device: torch.device) -> list[tuple[Any, None]]:
+    """Chunk sources over the files, after asking the kernel to read the ranges ahead."""
+    import torch
+
+    from mergetui.merge.chunked import FileSource
+
+    tensor = piece.tensor
+    wide = any(source.dtype == "F64" for source in tensor.inputs)
+    compute_dtype = torch.float64 if wide else torch.float32
+    for source in tensor.inputs:
+        reader.will_need(source.file, source.offset, source.nbytes)
+    return [(FileSource(reader, source, compute_dtype, device), None) for source in tensor.inputs]
 
 
 def _held_bytes(piece: _Piece, convert_early: bool) -> int:
@@ -499,7 +534,7 @@ def _compute(
     method: Callable[..., torch.Tensor],
     device: torch.device,
     cancel: threading.Event | None,
-    stored_ok: bool = False,
+    mode: str = _WHOLE,
     pool: _BufferPool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One piece of an output tensor, contiguous on the CPU in its output dtype, with the pooled
@@ -553,13 +588,17 @@ def _compute(
     if piece.fast_copy:
         return finish(values[0].contiguous())
 
-    if stored_ok and not tensor.elementwise:
-        inputs = [v.to(device=device, non_blocking=True) for v in values]
+    wide = any(v.dtype == torch.float64 for v in values)
+    compute_dtype = torch.float64 if wide else torch.float32
+    if mode == _FROM_FILE:
+        inputs = values
+    elif mode == _STORED:
+        from mergetui.merge.chunked import StoredSource
+
+        inputs = [StoredSource(v.to(device=device), compute_dtype) for v in values]
     else:
-        wide = any(v.dtype == torch.float64 for v in values)
-        compute_dtype = torch.float64 if wide else torch.float32
         inputs = [v.to(device=device, dtype=compute_dtype, non_blocking=True) for v in values]
-    values.clear()
+    values = []
     ctx = MethodContext(
         method=plan.method,
         tensor_name=tensor.name,
@@ -570,6 +609,7 @@ def _compute(
         cancel=cancel,
         device=device,
         input_names=[i.model for i in tensor.inputs],
+        out_dtype=None if mode == _WHOLE else out_dtype,
     )
     expected = tensor.shape if piece.whole else (piece.numel,)
     with torch.inference_mode():

@@ -47,6 +47,11 @@ class MethodContext:
     # sharing memory with any input. A method that builds a new tensor writes into it and returns
     # it (saving the page faults of fresh memory); one that returns an input or a copy does not.
     out: torch.Tensor | None = field(default=None, repr=False)
+    # The dtype the engine stores the result in. A method that reads its inputs in chunks (see
+    # mergetui.merge.chunked) builds its output in it straight away: each chunk is computed in the
+    # compute dtype and rounded once as it is written, exactly as a whole-tensor cast would round,
+    # and no float32 copy of the output is ever made. None: the compute dtype.
+    out_dtype: torch.dtype | None = None
 
 
 MethodFunction = Callable[[list["torch.Tensor"], MethodContext], "torch.Tensor"]

@@ -184,13 +184,14 @@ def output_buffer(ctx: MethodContext, like: torch.Tensor) -> torch.Tensor:
     """
     import torch
 
+    dtype = ctx.out_dtype or like.dtype
     out = ctx.out
     if (
         out is not None
-        and out.shape == like.shape
-        and out.dtype == like.dtype
+        and tuple(out.shape) == tuple(like.shape)
+        and out.dtype == dtype
         and out.device == like.device
         and out.is_contiguous()
     ):
         return out
-    return torch.empty_like(like, memory_format=torch.contiguous_format)
+    return torch.empty(tuple(like.shape), dtype=dtype, device=like.device)

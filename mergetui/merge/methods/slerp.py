@@ -39,7 +39,8 @@ def slerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     interpolation is applied to the tensors themselves, as mergekit does.
 
     Pass 1 gathers |a|^2, |b|^2 and a.b chunk by chunk (float64 totals); pass 2 writes
-    c_a a + c_b b. Two reads of each input, nothing allocated but the output.
+    c_a a + c_b b. Two reads of each input, nothing allocated but the output (in the engine's
+    output dtype when it says so).
     """
     import torch
 
@@ -64,6 +65,12 @@ def slerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     for start, end in spans(a.numel()):
         check_cancel(ctx)
         target = out_flat[start:end]
-        torch.mul(a[start:end], coef_a, out=target)
-        target.add_(b[start:end], alpha=coef_b)
+        if target.dtype == a.dtype:
+            torch.mul(a[start:end], coef_a, out=target)
+            target.add_(b[start:end], alpha=coef_b)
+        else:  # computed in the compute dtype, rounded once into the output dtype
+            target.copy_(torch.mul(a[start:end], coef_a).add_(b[start:end], alpha=coef_b))
     return out
+
+
+slerp.reads_chunks = True  # type: ignore[attr-defined]  # see mergetui.merge.chunked

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mergetui.errors import UserError
+from mergetui.merge.chunked import whole
 from mergetui.merge.methods import _random
 from mergetui.merge.methods._common import (
     CHUNK_ELEMENTS,
@@ -84,7 +85,7 @@ def _merge(
     base, others = split_base(tensors, ctx, required=True)
     assert base is not None
     if not others or base.numel() == 0:
-        return base.clone()
+        return whole(base)
     normalize = bool(shared_param(ctx, "normalize"))
     rescale = bool(shared_param(ctx, "rescale"))
     lam = float(shared_param(ctx, "lambda"))
@@ -364,3 +365,9 @@ def della(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
 def della_linear(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     """DELLA's drop without sign election."""
     return _merge(tensors, ctx, "della", consensus=False)
+
+
+# Every pass reads inputs as flat chunks, so the engine may hand them over as chunk sources
+# (mergetui.merge.chunked). DELLA ranks whole rows of the 2-D view: it gets whole tensors.
+for _function in (task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties):
+    _function.reads_chunks = True  # type: ignore[attr-defined]
