@@ -127,7 +127,12 @@ def make_checkpoints(root: Path) -> dict[str, Path]:
     shapes = tensor_shapes()
     names = list(shapes)
     half = len(names) // 2
-    config = LlamaConfig(**SHAPE, torch_dtype="bfloat16", tie_word_embeddings=False)
+    config = LlamaConfig(
+        **SHAPE,
+        torch_dtype="bfloat16",
+        tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],  # mergekit 0.1.5 refuses a config without it
+    )
     for index, (name, path) in enumerate(paths.items()):
         print(f"  making {name} ...", flush=True)
         path.mkdir(parents=True, exist_ok=True)
@@ -154,6 +159,25 @@ def make_checkpoints(root: Path) -> dict[str, Path]:
         )
         config.save_pretrained(path)
     return paths
+
+
+def make_checkpoints_in_child(root: Path) -> dict[str, Path]:
+    """`make_checkpoints` in a child process, so this process never holds torch or tensors.
+
+    A child's peak RSS, as wait4 reports it, starts from this process's RSS at fork time (Linux
+    keeps the pre-exec high-water mark): a parent bloated by making checkpoints would inflate every
+    measured figure to its own size. So the measuring parent stays a bare Python process.
+    """
+    subprocess.run([sys.executable, __file__, "--make-only", str(root)], check=True)
+    return {name: root / name for name in ("base", "ft-a", "ft-b")}
+
+
+def own_rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
@@ -196,6 +220,17 @@ def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
     return elapsed
 
 
+def engine_in_child(config_path: Path, out: Path) -> float:
+    """`engine_in_process` in a child (torch stays out of the measuring parent)."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--engine-only", str(config_path), str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def engine_in_process(config_path: Path, out: Path) -> float:
     """Plan-to-rename seconds of our engine with torch already imported."""
     from mergetui.merge.plan import make_plan
@@ -222,15 +257,24 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
     parser.add_argument("--no-mergekit", action="store_true", help="only run mergetui")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--make-only", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--engine-only", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make_only:
+        make_checkpoints(args.make_only)
+        return 0
+    if args.engine_only:
+        print(engine_in_process(*args.engine_only))
+        return 0
 
     WORK.mkdir(parents=True, exist_ok=True)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
     print("making synthetic checkpoints (once) ...", flush=True)
-    models = make_checkpoints(WORK / "models")
+    models = make_checkpoints_in_child(WORK / "models")
     warm_cache(list(models.values()))
+    print(f"measuring parent: {own_rss_mib():.0f} MiB resident (children's peaks start near it)")
     mergekit_yaml = shutil.which("mergekit-yaml")
     if mergekit_yaml is None and not args.no_mergekit:
         print("mergekit-yaml not found: pip install mergekit==0.1.5 (or pass --no-mergekit)")
@@ -278,7 +322,7 @@ def main() -> int:
             io_floor(used_inputs, out_bytes, WORK / "floor.bin") for _ in range(3)
         )
         engine = statistics.median(
-            engine_in_process(cfg, WORK / "out-ours") for _ in range(max(1, args.repeats))
+            engine_in_child(cfg, WORK / "out-ours") for _ in range(max(1, args.repeats))
         )
         row = {
             "ours_s": statistics.median(w for w, _ in ours),
