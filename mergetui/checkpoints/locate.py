@@ -18,6 +18,8 @@ from pathlib import Path
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
 _HUB_ID_RE = re.compile(rf"^(?:{_PART}/)?{_PART}$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+# Written by mergetui's downloader beside a snapshot it is still filling (see checkpoints.hub).
+INCOMPLETE_MARKER = ".mergetui-incomplete"
 
 
 def looks_like_hub_id(source: str) -> bool:
@@ -49,7 +51,8 @@ def find_local(source: str | Path, revision: str | None = None) -> Path | None:
 
     A folder wins over the cache (absolute, `~`-relative, or relative to the working directory).
     In the cache, `revision` (default "main") is a branch or tag under refs/, or a commit hash
-    naming a snapshot. With no revision and no refs/main, a single snapshot is used.
+    naming a snapshot. With no revision and no refs/main, a single snapshot is used. A snapshot
+    that mergetui is still downloading (or whose download was cancelled) is not used.
     """
     text = str(source)
     folder = Path(text).expanduser()
@@ -66,11 +69,19 @@ def find_local(source: str | Path, revision: str | None = None) -> Path | None:
     if ref.is_file():
         commit = ref.read_text(encoding="utf-8").strip()
         snapshot = snapshots / commit
-        return snapshot if snapshot.is_dir() else None
+        return snapshot if snapshot.is_dir() and not is_incomplete(snapshot) else None
     if _COMMIT_RE.match(wanted) and (snapshots / wanted).is_dir():
-        return snapshots / wanted
+        return None if is_incomplete(snapshots / wanted) else snapshots / wanted
     if revision is None:
-        candidates = [entry for entry in snapshots.iterdir() if entry.is_dir()]
+        candidates = [
+            entry for entry in snapshots.iterdir() if entry.is_dir() and not is_incomplete(entry)
+        ]
         if len(candidates) == 1:
             return candidates[0]
     return None
+
+
+def is_incomplete(snapshot: Path) -> bool:
+    """Whether a cached snapshot is one mergetui has not finished downloading."""
+    repo = snapshot.parent.parent
+    return (repo / f"{INCOMPLETE_MARKER}-{snapshot.name}").exists()

@@ -16,7 +16,20 @@ from collections.abc import Sequence
 
 from mergetui import __version__
 
-COMMAND_MODULES = ("validate", "convert", "inspect", "demo", "merge", "open", "diff")
+COMMAND_MODULES = (
+    "validate",
+    "convert",
+    "inspect",
+    "demo",
+    "merge",
+    "open",
+    "diff",
+    "hub",
+    "pull",
+    "push",
+    "chat",
+    "eval",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="A terminal workbench for merging language-model checkpoints.",
     )
     parser.add_argument("--version", action="version", version=f"mergetui {__version__}")
+    parser.add_argument(
+        "--models-dir",
+        action="append",
+        metavar="DIR",
+        help="remember a folder of local checkpoints for the Checkpoints screen (repeatable); "
+        "alone, it then opens the app there",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"mergetui.cli.cmd_{name}")
@@ -38,6 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "models_dir", None):
+        try:
+            _remember_models_dirs(args.models_dir)
+        except UserError as exc:
+            report_error(exc)
+            return 1
+        if not getattr(args, "func", None):
+            from mergetui.cli import cmd_open
+
+            args = parser.parse_args(["open", "--screen", "checkpoints"])
+            args.func = cmd_open.run
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -49,6 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         console_err().print("[yellow]Interrupted.[/]")
         return 130
+
+
+def _remember_models_dirs(folders: list[str]) -> None:
+    """`--models-dir DIR`: add the folders to the remembered list in the user's config."""
+    from mergetui.cli.output import console_err
+    from mergetui.tui.config import remember_models_dirs
+
+    for added in remember_models_dirs(folders):
+        console_err().print(f"remembered models folder {added}", markup=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

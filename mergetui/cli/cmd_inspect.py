@@ -1,6 +1,8 @@
 """`mergetui inspect PATH`: what a checkpoint holds, read from its headers in milliseconds.
 
-PATH is a folder or a Hub repo id already in the local Hugging Face cache. The summary answers the
+PATH is a folder or a Hub repo id. A repo id in the local Hugging Face cache is read from there;
+otherwise (or with `--remote`) its config and safetensors headers are read from the Hub with HTTP
+Range requests, without downloading the weights. The summary answers the
 questions asked before a merge (architecture, layers, parameters, dtypes, size, tokenizer and chat
 template, tied embeddings); `--layers` adds the per-layer map; `--json` prints only JSON, for scripts.
 """
@@ -17,10 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "inspect",
         help="show what a checkpoint holds (headers only, nothing loaded)",
-        description="Summarise a checkpoint folder, or a Hub repo id in the local cache, "
-        "from its config and safetensors headers.",
+        description="Summarise a checkpoint folder or a Hub repo id from its config and "
+        "safetensors headers (a repo not in the local cache is read from the Hub's headers).",
     )
-    parser.add_argument("path", metavar="PATH", help="checkpoint folder or cached Hub repo id")
+    parser.add_argument("path", metavar="PATH", help="checkpoint folder or Hub repo id")
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        help="read a Hub repo's headers from the Hub even when it is in the local cache",
+    )
     parser.add_argument("--revision", help="branch, tag or commit of a cached Hub repo")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
     parser.add_argument("--layers", action="store_true", help="add the per-layer table")
@@ -37,16 +44,17 @@ def run(args: argparse.Namespace) -> int:
     from mergetui.checkpoints.locate import find_local, looks_like_hub_id
     from mergetui.errors import UserError
 
-    folder = find_local(args.path, args.revision)
+    folder = None if getattr(args, "remote", False) else find_local(args.path, args.revision)
     if folder is None:
         if looks_like_hub_id(args.path):
-            raise UserError(
-                "not a local folder, and not in the Hugging Face cache"
-                + (f" at revision {args.revision}" if args.revision else ""),
-                where=args.path,
-                fix="download it first (huggingface-cli download "
-                f"{args.path}) or give the path of a folder",
-            )
+            checkpoint = _read_remote(args.path, args.revision)
+            if args.json:
+                sys.stdout.write(json.dumps(checkpoint.to_dict(), indent=2) + "\n")
+                return 0
+            _print_summary(checkpoint, source=args.path)
+            if args.layers:
+                _print_layers(checkpoint)
+            return 0
         raise UserError(
             "checkpoint folder not found",
             where=args.path,
@@ -60,6 +68,24 @@ def run(args: argparse.Namespace) -> int:
     if args.layers:
         _print_layers(checkpoint)
     return 0
+
+
+def _read_remote(repo_id: str, revision: str | None) -> Any:
+    """Headers from the Hub; when the Hub is out of reach, say that the model is not local."""
+    from mergetui.checkpoints.hub import HubOffline, read_remote_checkpoint
+    from mergetui.errors import UserError
+
+    try:
+        return read_remote_checkpoint(repo_id, revision)
+    except HubOffline as exc:
+        raise UserError(
+            "not a local folder, and not in the Hugging Face cache"
+            + (f" at revision {revision}" if revision else "")
+            + f"; the Hub could not be asked ({exc.message})",
+            where=repo_id,
+            fix=f"download it first when online (mergetui pull {repo_id}, or huggingface-cli "
+            f"download {repo_id}), or give the path of a folder",
+        ) from None
 
 
 def human_bytes(count: int) -> str:
@@ -92,8 +118,16 @@ def _print_summary(checkpoint: Any, *, source: str) -> None:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("checkpoint", escape(str(checkpoint.path)))
-    if source != str(checkpoint.path):
+    remote = getattr(checkpoint, "repo_id", "")
+    if remote:
+        table.add_row(
+            "checkpoint", escape(f"{remote} on the Hub (headers only, nothing downloaded)")
+        )
+        if checkpoint.revision:
+            table.add_row("commit", escape(checkpoint.revision))
+    else:
+        table.add_row("checkpoint", escape(str(checkpoint.path)))
+    if not remote and source != str(checkpoint.path):
         table.add_row("source", escape(source))
     table.add_row(
         "architecture",
@@ -107,7 +141,7 @@ def _print_summary(checkpoint: Any, *, source: str) -> None:
         "dtypes", ", ".join(f"{dtype} x{count}" for dtype, count in checkpoint.dtypes.items())
     )
     table.add_row(
-        "size on disk",
+        "size on the Hub" if remote else "size on disk",
         f"{human_bytes(checkpoint.size_on_disk)} in {len(checkpoint.weight_files)} "
         f"{checkpoint.format} file{'s' if len(checkpoint.weight_files) != 1 else ''}",
     )

@@ -3,6 +3,8 @@
 The recipe is validated first (problems printed as `mergetui validate` prints them), then planned
 from headers alone; `--dry-run` stops there and prints the plan. A run shows a Rich progress bar
 (bytes, tensors, throughput, ETA). Ctrl-C cancels cleanly: no output, no temporary folder, exit 130.
+Hub models the recipe names that are not on this machine are downloaded first (with a progress bar),
+or, offline, the merge stops at once with a message naming them.
 """
 
 from __future__ import annotations
@@ -65,6 +67,14 @@ def run(args: argparse.Namespace) -> int:
         recipe.seed = args.seed
     if not _validate(recipe, recipe_path):
         return 1
+    if not args.dry_run:
+        from mergetui.errors import CancelledError
+
+        try:
+            download_missing_models(recipe, recipe_path.parent, err=console_err())
+        except CancelledError:
+            console_err().print("[yellow]Cancelled:[/] download stopped; nothing was merged.")
+            return 130
 
     plan = make_plan(
         recipe,
@@ -88,6 +98,47 @@ def run(args: argparse.Namespace) -> int:
     for notice in plan.notices:
         console_err().print(f"[yellow]note:[/] {notice}", soft_wrap=True, markup=True)
     return _run_with_progress(plan, force=args.force, out=console(), err=console_err())
+
+
+def missing_hub_models(recipe: Any, recipe_dir: Path) -> dict[str, Any]:
+    """The recipe's models that are Hub ids with no folder or cached snapshot on this machine."""
+    from mergetui.checkpoints.locate import looks_like_hub_id
+    from mergetui.merge.plan import resolve_model_path
+
+    return {
+        name: entry
+        for name, entry in recipe.models.items()
+        if looks_like_hub_id(entry.source)
+        and resolve_model_path(entry.source, entry.revision, recipe_dir) is None
+    }
+
+
+def download_missing_models(recipe: Any, recipe_dir: Path, *, err: Any) -> None:
+    """Pull each missing Hub model (progress on `err`); offline, stop with a clear message."""
+    from mergetui.checkpoints.hub import HubOffline, is_offline
+    from mergetui.cli.cmd_pull import pull_with_progress
+    from mergetui.errors import UserError
+
+    missing = missing_hub_models(recipe, recipe_dir)
+    if not missing:
+        return
+    listed = ", ".join(f"{name} ({entry.source})" for name, entry in missing.items())
+    if is_offline():
+        raise UserError(
+            f"offline mode (HF_HUB_OFFLINE=1) is on and these models are not on this machine: {listed}",
+            fix="unset HF_HUB_OFFLINE to download them, or pull them first when online "
+            "(mergetui pull REPO_ID)",
+        )
+    for name, entry in missing.items():
+        err.print(f"model {name}: {entry.source} is not on this machine; downloading it first")
+        try:
+            pull_with_progress(entry.source, revision=entry.revision, err=err)
+        except HubOffline as exc:
+            raise UserError(
+                f"model {name!r} ({entry.source}) is not on this machine and {exc.message}",
+                where=f"models.{name}.source",
+                fix=exc.fix,
+            ) from None
 
 
 def _validate(recipe: Any, recipe_path: Path) -> bool:

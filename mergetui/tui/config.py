@@ -1,4 +1,5 @@
-"""The app's remembered settings (theme, nudge step, split view), kept in the user's config folder.
+"""The app's remembered settings (theme, nudge step, split view, models folders), kept in the user's
+config folder.
 
 The folder is `platformdirs.user_config_dir("mergetui")`, or `$MERGETUI_CONFIG_DIR` when set (tests
 point it at a temporary folder). A missing or unreadable file means defaults: settings are a
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 if sys.version_info >= (3, 11):
@@ -43,6 +44,8 @@ class AppConfig:
     theme: str = DEFAULT_THEME
     nudge_step: float | None = None
     split_filters: bool = False
+    # Folders of local checkpoints the Checkpoints screen lists (`mergetui --models-dir DIR` adds).
+    models_dirs: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls) -> AppConfig:
@@ -53,15 +56,25 @@ class AppConfig:
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
             return cls()
         config = cls()
-        for field in fields(cls):
-            value = data.get(field.name)
-            if field.name == "theme" and isinstance(value, str) and value:
+        for item in fields(cls):
+            value = data.get(item.name)
+            if item.name == "theme" and isinstance(value, str) and value:
                 config.theme = value
-            elif field.name == "nudge_step" and isinstance(value, (int, float)) and value > 0:
+            elif item.name == "nudge_step" and isinstance(value, (int, float)) and value > 0:
                 config.nudge_step = float(value)
-            elif field.name == "split_filters" and isinstance(value, bool):
+            elif item.name == "split_filters" and isinstance(value, bool):
                 config.split_filters = value
+            elif item.name == "models_dirs" and isinstance(value, list):
+                config.models_dirs = [v for v in value if isinstance(v, str) and v]
         return config
+
+    def add_models_dir(self, folder: str | Path) -> str | None:
+        """Remember a folder (absolute); returns it, or None when it was already remembered."""
+        text = str(Path(folder).expanduser().resolve())
+        if text in self.models_dirs:
+            return None
+        self.models_dirs.append(text)
+        return text
 
     def save(self) -> Path:
         """Write the file atomically (a temp file renamed into place)."""
@@ -75,3 +88,23 @@ class AppConfig:
         tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
         os.replace(tmp, path)
         return path
+
+
+def remember_models_dirs(folders: list[str] | list[Path]) -> list[str]:
+    """Add folders to the saved settings (`mergetui --models-dir`); returns those newly added."""
+    from mergetui.errors import UserError
+
+    config = AppConfig.load()
+    added = []
+    for folder in folders:
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise UserError(
+                "models folder not found", where=str(path), fix="give an existing folder"
+            )
+        text = config.add_models_dir(path)
+        if text is not None:
+            added.append(text)
+    if added:
+        config.save()
+    return added
