@@ -19,6 +19,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from mergetui.merge.analysis import METRIC_TITLES
 from mergetui.tui.grid_model import (
     ALL,
     GROUP_LABELS,
@@ -61,6 +62,9 @@ GRID_ACTIONS: tuple[GridAction, ...] = (
     GridAction("c,ctrl+c", "copy", "Copy selection"),
     GridAction("v", "paste", "Paste at the cursor"),
     GridAction("f", "toggle_split", "Split by filter (attn/mlp/rest)"),
+    GridAction("o", "insight('toggle')", "Overlay a metric of the checkpoints (on/off)"),
+    GridAction("O", "insight('pick')", "Choose the overlay metric"),
+    GridAction("S", "insight('suggest')", "Suggest values from the metrics (preview)"),
     GridAction("ctrl+a", "select_all", "Select every layer and column"),
     GridAction("escape", "clear_selection", "Clear the selection"),
 )
@@ -148,6 +152,13 @@ class LayerGrid(ScrollView, can_focus=True):
 
     class SettingsChanged(Message):
         """The nudge step or the split view changed (the app remembers them)."""
+
+    class InsightRequested(Message):
+        """The metric overlay: `kind` is toggle, pick (the metric) or suggest."""
+
+        def __init__(self, kind: str) -> None:
+            super().__init__()
+            self.kind = kind
 
     def __init__(self, model: GridModel, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -367,6 +378,9 @@ class LayerGrid(ScrollView, can_focus=True):
         if self.model.columns:
             self.post_message(self.PresetRequested())
 
+    def action_insight(self, kind: str) -> None:
+        self.post_message(self.InsightRequested(kind))
+
     def action_interpolate(self) -> None:
         self.run_operation("interpolate", self.model.interpolate, self.column_area())
 
@@ -472,6 +486,7 @@ class LayerGrid(ScrollView, can_focus=True):
 
     def _header_line(self, y: int, label_width: int) -> tuple[Strip, Strip]:
         style = self.get_component_rich_style("layer-grid--header")
+        metric_style = style + Style(italic=True, bold=False)
         columns = self.model.columns
         if y == 0:
             title = "param"
@@ -491,13 +506,13 @@ class LayerGrid(ScrollView, can_focus=True):
             span = self._offsets[end + 1] - self._offsets[index]
             column = columns[index]
             if y == 0:
-                text = column.param
+                text = METRIC_TITLES[column.param] if column.metric else column.param
             elif y == 1:
-                text = column.model or "shared"
+                text = column.model or ("all" if column.metric else "shared")
             else:
                 text = GROUP_LABELS[column.group] or "all"
             text = text[: span - 1].ljust(span - 1) + "│"
-            segments.append(Segment(text, style))
+            segments.append(Segment(text, metric_style if column.metric else style))
             index = end + 1
         label = Strip([Segment(title.ljust(label_width)[:label_width], style)], label_width)
         return label, Strip(segments)
@@ -522,7 +537,7 @@ class LayerGrid(ScrollView, can_focus=True):
                 style = na_style
             else:
                 style = self._heat_style(model.heat(row, col))
-                if not model.editable(row, col):
+                if not model.editable(row, col) and not model.columns[col].metric:
                     style = style + fixed_style
             if (row, col) == (cursor_row, cursor_col):
                 style = cursor_style

@@ -22,6 +22,14 @@ from typing import Any, Literal
 
 from mergetui.checkpoints.layers import block_kind, layer_index, with_layer_index
 from mergetui.errors import UserError
+from mergetui.merge.analysis import (
+    KINDS,
+    METRIC_TITLES,
+    PER_MODEL_METRICS,
+    Analysis,
+    GroupMetrics,
+    format_metric,
+)
 from mergetui.recipe.methods import METHODS, ParamSpec
 from mergetui.recipe.model import Conditional, Recipe, Slice
 from mergetui.tui.document import RecipeDocument
@@ -198,6 +206,8 @@ class GridColumn:
     model: str | None
     group: Group = ALL
     read_only: str | None = None  # why the column cannot be edited here, if it cannot
+    # A metric overlay column (see `GridModel.metric`): `param` is the metric's name.
+    metric: bool = False
 
     @property
     def key(self) -> tuple[str, str | None]:
@@ -205,7 +215,8 @@ class GridColumn:
 
     @property
     def title(self) -> str:
-        return self.param if self.model is None else f"{self.param}·{self.model}"
+        name = METRIC_TITLES.get(self.param, self.param) if self.metric else self.param
+        return name if self.model is None else f"{name}·{self.model}"
 
 
 @dataclass(frozen=True)
@@ -282,6 +293,38 @@ class Block:
         if not rows:
             raise GridError("nothing to paste: the clipboard holds no numbers")
         return cls(rows)
+
+
+SUGGEST_STRENGTH = 0.5
+
+
+def suggest_rule_lines(method: str, reference: str) -> list[str]:
+    """The rule in three short lines, as the preview shows it for this method."""
+    goal = (
+        f"g = 0: t leans toward the base ({reference}), which moved 0 from itself"
+        if method == "slerp"
+        else "g = the layer's total weight shared by 1/distance (distance 0 takes all)"
+    )
+    return [
+        f"Where the models disagree most, lean toward the one that moved less from {reference}.",
+        "d = 1 - sign agreement (1 - cosine for one model), rescaled to 0..1 over the "
+        "layers; v becomes v + s·d·(g - v)",
+        goal,
+    ]
+
+
+@dataclass
+class Suggestion:
+    """Proposed cell values (not yet written) and what they came from."""
+
+    changes: dict[tuple[int, int], float]
+    strength: float
+    disagreement: dict[tuple[int, str], float]  # (row, group) -> raw disagreement
+    columns: list[int]
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -434,6 +477,10 @@ class GridModel:
         self._values: dict[tuple[int, int], CellValue] = {}
         self._slices: list[Slice] = []
         self._ranges: dict[str, tuple[float, float]] = {}
+        # The metric overlay: the analysis the metric columns show, and which metric (None: off).
+        self.insight: Analysis | None = None
+        self.metric: str | None = None
+        self._groups: dict[tuple[Any, str], GroupMetrics | None] = {}
         self.rebuild()
 
     @property
@@ -487,6 +534,7 @@ class GridModel:
             return
         self._resolve_series(spec, whole)
         self.columns = [self._with_errors(c) for c in self._split_columns(whole)]
+        self.columns = self._with_metric_columns(self.columns)
         self._values = {
             (r, c): self._cell(r, column)
             for c, column in enumerate(self.columns)
@@ -659,8 +707,118 @@ class GridModel:
         row = self.rows[r]
         if row.kind != "layer" and column.group in (ATTENTION, MLP):
             return NA
+        if column.metric:
+            return self._metric_cell(row, column)
         group = REST if column.group == ALL else column.group
         return self._series[(column.key, group)][r]
+
+    # -- the metric overlay --------------------------------------------------------------------
+
+    @property
+    def overlay(self) -> bool:
+        """Whether metric columns are shown (a metric is chosen and its analysis is known)."""
+        return self.metric is not None and self.insight is not None
+
+    def set_overlay(self, insight: Analysis | None, metric: str | None) -> None:
+        """Show `metric` of `insight` beside the parameters (None hides the overlay)."""
+        self.insight = insight
+        self.metric = metric
+        self._groups = {}
+        self.rebuild()
+
+    def metric_models(self) -> list[str]:
+        """Models that get a column for a per-model metric: the compared ones in the recipe."""
+        if self.insight is None:
+            return []
+        return [m for m in self.insight.others if m in self.recipe.models or m == "output"]
+
+    def _with_metric_columns(self, columns: list[GridColumn]) -> list[GridColumn]:
+        """Insert the overlay's columns: a per-model metric right after that model's first
+        per-model parameter (same split), the rest (and agreement) at the end."""
+        if not self.overlay:
+            return columns
+        metric = self.metric
+        assert metric is not None and self.insight is not None
+        reason = f"{METRIC_TITLES[metric]} is a metric of the checkpoints (read-only; o hides it)"
+        any_split = self.split or any(c.group != ALL for c in columns)
+        end_groups: tuple[Group, ...] = SPLIT_GROUPS if any_split else (ALL,)
+
+        def metric_columns(model: str | None, groups: Iterable[Group]) -> list[GridColumn]:
+            return [GridColumn(metric, model, g, reason, metric=True) for g in groups]
+
+        if metric not in PER_MODEL_METRICS:
+            if not self.insight.has_agreement:
+                return columns
+            return columns + metric_columns(None, end_groups)
+        first = next((c.param for c in columns if c.model is not None), None)
+        wanted = self.metric_models()
+        out: list[GridColumn] = []
+        placed: set[str] = set()
+        for index, column in enumerate(columns):
+            out.append(column)
+            following = columns[index + 1] if index + 1 < len(columns) else None
+            if (
+                column.param == first
+                and column.model in wanted
+                and (following is None or following.key != column.key)
+            ):
+                groups = [c.group for c in columns if c.key == column.key]
+                out.extend(metric_columns(column.model, groups))
+                placed.add(column.model)
+        for model in wanted:
+            if model not in placed:
+                out.extend(metric_columns(model, end_groups))
+        return out
+
+    def _metric_group(self, key: Any, group: Group) -> GroupMetrics | None:
+        cached_key = (key, group)
+        if cached_key not in self._groups:
+            assert self.insight is not None
+            if group == ALL or not isinstance(key, int):
+                kinds = None
+            elif group == REST:
+                kinds = [k for k in KINDS if k not in ("attention", "mlp")]
+            else:
+                kinds = [group]
+            self._groups[cached_key] = self.insight.group(key, kinds)
+        return self._groups[cached_key]
+
+    def _metric_cell(self, row: GridRow, column: GridColumn) -> CellValue:
+        """A metric for a row: the layer the row's model comes from (its first source for
+        agreement), the embeddings or the head; NA where the analysis has nothing."""
+        if self.insight is None:
+            return NA
+        key: Any
+        if row.kind in ("embed", "head"):
+            key = row.kind
+        else:
+            sources = dict(row.sources)
+            if column.model is not None and column.model in self.recipe.models:
+                if column.model not in sources:
+                    return NA
+                key = sources[column.model]
+            else:
+                key = row.sources[0][1] if row.sources else row.layer
+        metrics = self._metric_group(key, column.group)
+        value = metrics.get(column.param, column.model) if metrics is not None else None
+        return NA if value is None else float(value)
+
+    def metric_range(self, metric: str) -> tuple[float, float]:
+        """The heat map's scale for a metric: its values over the layer rows."""
+        cached = self._ranges.get("\0" + metric)
+        if cached is None:
+            numbers = [
+                v
+                for (r, c), v in self._values.items()
+                if self.columns[c].metric
+                and self.columns[c].param == metric
+                and self.rows[r].kind == "layer"
+                and isinstance(v, float)
+                and math.isfinite(v)
+            ]
+            cached = (min(numbers), max(numbers)) if numbers else (0.0, 1.0)
+            self._ranges["\0" + metric] = cached
+        return cached
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -700,6 +858,8 @@ class GridModel:
         value = self.value(row, col)
         if value is NA:
             return "·"
+        if self.columns[col].metric:
+            return format_metric(self.columns[col].param, value)
         if value is None:
             return "?" if self.spec_of(col).required else "—"
         return format_number(value)
@@ -737,7 +897,15 @@ class GridModel:
         value = self.value(row, col)
         if value is NA or value is None:
             return None
-        low, high = self.param_range(self.columns[col].param)
+        column = self.columns[col]
+        if column.metric:
+            # Hot where the models part ways: low cosine or agreement, high distance.
+            low, high = self.metric_range(column.param)
+            if not math.isfinite(value):
+                return 1.0
+            where = (value - low) / (high - low) if high > low else 0.0
+            return where if column.param == "distance" else 1.0 - where
+        low, high = self.param_range(column.param)
         return (value - low) / (high - low) if high > low else 0.5
 
     def column_values(self, col: int) -> list[float | None]:
@@ -768,6 +936,9 @@ class GridModel:
         value = self.value(row, col)
         if value is NA:
             shown = "n/a"
+        elif column.metric:
+            reference = self.insight.reference if self.insight is not None else "?"
+            shown = f"{format_metric(column.param, value)} (against {reference})"
         elif value is None:
             shown = "no value" + (" (required)" if self.spec_of(col).required else "")
         else:
@@ -974,9 +1145,148 @@ class GridModel:
         """Columns shown split because their groups differ (they stay split with the toggle off)."""
         titles: list[str] = []
         for column in self.columns:
+            if column.metric:
+                continue
             if column.group == ATTENTION and column.title not in titles:
                 titles.append(column.title)
         return titles if not self.split else []
+
+    # -- suggest from the metrics --------------------------------------------------------------
+
+    def suggest(self, insight: Analysis, strength: float = SUGGEST_STRENGTH) -> Suggestion:
+        """Proposed values from the metrics by SUGGEST_RULE; nothing is written (see `apply`).
+
+        Each layer is looked at in *contexts*: the whole layer, plus attention / mlp / rest for
+        the columns shown split. A column gets its proposal from its own context; a whole-layer
+        column takes part in the split contexts with its value, and a split model takes part in
+        the whole-layer context with the mean of its group values.
+        """
+        if not 0 < strength <= 1:
+            raise GridError("the strength of a suggestion is above 0 and at most 1")
+        method = self.recipe.method
+        if method == "slerp":
+            targets = [
+                c for c, col in enumerate(self.columns) if not col.metric and col.param == "t"
+            ]
+            if self.recipe.base is None or insight.reference != self.recipe.base:
+                raise GridError("slerp suggestions need the base (t = 0) as the reference")
+        else:
+            targets = [
+                c
+                for c, col in enumerate(self.columns)
+                if not col.metric and col.param == "weight" and col.model is not None
+            ]
+        if not targets:
+            raise GridError(f"suggest shapes slerp's t or per-model weights; {method} has neither")
+        single = None if insight.has_agreement else insight.others[0]
+        raw: dict[tuple[int, str], float] = {}
+        contexts: dict[tuple[int, str], GroupMetrics] = {}
+        for r, row in enumerate(self.rows):
+            if row.kind != "layer":
+                continue
+            cells = [
+                c for c in targets if self.editable(r, c) and isinstance(self.value(r, c), float)
+            ]
+            for group in dict.fromkeys(self.columns[c].group for c in cells):
+                metrics = self._suggest_group(insight, row, group)
+                if metrics is None:
+                    continue
+                if single is None:
+                    assert metrics.agreement is not None
+                    raw[(r, group)] = 1.0 - metrics.agreement
+                else:
+                    raw[(r, group)] = 1.0 - metrics.cosine[single]
+                contexts[(r, group)] = metrics
+        if not raw:
+            raise GridError("no layer has both a value to change and metrics to go by")
+        low, high = min(raw.values()), max(raw.values())
+        spread = {key: (v - low) / (high - low) if high > low else 0.0 for key, v in raw.items()}
+        changes: dict[tuple[int, int], float] = {}
+        for (r, group), metrics in contexts.items():
+            pull = strength * spread[(r, group)]
+            if pull <= 0:
+                continue
+            written = [
+                c
+                for c in targets
+                if self.columns[c].group == group
+                and self.editable(r, c)
+                and isinstance(self.value(r, c), float)
+            ]
+            if method == "slerp":
+                goals = {c: 0.0 for c in written}  # t = 0 is the base, which moved 0 from itself
+            else:
+                goals = self._weight_goals(insight, metrics, r, group, targets, written)
+            for c, goal in goals.items():
+                current = self.value(r, c)
+                # Four significant digits: a proposal, not a measurement.
+                proposed = self._clamp(c, float(f"{current + pull * (goal - current):.4g}"))
+                if proposed != current:
+                    changes[(r, c)] = proposed
+        return Suggestion(
+            changes=changes,
+            strength=strength,
+            disagreement=dict(raw),
+            columns=sorted({c for _, c in changes}),
+        )
+
+    def _suggest_group(self, insight: Analysis, row: GridRow, group: str) -> GroupMetrics | None:
+        layer = row.sources[0][1] if row.sources else row.layer
+        if group == ALL:
+            kinds = None
+        elif group == REST:
+            kinds = [k for k in KINDS if k not in ("attention", "mlp")]
+        else:
+            kinds = [group]
+        return insight.group(layer, kinds)
+
+    def _weight_goals(
+        self,
+        insight: Analysis,
+        metrics: GroupMetrics,
+        r: int,
+        group: str,
+        targets: list[int],
+        written: list[int],
+    ) -> dict[int, float]:
+        """Goals for the `written` columns: each model's share of the context's total weight,
+        inversely to how far it moved from the reference (distance 0 takes it all)."""
+        weights: dict[str, float] = {}
+        own: dict[str, int] = {}
+        by_model: dict[str, list[int]] = {}
+        for c in targets:
+            if self.editable(r, c) and isinstance(self.value(r, c), float):
+                by_model.setdefault(str(self.columns[c].model), []).append(c)
+        for model, columns in by_model.items():
+            mine = [c for c in columns if self.columns[c].group == group]
+            whole = [c for c in columns if self.columns[c].group == ALL]
+            if mine:
+                weights[model] = self.value(r, mine[0])
+                own[model] = mine[0]
+            elif whole:
+                weights[model] = self.value(r, whole[0])
+            else:  # a split model in the whole-layer context
+                weights[model] = sum(self.value(r, c) for c in columns) / len(columns)
+        distances = {
+            m: 0.0 if m == insight.reference else metrics.distance[m]
+            for m in weights
+            if m == insight.reference or m in metrics.distance
+        }
+        if len(distances) < 2:
+            return {}
+        total = sum(weights[m] for m in distances)
+        still = [m for m, d in distances.items() if d <= 0]
+        if still:
+            shares = {m: (1.0 / len(still) if m in still else 0.0) for m in distances}
+        else:
+            inverse = {m: 1.0 / d for m, d in distances.items() if math.isfinite(d)}
+            norm = sum(inverse.values())
+            shares = {m: inverse.get(m, 0.0) / norm for m in distances}
+        return {c: total * shares[m] for m, c in own.items() if c in written and m in shares}
+
+    def apply_suggestion(self, suggestion: Suggestion) -> int:
+        """Write a confirmed suggestion: one undo step."""
+        return self.apply(suggestion.changes, "suggest from metrics")
 
 
 def _as_cell(value: Any) -> CellValue:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -38,12 +39,14 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
-from mergetui.errors import UserError
+from mergetui.errors import CancelledError, UserError
+from mergetui.merge.analysis import METRIC_DESCRIPTIONS, METRIC_TITLES, Analysis
 from mergetui.recipe.methods import METHODS, REQUIRED, ParamSpec
 from mergetui.recipe.model import Conditional, ModelEntry, Slice, SliceSource
 from mergetui.tui.commands import PaletteCommand
 from mergetui.tui.dialogs import (
     AddModelDialog,
+    DialogScreen,
     MethodPicker,
     ModelChoice,
     PresetChoice,
@@ -54,10 +57,21 @@ from mergetui.tui.dialogs import (
     describe_param,
 )
 from mergetui.tui.grid import GRID_ACTIONS, LayerGrid
-from mergetui.tui.grid_model import GROUP_LABELS, GridModel, TensorNames, format_number
+from mergetui.tui.grid_model import (
+    GROUP_LABELS,
+    SUGGEST_STRENGTH,
+    GridError,
+    GridModel,
+    Suggestion,
+    TensorNames,
+    format_number,
+    suggest_rule_lines,
+)
 from mergetui.tui.help import HelpSection, binding_rows
 
 DTYPES = ("float32", "float16", "bfloat16")
+OUTPUT_SOURCE = "output"  # metrics between the merge output and each parent
+PARENTS_SOURCE = "parents"  # metrics between the parents and the reference (base)
 TABS = ("setup", "layers", "slices", "problems")
 CHECK_DELAY = 0.3  # seconds without edits before the checkpoint checks run
 
@@ -230,11 +244,166 @@ def _per_filter(value: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Merge insight dialogs
+
+
+class MetricPicker(DialogScreen):
+    """Which metric the overlay shows, of the parents or of the merge output; answers
+    (metric, source) or None."""
+
+    DEFAULT_CSS = """
+    MetricPicker OptionList { height: auto; max-height: 12; }
+    """
+
+    def __init__(self, current: tuple[str, str], output: str | None) -> None:
+        super().__init__()
+        self.current = current
+        self.output = output
+
+    def choices(self) -> list[tuple[str, str, str]]:
+        entries = [
+            (metric, PARENTS_SOURCE, METRIC_DESCRIPTIONS[metric])
+            for metric in ("cosine", "distance", "agreement")
+        ]
+        if self.output is not None:
+            entries += [
+                ("cosine", OUTPUT_SOURCE, "cosine of each parent to the merge output"),
+                ("distance", OUTPUT_SOURCE, "distance |parent - output| / |output|"),
+                ("agreement", OUTPUT_SOURCE, "sign agreement of (parent - output) across parents"),
+            ]
+        return entries
+
+    def compose(self) -> ComposeResult:
+        entries = self.choices()
+        with Vertical(classes="dialog"):
+            yield Label("Overlay metric", classes="dialog-title")
+            yield OptionList(
+                *(
+                    Option(
+                        Text.assemble(
+                            (f"{METRIC_TITLES[m]:<6}", "bold"),
+                            ("output " if src == OUTPUT_SOURCE else "parents ", "dim"),
+                            text,
+                        ),
+                        id=f"{m}:{src}",
+                    )
+                    for m, src, text in entries
+                ),
+                id="metrics",
+            )
+            hint = "enter shows it beside each model's parameters · escape cancels"
+            if self.output is None:
+                hint += " · after a merge, the output's metrics appear here too"
+            yield Static(hint, classes="hint")
+
+    def on_mount(self) -> None:
+        options = self.query_one(OptionList)
+        ids = [f"{m}:{src}" for m, src, _ in self.choices()]
+        wanted = f"{self.current[0]}:{self.current[1]}"
+        options.highlighted = ids.index(wanted) if wanted in ids else 0
+        options.focus()
+
+    @on(OptionList.OptionSelected)
+    def picked(self, event: OptionList.OptionSelected) -> None:
+        metric, source = str(event.option.id).split(":")
+        self.dismiss((metric, source))
+
+
+class SuggestPreview(DialogScreen):
+    """The proposed values beside the current ones, with the rule; answers the Suggestion to
+    apply (at the chosen strength) or None."""
+
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("plus,equals_sign", "strength(1)", "Stronger"),
+        Binding("minus", "strength(-1)", "Weaker"),
+        Binding("y", "apply", "Apply"),
+    ]
+    DEFAULT_CSS = """
+    SuggestPreview > .dialog { width: 100; height: 90%; }
+    SuggestPreview #rule { height: auto; color: $text-muted; }
+    SuggestPreview #strength { height: 1; margin-top: 1; }
+    SuggestPreview DataTable { height: 1fr; }
+    """
+
+    def __init__(self, model: GridModel, insight: Analysis, suggestion: Suggestion) -> None:
+        super().__init__()
+        self.grid_model = model
+        self.insight = insight
+        self.suggestion = suggestion
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(
+                "Suggested values (preview: nothing is changed yet)", classes="dialog-title"
+            )
+            lines = suggest_rule_lines(self.grid_model.recipe.method, self.insight.reference)
+            yield Static("\n".join(lines), id="rule")
+            yield Static(id="strength")
+            yield DataTable(id="proposal", zebra_stripes=True, cursor_type="row")
+            with Horizontal(classes="buttons"):
+                yield Button("Apply (y)", id="apply", variant="primary", compact=True)
+                yield Button("Cancel (esc)", id="cancel", compact=True)
+
+    def on_mount(self) -> None:
+        self._fill()
+        self.query_one("#apply", Button).focus()
+
+    def _fill(self) -> None:
+        model = self.grid_model
+        suggestion = self.suggestion
+        self.query_one("#strength", Static).update(
+            f"strength [b]{suggestion.strength:g}[/] (+/- to change) · "
+            f"{len(suggestion.changes)} cell(s) change · one undo step"
+        )
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        table.add_column("layer")
+        table.add_column("disagree")
+        for c in suggestion.columns:
+            column = model.columns[c]
+            group = f" {GROUP_LABELS[column.group]}" if GROUP_LABELS[column.group] else ""
+            table.add_column(f"{column.title}{group}")
+        rows = sorted({r for r, _ in suggestion.changes})
+        for r in rows:
+            worst = max(v for (row, _), v in suggestion.disagreement.items() if row == r)
+            cells = [model.row_label(r), f"{worst:.4f}"]
+            for c in suggestion.columns:
+                current = model.value(r, c)
+                new = suggestion.changes.get((r, c))
+                now = format_number(current) if isinstance(current, float) else "·"
+                cells.append(f"{now} → {format_number(new)}" if new is not None else now)
+            table.add_row(*cells)
+
+    def action_strength(self, direction: int) -> None:
+        strength = round(min(1.0, max(0.1, self.suggestion.strength + 0.1 * direction)), 2)
+        if strength == self.suggestion.strength:
+            return
+        try:
+            self.suggestion = self.grid_model.suggest(self.insight, strength)
+        except GridError as exc:
+            self.notify(str(exc), severity="warning")
+            return
+        self._fill()
+
+    def action_apply(self) -> None:
+        self.dismiss(self.suggestion)
+
+    @on(Button.Pressed)
+    def pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(self.suggestion if event.button.id == "apply" else None)
+
+
+# ---------------------------------------------------------------------------------------------------
 # The screen
 
 
 class RecipeScreen(Screen):
     """Build a recipe: method, models, parameters, the per-layer grid, slices, problems."""
+
+    DEFAULT_CSS = """
+    RecipeScreen #insight-note { height: 1; padding: 0 1; color: $text-muted; overflow: hidden; }
+    """
 
     BINDINGS = [
         Binding("f6", "tab('setup')", "Setup tab", show=False),
@@ -253,6 +422,15 @@ class RecipeScreen(Screen):
         self.prompt_kind: str | None = None
         self.layer_override: int | None = None
         self._check_timer = None
+        # Merge insight: the metric shown, whether the overlay is wanted, results per source.
+        self.overlay_on = False
+        self.overlay_metric = "cosine"
+        self.overlay_source = PARENTS_SOURCE
+        self.insights: dict[str, tuple[tuple, Analysis]] = {}
+        self._insight_cancel: threading.Event | None = None
+        self._insight_running: tuple | None = None
+        self._insight_percent = -1
+        self._suggest_pending = False
         config = self.app.config
         self.grid_model = GridModel(
             self.app.document,
@@ -313,12 +491,13 @@ class RecipeScreen(Screen):
                         )
             with TabPane("Layers [dim]F7[/]", id="layers"):
                 yield Static(
-                    "[b]⏎[/] edit · [b]+/-[/] nudge · [b]shift+arrows[/] select · [b]p[/] preset · "
-                    "[b]f[/] split · [b]F1[/] all keys",
+                    "[b]⏎[/] edit · [b]+/-[/] nudge · [b]⇧arrows[/] select · [b]p[/] preset · "
+                    "[b]f[/] split · [b]o[/] metrics · [b]F1[/] keys",
                     id="grid-keys",
                     classes="hint",
                 )
                 yield Static(id="grid-note")
+                yield Static(id="insight-note")
                 yield LayerGrid(self.grid_model, id="grid")
                 with Horizontal(id="curve"):
                     yield Static(id="curve-label")
@@ -341,6 +520,7 @@ class RecipeScreen(Screen):
         self.query_one("#models", DataTable).add_columns("base", "name", "source", "layers")
         self.query_one("#slices-table", DataTable).add_columns("slice", "model", "layers", "count")
         self.query_one("#grid-prompt").display = False
+        self.query_one("#insight-note").display = False
         self.app.theme_changed_signal.subscribe(self, lambda _theme: self._apply_heatmap())
         self._apply_heatmap()
         self.recipe_changed(initial=True)
@@ -446,6 +626,7 @@ class RecipeScreen(Screen):
         model.layer_counts = {n: f.num_layers for n, f in self.facts.items() if f.num_layers}
         model.assumed_layers = self.layer_override
         model.names = self._tensor_names() or model.names
+        self._sync_overlay()
         model.rebuild()
         self.query_one(LayerGrid).refresh_model()
         note = self.query_one("#grid-note", Static)
@@ -935,6 +1116,9 @@ class RecipeScreen(Screen):
         if not rows:
             self.notify("select layer rows to fill", severity="warning")
             return
+        if model.columns[area.left].metric:
+            self.notify("metric columns are read-only: pick a parameter column", severity="warning")
+            return
         spec = model.spec_of(area.left)
         low = spec.minimum if spec.minimum is not None else 0.0
         high = spec.maximum if spec.maximum is not None else 1.0
@@ -1005,6 +1189,246 @@ class RecipeScreen(Screen):
         self.app.config.nudge_step = step
         self.app.save_config()
         self._refresh_status()
+
+    # -- merge insight: the metric overlay and suggestions -------------------------------------
+
+    @on(LayerGrid.InsightRequested)
+    def grid_insight(self, event: LayerGrid.InsightRequested) -> None:
+        {
+            "toggle": self.action_toggle_overlay,
+            "pick": self.action_pick_metric,
+            "suggest": self.action_suggest,
+        }[event.kind]()
+
+    def action_toggle_overlay(self) -> None:
+        if self._insight_running is not None:
+            self.action_cancel_insight()
+            return
+        if self.overlay_on:
+            self.overlay_on = False
+            self._refresh_grid()
+            self._show_insight_note()
+            return
+        self._turn_overlay_on()
+
+    def action_pick_metric(self) -> None:
+        output = self._output_folder()
+        self.app.push_screen(
+            MetricPicker(
+                (self.overlay_metric, self.overlay_source),
+                str(output) if output is not None else None,
+            ),
+            self._metric_picked,
+        )
+
+    def _metric_picked(self, choice: tuple[str, str] | None) -> None:
+        self.query_one(LayerGrid).focus()
+        if choice is None:
+            return
+        self.overlay_metric, self.overlay_source = choice
+        self._turn_overlay_on()
+
+    def _turn_overlay_on(self) -> None:
+        try:
+            self._insight_request(self.overlay_source)
+        except UserError as exc:
+            self.notify(str(exc), title="No metrics", severity="warning", timeout=6)
+            return
+        self.overlay_on = True
+        self._refresh_grid()
+
+    def action_cancel_insight(self) -> None:
+        """Stop a running analysis; nothing is cached from it."""
+        if self._insight_cancel is not None:
+            self._insight_cancel.set()
+        self.overlay_on = False
+        self._suggest_pending = False
+
+    def _output_folder(self) -> Path | None:
+        """The recipe's output folder, when a merged model is there."""
+        if not self.recipe.output:
+            return None
+        folder = Path(self.recipe.output).expanduser()
+        if not folder.is_absolute():
+            folder = self._base_dir() / folder
+        has_weights = folder.is_dir() and (
+            any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").exists()
+        )
+        return folder if has_weights else None
+
+    def _insight_request(self, source: str) -> tuple[tuple, dict[str, Path], str | None]:
+        """(key, models, base) of the analysis the overlay needs; UserError when impossible."""
+        models: dict[str, Path] = {}
+        for name in self.recipe.models:
+            facts = self.facts.get(name)
+            if facts is None:
+                raise UserError("the checkpoints' headers are still being read", fix="try again")
+            if facts.path is None:
+                raise UserError(
+                    f"model {name!r} is not on this machine: {facts.error or 'not found'}",
+                    fix="download it first; metrics read the weights",
+                )
+            models[name] = facts.path
+        if len(models) < 2:
+            raise UserError("metrics compare two or more models", fix="add models on the Setup tab")
+        base = self.recipe.base if self.recipe.base in models else None
+        if source == OUTPUT_SOURCE:
+            output = self._output_folder()
+            if output is None:
+                raise UserError(
+                    "no merged model in the output folder yet",
+                    where=self.recipe.output or "output",
+                    fix="run the merge first, or pick the parents' metrics (O)",
+                )
+            name = OUTPUT_SOURCE
+            while name in models:
+                name += "_"
+            models = {**models, name: output}
+            base = name
+        key = (source, tuple((n, str(p)) for n, p in models.items()), base)
+        return key, models, base
+
+    def _sync_overlay(self) -> None:
+        """Give the grid the analysis the overlay should show, starting it when it is missing."""
+        model = self.grid_model
+        if not self.overlay_on:
+            model.insight, model.metric = None, None
+            return
+        try:
+            key, models, base = self._insight_request(self.overlay_source)
+        except UserError:
+            model.insight, model.metric = None, None
+            return
+        known = self.insights.get(self.overlay_source)
+        if known is not None and known[0] == key:
+            if model.insight is not known[1] or model.metric != self.overlay_metric:
+                model.insight, model.metric = known[1], self.overlay_metric
+                model._groups = {}
+            self._show_insight_note()
+            return
+        model.insight, model.metric = None, None
+        if self._insight_running != key:
+            self._start_insight(key, models, base)
+
+    def _start_insight(self, key: tuple, models: dict[str, Path], base: str | None) -> None:
+        if self._insight_cancel is not None:
+            self._insight_cancel.set()
+        cancel = threading.Event()
+        self._insight_cancel = cancel
+        self._insight_running = key
+        self._insight_percent = -1
+        self._show_insight_note("computing metrics… (o cancels)")
+        self._compute_insight(key, models, base, cancel)
+
+    @work(thread=True, exclusive=True, group="insight", exit_on_error=False)
+    def _compute_insight(
+        self, key: tuple, models: dict[str, Path], base: str | None, cancel: threading.Event
+    ) -> None:
+        """Read every tensor once (or take the cached result), off the UI thread."""
+        from mergetui.merge.analysis import analyze
+
+        def progress(event) -> None:
+            percent = int(event.fraction * 100)
+            if percent != self._insight_percent:
+                self._insight_percent = percent
+                self._reply(self._insight_progress, key, percent, event.tensor)
+
+        try:
+            result = analyze(models, base, device="auto", cancel=cancel, on_progress=progress)
+        except CancelledError:
+            self._reply(self._insight_stopped, key, None)
+            return
+        except UserError as exc:
+            self._reply(self._insight_stopped, key, str(exc))
+            return
+        except Exception as exc:  # a checkpoint that cannot be read is reported, not a crash
+            self._reply(self._insight_stopped, key, f"computing the metrics failed: {exc}")
+            return
+        self._reply(self._insight_ready, key, result)
+
+    def _insight_progress(self, key: tuple, percent: int, tensor: str) -> None:
+        if self.is_mounted and self._insight_running == key:
+            self._show_insight_note(f"computing metrics {percent}% · {tensor} · o cancels")
+
+    def _insight_stopped(self, key: tuple, error: str | None) -> None:
+        if not self.is_mounted or self._insight_running != key:
+            return
+        self._insight_running = None
+        self._suggest_pending = False
+        self.overlay_on = False
+        if error:
+            self.notify(error, title="No metrics", severity="error", timeout=8)
+        else:
+            self.notify("metrics cancelled", timeout=2)
+        self._show_insight_note()
+        self._refresh_grid()
+
+    def _insight_ready(self, key: tuple, result: Analysis) -> None:
+        if not self.is_mounted:
+            return
+        if self._insight_running == key:
+            self._insight_running = None
+        self.insights[key[0]] = (key, result)
+        self._refresh_grid()
+        self._show_insight_note()
+        if self._suggest_pending and key[0] == PARENTS_SOURCE:
+            self._suggest_pending = False
+            self._open_suggestion(result)
+
+    def _show_insight_note(self, text: str | None = None) -> None:
+        note = self.query_one("#insight-note", Static)
+        model = self.grid_model
+        if text is None and model.overlay and model.insight is not None:
+            insight = model.insight
+            how = "merge output" if self.overlay_source == OUTPUT_SOURCE else "reference"
+            text = (
+                f"[b]{METRIC_TITLES[self.overlay_metric]}[/] vs [b]{insight.reference}[/] ({how}) "
+                "· hot = differ · [b]O[/] metric · [b]S[/] suggest · [b]o[/] hide"
+            )
+            if self.overlay_metric == "agreement" and not insight.has_agreement:
+                text = "agreement needs two task vectors (a base and two more models) · O metric"
+        note.update(text or "")
+        note.display = bool(text)
+
+    def action_suggest(self) -> None:
+        try:
+            key, models, base = self._insight_request(PARENTS_SOURCE)
+        except UserError as exc:
+            self.notify(str(exc), title="No suggestion", severity="warning", timeout=6)
+            return
+        known = self.insights.get(PARENTS_SOURCE)
+        if known is not None and known[0] == key:
+            self._open_suggestion(known[1])
+            return
+        self._suggest_pending = True
+        if self._insight_running != key:
+            self._start_insight(key, models, base)
+        self.notify("computing the metrics first…", timeout=3)
+
+    def _open_suggestion(self, insight: Analysis) -> None:
+        try:
+            suggestion = self.grid_model.suggest(insight, SUGGEST_STRENGTH)
+        except GridError as exc:
+            self.notify(str(exc), title="No suggestion", severity="warning", timeout=6)
+            return
+        if suggestion.empty:
+            self.notify(
+                "nothing to suggest: every layer agrees as much as the others, or the values "
+                "already sit at their goals",
+                timeout=5,
+            )
+            return
+        self.app.push_screen(
+            SuggestPreview(self.grid_model, insight, suggestion), self._suggestion_answered
+        )
+
+    def _suggestion_answered(self, suggestion: Suggestion | None) -> None:
+        grid = self.query_one(LayerGrid)
+        grid.focus()
+        if suggestion is None:
+            self.notify("suggestion dismissed: nothing changed", timeout=2)
+            return
+        grid.run_operation("suggest", self.grid_model.apply_suggestion, suggestion)
 
     # -- slices --------------------------------------------------------------------------------
 
@@ -1174,6 +1598,7 @@ class RecipeScreen(Screen):
             ("Move slice down", "shift+down (slices list) · later in the stack", "move_slice(1)"),
             ("Set layer count…", "when the checkpoints cannot be read", "set_layer_count"),
             ("Set nudge step…", "how much + and - change a cell", "set_step"),
+            ("Cancel metrics", "stop computing the grid's metric overlay", "cancel_insight"),
         ]
         commands = [
             PaletteCommand(title, help_text, partial(self.run_action, action), action)
