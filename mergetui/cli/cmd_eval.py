@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     text, text_name = read_text(args.text) if args.text else sample_text()
     err = console_err()
     table = Table(title=f"perplexity on the {escape(text_name)} (lower is better)")
-    table.add_column("model")
+    table.add_column("model", overflow="fold")
     table.add_column("perplexity", justify="right")
     table.add_column("tokens", justify="right")
     table.add_column("device")

@@ -291,6 +291,7 @@ class ChatScreen(Screen):
         self.compare_sources: list[tuple[str, str]] = []
         self.check_results: list[Any] = []
         self.reply_updates = 0  # ReplyText messages shown (the streaming test counts them)
+        self.load_stages: list[tuple[str, float]] = []  # the current (or last) load's steps
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -491,6 +492,7 @@ class ChatScreen(Screen):
         self.loading = True
         self._show_model()
         self.query_one("#chat-loading").display = True
+        self.load_stages = []
         self.query_one("#chat-load-bar", ProgressBar).update(total=100, progress=0)
         self.query_one("#chat-load-stage", Static).update(f"loading {escape(source)}")
         self._load(source, trust_remote_code, self.device, self._base_dir())
@@ -520,6 +522,7 @@ class ChatScreen(Screen):
 
     @on(LoadProgress)
     def load_progress(self, event: LoadProgress) -> None:
+        self.load_stages.append((event.stage, event.fraction))
         self.query_one("#chat-load-bar", ProgressBar).update(progress=int(event.fraction * 100))
         self.query_one("#chat-load-stage", Static).update(escape(event.stage))
 
