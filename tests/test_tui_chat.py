@@ -177,7 +177,7 @@ async def test_compare_sends_one_prompt_to_the_model_and_its_parents(
                 GenerationSettings(temperature=0, max_new_tokens=12),
             )
             shown = screen.query_one(f"#compare-{index}", Markdown).source
-            assert shown == (expected.text or "*(no text)*")
+            assert shown == (expected.text or "*(no visible text)*")
             assert "12 tokens" in str(screen.query_one(f"#compare-status-{index}").render())
         # The parents stay loaded (they fit) and are reused by the quick check.
         assert set(screen.extra) == {

@@ -640,7 +640,7 @@ class ChatScreen(Screen):
         )
         for view in self.query(f"#{event.target}"):
             if isinstance(view, Markdown) and not reply.text:
-                view.update("*(no text)*")
+                view.update("*(no visible text)*")
 
     def action_stop(self) -> None:
         if self.busy is None:
@@ -746,7 +746,7 @@ class ChatScreen(Screen):
             relay = _Coalescer(self, f"compare-{index}", STREAM_INTERVAL)
             try:
                 reply = generate_reply(loaded, messages, settings, on_text=relay, stop=stop)
-                relay.text = reply.text or "*(no text)*"
+                relay.text = reply.text or "*(no visible text)*"
                 relay.flush()
                 status(f"{reply.tokens} tokens · {reply.tokens_per_second:.1f}/s · {reply.finish}")
             except Exception as exc:

@@ -622,7 +622,7 @@ class RunScreen(Screen):
             where = escape(short_path(event.output_dir)) if event.output_dir else ""
             self._state_line(
                 f"[b $success]✓ merged[/] into {where} in {elapsed} · "
-                "[b]t[/] chat with it · [b]u[/] push to Hub · [b]r[/] run again"
+                "[b]t[/] chat with it · [b]u[/] push to Hub"
             )
             self._log(f"finished in {elapsed}: {event.message}", "green")
             self.app.last_merge_output = str(event.output_dir)
