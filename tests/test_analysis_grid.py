@@ -167,12 +167,19 @@ def test_metric_columns_sit_beside_each_models_first_parameter() -> None:
     assert [c.title for c in model.columns] == before
 
 
-def test_agreement_is_one_column_at_the_end_and_distance_per_model() -> None:
+def test_agreement_is_one_column_after_the_weights_and_distance_per_model() -> None:
     model = grid(TIES)
     insight = make_analysis()
     model.set_overlay(insight, "agreement")
-    assert [c.title for c in model.columns][-1] == "agree"
-    agree = len(model.columns) - 1
+    assert [c.title for c in model.columns] == [
+        "weight·a",
+        "weight·b",
+        "agree",
+        "density·a",
+        "density·b",
+        "lambda",
+    ]
+    agree = 2
     assert [model.value(r, agree) for r in layer_rows(model)] == pytest.approx(
         [insight.group(layer).agreement for layer in range(LAYERS)]
     )
@@ -203,7 +210,7 @@ def test_metric_cells_are_read_only_and_hot_where_models_differ() -> None:
     model = grid(TIES)
     insight = make_analysis(agreement={0: 0.9, 1: 0.5, 2: 0.2, 3: 0.7})
     model.set_overlay(insight, "agreement")
-    agree = len(model.columns) - 1
+    agree = column(model, "agreement", None)
     rows = layer_rows(model)
     everything = CellRange(0, 0, len(model.rows) - 1, len(model.columns) - 1)
     model.set_value(everything, 0.25)

@@ -133,10 +133,10 @@ async def test_O_picks_the_metric(ties_recipe: Path, llama_family: dict[str, Pat
         await pilot.press("down", "down", "enter")  # agreement
         await settled(app, pilot)
         assert isinstance(app.screen, RecipeScreen)
-        assert titles(app)[-1] == "agree"
+        assert titles(app)[:3] == ["weight·a", "weight·b", "agree"]
         grid = grid_of(app)
         expected = analyze(family_models(llama_family), "base", device="cpu")
-        agree = len(grid.model.columns) - 1
+        agree = col(grid, "agree")
         assert grid.model.value(2, agree) == pytest.approx(expected.group(1).agreement)
         await pilot.press("O")
         await pilot.pause()

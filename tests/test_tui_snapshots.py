@@ -1,14 +1,17 @@
 """Snapshots of the main screens (pytest-textual-snapshot): the Recipe screen's grid at 80x24 and
-160x48, its Setup tab, and the help screen. Regenerate with `--snapshot-update` after a deliberate
+160x48, its Setup tab, the help screen, and the grid with the metric overlay on (tiny real
+checkpoints) at 80x24 and 100x30. Regenerate with `--snapshot-update` after a deliberate
 change to the layout, then look at the SVGs under tests/__snapshots__/ before committing them."""
 
 from __future__ import annotations
 
 import shutil
+import textwrap
 from pathlib import Path
 
 import pytest
 
+from mergetui.merge.analysis import CACHE_ENV
 from mergetui.resources import sample_recipes_dir
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.config import CONFIG_ENV
@@ -20,6 +23,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Default settings and theme, and an empty Hugging Face cache: the same screen on every machine.
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
 
 
@@ -70,3 +74,55 @@ def test_help_screen(snap_compare, tmp_path: Path) -> None:
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(100, 40), run_before=help_)
+
+
+def ties_family(tmp_path: Path, family: dict[str, Path]) -> RecipeDocument:
+    path = tmp_path / "ties.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            [merge]
+            method = "ties"
+            base = "base"
+
+            [models.base]
+            source = "{family["base"]}"
+
+            [models.a]
+            source = "{family["a"]}"
+            parameters = {{ weight = 0.6, density = 0.5 }}
+
+            [models.b]
+            source = "{family["b"]}"
+            parameters = {{ weight = 0.4, density = [0.3, 0.7] }}
+            """
+        ),
+        encoding="utf-8",
+    )
+    return RecipeDocument.open(path)
+
+
+async def overlay_on(pilot) -> None:
+    await settled(pilot)
+    await pilot.press("o")
+    await settled(pilot)
+    await pilot.press("right")  # the cursor on a metric cell: the status line explains it
+    await pilot.pause()
+
+
+def test_grid_with_the_metric_overlay_80x24(snap_compare, tmp_path: Path, llama_family) -> None:
+    app = MergeTuiApp(ties_family(tmp_path, llama_family))
+    assert snap_compare(app, terminal_size=(80, 24), run_before=overlay_on)
+
+
+def test_grid_with_the_agreement_overlay_split_100x30(
+    snap_compare, tmp_path: Path, llama_family
+) -> None:
+    app = MergeTuiApp(ties_family(tmp_path, llama_family))
+
+    async def agreement(pilot) -> None:
+        await settled(pilot)
+        await pilot.press("f", "O", "down", "down", "enter")
+        await settled(pilot)
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=agreement)

@@ -733,8 +733,9 @@ class GridModel:
         return [m for m in self.insight.others if m in self.recipe.models or m == "output"]
 
     def _with_metric_columns(self, columns: list[GridColumn]) -> list[GridColumn]:
-        """Insert the overlay's columns: a per-model metric right after that model's first
-        per-model parameter (same split), the rest (and agreement) at the end."""
+        """Insert the overlay's columns: a per-model metric right after that model's column of
+        the first per-model parameter (same split), agreement after all of that parameter's
+        columns; models without such a column (and methods without one) at the end."""
         if not self.overlay:
             return columns
         metric = self.metric
@@ -746,11 +747,15 @@ class GridModel:
         def metric_columns(model: str | None, groups: Iterable[Group]) -> list[GridColumn]:
             return [GridColumn(metric, model, g, reason, metric=True) for g in groups]
 
+        first = next((c.param for c in columns if c.model is not None), None)
         if metric not in PER_MODEL_METRICS:
             if not self.insight.has_agreement:
                 return columns
-            return columns + metric_columns(None, end_groups)
-        first = next((c.param for c in columns if c.model is not None), None)
+            # One set for all the models, right after the first per-model parameter's columns.
+            last = max((i for i, c in enumerate(columns) if c.param == first), default=None)
+            if last is None:
+                return columns + metric_columns(None, end_groups)
+            return columns[: last + 1] + metric_columns(None, end_groups) + columns[last + 1 :]
         wanted = self.metric_models()
         out: list[GridColumn] = []
         placed: set[str] = set()
