@@ -56,6 +56,7 @@ def test_discovery_finds_the_core_modules() -> None:
     assert "mergetui.checkpoints.safetensors_io" in CORE_MODULES
     assert "mergetui.recipe.methods" in CORE_MODULES
     assert "mergetui.merge" in CORE_MODULES
+    assert "mergetui.merge.analysis" in CORE_MODULES
     assert all(not m.startswith("mergetui.tui") for m in CORE_MODULES)
 
 
