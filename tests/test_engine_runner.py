@@ -316,12 +316,13 @@ def test_estimate_covers_the_largest_working_set(
     assert plan.estimated_peak_bytes >= plan_module.PROCESS_BASELINE_BYTES + 2 * 4 * biggest
 
 
-@pytest.mark.parametrize("method", ["slerp", "ties", "dare_ties"])
+@pytest.mark.parametrize("method", ["slerp", "ties", "dare_ties", "linear"])
 def test_chunk_reading_methods_give_the_same_tensors_from_every_source(
     method: str, tiny_model_factory: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A method that `reads_chunks` gets its inputs held as stored (bf16) or left in the files,
-    and writes its output in the output dtype; every form gives the float32 path's tensors."""
+    and writes its output in the output dtype; every form gives the float32 path's tensors.
+    Element-wise pieces (linear) are always small and held as stored."""
     from mergetui.merge import chunked, methods
 
     base = tiny_model_factory("llama", seed=0, dtype="bfloat16")  # type: ignore[operator]
@@ -353,7 +354,9 @@ def test_chunk_reading_methods_give_the_same_tensors_from_every_source(
         seen.clear()
         monkeypatch.setattr(runner_module, "CHUNKS_FROM_FILE_BYTES", threshold)
         run_merge(make_plan(recipe, out=tmp_path / label))
-        wanted = chunked.StoredSource if label == "stored" else chunked.FileSource
+        wanted = chunked.FileSource if label == "file" else chunked.StoredSource
+        if method == "linear":
+            wanted = chunked.StoredSource
         assert seen and all(kinds == {wanted} for kinds in seen)
         outputs[label] = _load_output(tmp_path / label)
     spy.reads_chunks = False  # type: ignore[attr-defined]

@@ -414,10 +414,10 @@ _FROM_FILE = "file"  # chunk sources that read each slice from the file
 
 def _input_mode(piece: _Piece, chunked: bool) -> str:
     tensor = piece.tensor
-    if not chunked or tensor.elementwise or tensor.copy_only or piece.fast_copy:
+    if not chunked or tensor.copy_only or piece.fast_copy:
         return _WHOLE
-    if any(source.offset < 0 for source in tensor.inputs):  # pytorch .bin: no byte ranges
-        return _STORED
+    if tensor.elementwise or any(source.offset < 0 for source in tensor.inputs):
+        return _STORED  # pieces are small already; pytorch .bin files have no byte ranges
     stored = sum(source.nbytes for source in tensor.inputs)
     return _FROM_FILE if stored > CHUNKS_FROM_FILE_BYTES else _STORED
 
