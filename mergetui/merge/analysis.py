@@ -46,7 +46,7 @@ from mergetui.errors import CancelledError, UserError
 
 ANALYSIS_VERSION = 1
 CACHE_ENV = "MERGETUI_CACHE_DIR"
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 22  # must stay below 2**24 (exact float32 sign counts)
 METRICS: tuple[str, ...] = ("cosine", "distance", "agreement")
 METRIC_TITLES: dict[str, str] = {"cosine": "cos", "distance": "dist", "agreement": "agree"}
 METRIC_DESCRIPTIONS: dict[str, str] = {
@@ -607,6 +607,24 @@ def _pieces(plan: AnalysisPlan) -> list[_Piece]:
     return pieces
 
 
+class _Ring:
+    """Reused buffers, so the pieces land in memory that is already mapped (no page faults):
+    RING_SETS float32 matrices (one row per model) and one raw byte buffer per model.
+
+    The reader fills set n % RING_SETS while the computing thread works on an earlier set; with a
+    queue of one piece, at most three sets are in use at once.
+    """
+
+    def __init__(self, models: int, elements: int, itemsize: int) -> None:
+        import torch
+
+        self.sets = [torch.empty((models, elements), dtype=torch.float32) for _ in range(RING_SETS)]
+        self.raw = [torch.empty(elements * itemsize, dtype=torch.uint8) for _ in range(models)]
+
+
+RING_SETS = 3
+
+
 def _compute(
     plan: AnalysisPlan,
     device: Any,
@@ -620,10 +638,17 @@ def _compute(
     _use_all_cores()
     pieces = _pieces(plan)
     layout = Sums(len(plan.others))
+    models = len(plan.models)
+    largest = min(CHUNK_ELEMENTS, max(t.numel for t in plan.tensors))
+    itemsize = max(
+        (s.nbytes // t.numel for t in plan.tensors for s in t.sources if t.numel), default=1
+    )
+    # On the CPU the reader converts into the ring (off the computing thread); on a GPU the
+    # stored bytes travel and are converted there.
+    ring = _Ring(models, largest, itemsize) if device.type == "cpu" else None
     reader = TensorReader()
-    loaded: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=2)
+    loaded: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=1)
     stop = threading.Event()
-    convert_early = device.type == "cpu"
 
     def read_loop() -> None:
         with torch.inference_mode():
@@ -631,7 +656,8 @@ def _compute(
                 if stop.is_set():
                     return
                 try:
-                    data = _read_piece(reader, plan.tensors[piece.tensor], piece, convert_early)
+                    target = ring.sets[number % RING_SETS] if ring is not None else None
+                    data = _read_piece(reader, plan.tensors[piece.tensor], piece, target, ring)
                 except BaseException as exc:  # handed to the computing thread, which raises it
                     data = exc
                 while not stop.is_set():
@@ -664,10 +690,15 @@ def _compute(
                     raise RuntimeError(f"reader out of order: {index} != {number}")
                 if isinstance(data, BaseException):
                     raise data
-                inputs = [value.to(device=device, dtype=torch.float32) for value in data]
+                if ring is None:  # stored bytes: convert on the device, one row per model
+                    matrix = torch.empty((models, piece.stop - piece.start), device=device)
+                    for row, value in enumerate(data):
+                        matrix[row].copy_(value.to(device, non_blocking=True))
+                else:
+                    matrix = data
                 del data
-                sums = _piece_sums(inputs, layout)
-                del inputs
+                sums = _piece_sums(matrix, layout)
+                del matrix
                 accumulator = sums if accumulator is None else accumulator + sums
                 tensor = plan.tensors[piece.tensor]
                 bytes_done += sum(
@@ -692,20 +723,22 @@ def _compute(
     return results
 
 
-def _read_piece(reader: Any, tensor: _Planned, piece: _Piece, convert: bool) -> list[Any]:
-    """The piece's elements of every model, flat, on the CPU (float32 when `convert`)."""
-    import torch
-
-    values = []
+def _read_piece(
+    reader: Any, tensor: _Planned, piece: _Piece, target: Any, ring: _Ring | None
+) -> Any:
+    """The piece's elements of every model: rows of `target` (float32, from the ring) when given,
+    else a list of flat CPU tensors as stored."""
     count = piece.stop - piece.start
-    for source in tensor.sources:
+    values = []
+    for row, source in enumerate(tensor.sources):
         if source.offset < 0:  # pytorch .bin: the whole tensor, then the piece's elements
             whole = reader.read(
                 source.file, -1, source.nbytes, source.dtype, tensor.shape, source.name
             )
-            value = whole.reshape(-1)[piece.start : piece.stop].clone()  # never write into it
+            value = whole.reshape(-1)[piece.start : piece.stop]
         else:
             itemsize = source.nbytes // tensor.numel if tensor.numel else 0
+            raw = ring.raw[row][: count * itemsize] if ring is not None else None
             value = reader.read(
                 source.file,
                 source.offset + piece.start * itemsize,
@@ -713,55 +746,66 @@ def _read_piece(reader: Any, tensor: _Planned, piece: _Piece, convert: bool) -> 
                 source.dtype,
                 (count,),
                 source.name,
+                out=raw,
             )
-        if convert:
-            value = value.to(torch.float32)
-        values.append(value)
-    return values
+        if target is not None:
+            target[row, :count].copy_(value)
+        else:
+            values.append(value.clone() if source.offset < 0 else value)
+    return target[:, :count] if target is not None else values
 
 
-def _piece_sums(inputs: list[Any], layout: Sums) -> Any:
-    """The sums vector of one piece (float64, on the device). Consumes `inputs` in place."""
+def _piece_sums(matrix: Any, layout: Sums) -> Any:
+    """The sums vector (float64, on the device) of one piece: `matrix` holds one row per model,
+    the reference first. Overwritten in place (task vectors, then their signs).
+
+    One Gram matrix gives every dot product in a single pass over memory: with d_i = x_i - r,
+    <x_i, r> = <d_i, r> + |r|^2 and |x_i|^2 = |d_i|^2 + 2<d_i, r> + |r|^2 (no cancellation:
+    identical models give exactly |x|^2 = <x, r> = |r|^2).
+    """
     import torch
 
-    ref = inputs[0]
-    sums = [torch.dot(ref, ref)]
-    deltas = []
-    for x in inputs[1:]:
-        sums.append(torch.dot(x, x))
-        sums.append(torch.dot(x, ref))
-        delta = x.sub_(ref)  # x is ours: reuse its memory for the task vector
-        sums.append(torch.dot(delta, delta))
-        deltas.append(delta)
-    if len(deltas) >= 2:
+    ref = matrix[0]
+    deltas = matrix[1:]
+    deltas.sub_(ref)
+    gram = matrix @ matrix.T
+    if deltas.shape[0] >= 2:
         agree, contested = _sign_counts(deltas)
     else:
-        agree = contested = torch.zeros((), device=ref.device)
-    numel = torch.tensor(float(ref.numel()), device=ref.device)
-    out = torch.stack([numel, *sums, agree.to(sums[0].dtype), contested.to(sums[0].dtype)])
+        agree = contested = torch.zeros((), device=matrix.device)
+    # float64 from here (on the CPU for MPS, which has no float64).
+    home = torch.device("cpu") if matrix.device.type == "mps" else matrix.device
+    gram = gram.to(home, torch.float64)
+    rr = gram[0, 0]
+    sums = [rr]
+    for i in range(deltas.shape[0]):
+        rd = gram[0, i + 1]
+        dd = gram[i + 1, i + 1]
+        sums += [dd + 2 * rd + rr, rd + rr, dd]
+    numel = torch.tensor(float(matrix.shape[1]), dtype=torch.float64, device=home)
+    counts = [agree.to(home, torch.float64), contested.to(home, torch.float64)]
+    out = torch.stack([numel, *sums, *counts])
     assert out.numel() == layout.length
-    return out.to(torch.float64)
+    return out
 
 
-def _sign_counts(deltas: list[Any]) -> tuple[Any, Any]:
-    """(entries where all non-zero task vectors agree in sign, entries with >= 2 non-zero ones)."""
+def _sign_counts(deltas: Any) -> tuple[Any, Any]:
+    """(entries where all non-zero task vectors agree in sign, entries with >= 2 non-zero ones).
+    Turns `deltas` into their signs, in place."""
     import torch
 
-    if len(deltas) == 2:
-        product = torch.sign(deltas[0]).mul_(torch.sign(deltas[1]))
-        return (product > 0).sum(), torch.count_nonzero(product)
-    positive = None
-    negative = None
-    for delta in deltas:
-        pos = (delta > 0).to(torch.int8)
-        neg = (delta < 0).to(torch.int8)
-        positive = pos if positive is None else positive.add_(pos)
-        negative = neg if negative is None else negative.add_(neg)
-    assert positive is not None and negative is not None
-    nonzero = positive + negative
-    contested = nonzero >= 2
-    unanimous = contested & ((positive == 0) | (negative == 0))
-    return unanimous.sum(), contested.sum()
+    signs = deltas.sign_()
+    if signs.shape[0] == 2:
+        product = signs[0].mul_(signs[1])  # +1 agree, -1 disagree, 0 someone abstains
+        # A float32 sum of at most CHUNK_ELEMENTS (< 2**24) values of +-1 is exact.
+        balance = product.sum()
+        contested = torch.count_nonzero(product)
+        return (balance + contested) / 2, contested
+    total = signs.sum(0)
+    nonzero = signs.abs_().sum(0)
+    disputed = nonzero >= 2
+    unanimous = disputed & (total.abs_() == nonzero)
+    return unanimous.sum(), disputed.sum()
 
 
 def _use_all_cores() -> None:
