@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mergetui.merge.methods import _select
 from mergetui.merge.methods._select import (
     KeepRule,
     RankSelector,
@@ -18,6 +19,15 @@ from mergetui.merge.methods._select import (
 )
 
 CHUNK = 97
+
+
+@pytest.fixture(autouse=True, params=["histograms", "sorted", "switch half-way"])
+def selection_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on the radix histograms, on the small-tensor sort, and on a selector that
+    starts sorting and switches to histograms part-way through its values."""
+    limits = {"histograms": 0, "sorted": 1 << 20, "switch half-way": 700}
+    monkeypatch.setattr(_select, "SMALL_VALUES", limits[request.param])
+    return request.param
 
 
 def _chunks(values: torch.Tensor) -> list[torch.Tensor]:
@@ -105,3 +115,11 @@ def test_rule_restart_replays_the_same_mask() -> None:
     first = _apply(rule, values)
     rule.restart()
     assert torch.equal(_apply(rule, values), first)
+
+
+def test_the_mode_fixture_reaches_the_selector(selection_mode: str) -> None:
+    values = torch.rand(1500, generator=torch.Generator().manual_seed(3))
+    selector = _selector(values, [750])
+    sorted_mode = selection_mode == "sorted"
+    assert (selector._sorted is not None) is sorted_mode
+    assert (selector._counts.numel() == 0) is sorted_mode

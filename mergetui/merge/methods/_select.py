@@ -6,6 +6,7 @@ needs their bit patterns, which order the same way as the values: a first pass h
 16 bits (sign, exponent and 7 mantissa bits), which names the bucket holding the wanted rank; a
 second pass histograms the low 16 bits of the values inside that bucket, which gives every distinct
 value there with its count. Both passes run over chunks, so nothing of the tensor's size is kept.
+Small tensors (up to SMALL_VALUES entries) skip the histograms: their values are kept and sorted.
 
 Ties (equal magnitudes, common once bf16 weights are subtracted) are resolved like a stable sort:
 among equal values the one with the lower flat index ranks first. `KeepRule` then keeps exactly the
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 
 _HIGH_BUCKETS = 1 << 15  # non-negative float32: the sign bit is 0, so the top 16 bits are < 2**15
 _LOW_BUCKETS = 1 << 16
+# Up to this many values (norm vectors, small projections) are kept and sorted instead: the
+# histograms' fixed cost (tens of thousands of buckets to clear, add and scan) would dominate.
+SMALL_VALUES = 1 << 15
 
 
 def _bits(values: torch.Tensor) -> torch.Tensor:
@@ -44,10 +48,12 @@ class RankSelector:
         self.device = device
         self.with_sums = with_sums
         self.total = 0
-        self._counts = torch.zeros(_HIGH_BUCKETS, dtype=torch.int64, device=device)
-        self._sums = (
-            torch.zeros(_HIGH_BUCKETS, dtype=torch.float64, device=device) if with_sums else None
-        )
+        # Small mode: the values themselves, sorted at `prepare` (None once past SMALL_VALUES).
+        self._small: list[torch.Tensor] | None = []
+        self._sorted: torch.Tensor | None = None
+        self._prefix_sums: torch.Tensor | None = None
+        self._counts = torch.zeros(0, dtype=torch.int64, device=device)
+        self._sums: torch.Tensor | None = None
         self._cum: list[int] = []
         self._cum_sums: list[float] = []
         self._low: dict[int, torch.Tensor] = {}
@@ -55,6 +61,26 @@ class RankSelector:
 
     # -- pass 1 ---------------------------------------------------------------------------------
     def add(self, values: torch.Tensor) -> None:
+        if self._small is not None:
+            if self.total + values.numel() <= SMALL_VALUES:
+                self._small.append(values.float().reshape(-1).clone())
+                self.total += values.numel()
+                return
+            kept, self._small = self._small, None
+            self._start_histograms()
+            self.total = 0
+            for chunk in kept:
+                self._add_to_histograms(chunk)
+        self._add_to_histograms(values)
+
+    def _start_histograms(self) -> None:
+        import torch
+
+        self._counts = torch.zeros(_HIGH_BUCKETS, dtype=torch.int64, device=self.device)
+        if self.with_sums:
+            self._sums = torch.zeros(_HIGH_BUCKETS, dtype=torch.float64, device=self.device)
+
+    def _add_to_histograms(self, values: torch.Tensor) -> None:
         import torch
 
         high = _bits(values) >> 16
@@ -65,6 +91,14 @@ class RankSelector:
 
     def prepare(self, ranks: list[int]) -> None:
         """Fix the buckets the wanted ranks fall in; the second pass resolves inside them."""
+        if self._small is not None:
+            import torch
+
+            empty = torch.zeros(0, dtype=torch.float32, device=self.device)
+            self._sorted = torch.sort(torch.cat(self._small) if self._small else empty).values
+            if self.with_sums:
+                self._prefix_sums = self._sorted.double().cumsum(0)
+            return
         self._cum = self._counts.cumsum(0).tolist()
         if self._sums is not None:
             self._cum_sums = self._sums.cumsum(0).tolist()
@@ -104,10 +138,22 @@ class RankSelector:
             self._low_cum[bucket] = counts.cumsum(0).tolist()
         return self._low_cum[bucket]
 
+    def _count_below(self, value: float, *, right: bool) -> int:
+        """Small mode: how many values are < value (<= value with `right`)."""
+        import torch
+
+        assert self._sorted is not None
+        probe = torch.tensor([value], dtype=self._sorted.dtype, device=self._sorted.device)
+        return int(torch.searchsorted(self._sorted, probe, right=right)[0])
+
     def value_at(self, rank: int) -> tuple[float, int]:
         """The value of ascending rank `rank` (0-based) and how many values are strictly smaller."""
         import bisect
         import struct
+
+        if self._sorted is not None:
+            value = float(self._sorted[rank])
+            return value, self._count_below(value, right=False)
 
         bucket = self._bucket_of(rank)
         below_bucket = self._cum[bucket - 1] if bucket > 0 else 0
@@ -125,6 +171,8 @@ class RankSelector:
 
         if rank <= 0:
             return 0.0
+        if self._prefix_sums is not None:
+            return float(self._prefix_sums[min(rank, self.total) - 1])
         if rank >= self.total:
             return self._cum_sums[-1] if self._cum_sums else 0.0
         value, less = self.value_at(rank)
@@ -218,6 +266,8 @@ def top_k_rule(selector: RankSelector, k: int) -> KeepRule:
 def _count_equal(selector: RankSelector, value: float, less: int) -> int:
     import struct
 
+    if selector._sorted is not None:
+        return selector._count_below(value, right=True) - less
     bits = struct.unpack("<i", struct.pack("<f", value))[0]
     bucket, low = bits >> 16, bits & 0xFFFF
     below_bucket = selector._cum[bucket - 1] if bucket > 0 else 0
