@@ -194,11 +194,11 @@ async def test_suggest_previews_then_applies_as_one_undo_step(ties_recipe: Path)
 async def test_o_cancels_a_running_analysis(
     ties_recipe: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(analysis_module, "CHUNK_ELEMENTS", 4096)
+    monkeypatch.setattr(analysis_module, "CHUNK_ELEMENTS", 1024)
     real = analysis_module._piece_sums
 
     def slow(inputs, layout):
-        time.sleep(0.02)
+        time.sleep(0.05)
         return real(inputs, layout)
 
     monkeypatch.setattr(analysis_module, "_piece_sums", slow)

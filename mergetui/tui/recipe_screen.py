@@ -1298,6 +1298,8 @@ class RecipeScreen(Screen):
             key, models, base = self._insight_request(self.overlay_source)
         except UserError:
             model.insight, model.metric = None, None
+            if self._insight_running is None:
+                self._show_insight_note()
             return
         known = self.insights.get(self.overlay_source)
         if known is not None and known[0] == key:
