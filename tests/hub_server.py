@@ -390,7 +390,14 @@ class _Handler(BaseHTTPRequestHandler):
         }.get(sort, lambda r: r.downloads)
         found.sort(key=key, reverse=(query.get("direction") or ["-1"])[0] == "-1")
         limit = int((query.get("limit") or ["1000"])[0])
-        self._json(200, [repo.summary() for repo in found[:limit]])
+        results = []
+        for repo in found[:limit]:
+            item = repo.summary()
+            params = repo.parameters() if "safetensors" in query.get("expand", []) else {}
+            if params:
+                item["safetensors"] = {"parameters": params, "total": sum(params.values())}
+            results.append(item)
+        self._json(200, results)
 
     def _resolve(self, repo_id: str, revision: str, file: str, head: bool) -> None:
         hub = self.server_hub

@@ -53,6 +53,20 @@ SORTS: dict[str, str] = {
     "created": "created_at",
 }
 TAG_FILTERS = ("text-generation", "merge")
+# What a search asks the Hub to include per result (parameter counts come with "safetensors").
+SEARCH_EXPAND = (
+    "downloads",
+    "likes",
+    "trendingScore",
+    "createdAt",
+    "lastModified",
+    "tags",
+    "pipeline_tag",
+    "library_name",
+    "gated",
+    "private",
+    "safetensors",
+)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 _TIMEOUT = 20.0
 
@@ -127,14 +141,16 @@ def _api() -> Any:
 # -- errors --------------------------------------------------------------------------------------
 
 
-def hub_error(exc: BaseException, repo_id: str | None = None, action: str = "reach") -> UserError:
+def hub_error(
+    exc: BaseException, repo_id: str | None = None, action: str = "reach", file: str | None = None
+) -> UserError:
     """A `UserError` that says what went wrong with the Hub and what to do about it."""
     if isinstance(exc, UserError):
         return exc
     from huggingface_hub import errors as hf_errors
 
     endpoint = hub_endpoint()
-    where = repo_id
+    where = f"{repo_id}/{file}" if repo_id and file else repo_id
     page = f"{endpoint}/{repo_id}" if repo_id else endpoint
     has_token = bool(hub_token())
     status = getattr(getattr(exc, "response", None), "status_code", None)
@@ -401,6 +417,7 @@ def search_models(
             sort=SORTS[sort],
             limit=limit,
             filter=list(filters) or None,
+            expand=list(SEARCH_EXPAND),
         )
         return [_from_info(info) for info in found]
     except Exception as exc:
@@ -502,7 +519,7 @@ def fetch_bytes(
                 if want is not None and got >= want:
                     break
     except Exception as exc:
-        raise hub_error(exc, f"{repo_id}/{filename}") from None
+        raise hub_error(exc, repo_id, file=filename) from None
     data = b"".join(chunks)
     return data if want is None else data[:want]
 

@@ -49,12 +49,16 @@ class CheckpointRow:
         return f"{self.origin}:{self.source}"
 
     def matches(self, text: str) -> bool:
-        """Filter-as-you-type: every word must appear in the name, source, architecture or tags."""
+        """Filter-as-you-type: every word must appear in the name, source, architecture or tags
+        (for a folder, its name and its parent's: the rest of the path would match everything)."""
+        source = self.source
+        if self.origin == "folder":
+            source = "/".join(Path(self.source).parts[-2:])
         haystack = " ".join(
             str(part)
             for part in (
                 self.name,
-                self.source,
+                source,
                 self.architecture or "",
                 self.dtype or "",
                 self.origin,
@@ -197,7 +201,7 @@ def hub_row(model: Any) -> CheckpointRow:
         name=model.repo_id,
         source=model.repo_id,
         origin="hub",
-        architecture=model.architecture or model.pipeline_tag,
+        architecture=model.architecture,
         parameters=model.total_parameters,
         dtype=model.dtype,
         size=model.size,

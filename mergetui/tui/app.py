@@ -18,12 +18,12 @@ from textual.screen import Screen
 from mergetui.errors import UserError
 from mergetui.resources import themes_dir
 from mergetui.tui.chat_screen import ChatScreen
+from mergetui.tui.checkpoints_screen import CheckpointsScreen
 from mergetui.tui.commands import MergeTuiCommands, PaletteCommand
 from mergetui.tui.config import DEFAULT_THEME, AppConfig, user_themes_dir
 from mergetui.tui.dialogs import ConfirmQuit, TextPrompt
 from mergetui.tui.document import RecipeDocument
 from mergetui.tui.help import HelpScreen, active_sections
-from mergetui.tui.placeholders import CheckpointsScreen
 from mergetui.tui.recipe_screen import RecipeScreen
 from mergetui.tui.run_screen import RunScreen, app_palette_commands
 from mergetui.tui.themes import Heatmap, LoadedTheme, default_heatmap, load_themes
@@ -139,6 +139,12 @@ class MergeTuiApp(App):
     def document_replaced(self) -> None:
         for screen in self._recipe_screens():
             screen.reload_document()
+        self.refresh_title()
+
+    def recipe_edited(self) -> None:
+        """Another screen changed the recipe through the document (e.g. Checkpoints › add)."""
+        for screen in self._recipe_screens():
+            screen.recipe_changed()
         self.refresh_title()
 
     # -- actions -------------------------------------------------------------------------------
@@ -264,6 +270,12 @@ class MergeTuiApp(App):
         self.theme = name
         self.notify(f"theme {name}", timeout=2)
 
+    def action_push_to_hub(self, folder: str = "") -> None:
+        """Publish a merged folder on the Hub (the Run screen calls this after a merge)."""
+        from mergetui.tui.push_dialog import PushDialog
+
+        self.push_screen(PushDialog(folder))
+
     # -- command palette -----------------------------------------------------------------------
 
     def palette_commands(self, screen: Screen) -> list[PaletteCommand]:
@@ -301,6 +313,12 @@ class MergeTuiApp(App):
                 "write a config for mergekit-yaml",
                 self.action_export_yaml,
                 "export_yaml",
+            ),
+            PaletteCommand(
+                "Push a folder to the Hub…",
+                "upload a merged model with its card (needs HF_TOKEN)",
+                self.action_push_to_hub,
+                "push_to_hub",
             ),
             PaletteCommand("Help: keys of this screen", "f1 or ?", self.action_help, "help"),
             PaletteCommand(
