@@ -47,3 +47,35 @@ def test_help_does_not_import_textual() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize(
+    ("argv", "recipe", "screen"),
+    [
+        ([], None, "recipe"),
+        (["slerp.toml"], Path("slerp.toml"), "recipe"),
+        (["config.yml"], Path("config.yml"), "recipe"),
+        (["open", "x.toml", "--screen", "chat"], Path("x.toml"), "chat"),
+    ],
+)
+def test_bare_mergetui_and_a_recipe_path_open_the_app(
+    argv: list[str],
+    recipe: Path | None,
+    screen: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import mergetui.tui.app as app_module
+
+    opened: list[tuple[Path | None, str]] = []
+    monkeypatch.setattr(
+        app_module, "run_app", lambda path, screen: opened.append((path, screen)) or 0
+    )
+    assert main(argv) == 0
+    assert opened == [(recipe, screen)]
+
+
+def test_a_mistyped_command_is_still_a_usage_error(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["merg", "recipe.toml"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from mergetui import __version__
 
@@ -52,12 +53,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RECIPE_SUFFIXES = (".toml", ".yaml", ".yml")
+
+
+def route_to_app(argv: list[str]) -> list[str]:
+    """Bare `mergetui` and `mergetui RECIPE` mean `mergetui open [RECIPE]`.
+
+    Top-level options stay where they are; `--models-dir DIR` alone is left to `main`, which opens
+    the Checkpoints screen. Anything else that is not a command, nor a recipe-looking path, is
+    left to argparse (so a mistyped command is still a usage error).
+    """
+    index = 0
+    models_dir = False
+    while index < len(argv):
+        word = argv[index]
+        if word == "--models-dir":
+            models_dir, index = True, index + 2
+        elif word.startswith("--models-dir="):
+            models_dir, index = True, index + 1
+        elif word.startswith("-"):
+            return argv  # --help, --version, or an option argparse will refuse
+        else:
+            break
+    if index >= len(argv):
+        return argv if models_dir else [*argv, "open"]
+    word = argv[index]
+    if word in COMMAND_MODULES:
+        return argv
+    path = Path(word)
+    if path.suffix.lower() in RECIPE_SUFFIXES or path.is_file():
+        return [*argv[:index], "open", *argv[index:]]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from mergetui.cli.output import console_err, report_error
     from mergetui.errors import UserError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(route_to_app(list(sys.argv[1:] if argv is None else argv)))
     if getattr(args, "models_dir", None):
         try:
             _remember_models_dirs(args.models_dir)
