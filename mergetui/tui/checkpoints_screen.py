@@ -93,9 +93,9 @@ class CheckpointsScreen(Screen):
     """Browse checkpoints and hand them to the recipe."""
 
     BINDINGS = [
-        Binding("slash", "focus_filter", "Filter / search", key_display="/"),
-        Binding("a", "add(False)", "Add to recipe"),
-        Binding("b", "add(True)", "Add as base"),
+        Binding("slash", "focus_filter", "Filter/search", key_display="/"),
+        Binding("a", "add(False)", "Add"),
+        Binding("b", "add(True)", "As base"),
         Binding("d", "download", "Download"),
         Binding("x", "cancel_download", "Cancel download", show=False),
         Binding("k", "check", "Check recipe", show=False),
@@ -466,12 +466,19 @@ class CheckpointsScreen(Screen):
         self._load_details(row)
 
     def _empty_text(self) -> str:
+        from mergetui.checkpoints.hub import is_offline
+
         if self.scanning:
             return "[dim]Reading the local folders and the Hugging Face cache…[/]"
+        hub = (
+            "· the Hub is off (HF_HUB_OFFLINE=1): unset it to search the Hub\n"
+            if is_offline()
+            else "· type a name and press [b]enter[/] to search the Hub\n"
+        )
         return (
             "[b]No checkpoints here yet.[/]\n"
-            "· type a name and press [b]enter[/] to search the Hub\n"
-            "· [b]f[/] adds a folder of local models (or start with "
+            + hub
+            + "· [b]f[/] adds a folder of local models (or start with "
             "[b]mergetui --models-dir DIR[/])\n"
             "· models downloaded with huggingface_hub (the HF cache) appear by themselves"
         )
