@@ -262,3 +262,15 @@ def test_perplexity_can_be_cancelled_and_texts_are_checked(loaded, tmp_path: Pat
         read_text(tmp_path / "blank.txt")
     (tmp_path / "t.txt").write_text("hello world")
     assert read_text(tmp_path / "t.txt") == ("hello world", "t.txt")
+
+
+def test_unseeded_sampling_varies_and_a_full_context_is_reported(loaded) -> None:
+    settings = GenerationSettings(temperature=1.0, top_p=1.0, max_new_tokens=16)
+    first = generate_reply(loaded, conversation([], "Hi"), settings)
+    second = generate_reply(loaded, conversation([], "Hi"), settings)
+    assert first.text != second.text  # each reply draws afresh (no frozen random state)
+    long = generate_reply(
+        loaded, conversation([], "Hi"), GenerationSettings(temperature=0, max_new_tokens=500)
+    )
+    assert long.finish == "context"
+    assert long.prompt_tokens + long.tokens == loaded.context_length

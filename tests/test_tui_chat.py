@@ -133,18 +133,43 @@ async def test_a_reply_streams_and_matches_the_core(
         assert not screen.query("Markdown.reply")
 
 
-async def test_esc_stops_a_reply(llama_family: dict[str, Path]) -> None:
+async def test_esc_stops_a_reply(
+    llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real generation is held at its first token until esc has been pressed."""
+    import threading
+
+    import mergetui.chat.generate as generate
+
+    reached, release = threading.Event(), threading.Event()
+    real = generate.generate_reply
+
+    def held(loaded, messages, settings, *, on_text=None, stop=None):
+        def first_token(text: str) -> None:
+            if not reached.is_set():
+                reached.set()
+                assert release.wait(30)
+            on_text(text)
+
+        return real(loaded, messages, settings, on_text=first_token, stop=stop)
+
+    monkeypatch.setattr(generate, "generate_reply", held)
     app = MergeTuiApp()
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await loaded_chat(app, pilot, llama_family["a"])
-        screen.settings.max_new_tokens = 120
+        screen.settings.max_new_tokens = 100
         screen.settings.temperature = 0
         await type_text(pilot, "Hi")
         await pilot.press("enter")
+        await wait_for(pilot, reached.is_set)
+        assert screen.busy == "reply"
         await pilot.press("escape")
+        await pilot.pause()
+        assert screen.stop_event.is_set()
+        release.set()
         await wait_for(pilot, lambda: screen.busy is None and screen.last_reply is not None)
         assert screen.last_reply.finish == "stopped"
-        assert screen.last_reply.tokens < 120
+        assert screen.last_reply.tokens < 5
         assert "stopped" in str(screen.query_one("#chat-status").render())
 
 

@@ -85,6 +85,15 @@ async def wait_for(pilot, condition, tries: int = 600) -> None:
     raise AssertionError("condition never became true")
 
 
+def settle(app) -> None:
+    """What depends on timing: toasts time out, the cursor blinks. Fixed before the picture."""
+    from textual.widgets import Input
+
+    app.clear_notifications()
+    for field in app.screen.query(Input):
+        field.cursor_blink = False
+
+
 async def merged(pilot) -> None:
     app = pilot.app
     await pilot.pause(0.4)
@@ -95,6 +104,7 @@ async def merged(pilot) -> None:
     screen = app.screen
     await wait_for(pilot, lambda: screen.last_outcome is not None)
     await app.workers.wait_for_complete()
+    settle(app)
     await pilot.pause()
 
 
@@ -129,6 +139,7 @@ async def chatted(pilot) -> None:
         await pilot.press(key)
     await pilot.press("enter")
     await wait_for(pilot, lambda: screen.busy is None and screen.last_reply is not None)
+    settle(app)
     await pilot.pause(0.3)
 
 
@@ -148,6 +159,7 @@ def test_chat_compare_100x30(snap_compare, recipe: Path) -> None:
             await pilot.press(key)
         await pilot.press("enter")
         await wait_for(pilot, lambda: screen.busy is None)
+        settle(pilot.app)
         await pilot.pause(0.3)
 
     assert snap_compare(app, terminal_size=(100, 30), run_before=compare)

@@ -45,7 +45,9 @@ class Reply:
     text: str
     tokens: int
     seconds: float
-    finish: str  # "end" (end of turn), "length" (max_new_tokens), "stopped" (by the user)
+    # "end" (end of turn), "length" (max_new_tokens), "context" (the context window is full),
+    # "stopped" (by the user)
+    finish: str
     prompt_tokens: int = 0
 
     @property
@@ -138,9 +140,12 @@ def generate_reply(
     else:
         options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     started = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        if settings.seed is not None:
+    if settings.seed is not None:  # reproducible, and the global random state is left as it was
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
+            with torch.inference_mode():
+                output = model.generate(input_ids=input_ids, attention_mask=attention, **options)
+    else:
         with torch.inference_mode():
             output = model.generate(input_ids=input_ids, attention_mask=attention, **options)
     seconds = time.perf_counter() - started
@@ -149,6 +154,8 @@ def generate_reply(
         finish = "stopped"
     elif streamer.hit_stop or (new_ids and new_ids[-1] in eos):
         finish = "end"
+    elif max_new < settings.max_new_tokens:
+        finish = "context"  # the model's context window is full
     else:
         finish = "length"
     return Reply(

@@ -98,7 +98,12 @@ def _one_reply(args: argparse.Namespace, device: str) -> int:
         sys.stdout.write(reply.text[written:])
     sys.stdout.write("\n")
     sys.stdout.flush()
-    finish = {"end": "", "length": ", hit --max-new-tokens", "stopped": ", stopped"}[reply.finish]
+    finish = {
+        "end": "",
+        "length": ", hit --max-new-tokens",
+        "context": ", the model's context window is full",
+        "stopped": ", stopped",
+    }.get(reply.finish, "")
     err.print(
         f"[dim]{reply.tokens} tokens in {reply.seconds:.1f} s "
         f"({reply.tokens_per_second:.1f} tokens/s){finish}[/]"

@@ -50,6 +50,12 @@ from mergetui.tui.help import HelpSection, binding_rows
 
 STREAM_INTERVAL = 0.05  # seconds between two updates of a growing reply
 DEVICES = ("auto", "cpu", "cuda", "mps")
+FINISH_NOTES = {
+    "end": "",
+    "length": " · hit max new tokens",
+    "context": " · the model's context window is full",
+    "stopped": " · stopped",
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -534,6 +540,12 @@ class ChatScreen(Screen):
         self._show_model()
         self._refresh_compare_sources()
         self._status(f"loaded in {event.loaded.seconds:.1f} s")
+        for empty in self.query("#chat-empty"):
+            if isinstance(empty, Static):
+                empty.update(
+                    f"Talking to [b]{escape(event.loaded.name)}[/]: type below, enter sends. "
+                    "F7 compares it with the recipe's models, F8 checks perplexity."
+                )
         if event.loaded.message:
             self.notify(event.loaded.message, severity="warning", timeout=8)
         self.notify(f"loaded {event.loaded.name}", timeout=3)
@@ -631,9 +643,7 @@ class ChatScreen(Screen):
         reply = event.reply
         self.last_reply = reply
         self.messages.append(ChatMessage("assistant", reply.text))
-        finish = {"end": "", "length": " · hit max new tokens", "stopped": " · stopped"}[
-            reply.finish
-        ]
+        finish = FINISH_NOTES.get(reply.finish, "")
         self._status(
             f"{reply.tokens} tokens in {reply.seconds:.1f} s "
             f"({reply.tokens_per_second:.1f} tokens/s){finish}"
@@ -848,10 +858,10 @@ class ChatScreen(Screen):
         if event.result is not None:
             result = event.result
             self.check_results[event.row] = result
-            table.update_cell_at((event.row, 1), f"{result.perplexity:.2f}")
-            table.update_cell_at((event.row, 2), str(result.tokens))
-            table.update_cell_at((event.row, 3), f"{result.seconds:.1f} s")
-        table.update_cell_at((event.row, 4), event.status)
+            table.update_cell_at((event.row, 1), f"{result.perplexity:.2f}", update_width=True)
+            table.update_cell_at((event.row, 2), str(result.tokens), update_width=True)
+            table.update_cell_at((event.row, 3), f"{result.seconds:.1f} s", update_width=True)
+        table.update_cell_at((event.row, 4), event.status, update_width=True)
 
     # -- settings ------------------------------------------------------------------------------
 

@@ -47,6 +47,9 @@ from mergetui.tui.dialogs import DialogScreen, TextPrompt
 from mergetui.tui.help import HelpSection, binding_rows
 
 PROGRESS_HZ = 20
+# The merge threads run at a lower CPU priority than the UI (Linux: nice is per thread and
+# inherited by the threads they start), so keys stay quick even when the merge has every core.
+MERGE_NICENESS = 10
 # The screen's clocks: patched by the snapshot tests so the numbers on screen do not vary.
 CLOCK = time.monotonic
 WALL_CLOCK = time.time
@@ -292,6 +295,7 @@ class RunScreen(Screen):
         self.cancel_event: threading.Event | None = None
         self.state = ProgressState()
         self.started_clock: float | None = None
+        self.final_seconds: float | None = None  # the last run's duration, once it ended
         self.last_output: Path | None = None
         self.last_outcome: str | None = None
         self.history: list[Any] = []
@@ -318,6 +322,9 @@ class RunScreen(Screen):
     def on_mount(self) -> None:
         table = self.query_one("#run-history", DataTable)
         table.add_columns("when", "recipe", "method", "outcome", "time", "output")
+        self._log(
+            "The merge's plan, notes and files show here as it runs. F7 lists past runs.", "dim"
+        )
         self._load_history()
         self._show_idle()
 
@@ -325,6 +332,8 @@ class RunScreen(Screen):
         self.app.refresh_title()
         if not self.running:
             self._show_idle()
+        elif self.started_clock is not None:
+            self._show_progress(self.state)
 
     def on_unmount(self) -> None:
         # Leaving the app mid-merge: ask the engine to stop and clean up its temporary folder.
@@ -372,7 +381,10 @@ class RunScreen(Screen):
         self.state = state
         bar = self.query_one("#run-progress", ProgressBar)
         bar.update(total=max(1, state.total_bytes), progress=state.bytes_done)
-        elapsed = CLOCK() - self.started_clock if self.started_clock is not None else 0.0
+        if not self.running and self.final_seconds is not None:
+            elapsed = self.final_seconds
+        else:
+            elapsed = CLOCK() - self.started_clock if self.started_clock is not None else 0.0
         rate = state.bytes_done / elapsed if elapsed > 0 else None
         remaining = state.total_bytes - state.bytes_done
         eta = remaining / rate if rate else None
@@ -502,6 +514,7 @@ class RunScreen(Screen):
         self.last_output = None
         self.cancel_event = threading.Event()
         self.started_clock = CLOCK()
+        self.final_seconds = None
         self.state = ProgressState()
         self.query_one("#run-log", RichLog).clear()
         self._state_line("[b]planning[/] (reading the checkpoints' headers)…")
@@ -530,6 +543,7 @@ class RunScreen(Screen):
         from mergetui.recipe.io import dumps_toml
         from mergetui.recipe.validate import validate_recipe
 
+        _lower_priority()
         started = CLOCK()
         plan = None
         outcome, message, output = "failed", "", None
@@ -602,8 +616,12 @@ class RunScreen(Screen):
 
     @on(RunProgress)
     def run_progress(self, event: RunProgress) -> None:
-        if self.running:
-            self._show_progress(event.state)
+        if not self.running:
+            return
+        if self.app.screen is not self:  # drawn when the screen is shown again
+            self.state = event.state
+            return
+        self._show_progress(event.state)
 
     @on(RunLog)
     def run_log(self, event: RunLog) -> None:
@@ -615,6 +633,7 @@ class RunScreen(Screen):
         self.cancel_event = None
         self.last_outcome = event.outcome
         self.last_output = event.output_dir
+        self.final_seconds = event.record.seconds
         self.outcomes.append(event.outcome)
         elapsed = format_duration(event.record.seconds)
         if event.outcome == "finished":
@@ -734,6 +753,14 @@ class RunScreen(Screen):
             PaletteCommand(title, help_text, partial(self.run_action, action), action)
             for title, help_text, action in entries
         ]
+
+
+def _lower_priority() -> None:
+    """Give the calling (merge) thread, and every thread it starts, a lower CPU priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MERGE_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not allowed: merge at normal priority
+        pass
 
 
 def start_merge(app: Any) -> None:
