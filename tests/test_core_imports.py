@@ -54,6 +54,8 @@ def _loaded_after_import(*modules: str) -> set[str]:
 def test_discovery_finds_the_core_modules() -> None:
     assert "mergetui.checkpoints.inspect" in CORE_MODULES
     assert "mergetui.checkpoints.safetensors_io" in CORE_MODULES
+    for module in ("hub", "sources", "compat"):  # the Hub client is imported only inside them
+        assert f"mergetui.checkpoints.{module}" in CORE_MODULES
     assert "mergetui.recipe.methods" in CORE_MODULES
     assert "mergetui.merge" in CORE_MODULES
     assert "mergetui.merge.analysis" in CORE_MODULES

@@ -120,7 +120,7 @@ class CheckpointsScreen(Screen):
     }
     CheckpointsScreen #ck-download { height: 1; padding: 0 1; background: $panel; }
     CheckpointsScreen #ck-download-label { width: 1fr; }
-    CheckpointsScreen #ck-progress { width: 24; }
+    CheckpointsScreen #ck-progress { width: 30; padding-right: 1; }
     CheckpointsScreen #ck-status { height: 1; padding: 0 1; background: $panel; overflow: hidden; }
     """
 
@@ -157,8 +157,8 @@ class CheckpointsScreen(Screen):
         with VerticalScroll(id="ck-details"):
             yield Static(id="ck-details-text")
         with Horizontal(id="ck-download"):
-            yield Label(id="ck-download-label")
             yield ProgressBar(id="ck-progress", show_eta=False)
+            yield Label(id="ck-download-label")
         yield Static(id="ck-status")
         yield Footer(compact=True)
 
@@ -545,10 +545,7 @@ class CheckpointsScreen(Screen):
                 recipe.base = name
         self._recipe_changed()
         what = "as the base" if as_base else "as a model"
-        self.notify(
-            f"{name} added {what} ({len(recipe.models)} in the recipe) · F3 shows it · ctrl+z undoes",
-            timeout=4,
-        )
+        self.notify(f"{name} added {what} · ctrl+z undoes", timeout=3)
 
     def _recipe_changed(self) -> None:
         edited = getattr(self.app, "recipe_edited", None)
@@ -630,8 +627,8 @@ class CheckpointsScreen(Screen):
         bar = self.query_one("#ck-progress", ProgressBar)
         bar.update(total=max(event.bytes_total, 1), progress=event.bytes_done)
         self.query_one("#ck-download-label", Label).update(
-            f"⇣ {event.repo_id} · {event.files_done}/{event.file_count} files · "
-            f"{human_bytes(event.bytes_done)} / {human_bytes(event.bytes_total)} · x cancels"
+            f"{event.files_done}/{event.file_count} files · {human_bytes(event.bytes_done)} / "
+            f"{human_bytes(event.bytes_total)} · x cancels · {event.repo_id}"
         )
 
     def _download_done(self, repo_id: str, path: Path | None, error: str | None) -> None:
