@@ -504,7 +504,11 @@ class RunScreen(Screen):
             return
         with self.app.document.edit("output"):
             self.app.document.recipe.output = text
-        self.app.refresh_title()
+        edited = getattr(self.app, "recipe_edited", None)  # the Recipe screen shows the new output
+        if edited is not None:
+            edited()
+        else:
+            self.app.refresh_title()
         self.action_run_merge()
 
     def _start(self, *, force: bool) -> None:
