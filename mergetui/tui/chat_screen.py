@@ -47,6 +47,7 @@ from mergetui.errors import CancelledError, UserError
 from mergetui.tui.commands import PaletteCommand
 from mergetui.tui.dialogs import DialogScreen, PathSuggester
 from mergetui.tui.help import HelpSection, binding_rows
+from mergetui.tui.run_screen import short_path
 
 STREAM_INTERVAL = 0.05  # seconds between two updates of a growing reply
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -172,7 +173,7 @@ class LoadModelDialog(DialogScreen):
             if self.candidates:
                 yield OptionList(
                     *(
-                        Option(f"{escape(label)}  [dim]{escape(path)}[/]", id=str(i))
+                        Option(f"{escape(label)}  [dim]{escape(short_path(path))}[/]", id=str(i))
                         for i, (label, path) in enumerate(self.candidates)
                     ),
                     id="candidates",
