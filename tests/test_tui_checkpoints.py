@@ -48,9 +48,21 @@ def make_app(models_dir: Path | None = None) -> MergeTuiApp:
 
 
 async def settle(pilot, pause: float = 0.5) -> None:
-    await pilot.pause(pause)
-    await pilot.app.workers.wait_for_complete()
+    """Workers done, and the ones a timer starts (details after the cursor rests) done too."""
+    for _ in range(2):
+        await pilot.pause(pause)
+        await pilot.app.workers.wait_for_complete()
     await pilot.pause()
+
+
+async def details_of(pilot, screen: CheckpointsScreen) -> str:
+    """The highlighted row's details, once read (a loaded machine may take a while)."""
+    for _ in range(100):
+        key = screen.current_row().key
+        if key in screen.details:
+            return plain(screen.details[key])
+        await pilot.pause(0.1)
+    raise AssertionError("the details were never read")
 
 
 def plain(markup: str) -> str:
@@ -158,7 +170,7 @@ async def test_hub_search_details_and_sort_keys(
         # Details: Hub facts and the remote headers, nothing downloaded.
         await pilot.press("enter")
         await settle(pilot)
-        text = plain(screen.details[screen.current_row().key])
+        text = await details_of(pilot, screen)
         assert "likes 99" in text and "licence not stated" in text
         assert "read from the remote safetensors headers" in text
         assert "layer 3:" in text and "q_proj [64, 64]" in text
@@ -168,7 +180,7 @@ async def test_hub_search_details_and_sort_keys(
         # A gated model: the Hub's facts, and what to do about the headers.
         await pilot.press("up", "enter")
         await settle(pilot)
-        text = plain(screen.details[screen.current_row().key])
+        text = await details_of(pilot, screen)
         assert "gated yes (automatic)" in text and "headers not read" in text
         assert f"request access at {hub.url}/acme/tiny-gated," in text
 
@@ -247,8 +259,8 @@ async def test_download_progress_bar_and_cancel(
     from test_hub_core import big_safetensors
 
     monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 65536)
-    hub.add_repo("acme/big", llama_family["base"], files={"model.safetensors": big_safetensors(2)})
-    hub.chunk_delay = 0.02
+    hub.add_repo("acme/big", llama_family["base"], files={"model.safetensors": big_safetensors(3)})
+    hub.chunk_delay = 0.1  # 48 chunks: seconds of download, so the cancel lands mid-file
     app = make_app()
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
@@ -258,9 +270,13 @@ async def test_download_progress_bar_and_cancel(
         started = threading.Event()
         original = screen._download_progress
 
+        bars: list[tuple[float, float | None]] = []
+
         def spy(event: object) -> None:
             original(event)
-            if event.bytes_done > 100_000:
+            bar = screen.query_one("#ck-progress", ProgressBar)
+            bars.append((bar.progress, bar.total))
+            if event.file == "model.safetensors" and event.files_done == event.file_count - 1:
                 started.set()
 
         monkeypatch.setattr(screen, "_download_progress", spy)
@@ -270,8 +286,7 @@ async def test_download_progress_bar_and_cancel(
             if started.is_set():
                 break
         assert started.is_set()
-        bar = screen.query_one("#ck-progress", ProgressBar)
-        assert bar.total and 0 < bar.progress < bar.total
+        assert any(total and 0 < progress < total for progress, total in bars)
         label = str(screen.query_one("#ck-download-label").render())
         assert "acme/big" in label and "files" in label and "KB" in label
         await pilot.press("x")
