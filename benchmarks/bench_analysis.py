@@ -26,10 +26,12 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -38,7 +40,7 @@ from bench_merge import (  # noqa: E402
     CONFIGS,
     WORK,
     engine_in_process,
-    make_checkpoints,
+    make_checkpoints_in_child,
     run_measured,
     warm_cache,
 )
@@ -59,13 +61,36 @@ def analysis_in_process(models: dict[str, Path], device: str) -> float:
 def cached_in_process(models: dict[str, Path]) -> float:
     from mergetui.merge.analysis import analyze
 
-    analyze({"base": models["base"], "ft-a": models["ft-a"], "ft-b": models["ft-b"]}, "base")
+    named = {"base": models["base"], "ft-a": models["ft-a"], "ft-b": models["ft-b"]}
+    analyze(named, "base")
     start = time.perf_counter()
-    result = analyze(
-        {"base": models["base"], "ft-a": models["ft-a"], "ft-b": models["ft-b"]}, "base"
-    )
-    assert result.cached
+    assert analyze(named, "base").cached
     return time.perf_counter() - start
+
+
+def in_process(config: Path, out: Path, models: dict[str, Path], device: str, repeats: int) -> dict:
+    """Alternate the linear merge and the analysis in this process (torch loaded for both)."""
+    import torch
+
+    merge_s, analysis_s = [], []
+    for rep in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        merge_s.append(engine_in_process(config, out))
+        analysis_s.append(analysis_in_process(models, device))
+        print(
+            f"  run {rep + 1}: linear merge {merge_s[-1]:6.2f} s   analysis {analysis_s[-1]:6.2f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "torch": torch.__version__,
+        "merge_s": statistics.median(merge_s),
+        "analysis_s": statistics.median(analysis_s),
+        "merge_runs": merge_s,
+        "analysis_runs": analysis_s,
+        "cached_s": cached_in_process(models),
+    }
 
 
 def main() -> int:
@@ -81,42 +106,39 @@ def main() -> int:
     )
     parser.add_argument("--no-processes", action="store_true", help="only the in-process timings")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=WORK,
+        help="where the linear merge writes (e.g. /dev/shm: the merge without disk write-back, "
+        "the hardest comparison for the analysis, which writes nothing)",
+    )
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    import torch
+    models = {name: WORK / "models" / name for name in ("base", "ft-a", "ft-b")}
+    config = WORK / "analysis-linear.yml"
+    out = args.out_dir / "out-analysis-linear"
+    if args.in_process:  # the child: print the in-process figures as JSON
+        print(json.dumps(in_process(config, out, models, args.device, args.repeats)))
+        return 0
 
+    # This parent stays a bare Python process (no torch): a child's peak RSS starts from the
+    # parent's at fork time (see bench_merge.make_checkpoints_in_child).
     WORK.mkdir(parents=True, exist_ok=True)
     cache = Path(tempfile.mkdtemp(prefix="mergetui-bench-cache-"))
-    os.environ["MERGETUI_CACHE_DIR"] = str(cache)
+    env = {**os.environ, "MERGETUI_CACHE_DIR": str(cache)}
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"torch {torch.__version__}, device {args.device}"
+        f"device {args.device}"
     )
     print("making synthetic checkpoints (once) ...", flush=True)
-    models = make_checkpoints(WORK / "models")
+    models = make_checkpoints_in_child(WORK / "models")
     warm_cache(list(models.values()))
-    config = WORK / "analysis-linear.yml"
     config.write_text(
         CONFIGS["linear"].format(base=models["base"], a=models["ft-a"], b=models["ft-b"])
     )
-    out = WORK / "out-analysis-linear"
-
-    merge_s, analysis_s = [], []
-    for rep in range(args.repeats):
-        shutil.rmtree(out, ignore_errors=True)
-        merge_s.append(engine_in_process(config, out))
-        analysis_s.append(analysis_in_process(models, args.device))
-        print(
-            f"  run {rep + 1}: linear merge {merge_s[-1]:6.2f} s   analysis {analysis_s[-1]:6.2f} s",
-            flush=True,
-        )
-    results: dict[str, float] = {
-        "merge_s": statistics.median(merge_s),
-        "analysis_s": statistics.median(analysis_s),
-        "cached_s": cached_in_process(models),
-    }
-    results["ratio"] = results["analysis_s"] / results["merge_s"]
-
+    results: dict[str, Any] = {}
     if not args.no_processes:
         mergetui = [sys.executable, "-m", "mergetui"]
         merge_cmd = [
@@ -142,17 +164,40 @@ def main() -> int:
             args.device,
         ]
         merge_p, diff_p = [], []
-        for _ in range(args.repeats):
+        for rep in range(args.repeats):
             shutil.rmtree(out, ignore_errors=True)
-            merge_p.append(run_measured(merge_cmd))
-            diff_p.append(run_measured(diff_cmd))
+            merge_p.append(run_measured(merge_cmd, env))
+            diff_p.append(run_measured(diff_cmd, env))
+            print(
+                f"  process run {rep + 1}: mergetui merge {merge_p[-1][0]:6.2f} s   "
+                f"mergetui diff {diff_p[-1][0]:6.2f} s",
+                flush=True,
+            )
         results["merge_process_s"] = statistics.median(w for w, _ in merge_p)
         results["merge_rss_mib"] = statistics.median(r for _, r in merge_p) / 2**20
         results["diff_process_s"] = statistics.median(w for w, _ in diff_p)
         results["diff_rss_mib"] = statistics.median(r for _, r in diff_p) / 2**20
         results["process_ratio"] = results["diff_process_s"] / results["merge_process_s"]
+    child = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--in-process",
+            "--repeats",
+            str(args.repeats),
+            "--device",
+            args.device,
+        ],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    results.update(json.loads(child.stdout.strip().splitlines()[-1]))
+    results["ratio"] = results["analysis_s"] / results["merge_s"]
 
     print()
+    print(f"torch {results['torch']}")
     print(f"linear merge (in-process, median)   {results['merge_s']:7.2f} s")
     print(f"analysis     (in-process, median)   {results['analysis_s']:7.2f} s")
     print(f"analysis / linear merge             {results['ratio']:7.2f}   (target <= 2)")

@@ -690,10 +690,11 @@ def _compute(
                     raise RuntimeError(f"reader out of order: {index} != {number}")
                 if isinstance(data, BaseException):
                     raise data
-                if ring is None:  # stored bytes: convert on the device, one row per model
+                if ring is None:  # stored bytes: convert on the device, as the reader would
                     matrix = torch.empty((models, piece.stop - piece.start), device=device)
-                    for row, value in enumerate(data):
-                        matrix[row].copy_(value.to(device, non_blocking=True))
+                    matrix[0].copy_(data[0].to(device, non_blocking=True))
+                    for row, value in enumerate(data[1:], start=1):
+                        torch.sub(value.to(device, non_blocking=True), matrix[0], out=matrix[row])
                 else:
                     matrix = data
                 del data
@@ -726,8 +727,10 @@ def _compute(
 def _read_piece(
     reader: Any, tensor: _Planned, piece: _Piece, target: Any, ring: _Ring | None
 ) -> Any:
-    """The piece's elements of every model: rows of `target` (float32, from the ring) when given,
-    else a list of flat CPU tensors as stored."""
+    """The piece's elements of every model: rows of `target` (float32, from the ring: the
+    reference, then each task vector x - r) when given, else a list of flat CPU tensors as stored."""
+    import torch
+
     count = piece.stop - piece.start
     values = []
     for row, source in enumerate(tensor.sources):
@@ -748,26 +751,26 @@ def _read_piece(
                 source.name,
                 out=raw,
             )
-        if target is not None:
-            target[row, :count].copy_(value)
-        else:
+        if target is None:
             values.append(value.clone() if source.offset < 0 else value)
+        elif row == 0:
+            target[0, :count].copy_(value)
+        else:  # the task vector x - r, converted and subtracted in one pass
+            torch.sub(value, target[0, :count], out=target[row, :count])
     return target[:, :count] if target is not None else values
 
 
 def _piece_sums(matrix: Any, layout: Sums) -> Any:
-    """The sums vector (float64, on the device) of one piece: `matrix` holds one row per model,
-    the reference first. Overwritten in place (task vectors, then their signs).
+    """The sums vector (float64, on the device) of one piece: `matrix` holds the reference r,
+    then one task vector d_i = x_i - r per model. The task vectors are overwritten (their signs).
 
-    One Gram matrix gives every dot product in a single pass over memory: with d_i = x_i - r,
+    One Gram matrix gives every dot product in a single pass over memory:
     <x_i, r> = <d_i, r> + |r|^2 and |x_i|^2 = |d_i|^2 + 2<d_i, r> + |r|^2 (no cancellation:
     identical models give exactly |x|^2 = <x, r> = |r|^2).
     """
     import torch
 
-    ref = matrix[0]
     deltas = matrix[1:]
-    deltas.sub_(ref)
     gram = _gram(matrix)
     if deltas.shape[0] >= 2:
         agree, contested = _sign_counts(deltas)
