@@ -311,7 +311,7 @@ def _execute(
     # Streamed pieces always get a second set in flight (read while the previous computes).
     streamed = max((n for p, n in zip(pieces, sizes, strict=True) if not p.whole), default=0)
     budget = _ByteBudget(largest + max(streamed, min(PREFETCH_MARGIN_BYTES, largest // 2)))
-    pool = _BufferPool(min(max(2 * largest, 64 * 1024 * 1024), 512 * 1024 * 1024))
+    pool = _BufferPool(min(max(2 * largest, 8 * 1024 * 1024), 512 * 1024 * 1024))
     stop = threading.Event()
     loaded: queue.Queue[tuple[int, Any]] = queue.Queue()
     writes: queue.Queue[tuple[_Piece, Any] | None] = queue.Queue(maxsize=2)

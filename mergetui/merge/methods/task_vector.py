@@ -51,9 +51,9 @@ if TYPE_CHECKING:
 # mergekit's rescaled_masked_tensor leaves the mask unscaled below this norm.
 _RESCALE_EPS = 1e-7
 # DARE's masks are drawn in the statistics pass (for the L1 rescale) and again in the output pass;
-# for tensors up to this size the first draw is kept (float32, 4 bytes an entry per input: 11.5 MB
+# for tensors up to this size the first draw is kept (bfloat16, 2 bytes an entry per input: 5.8 MB
 # for a 2.9M-entry MLP projection) instead of drawn twice. Larger ones (embeddings) draw again.
-MASK_CACHE_ELEMENTS = 1 << 23
+MASK_CACHE_ELEMENTS = 1 << 22
 
 
 @dataclass
@@ -243,8 +243,8 @@ def _gather_statistics(
                 keep = _random.bernoulli_keep(
                     item.stream, chunk_index, end - start, item.density, base.device
                 )
-                if item.random_keep is not None:
-                    item.random_keep.append(keep)
+                if item.random_keep is not None:  # 0/1 are exact in bf16: half the memory
+                    item.random_keep.append(keep.to(torch.bfloat16))
                 item.l1_before += magnitudes.sum()
                 item.l1_after += torch.dot(magnitudes, keep.to(magnitudes.dtype))
 
