@@ -188,7 +188,7 @@ class HubServer:
         class Handler(_Handler):
             server_hub = hub
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -224,6 +224,12 @@ class HubServer:
             if "range" not in r.headers:
                 paths.append(r.path.split(prefix, 1)[1].split("/", 1)[1])
         return paths
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-download (a cancel) is normal here, not worth a traceback."""
+        return
 
 
 class _Handler(BaseHTTPRequestHandler):

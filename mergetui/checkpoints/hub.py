@@ -46,11 +46,11 @@ DEFAULT_INCLUDE: tuple[str, ...] = (
     "*.jinja",
 )
 SORTS: dict[str, str] = {
-    # what mergetui calls it -> what huggingface_hub calls it
+    # what mergetui calls it -> what the Hub's /api/models calls it
     "downloads": "downloads",
     "likes": "likes",
-    "trending": "trending_score",
-    "created": "created_at",
+    "trending": "trendingScore",
+    "created": "createdAt",
 }
 TAG_FILTERS = ("text-generation", "merge")
 # What a search asks the Hub to include per result (parameter counts come with "safetensors").
@@ -411,15 +411,27 @@ def search_models(
     if limit < 1:
         raise UserError("the limit must be at least 1", where=str(limit))
     check_online()
+    # One request, as HfApi.list_models would send it, but without its retry loop: that backs off
+    # for about 23 s when the network is down, and a search should say so at once.
+    from huggingface_hub.hf_api import ModelInfo
+    from huggingface_hub.utils import get_session, hf_raise_for_status
+
+    params: dict[str, Any] = {"sort": SORTS[sort], "limit": limit, "expand": list(SEARCH_EXPAND)}
+    if query:
+        params["search"] = query
+    if filters:
+        params["filter"] = list(filters)
     try:
-        found = _api().list_models(
-            search=query or None,
-            sort=SORTS[sort],
-            limit=limit,
-            filter=list(filters) or None,
-            expand=list(SEARCH_EXPAND),
+        response = get_session().get(
+            f"{hub_endpoint()}/api/models", params=params, headers=_headers(), timeout=_TIMEOUT
         )
-        return [_from_info(info) for info in found]
+        hf_raise_for_status(response)
+        items = response.json()
+        models = []
+        for item in items[:limit]:
+            item.setdefault("siblings", None)
+            models.append(_from_info(ModelInfo(**item)))
+        return models
     except Exception as exc:
         raise hub_error(exc, action="search") from None
 

@@ -142,6 +142,7 @@ class CheckpointsScreen(Screen):
         self.check_report: Any = None
         self._details_timer: Any = None
         self.showing_check = False
+        self._loading_key: str | None = None
         self._shown_key: str | None = None
 
     # -- layout --------------------------------------------------------------------------------
@@ -463,6 +464,9 @@ class CheckpointsScreen(Screen):
             if row is not None:
                 self.query_one("#ck-details-text", Static).update(self.details[row.key])
             return
+        if row.key == self._loading_key:  # already being read (the timer, then enter)
+            return
+        self._loading_key = row.key
         self._load_details(row)
 
     def _empty_text(self) -> str:
@@ -501,6 +505,8 @@ class CheckpointsScreen(Screen):
         if not self.is_mounted:
             return
         self.details[key] = text
+        if key == self._loading_key:
+            self._loading_key = None
         if key.startswith("hub:"):  # the remote headers filled in params, layers, size
             self.refresh_table()
         row = self.current_row()
