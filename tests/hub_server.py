@@ -61,18 +61,14 @@ class Repo:
 
     def entry(self, path: str) -> dict[str, Any]:
         data = self.files[path]
-        item: dict[str, Any] = {
-            "type": "file",
-            "path": path,
-            "size": len(data),
-            "oid": git_blob_sha1(data),
-        }
+        cache = self.__dict__.setdefault("_hashes", {})
+        key = (path, id(data), len(data))
+        if key not in cache:  # hashing a large file on every request would dominate timings
+            cache[key] = (git_blob_sha1(data), hashlib.sha256(data).hexdigest())
+        sha1, sha256 = cache[key]
+        item: dict[str, Any] = {"type": "file", "path": path, "size": len(data), "oid": sha1}
         if self.is_lfs(path):
-            item["lfs"] = {
-                "oid": hashlib.sha256(data).hexdigest(),
-                "size": len(data),
-                "pointerSize": 134,
-            }
+            item["lfs"] = {"oid": sha256, "size": len(data), "pointerSize": 134}
         return item
 
     def parameters(self) -> dict[str, int]:
