@@ -46,7 +46,7 @@ from mergetui.errors import CancelledError, UserError
 
 ANALYSIS_VERSION = 1
 CACHE_ENV = "MERGETUI_CACHE_DIR"
-CHUNK_ELEMENTS = 1 << 22  # must stay below 2**24 (exact float32 sign counts)
+CHUNK_ELEMENTS = 1 << 21  # must stay below 2**24 (exact float32 sign counts)
 METRICS: tuple[str, ...] = ("cosine", "distance", "agreement")
 METRIC_TITLES: dict[str, str] = {"cosine": "cos", "distance": "dist", "agreement": "agree"}
 METRIC_DESCRIPTIONS: dict[str, str] = {
@@ -608,21 +608,26 @@ def _pieces(plan: AnalysisPlan) -> list[_Piece]:
 
 
 class _Ring:
-    """Reused buffers, so the pieces land in memory that is already mapped (no page faults):
-    RING_SETS float32 matrices (one row per model) and one raw byte buffer per model.
+    """Reused buffers, so no piece lands in freshly mapped memory: RING_SETS sets of raw byte
+    buffers (one per model) that the reader fills with the pieces as stored, and one small float32
+    work matrix (one row per model) where the computing thread converts a block at a time.
 
     The reader fills set n % RING_SETS while the computing thread works on an earlier set; with a
-    queue of one piece, at most three sets are in use at once.
+    queue of one piece, at most three sets are in use at once. Work blocks of BLOCK_ELEMENTS stay
+    in the CPU's cache through every pass over them (convert, subtract, products, signs).
     """
 
     def __init__(self, models: int, elements: int, itemsize: int) -> None:
         import torch
 
-        self.sets = [torch.empty((models, elements), dtype=torch.float32) for _ in range(RING_SETS)]
-        self.raw = [torch.empty(elements * itemsize, dtype=torch.uint8) for _ in range(models)]
+        self.raw = [
+            [torch.empty(elements * itemsize, dtype=torch.uint8) for _ in range(models)]
+            for _ in range(RING_SETS)
+        ]
 
 
 RING_SETS = 3
+BLOCK_ELEMENTS = 1 << 18  # per row of the CPU work matrix: 1 MB in float32
 
 
 def _compute(
@@ -639,13 +644,14 @@ def _compute(
     pieces = _pieces(plan)
     layout = Sums(len(plan.others))
     models = len(plan.models)
-    largest = min(CHUNK_ELEMENTS, max(t.numel for t in plan.tensors))
+    largest = min(CHUNK_ELEMENTS, max((t.numel for t in plan.tensors), default=1))
     itemsize = max(
         (s.nbytes // t.numel for t in plan.tensors for s in t.sources if t.numel), default=1
     )
-    # On the CPU the reader converts into the ring (off the computing thread); on a GPU the
-    # stored bytes travel and are converted there.
-    ring = _Ring(models, largest, itemsize) if device.type == "cpu" else None
+    ring = _Ring(models, largest, itemsize)
+    # On the CPU, blocks small enough to stay in cache; on a GPU, whole pieces (fewer launches).
+    width = min(BLOCK_ELEMENTS, largest) if device.type == "cpu" else largest
+    work = torch.empty((models, max(width, 1)), dtype=torch.float32, device=device)
     reader = TensorReader()
     loaded: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=1)
     stop = threading.Event()
@@ -656,8 +662,8 @@ def _compute(
                 if stop.is_set():
                     return
                 try:
-                    target = ring.sets[number % RING_SETS] if ring is not None else None
-                    data = _read_piece(reader, plan.tensors[piece.tensor], piece, target, ring)
+                    buffers = ring.raw[number % RING_SETS]
+                    data = _read_piece(reader, plan.tensors[piece.tensor], piece, buffers)
                 except BaseException as exc:  # handed to the computing thread, which raises it
                     data = exc
                 while not stop.is_set():
@@ -690,16 +696,10 @@ def _compute(
                     raise RuntimeError(f"reader out of order: {index} != {number}")
                 if isinstance(data, BaseException):
                     raise data
-                if ring is None:  # stored bytes: convert on the device, as the reader would
-                    matrix = torch.empty((models, piece.stop - piece.start), device=device)
-                    matrix[0].copy_(data[0].to(device, non_blocking=True))
-                    for row, value in enumerate(data[1:], start=1):
-                        torch.sub(value.to(device, non_blocking=True), matrix[0], out=matrix[row])
-                else:
-                    matrix = data
+                if device.type != "cpu":
+                    data = [value.to(device, non_blocking=True) for value in data]
+                sums = _piece_sums(data, layout, work)
                 del data
-                sums = _piece_sums(matrix, layout)
-                del matrix
                 accumulator = sums if accumulator is None else accumulator + sums
                 tensor = plan.tensors[piece.tensor]
                 bytes_done += sum(
@@ -724,13 +724,8 @@ def _compute(
     return results
 
 
-def _read_piece(
-    reader: Any, tensor: _Planned, piece: _Piece, target: Any, ring: _Ring | None
-) -> Any:
-    """The piece's elements of every model: rows of `target` (float32, from the ring: the
-    reference, then each task vector x - r) when given, else a list of flat CPU tensors as stored."""
-    import torch
-
+def _read_piece(reader: Any, tensor: _Planned, piece: _Piece, buffers: list[Any]) -> list[Any]:
+    """The piece's elements of every model, flat, on the CPU, as stored (in the ring's buffers)."""
     count = piece.stop - piece.start
     values = []
     for row, source in enumerate(tensor.sources):
@@ -738,86 +733,71 @@ def _read_piece(
             whole = reader.read(
                 source.file, -1, source.nbytes, source.dtype, tensor.shape, source.name
             )
-            value = whole.reshape(-1)[piece.start : piece.stop]
-        else:
-            itemsize = source.nbytes // tensor.numel if tensor.numel else 0
-            raw = ring.raw[row][: count * itemsize] if ring is not None else None
-            value = reader.read(
+            values.append(whole.reshape(-1)[piece.start : piece.stop])
+            continue
+        itemsize = source.nbytes // tensor.numel if tensor.numel else 0
+        values.append(
+            reader.read(
                 source.file,
                 source.offset + piece.start * itemsize,
                 count * itemsize,
                 source.dtype,
                 (count,),
                 source.name,
-                out=raw,
+                out=buffers[row][: count * itemsize],
             )
-        if target is None:
-            values.append(value.clone() if source.offset < 0 else value)
-        elif row == 0:
-            target[0, :count].copy_(value)
-        else:  # the task vector x - r, converted and subtracted in one pass
-            torch.sub(value, target[0, :count], out=target[row, :count])
-    return target[:, :count] if target is not None else values
+        )
+    return values
 
 
-def _piece_sums(matrix: Any, layout: Sums) -> Any:
-    """The sums vector (float64, on the device) of one piece: `matrix` holds the reference r,
-    then one task vector d_i = x_i - r per model. The task vectors are overwritten (their signs).
+def _piece_sums(values: list[Any], layout: Sums, work: Any) -> Any:
+    """The sums vector (float64) of one piece: `values` are the models' elements as stored, the
+    reference first; `work` is a (models, width) float32 matrix on the device.
 
-    One Gram matrix gives every dot product in a single pass over memory:
-    <x_i, r> = <d_i, r> + |r|^2 and |x_i|^2 = |d_i|^2 + 2<d_i, r> + |r|^2 (no cancellation:
-    identical models give exactly |x|^2 = <x, r> = |r|^2).
+    Block by block (each small enough to stay in the CPU's cache), the work matrix gets the
+    reference r and each task vector d_i = x_i - r (converted and subtracted in one pass); the
+    dot products |r|^2, <d_i, r> and |d_i|^2 give the rest without cancellation,
+    <x_i, r> = <d_i, r> + |r|^2 and |x_i|^2 = |d_i|^2 + 2<d_i, r> + |r|^2 (identical models give
+    exactly |x|^2 = <x, r> = |r|^2); then the signs are counted in place. Short dot products
+    summed in float64 keep float32 rounding near 1e-7 whatever the tensor's size.
     """
     import torch
 
-    deltas = matrix[1:]
-    gram = _gram(matrix)
-    if deltas.shape[0] >= 2:
-        agree, contested = _sign_counts(deltas)
-    else:
-        agree = contested = torch.zeros((), device=matrix.device)
-    # float64 from here (on the CPU for MPS, which has no float64).
-    home = torch.device("cpu") if matrix.device.type == "mps" else matrix.device
-    gram = gram.to(home, torch.float64)
-    rr = gram[0, 0]
+    models = len(values)
+    count = values[0].shape[0]
+    step = work.shape[1]
+    # float64 sums (on the CPU for MPS, which has no float64).
+    home = torch.device("cpu") if work.device.type == "mps" else work.device
+    total = torch.zeros(2 * models + 1, dtype=torch.float64, device=home)
+    for start in range(0, count, step):
+        stop = min(count, start + step)
+        block = work[:, : stop - start]
+        ref = block[0]
+        ref.copy_(values[0][start:stop])
+        for row in range(1, models):
+            torch.sub(values[row][start:stop], ref, out=block[row])
+        parts = [torch.dot(ref, ref)]
+        parts += [torch.dot(ref, block[row]) for row in range(1, models)]
+        parts += [torch.dot(block[row], block[row]) for row in range(1, models)]
+        if models >= 3:
+            parts += _sign_counts(block[1:])
+        else:
+            parts += [torch.zeros((), device=work.device)] * 2
+        total += torch.stack([p.to(torch.float32) for p in parts]).to(home, torch.float64)
+    others = models - 1
+    rr = total[0]
     sums = [rr]
-    for i in range(deltas.shape[0]):
-        rd = gram[0, i + 1]
-        dd = gram[i + 1, i + 1]
+    for i in range(others):
+        rd = total[1 + i]
+        dd = total[1 + others + i]
         sums += [dd + 2 * rd + rr, rd + rr, dd]
-    numel = torch.tensor(float(matrix.shape[1]), dtype=torch.float64, device=home)
-    counts = [agree.to(home, torch.float64), contested.to(home, torch.float64)]
-    out = torch.stack([numel, *sums, *counts])
+    numel = torch.tensor(float(count), dtype=torch.float64, device=home)
+    out = torch.stack([numel, *sums, total[-2], total[-1]])
     assert out.numel() == layout.length
     return out
 
 
-GRAM_BLOCK = 1 << 14
-
-
-def _gram(matrix: Any) -> Any:
-    """matrix @ matrix.T, summed over blocks of GRAM_BLOCK columns with one batched product.
-
-    A single (m x n) @ (n x m) product with n in the millions is both slower and far less exact in
-    float32 (relative errors near 1e-4 measured at n = 4M) than short blocks summed afterwards
-    (5e-8): every block's dot products stay short, and the batch reads the memory once.
-    """
-    import torch
-
-    count = matrix.shape[1]
-    main = count - count % GRAM_BLOCK
-    gram = torch.zeros((matrix.shape[0], matrix.shape[0]), device=matrix.device)
-    if main:
-        blocks = matrix[:, :main].reshape(matrix.shape[0], main // GRAM_BLOCK, GRAM_BLOCK)
-        blocks = blocks.transpose(0, 1)
-        gram += torch.bmm(blocks, blocks.transpose(1, 2)).sum(0)
-    if main < count:
-        tail = matrix[:, main:]
-        gram += tail @ tail.T
-    return gram
-
-
-def _sign_counts(deltas: Any) -> tuple[Any, Any]:
+def _sign_counts(deltas: Any) -> list[Any]:
     """(entries where all non-zero task vectors agree in sign, entries with >= 2 non-zero ones).
     Turns `deltas` into their signs, in place."""
     import torch
@@ -825,15 +805,16 @@ def _sign_counts(deltas: Any) -> tuple[Any, Any]:
     signs = deltas.sign_()
     if signs.shape[0] == 2:
         product = signs[0].mul_(signs[1])  # +1 agree, -1 disagree, 0 someone abstains
-        # A float32 sum of at most CHUNK_ELEMENTS (< 2**24) values of +-1 is exact.
+        # float32 sums of at most CHUNK_ELEMENTS (< 2**24) values of +-1 (or their squares,
+        # counting the non-zero ones) are exact.
         balance = product.sum()
-        contested = torch.count_nonzero(product)
-        return (balance + contested) / 2, contested
+        contested = torch.dot(product, product)
+        return [(balance + contested) / 2, contested]
     total = signs.sum(0)
     nonzero = signs.abs_().sum(0)
     disputed = nonzero >= 2
     unanimous = disputed & (total.abs_() == nonzero)
-    return unanimous.sum(), disputed.sum()
+    return [unanimous.sum(), disputed.sum()]
 
 
 def _use_all_cores() -> None:
