@@ -55,9 +55,11 @@ class MergeTuiApp(App):
         Binding("f1", "help", "Help"),
         Binding("question_mark", "help", "Help", show=False),
         *(Binding(key, f"switch_mode('{mode}')", title) for mode, (key, title) in SCREENS.items()),
-        Binding("ctrl+s", "save", "Save"),
+        Binding("ctrl+s", "save", "Save", show=False),  # shown by the Recipe screen's footer
         Binding("ctrl+o", "open", "Open recipe", show=False),
-        Binding("ctrl+q", "quit", "Quit", priority=True),
+        # Quit stays out of the footer (F1 and the palette list it): at 80 columns the screens'
+        # own keys need the room.
+        Binding("ctrl+q", "quit", "Quit", priority=True, show=False),
     ]
 
     def __init__(

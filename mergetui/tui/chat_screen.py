@@ -272,8 +272,9 @@ class ChatScreen(Screen):
     AUTO_FOCUS = "#chat-input"
     BINDINGS = [
         Binding("ctrl+l", "load_model", "Load model"),
-        Binding("escape", "stop", "Stop reply"),
-        Binding("ctrl+n", "clear", "New chat"),
+        # esc and ctrl+n are named in the input's hint line; the footer keeps to 80 columns.
+        Binding("escape", "stop", "Stop reply", show=False),
+        Binding("ctrl+n", "clear", "New chat", show=False),
         Binding("f6", "tab('chat')", "Chat tab", show=False),
         Binding("f7", "tab('compare')", "Compare tab", show=False),
         Binding("f8", "tab('check')", "Quick check tab", show=False),

@@ -93,10 +93,11 @@ class CheckpointsScreen(Screen):
     """Browse checkpoints and hand them to the recipe."""
 
     BINDINGS = [
-        Binding("slash", "focus_filter", "Filter/search", key_display="/"),
+        # The footer shows only Add and Base: with the app's own keys, more overflows 80 columns.
+        Binding("slash", "focus_filter", "Filter/search", key_display="/", show=False),
         Binding("a", "add(False)", "Add"),
-        Binding("b", "add(True)", "As base"),
-        Binding("d", "download", "Download"),
+        Binding("b", "add(True)", "Base"),
+        Binding("d", "download", "Download", show=False),
         Binding("x", "cancel_download", "Cancel download", show=False),
         Binding("k", "check", "Check recipe", show=False),
         Binding("s", "sort", "Sort by next column", show=False),

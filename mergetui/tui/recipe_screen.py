@@ -406,6 +406,7 @@ class RecipeScreen(Screen):
     """
 
     BINDINGS = [
+        Binding("ctrl+s", "app.save", "Save"),  # the app's key, shown in this footer only
         Binding("f6", "tab('setup')", "Setup tab", show=False),
         Binding("f7", "tab('layers')", "Layers tab", show=False),
         Binding("f8", "tab('slices')", "Slices tab", show=False),

@@ -280,10 +280,11 @@ class RunScreen(Screen):
     """
 
     BINDINGS = [
-        Binding("r", "run_merge", "Run merge"),
+        # Short names: after a merge r, t and u all show, and the footer keeps to 80 columns.
+        Binding("r", "run_merge", "Run"),
         Binding("c", "cancel_merge", "Cancel"),
-        Binding("t", "chat_with_output", "Chat with it"),
-        Binding("u", "push_output", "Push to Hub"),
+        Binding("t", "chat_with_output", "Chat"),
+        Binding("u", "push_output", "Push"),
         Binding("o", "reopen_run", "Reopen recipe", show=False),
         Binding("f6", "tab('log')", "Log tab", show=False),
         Binding("f7", "tab('history')", "History tab", show=False),
