@@ -177,33 +177,15 @@ def _print_plan(plan: Any, *, force: bool) -> None:
 
 def _run_with_progress(plan: Any, *, force: bool, out: Any, err: Any) -> int:
     from rich.markup import escape
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
 
+    from mergetui.cli.output import bytes_progress
     from mergetui.errors import CancelledError
     from mergetui.merge.events import Notice, PlanReady, TensorDone
     from mergetui.merge.runner import run_merge
     from mergetui.merge.writer import human_bytes
 
     cancel = threading.Event()
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=False),
-        TextColumn("{task.fields[tensors]}"),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    )
+    progress = bytes_progress("tensors", err, elapsed=True)
     task = progress.add_task("merging", total=plan.total_bytes, tensors=f"0/{plan.tensor_count}")
 
     def on_event(event: Any) -> None:

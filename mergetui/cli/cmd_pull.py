@@ -55,30 +55,12 @@ def pull_with_progress(
     repo_id: str, *, revision: str | None = None, include: list[str] | None = None, err: Any = None
 ) -> Any:
     """Download with a Rich progress bar (bytes, files, speed); Ctrl-C cancels between chunks."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
     from mergetui.checkpoints.hub import download_repo
     from mergetui.cli.cmd_merge import _install_sigint, _restore_sigint
-    from mergetui.cli.output import console_err
+    from mergetui.cli.output import bytes_progress, console_err
 
     cancel = threading.Event()
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=False),
-        TextColumn("{task.fields[files]}"),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err or console_err(),
-        transient=False,
-    )
+    progress = bytes_progress("files", err or console_err())
     task = progress.add_task(f"pulling {repo_id}", total=None, files="")
 
     def on_progress(event: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -23,6 +24,34 @@ def console_err() -> Console:
 def report_error(exc: UserError) -> None:
     """One line saying what and where, then the fix: no traceback for the user's mistakes."""
     where = f"{exc.where}: " if exc.where else ""
-    console_err().print(f"[bold red]error:[/] {escape(where + exc.message)}", markup=True, soft_wrap=True)
+    console_err().print(
+        f"[bold red]error:[/] {escape(where + exc.message)}", markup=True, soft_wrap=True
+    )
     if exc.fix:
         console_err().print(f"  [dim]fix:[/] {escape(exc.fix)}", soft_wrap=True)
+
+
+def bytes_progress(count_field: str, target: Console, *, elapsed: bool = False) -> Any:
+    """The CLI's progress bar for long byte work (merges, downloads): bytes, a count column
+    (`{task.fields[<count_field>]}`: tensors, files), speed, time left (and time elapsed)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=False),
+        TextColumn(f"{{task.fields[{count_field}]}}"),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    ]
+    if elapsed:
+        columns.append(TimeElapsedColumn())
+    return Progress(*columns, console=target, transient=False)
