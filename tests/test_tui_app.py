@@ -686,3 +686,37 @@ async def test_terminal_paste_and_mouse_click(ties_recipe: Path) -> None:
         grid.post_message(events.Paste("0.11\n0.22\n0.33\n0.44\n"))
         await pilot.pause()
         assert layers(grid, density_b) == pytest.approx([0.5, 0.5, 0.11, 0.22])
+
+
+async def test_switching_screens_restyles_only_after_a_theme_change(
+    ties_recipe: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A screen resumed with F2..F5 keeps its styles (no full restyle), unless the theme changed
+    while it was away: then it shows the new theme's colours."""
+    from textual.screen import Screen
+
+    app = MergeTuiApp(RecipeDocument.open(ties_recipe))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(app, pilot)
+        restyled: list[str] = []
+        real = Screen.update_node_styles
+
+        def spy(self: Screen, animate: bool = True) -> None:
+            restyled.append(type(self).__name__)
+            real(self, animate)
+
+        monkeypatch.setattr(Screen, "update_node_styles", spy)
+        for key in ("f4", "f3", "f4", "f3"):
+            await pilot.press(key)
+            await pilot.pause()
+        assert "RecipeScreen" not in restyled  # resumed twice, never restyled whole
+        dark_background = app.screen.styles.background
+        app.theme = "mergetui-light"
+        await pilot.pause()
+        await pilot.press("f4")
+        await pilot.pause()
+        assert "RunScreen" in restyled
+        assert app.screen.styles.background != dark_background
+        await pilot.press("f3")
+        await pilot.pause()
+        assert app.screen.styles.background != dark_background

@@ -24,7 +24,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import (
     Button,
     Checkbox,
@@ -47,6 +46,7 @@ from mergetui.errors import CancelledError, UserError
 from mergetui.tui.commands import PaletteCommand
 from mergetui.tui.dialogs import DialogScreen, PathSuggester
 from mergetui.tui.help import HelpSection, binding_rows
+from mergetui.tui.mode_screen import ModeScreen
 from mergetui.tui.run_screen import short_path
 
 STREAM_INTERVAL = 0.05  # seconds between two updates of a growing reply
@@ -235,7 +235,7 @@ class ChatInput(Input):
     """The message box: enter sends."""
 
 
-class ChatScreen(Screen):
+class ChatScreen(ModeScreen):
     """Talk to a checkpoint; compare it with its parents; check its perplexity."""
 
     DEFAULT_CSS = """

@@ -23,13 +23,13 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar, Static
 
 from mergetui.checkpoints.sources import CheckpointRow
 from mergetui.errors import CancelledError, UserError
 from mergetui.tui.commands import PaletteCommand
 from mergetui.tui.help import HelpSection, binding_rows
+from mergetui.tui.mode_screen import ModeScreen
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     # (key, header)
@@ -89,7 +89,7 @@ class DownloadState:
     cancel: threading.Event
 
 
-class CheckpointsScreen(Screen):
+class CheckpointsScreen(ModeScreen):
     """Browse checkpoints and hand them to the recipe."""
 
     BINDINGS = [

@@ -21,7 +21,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import (
     Button,
     Checkbox,
@@ -68,6 +67,7 @@ from mergetui.tui.grid_model import (
     suggest_rule_lines,
 )
 from mergetui.tui.help import HelpSection, binding_rows
+from mergetui.tui.mode_screen import ModeScreen
 
 DTYPES = ("float32", "float16", "bfloat16")
 OUTPUT_SOURCE = "output"  # metrics between the merge output and each parent
@@ -398,7 +398,7 @@ class SuggestPreview(DialogScreen):
 # The screen
 
 
-class RecipeScreen(Screen):
+class RecipeScreen(ModeScreen):
     """Build a recipe: method, models, parameters, the per-layer grid, slices, problems."""
 
     DEFAULT_CSS = """

@@ -26,7 +26,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import (
     Button,
     DataTable,
@@ -45,6 +44,7 @@ from mergetui.merge.writer import human_bytes
 from mergetui.tui.commands import PaletteCommand
 from mergetui.tui.dialogs import DialogScreen, TextPrompt
 from mergetui.tui.help import HelpSection, binding_rows
+from mergetui.tui.mode_screen import ModeScreen
 
 PROGRESS_HZ = 20
 # The merge threads run at a lower CPU priority than the UI (Linux: nice is per thread and
@@ -264,7 +264,7 @@ class ConfirmDialog(DialogScreen):
 # The screen
 
 
-class RunScreen(Screen):
+class RunScreen(ModeScreen):
     """Run the recipe's merge with live progress, a log and the history of runs."""
 
     DEFAULT_CSS = """
