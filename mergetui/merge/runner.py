@@ -422,15 +422,20 @@ def _input_mode(piece: _Piece, chunked: bool) -> str:
     return _FROM_FILE if stored > CHUNKS_FROM_FILE_BYTES else _STORED
 
 
-def _file_sources(reader: Any, piece: _Piece, device: torch.device) -> list[tuple[Any, None]]:
-    """Chunk sources over the files, after asking the kernel to read the ranges ahead."""
+def _compute_dtype(tensor: PlannedTensor) -> torch.dtype:
+    """float32, or float64 when an input is stored in float64 (as mergekit computes)."""
     import torch
 
+    wide = any(source.dtype == "F64" for source in tensor.inputs)
+    return torch.float64 if wide else torch.float32
+
+
+def _file_sources(reader: Any, piece: _Piece, device: torch.device) -> list[tuple[Any, None]]:
+    """Chunk sources over the files, after asking the kernel to read the ranges ahead."""
     from mergetui.merge.chunked import FileSource
 
     tensor = piece.tensor
-    wide = any(source.dtype == "F64" for source in tensor.inputs)
-    compute_dtype = torch.float64 if wide else torch.float32
+    compute_dtype = _compute_dtype(tensor)
     for source in tensor.inputs:
         reader.will_need(source.file, source.offset, source.nbytes)
     return [(FileSource(reader, source, compute_dtype, device), None) for source in tensor.inputs]
@@ -453,13 +458,12 @@ def _read_piece(
 ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """The inputs of one piece on the CPU, each with the pooled buffer behind it (or None):
     in float32 (float64) when converting early, else as stored."""
-    import torch
 
     from mergetui.checkpoints.safetensors_io import torch_dtype
 
     tensor = piece.tensor
     data: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-    wide = any(i.dtype == "F64" for i in tensor.inputs)
+    compute_dtype = _compute_dtype(tensor)
     for source in tensor.inputs:
         shape = source.shape if piece.whole else (piece.numel,)
         buffer: torch.Tensor | None = None
@@ -483,8 +487,7 @@ def _read_piece(
                 out=buffer,
             )
         if convert_early:
-            compute_dtype = torch.float64 if wide else torch.float32
-            converted_buffer = pool.take(piece.numel * (8 if wide else 4))
+            converted_buffer = pool.take(piece.numel * compute_dtype.itemsize)
             converted = converted_buffer.view(compute_dtype).view(shape)
             converted.copy_(value)
             pool.give(buffer)
@@ -588,8 +591,7 @@ def _compute(
     if piece.fast_copy:
         return finish(values[0].contiguous())
 
-    wide = any(v.dtype == torch.float64 for v in values)
-    compute_dtype = torch.float64 if wide else torch.float32
+    compute_dtype = _compute_dtype(tensor)
     if mode == _FROM_FILE:
         inputs = values
     elif mode == _STORED:
