@@ -26,6 +26,7 @@ from mergetui.tui.dialogs import (
     TextPrompt,
 )
 from mergetui.tui.document import RecipeDocument
+from mergetui.tui.footer import KeyFooter
 from mergetui.tui.grid import LayerGrid
 from mergetui.tui.help import HelpScreen
 from mergetui.tui.recipe_screen import RecipeScreen, SetupPane, SlicesPane
@@ -155,12 +156,25 @@ def test_first_frame_imports_no_torch_or_transformers(ties_recipe: Path, tmp_pat
     assert report["rows"] == 6  # embeddings, 4 layers (read from the headers), head
 
 
+def footer_fits(app: MergeTuiApp, width: int) -> list[str]:
+    """The screen's footer keys, after checking that all of them fit `width` columns."""
+    footer = app.screen.query_one(KeyFooter)
+    line, spans = footer.footer_line(width)
+    assert line.cell_len == width  # one line, exactly the screen's width
+    shown = [span.item.key for span in spans]
+    # Nothing left out for want of room (the footer would drop a key rather than cut it).
+    assert shown == [item.key for item in footer.items if not item.palette] + ["ctrl+p"]
+    assert footer.shown_keys == shown
+    return shown
+
+
 async def test_screens_have_one_key_each_and_are_in_the_footer(ties_recipe: Path) -> None:
     app = MergeTuiApp(RecipeDocument.open(ties_recipe))
     async with app.run_test(size=(80, 24)) as pilot:
         await started(app, pilot)
-        footer_keys = {key.key for key in app.screen.query("FooterKey")}
-        assert {"f1", "f2", "f3", "f4", "f5", "ctrl+s"} <= footer_keys
+        footer_keys = footer_fits(app, 80)
+        assert footer_keys[:6] == ["ctrl+s", "f1", "f2", "f3", "f4", "f5"]
+        assert "ctrl+q" not in footer_keys  # Quit is in F1 and the palette: no room at 80
         from mergetui.tui.chat_screen import ChatScreen
         from mergetui.tui.checkpoints_screen import CheckpointsScreen
         from mergetui.tui.run_screen import RunScreen
@@ -174,14 +188,16 @@ async def test_screens_have_one_key_each_and_are_in_the_footer(ties_recipe: Path
             await pilot.pause()
             assert app.current_mode == mode
             assert isinstance(app.screen, screen_class)
-            keys_here = {key.key for key in app.screen.query("FooterKey")}
-            assert {"f1", "f2", "f3", "f4", "f5"} <= keys_here
-            # Every screen's footer fits 80 columns (Textual's overflows into a stray letter).
-            assert app.screen.query_one("Footer").max_scroll_x == 0
+            keys_here = footer_fits(app, 80)
+            assert {"f1", "f2", "f3", "f4", "f5"} <= set(keys_here)
+            assert "ctrl+s" not in keys_here  # Save is shown on the Recipe screen only
+            # The bottom line of the screen is the footer's line.
+            bottom = app.screen._compositor.render_strips()[-1].text
+            assert bottom == app.screen.query_one(KeyFooter).footer_line(80)[0].plain
         await pilot.press("f3")
         await pilot.pause()
         assert isinstance(app.screen, RecipeScreen)
-        assert app.screen.query_one("Footer").max_scroll_x == 0
+        assert footer_fits(app, 80)[0] == "ctrl+s"
 
 
 async def test_help_lists_the_keys_of_the_current_screen(ties_recipe: Path) -> None:

@@ -28,7 +28,6 @@ from textual.widgets import (
     Button,
     Checkbox,
     DataTable,
-    Footer,
     Header,
     Input,
     Label,
@@ -45,6 +44,7 @@ from textual.widgets.option_list import Option
 from mergetui.errors import CancelledError, UserError
 from mergetui.tui.commands import PaletteCommand
 from mergetui.tui.dialogs import DialogScreen, PathSuggester
+from mergetui.tui.footer import KeyFooter
 from mergetui.tui.help import HelpSection, binding_rows
 from mergetui.tui.mode_screen import ModeScreen
 from mergetui.tui.run_screen import short_path
@@ -368,7 +368,7 @@ class ChatScreen(ModeScreen):
                         )
                     yield Static(id="settings-message", classes="hint")
         yield Static(id="chat-status")
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def _setting(self, label: str, key: str, value: str, placeholder: str) -> ComposeResult:
         with Horizontal(classes="setting"):

@@ -23,11 +23,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar, Static
+from textual.widgets import DataTable, Header, Input, Label, ProgressBar, Static
 
 from mergetui.checkpoints.sources import CheckpointRow
 from mergetui.errors import CancelledError, UserError
 from mergetui.tui.commands import PaletteCommand
+from mergetui.tui.footer import KeyFooter
 from mergetui.tui.help import HelpSection, binding_rows
 from mergetui.tui.mode_screen import ModeScreen
 
@@ -162,7 +163,7 @@ class CheckpointsScreen(ModeScreen):
             yield ProgressBar(id="ck-progress", show_eta=False)
             yield Label(id="ck-download-label")
         yield Static(id="ck-status")
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#ck-table", DataTable)

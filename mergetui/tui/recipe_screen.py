@@ -25,7 +25,6 @@ from textual.widgets import (
     Button,
     Checkbox,
     DataTable,
-    Footer,
     Header,
     Input,
     Label,
@@ -55,6 +54,7 @@ from mergetui.tui.dialogs import (
     TextPrompt,
     describe_param,
 )
+from mergetui.tui.footer import KeyFooter
 from mergetui.tui.grid import GRID_ACTIONS, LayerGrid
 from mergetui.tui.grid_model import (
     GROUP_LABELS,
@@ -515,7 +515,7 @@ class RecipeScreen(ModeScreen):
                 yield Static(id="problems-summary")
                 yield OptionList(id="problems-table")
         yield Static(id="status")
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#models", DataTable).add_columns("base", "name", "source", "layers")

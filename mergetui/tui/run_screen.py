@@ -29,7 +29,6 @@ from textual.message import Message
 from textual.widgets import (
     Button,
     DataTable,
-    Footer,
     Header,
     Label,
     ProgressBar,
@@ -43,6 +42,7 @@ from mergetui.errors import CancelledError, UserError
 from mergetui.merge.writer import human_bytes
 from mergetui.tui.commands import PaletteCommand
 from mergetui.tui.dialogs import DialogScreen, TextPrompt
+from mergetui.tui.footer import KeyFooter
 from mergetui.tui.help import HelpSection, binding_rows
 from mergetui.tui.mode_screen import ModeScreen
 
@@ -318,7 +318,7 @@ class RunScreen(ModeScreen):
                 yield RichLog(id="run-log", markup=True, wrap=True, max_lines=2000)
             with TabPane("History [dim]F7[/]", id="history"):
                 yield DataTable(id="run-history", cursor_type="row", zebra_stripes=True)
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#run-history", DataTable)
