@@ -25,7 +25,7 @@ from mergetui.tui.dialogs import ConfirmQuit, TextPrompt
 from mergetui.tui.document import RecipeDocument
 from mergetui.tui.help import HelpScreen, active_sections
 from mergetui.tui.recipe_screen import RecipeScreen
-from mergetui.tui.run_screen import RunScreen, app_palette_commands
+from mergetui.tui.run_screen import ConfirmDialog, RunScreen, app_palette_commands
 from mergetui.tui.themes import Heatmap, LoadedTheme, default_heatmap, load_themes
 
 SCREENS: dict[str, tuple[str, str]] = {
@@ -81,6 +81,7 @@ class MergeTuiApp(App):
         # Run and Chat: the last finished merge, and a checkpoint the Chat screen should load.
         self.last_merge_output: str | None = None
         self.pending_chat_model: str | None = None
+        self._quit_merge_dialog: ConfirmDialog | None = None  # open while asking
         self.theme_errors: list[str] = []
         self._load_themes()
         wanted = self.config.theme
@@ -161,11 +162,40 @@ class MergeTuiApp(App):
         title = SCREENS.get(self.current_mode, ("", self.current_mode.title()))[1]
         self.push_screen(HelpScreen(title, sections))
 
+    def merge_running(self) -> bool:
+        """Whether the Run screen has a merge in progress (quitting would cancel it)."""
+        return any(
+            isinstance(screen, RunScreen) and screen.running
+            for stack in self._screen_stacks.values()
+            for screen in stack
+        )
+
     async def action_quit(self) -> None:
+        if isinstance(self.screen, ConfirmQuit) or (
+            self._quit_merge_dialog is not None and self.screen is self._quit_merge_dialog
+        ):
+            return  # already asking
+        if self.merge_running():
+            # Quitting stops the merge (RunScreen.on_unmount), so ask first, as `c` does.
+            self._quit_merge_dialog = ConfirmDialog(
+                "Quit and cancel the merge?",
+                "A merge is running. Quitting stops it at the next tensor and removes its "
+                "temporary folder: nothing is written.",
+                yes="Quit",
+                no="Keep merging",
+            )
+            self.push_screen(self._quit_merge_dialog, self._quit_merge_answer)
+            return
+        self._quit_unless_unsaved()
+
+    def _quit_merge_answer(self, yes: bool | None) -> None:
+        self._quit_merge_dialog = None
+        if yes:
+            self._quit_unless_unsaved()
+
+    def _quit_unless_unsaved(self) -> None:
         if not self.document.modified:
             self.exit()
-            return
-        if isinstance(self.screen, ConfirmQuit):
             return
         self.push_screen(ConfirmQuit(self.document.display_name), self._quit_answer)
 
@@ -324,7 +354,10 @@ class MergeTuiApp(App):
             ),
             PaletteCommand("Help: keys of this screen", "f1 or ?", self.action_help, "help"),
             PaletteCommand(
-                "Quit", "ctrl+q · asks first if there are unsaved changes", self.action_quit, "quit"
+                "Quit",
+                "ctrl+q · asks first if there are unsaved changes or a merge is running",
+                self.action_quit,
+                "quit",
             ),
         ]
         for name in sorted(self.available_themes):
