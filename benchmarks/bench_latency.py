@@ -170,11 +170,13 @@ class Terminal:
         os.close(self.fd)
 
 
-def time_keys(term: Terminal, probe: str, count: int, keep_going, state: dict) -> list[float]:
-    """Alternate the probe's two keys, `count` times at most while `keep_going()`; ms each."""
+def time_keys(
+    term: Terminal, probe: str, count: int, keep_going, state: dict
+) -> list[tuple[str, float]]:
+    """Alternate the probe's two keys, `count` times at most while `keep_going()`; (key, ms)."""
     markers = PROBES[probe]
     first, second = markers
-    samples: list[float] = []
+    samples: list[tuple[str, float]] = []
     for _ in range(count):
         if not keep_going():
             break
@@ -187,7 +189,7 @@ def time_keys(term: Terminal, probe: str, count: int, keep_going, state: dict) -
         if key in ("f3", "f4"):
             state["screen"] = key
         if keep_going():  # only keys answered while the merge was still running count
-            samples.append((arrived - sent) * 1000)
+            samples.append((key, (arrived - sent) * 1000))
         time.sleep(0.1)  # a person's pace, and time for the next progress update
     return samples
 
@@ -202,7 +204,7 @@ def to_run_screen(term: Terminal, state: dict) -> None:
 
 def merge_and_time(term: Terminal, out: Path, probe: str, keys: int, runs: int, state: dict):
     """Merge (again and again, up to `runs`) and time the probe's keys while it runs."""
-    samples: list[float] = []
+    samples: list[tuple[str, float]] = []
     walls: list[float] = []
     for _ in range(runs):
         if len(samples) >= keys:
@@ -221,15 +223,20 @@ def merge_and_time(term: Terminal, out: Path, probe: str, keys: int, runs: int, 
     return samples, walls
 
 
-def summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
+def summary(samples: list[tuple[str, float]]) -> dict:
+    """Median, p95 and extremes in ms, and the median of each key (F3 and F4 differ in cost)."""
+    ordered = sorted(ms for _, ms in samples)
     p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    keys = sorted({key for key, _ in samples})
     return {
         "count": len(samples),
-        "median_ms": statistics.median(samples),
+        "median_ms": statistics.median(ordered),
         "p95_ms": p95,
         "max_ms": ordered[-1],
         "min_ms": ordered[0],
+        "median_ms_by_key": {
+            key: statistics.median(ms for k, ms in samples if k == key) for key in keys
+        },
     }
 
 

@@ -220,3 +220,49 @@ async def test_hover_highlights_the_key_under_the_mouse() -> None:
         await pilot.pause()
         cleared, _ = footer.footer_line(100)
         assert cleared.get_style_at_offset(app.console, span.start).bgcolor == before
+
+
+class GroupsApp(App):
+    """Keys in binding groups: one label after the group's keys (compact: no space between)."""
+
+    MOVE = Binding.Group("Move")
+    NUDGE = Binding.Group("Nudge", compact=True)
+    BINDINGS = [
+        Binding("f1", "note('help')", "Help"),
+        Binding("left", "note('left')", "Left", group=MOVE),
+        Binding("right", "note('right')", "Right", group=MOVE),
+        Binding("plus", "note('up')", "Up", group=NUDGE),
+        Binding("minus", "note('down')", "Down", group=NUDGE),
+        Binding("x", "note('remove')", "Remove"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notes: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        yield KeyFooter()
+
+    def action_note(self, what: str) -> None:
+        self.notes.append(what)
+
+
+async def test_binding_groups_share_one_label_that_is_not_a_key() -> None:
+    app = GroupsApp()
+    async with app.run_test(size=(80, 6)) as pilot:
+        await draw(app, pilot)
+        footer = app.query_one(KeyFooter)
+        # Textual's compact footer draws "f1 Help  ← → Move +- Nudgex Remove" (a doubled and a
+        # missing space); this footer keeps one space between keys and labels.
+        assert bottom_line(app).startswith("f1 Help ← → Move +- Nudge x Remove ")
+        assert footer.shown_keys == ["f1", "left", "right", "plus", "minus", "x", "ctrl+p"]
+        spans = {span.item.key: span for span in footer.spans}
+        right = spans["right"]
+        assert right.end - right.start == 1  # the key alone: the label is not part of it
+        await pilot.click(KeyFooter, offset=(right.start, 0))
+        await pilot.click(KeyFooter, offset=(right.end + 2, 0))  # on the label "Move"
+        await pilot.click(KeyFooter, offset=(spans["minus"].start, 0))
+        await pilot.pause()
+        assert app.notes == ["right", "down"]
+        tooltips = {span.item.key: span.item.tooltip for span in footer.spans}
+        assert tooltips["left"] == "Left" and tooltips["minus"] == "Down"

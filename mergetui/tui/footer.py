@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from rich.style import Style
 from rich.text import Text
 from textual import events
+from textual.binding import Binding
 from textual.widget import Widget
 
 if TYPE_CHECKING:
@@ -33,12 +34,13 @@ PALETTE_SEPARATOR = "▏"  # Textual's footer draws the palette key with a `vkey
 class FooterItem:
     """One key as the footer shows it."""
 
-    key: str
+    key: str  # "" for a group's label, which is not a key
     display: str
     description: str
     enabled: bool = True
     tooltip: str = ""
     palette: bool = False  # the command palette's key, drawn on the right
+    joined: bool = False  # a compact group's key: no space before the next key
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def footer_items(screen: Screen) -> tuple[FooterItem, ...]:
     active = screen.active_bindings
     items: list[FooterItem] = []
     seen_actions: set[str] = set()
-    grouped: list[tuple[FooterItem, object]] = []
+    grouped: list[tuple[FooterItem, Binding.Group | None]] = []
     for _namespace, binding, enabled, tooltip in active.values():
         if not binding.show or binding.action in seen_actions:
             continue  # Textual's footer shows the first key bound to each action
@@ -76,19 +78,20 @@ def footer_items(screen: Screen) -> tuple[FooterItem, ...]:
     for group, members in groupby(grouped, lambda pair: pair[1]):
         members = list(members)
         if group is not None and len(members) > 1:
-            # A group of keys shares one description, written after its keys ("← → Move").
+            # A group's keys share one description, a label after them ("← → Move").
             for index, (item, _) in enumerate(members):
                 last = index == len(members) - 1
-                description = group.description if last else ""  # type: ignore[attr-defined]
                 items.append(
                     FooterItem(
                         item.key,
                         item.display,
-                        description,
+                        "",
                         item.enabled,
                         item.tooltip or item.description,
+                        joined=group.compact and not last,
                     )
                 )
+            items.append(FooterItem("", "", group.description))
         else:
             items.extend(item for item, _ in members)
     if app.ENABLE_COMMAND_PALETTE:
@@ -194,7 +197,8 @@ class KeyFooter(Widget, can_focus=False):
         text.append(item.display, style=key_style)
         if item.description:
             description_style = self.get_component_rich_style("key-footer--description")
-            text.append(" " + item.description, style=description_style)
+            gap = " " if item.display else ""
+            text.append(gap + item.description, style=description_style)
         if not item.enabled:
             text.stylize(Style(dim=True))
         if item == self._hover:
@@ -220,12 +224,14 @@ class KeyFooter(Widget, can_focus=False):
         spans: list[FooterSpan] = []
         for item in keys:
             text = self._item_text(item)
-            if line.cell_len + text.cell_len + 1 > room:
+            margin = 0 if item.joined else 1
+            if line.cell_len + text.cell_len + margin > room:
                 break  # left out whole, never cut
             start = line.cell_len
             line.append_text(text)
-            spans.append(FooterSpan(start, line.cell_len, item))
-            line.append(" ")
+            if item.key:  # a group's label is drawn, not clicked
+                spans.append(FooterSpan(start, line.cell_len, item))
+            line.append(" " * margin)
         if palette:
             line.append(" " * (room - line.cell_len))
             start = line.cell_len + len(PALETTE_SEPARATOR)
