@@ -341,28 +341,38 @@ def test_chunk_reading_methods_give_the_same_tensors_from_every_source(
     )
     real = methods.get_method_function(method)
     assert getattr(real, "reads_chunks", False)
+    streams = bool(getattr(real, "streams_output", False))
+    assert streams == (method != "linear")  # linear's pieces are small: it returns them whole
     seen: list[set[type]] = []
+    sinks: list[bool] = []
 
     def spy(tensors: list, ctx: object) -> torch.Tensor:
         seen.append({type(t) for t in tensors})
+        sinks.append(ctx.sink is not None)  # type: ignore[attr-defined]
         return real(tensors, ctx)
 
     spy.reads_chunks = True  # type: ignore[attr-defined]
+    spy.streams_output = streams  # type: ignore[attr-defined]
     monkeypatch.setattr(methods, "get_method_function", lambda name: spy)
     outputs = {}
     for label, threshold in (("stored", 1 << 40), ("file", 0)):
         seen.clear()
+        sinks.clear()
         monkeypatch.setattr(runner_module, "CHUNKS_FROM_FILE_BYTES", threshold)
         run_merge(make_plan(recipe, out=tmp_path / label))
         wanted = chunked.FileSource if label == "file" else chunked.StoredSource
         if method == "linear":
             wanted = chunked.StoredSource
         assert seen and all(kinds == {wanted} for kinds in seen)
+        # Streaming methods hand every output chunk to the writer (no whole output is held).
+        assert sinks and all(sink == streams for sink in sinks)
         outputs[label] = _load_output(tmp_path / label)
     spy.reads_chunks = False  # type: ignore[attr-defined]
     seen.clear()
+    sinks.clear()
     run_merge(make_plan(recipe, out=tmp_path / "whole"))
     assert seen and all(kinds == {torch.Tensor} for kinds in seen)
+    assert not any(sinks)
     whole = _load_output(tmp_path / "whole")
     for label, got in outputs.items():
         assert got.keys() == whole.keys()
@@ -391,3 +401,113 @@ def test_pickle_checkpoints_only_with_allow_bin(
     base = load_file(str(llama_family["base"] / "model.safetensors"))
     for name, value in merged.items():
         torch.testing.assert_close(value, 0.5 * base[name] + 0.5 * state[name])
+
+
+def test_compute_gate_runs_small_pieces_side_by_side_and_big_ones_alone() -> None:
+    """Up to `workers` shared pieces at once, each on cores // workers threads; a piece over
+    budget / workers waits for the others, runs alone on every core, and blocks later ones."""
+    gate = runner_module._ComputeGate(budget=100, workers=2, cores=4)
+    assert not gate.is_exclusive(50) and gate.is_exclusive(51)
+    assert gate.enter(0, 40) == 2
+    assert gate.enter(1, 50) == 2  # shared: starts beside piece 0
+    entered: list[tuple[int, int | None]] = []
+
+    def enter(number: int, footprint: int) -> None:
+        entered.append((number, gate.enter(number, footprint)))
+
+    big = threading.Thread(target=enter, args=(2, 90), daemon=True)
+    big.start()
+    big.join(0.2)
+    assert big.is_alive()  # exclusive: waits until nothing computes
+    after = threading.Thread(target=enter, args=(3, 10), daemon=True)
+    after.start()
+    gate.leave()
+    big.join(0.2)
+    assert big.is_alive() and entered == []
+    gate.leave()
+    big.join(5)
+    assert entered == [(2, 4)]  # alone, on every core
+    after.join(0.2)
+    assert after.is_alive()  # nothing starts beside an exclusive piece
+    gate.leave()
+    after.join(5)
+    assert entered == [(2, 4), (3, 2)]
+    gate.leave()
+    late = threading.Thread(target=enter, args=(5, 10), daemon=True)
+    late.start()
+    late.join(0.2)
+    assert late.is_alive()  # piece 4 has not entered yet: pieces start in plan order
+    gate.close()
+    late.join(5)
+    assert entered[-1] == (5, None)
+
+
+def test_pieces_compute_side_by_side_on_two_cores(
+    llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On two cores two workers merge at once, and the result is what one worker gives."""
+    import time
+
+    recipe = Recipe(
+        method="ties",
+        base="base",
+        models={
+            "base": ModelEntry("base", str(llama_family["base"])),
+            "a": ModelEntry("a", str(llama_family["a"]), parameters={"density": 0.5}),
+            "b": ModelEntry("b", str(llama_family["b"]), parameters={"density": 0.5}),
+        },
+        parameters={"weight": 0.5},
+    )
+    real = runner_module._compute
+    running = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def counting(*args: object, **kwargs: object) -> object:
+        with lock:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+        try:
+            time.sleep(0.01)  # long enough for the other worker to start its piece
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running["now"] -= 1
+
+    monkeypatch.setattr(runner_module, "_compute", counting)
+    outputs = {}
+    for cores in (1, 2):
+        running["most"] = 0
+        monkeypatch.setattr(runner_module, "_core_count", lambda cores=cores: cores)
+        run_merge(make_plan(recipe, out=tmp_path / f"cores{cores}"))
+        assert running["most"] == cores
+        outputs[cores] = _load_output(tmp_path / f"cores{cores}")
+    assert outputs[1].keys() == outputs[2].keys()
+    for name, value in outputs[1].items():
+        assert torch.equal(value, outputs[2][name]), name
+
+
+def test_output_chunks_stream_to_a_sink_or_fill_one_tensor() -> None:
+    from mergetui.merge.methods import MethodContext
+    from mergetui.merge.methods._common import STREAMED, OutputChunks
+
+    like = torch.zeros(2, 5)
+    got: list[tuple[int, torch.Tensor]] = []
+    ctx = MethodContext("x", "t", None, {}, [{}], out_dtype=torch.bfloat16)
+    ctx.sink = lambda start, chunk: got.append((start, chunk.clone()))
+    out = OutputChunks(ctx, like)
+    out.chunk(0, 4).fill_(1.5)
+    assert got == []  # handed over once the method moves on
+    out.chunk(4, 10).fill_(2.5)
+    assert [start for start, _ in got] == [0]
+    assert out.result() is STREAMED
+    assert [(s, c.dtype, c.tolist()) for s, c in got] == [
+        (0, torch.bfloat16, [1.5] * 4),
+        (4, torch.bfloat16, [2.5] * 6),
+    ]
+    ctx.sink = None
+    whole = OutputChunks(ctx, like)
+    whole.chunk(0, 4).fill_(1.0)
+    whole.chunk(4, 10).fill_(3.0)
+    result = whole.result()
+    assert result.shape == (2, 5) and result.dtype == torch.bfloat16
+    assert result.reshape(-1).tolist() == [1.0] * 4 + [3.0] * 6

@@ -1,12 +1,14 @@
 """Executes a Plan: read, merge and write tensor by tensor, then put the folder in place.
 
-Three threads share the work so the disk and the arithmetic overlap:
+Threads share the work so the disk and the arithmetic overlap, and every core computes:
 
 - a reader thread reads the next tensor's inputs (pread, see reader.py) while the current one is
   being merged; a byte budget (the largest input set + up to 64 MB) lets it run ahead on small
   tensors but never holds two of the large sets at once;
-- the calling thread casts the inputs to float32 on the device, runs the method, casts the result
-  once to the output dtype and hands it on;
+- compute workers (one per core on the CPU, up to MAX_WORKERS; one on a GPU) cast the inputs to
+  float32 on the device, run the method, cast the result once to the output dtype and hand it on.
+  Pieces small enough to share the memory budget run side by side, one torch thread each; a piece
+  too big to share (embeddings, lm_head) runs alone on every core (see `_ComputeGate`);
 - a writer thread writes each finished tensor at its offset in its shard (see writer.py).
 
 Everything is written to `.<name>.mergetui-tmp-XXXX` beside the target and renamed into place only
@@ -41,6 +43,7 @@ from mergetui.merge.events import (
     ShardWritten,
     TensorDone,
 )
+from mergetui.merge.methods._common import STREAMED
 from mergetui.merge.plan import CHUNKS_FROM_FILE_BYTES, PIECE_ELEMENTS
 from mergetui.merge.writer import human_bytes
 
@@ -52,6 +55,12 @@ if TYPE_CHECKING:
 _POLL_SECONDS = 0.05
 # How far past the largest input set the reader may prefetch.
 PREFETCH_MARGIN_BYTES = 64 * 1024 * 1024
+# On the CPU, up to this many pieces are merged at once, one per core. torch's intra-op threads
+# gain little on chunk-sized operations (memory-bound, and every barrier waits for the slowest
+# thread, which stalls whenever anything else wants the CPU), while pieces side by side scale.
+MAX_WORKERS = 4
+# Pieces run side by side while their footprints add up to at most the largest one's, or this.
+SHARED_FLOOR_BYTES = 64 * 1024 * 1024
 TEMP_MARKER = ".mergetui-tmp-"
 OLD_MARKER = ".mergetui-old-"
 
@@ -102,6 +111,7 @@ def run_merge(
 
         extras = prepare_extras(plan)  # recipe texts, tokenizer: fail before the long part
         _use_all_cores()
+        _tune_allocator()
         _execute(plan, temp, device, emit, cancel, progress)
         notices = write_extras(plan, temp, extras)
         for message in notices:
@@ -275,6 +285,59 @@ def _pieces(plan: Plan) -> list[_Piece]:
     return pieces
 
 
+class _ComputeGate:
+    """Admits pieces to the compute workers in plan order while their memory fits.
+
+    A piece whose footprint is at most budget / workers is shared: up to `workers` of them run at
+    once, each on one torch thread (their sum stays within the budget). A bigger one is exclusive:
+    it starts once nothing else computes, nothing starts beside it, and it gets every core.
+    """
+
+    def __init__(self, budget: int, workers: int, cores: int) -> None:
+        self._budget = budget
+        self._workers = workers
+        self._cores = cores
+        self._next = 0
+        self._active = 0
+        self._exclusive = False
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def is_exclusive(self, footprint: int) -> bool:
+        return self._workers == 1 or footprint * self._workers > self._budget
+
+    def enter(self, number: int, footprint: int) -> int | None:
+        """Wait for piece `number`'s turn and room; the torch threads it gets (None: closed)."""
+        alone = self.is_exclusive(footprint)
+        with self._cond:
+            while not self._closed and not (number == self._next and self._has_room(alone)):
+                self._cond.wait()
+            if self._closed:
+                return None
+            self._next += 1
+            self._active += 1
+            self._exclusive = alone
+            self._cond.notify_all()
+        return self._cores if alone else max(1, self._cores // self._workers)
+
+    def _has_room(self, alone: bool) -> bool:
+        if self._active == 0:
+            return True
+        return not alone and not self._exclusive and self._active < self._workers
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            if self._active == 0:
+                self._exclusive = False
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
 def _execute(
     plan: Plan,
     folder: Path,
@@ -296,7 +359,7 @@ def _execute(
     # A method that declares `reads_chunks` gets its whole-tensor inputs as chunk sources
     # (chunked.py): held as stored, or for the largest sets not held at all but read from the
     # file slice by slice. Otherwise, on the CPU, the reader thread converts inputs to float32
-    # (off the compute thread); on a GPU the stored bytes travel and are converted there.
+    # (off the compute threads); on a GPU the stored bytes travel and are converted there.
     chunked = bool(getattr(method, "reads_chunks", False))
     modes = [_input_mode(p, chunked) for p in pieces]
     early = [
@@ -307,15 +370,41 @@ def _execute(
         0 if mode == _FROM_FILE else _held_bytes(p, convert)
         for p, mode, convert in zip(pieces, modes, early, strict=True)
     ]
+    # A method that streams its output (OutputChunks) hands it to the writer chunk by chunk.
+    streams = chunked and bool(getattr(method, "streams_output", False))
+    footprints = [
+        _footprint(p, size, mode, streams)
+        for p, size, mode in zip(pieces, sizes, modes, strict=True)
+    ]
+    cores = _core_count()
+    workers = min(cores, MAX_WORKERS) if device.type == "cpu" else 1
+    gate = _ComputeGate(max(max(footprints, default=0), SHARED_FLOOR_BYTES), workers, cores)
     largest = max(sizes, default=0)
-    # Streamed pieces always get a second set in flight (read while the previous computes).
+    shared_sets = [n for n, f in zip(sizes, footprints, strict=True) if not gate.is_exclusive(f)]
+    # Enough held for every worker's set, then a prefetch margin (streamed pieces always get
+    # one more set in flight, read while the others compute).
     streamed = max((n for p, n in zip(pieces, sizes, strict=True) if not p.whole), default=0)
-    budget = _ByteBudget(largest + max(streamed, min(PREFETCH_MARGIN_BYTES, largest // 2)))
-    pool = _BufferPool(min(max(2 * largest, 8 * 1024 * 1024), 512 * 1024 * 1024))
-    stop = threading.Event()
+    held_limit = max(largest, workers * max(shared_sets, default=0))
+    budget = _ByteBudget(held_limit + max(streamed, min(PREFETCH_MARGIN_BYTES, largest // 2)))
+    pool = _BufferPool(min(max(2 * held_limit, 8 * 1024 * 1024), 512 * 1024 * 1024))
+    stop = threading.Event()  # set on cancel and on any thread's error: every thread winds down
     loaded: queue.Queue[tuple[int, Any]] = queue.Queue()
-    writes: queue.Queue[tuple[_Piece, Any] | None] = queue.Queue(maxsize=2)
-    writer_error: list[BaseException] = []
+    take_lock = threading.Lock()  # pieces leave `loaded` in plan order, one worker at a time
+    # (tensor, first element, CPU tensor, pooled buffer or None): whole results, pieces, chunks.
+    writes: queue.Queue[tuple[PlannedTensor, int, Any, Any] | None] = queue.Queue(
+        maxsize=4 * workers
+    )
+    errors: list[BaseException] = []  # the first is the one raised
+
+    def fail(exc: BaseException) -> None:
+        errors.append(exc)
+        stop.set()
+
+    def halted() -> bool:
+        """Whether to stop now: a cancel (seen by any thread) or an error."""
+        if cancel is not None and cancel.is_set():
+            stop.set()
+        return stop.is_set()
 
     def read_loop() -> None:
         with torch.inference_mode():
@@ -327,11 +416,56 @@ def _execute(
                         data = _file_sources(reader, piece, device)
                     else:
                         data = _read_piece(reader, piece, convert, pool)
-                except BaseException as exc:  # handed to the main thread, which raises it
-                    loaded.put((number, exc))
+                except BaseException as exc:
+                    fail(exc)
                     return
                 loaded.put((number, data))
                 del data
+
+    taken = [0]
+
+    def compute_loop() -> None:
+        while not halted():
+            with take_lock:
+                if taken[0] == len(pieces):
+                    return
+                item = _next_loaded(loaded, stop)
+                if item is None:
+                    return
+                taken[0] += 1
+            number, data = item
+            piece = pieces[number]
+            threads = gate.enter(number, footprints[number])
+            if threads is None:
+                return
+            sink = None
+            if streams and modes[number] != _WHOLE:
+
+                def sink(start: int, chunk: torch.Tensor, piece: _Piece = piece) -> None:
+                    if chunk.device.type != "cpu":
+                        chunk = chunk.to("cpu")
+                    item = (piece.tensor, piece.start + start, chunk, None)
+                    if halted() or not _put_write(writes, item, stop):
+                        raise CancelledError("merge stopped")
+
+            try:
+                if torch.get_num_threads() != threads:
+                    torch.set_num_threads(threads)  # this thread's own OpenMP team size
+                result = _compute(
+                    plan, piece, data, method, device, stop, modes[number], pool, sink
+                )
+            except BaseException as exc:
+                fail(exc)
+                return
+            finally:
+                gate.leave()
+                budget.release(sizes[number])
+            del data
+            if result is not None and not _put_write(
+                writes, (piece.tensor, piece.start, *result), stop
+            ):
+                return
+            del result
 
     def write_loop() -> None:
         total = plan.total_bytes
@@ -342,21 +476,19 @@ def _execute(
                 if stop.is_set():
                     return
                 continue
-            if item is None:
+            if item is None or halted():
                 return
-            piece, (result, buffer) = item
-            tensor = piece.tensor
+            tensor, start, result, buffer = item
             itemsize = tensor.nbytes // tensor.numel if tensor.numel else 0
             try:
-                shard = writer.write(tensor.name, result, piece.start * itemsize)
+                shard = writer.write(tensor.name, result, start * itemsize)
             except BaseException as exc:
-                writer_error.append(exc)
-                stop.set()
+                fail(exc)
                 return
-            progress.bytes_done += piece.numel * itemsize
+            progress.bytes_done += result.numel() * itemsize
             del result, item
             pool.give(buffer)
-            if not piece.last:
+            if not writer.is_written(tensor.name):
                 continue
             progress.tensors_done += 1
             emit(
@@ -374,36 +506,31 @@ def _execute(
 
     reader_thread = threading.Thread(target=read_loop, name="mergetui-reader", daemon=True)
     writer_thread = threading.Thread(target=write_loop, name="mergetui-writer", daemon=True)
-    reader_thread.start()
-    writer_thread.start()
+    compute_threads = [
+        threading.Thread(target=compute_loop, name=f"mergetui-compute-{n}", daemon=True)
+        for n in range(workers)
+    ]
+    threads = [reader_thread, writer_thread, *compute_threads]
+    for thread in threads:
+        thread.start()
     try:
-        for number, (piece, size) in enumerate(zip(pieces, sizes, strict=True)):
-            index, data = _next_loaded(loaded, cancel, writer_error)
-            if index != number:
-                raise RuntimeError(f"reader out of order: got piece {index}, expected {number}")
-            if isinstance(data, BaseException):
-                raise data
-            _raise_if_cancelled(cancel)
-            result = _compute(plan, piece, data, method, device, cancel, modes[number], pool)
-            budget.release(size)
-            _put_write(writes, (piece, result), cancel, writer_error)
-            del result
-        _put_write(writes, None, cancel, writer_error)
-        while writer_thread.is_alive():
-            writer_thread.join(_POLL_SECONDS)
-            if writer_error:
-                break
-            _raise_if_cancelled(cancel)
-        if writer_error:
-            raise writer_error[0]
+        _watch(compute_threads, cancel, stop, errors)
+        if not errors:
+            _put_write(writes, None, stop)  # every piece is computed: the writer may finish
+            _watch([writer_thread], cancel, stop, errors)
+        _raise_if_cancelled(cancel)
+        if errors:
+            raise errors[0]
         writer.finish()
     finally:
         stop.set()
         budget.close()
-        reader_thread.join()
-        writer_thread.join()
+        gate.close()
+        for thread in threads:
+            thread.join()
         reader.close()
         writer.close()
+        _use_all_cores()  # the workers changed the default for threads started later
 
 
 # How a piece's inputs reach the method.
@@ -498,36 +625,54 @@ def _read_piece(
     return data
 
 
-def _next_loaded(
-    loaded: queue.Queue[tuple[int, Any]],
-    cancel: threading.Event | None,
-    writer_error: list[BaseException],
-) -> tuple[int, Any]:
-    while True:
-        _raise_if_cancelled(cancel)
-        if writer_error:
-            raise writer_error[0]
+def _next_loaded(loaded: queue.Queue[tuple[int, Any]], stop: threading.Event) -> Any:
+    """The next piece the reader loaded, or None once the run is stopping."""
+    while not stop.is_set():
         try:
             return loaded.get(timeout=_POLL_SECONDS)
         except queue.Empty:
             continue
+    return None
 
 
-def _put_write(
-    writes: queue.Queue[Any],
-    item: Any,
-    cancel: threading.Event | None,
-    writer_error: list[BaseException],
-) -> None:
-    while True:
-        if writer_error:
-            raise writer_error[0]
-        _raise_if_cancelled(cancel)
+def _put_write(writes: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    """Queue an item for the writer; False once the run is stopping."""
+    while not stop.is_set():
         try:
             writes.put(item, timeout=_POLL_SECONDS)
-            return
+            return True
         except queue.Full:
             continue
+    return False
+
+
+def _watch(
+    threads: list[threading.Thread],
+    cancel: threading.Event | None,
+    stop: threading.Event,
+    errors: list[BaseException],
+) -> None:
+    """Wait for the threads to end; pass a cancel on to them; return early on an error."""
+    while not errors:
+        alive = [thread for thread in threads if thread.is_alive()]
+        if not alive:
+            return
+        alive[0].join(_POLL_SECONDS)
+        if cancel is not None and cancel.is_set():
+            stop.set()
+            return
+
+
+def _footprint(piece: _Piece, held: int, mode: str, streams: bool) -> int:
+    """Bytes a piece occupies while it computes: inputs held, result, float32 temporaries."""
+    from mergetui.merge.methods._common import CHUNK_ELEMENTS
+
+    tensor = piece.tensor
+    out_bytes = tensor.nbytes * piece.numel // tensor.numel if tensor.numel else 0
+    if mode == _WHOLE:  # float32 result and about two float32 temporaries of the whole
+        return held + out_bytes + 3 * 4 * piece.numel
+    chunks = 4 * min(piece.numel, CHUNK_ELEMENTS) * (len(tensor.inputs) + 4)
+    return held + chunks + (0 if streams else out_bytes)
 
 
 def _compute(
@@ -539,9 +684,11 @@ def _compute(
     cancel: threading.Event | None,
     mode: str = _WHOLE,
     pool: _BufferPool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    sink: Callable[[int, torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """One piece of an output tensor, contiguous on the CPU in its output dtype, with the pooled
-    buffer holding it (to recycle once written) or None.
+    buffer holding it (to recycle once written) or None; None when the method sent its output to
+    `sink` chunk by chunk instead.
 
     Takes ownership of `data` (emptied here): the input buffers go back to the pool as soon as
     the method is done with them, except one the result still lives in.
@@ -557,16 +704,23 @@ def _compute(
     buffers = [buffer for _, buffer in data]
     data.clear()
 
-    def finish(result: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Recycle the input buffers the result does not live in; cast into a pooled buffer."""
+    def recycle(result: torch.Tensor | None) -> torch.Tensor | None:
+        """Give the input buffers back to the pool, but the one `result` lives in (returned)."""
         held = None
-        result_storage = result.untyped_storage().data_ptr() if result.device.type == "cpu" else -1
+        result_storage = -1
+        if result is not None and result.device.type == "cpu":
+            result_storage = result.untyped_storage().data_ptr()
         for buffer in buffers:
             if buffer is not None and buffer.untyped_storage().data_ptr() == result_storage:
                 held = buffer
             elif pool is not None:
                 pool.give(buffer)
         buffers.clear()
+        return held
+
+    def finish(result: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Recycle the input buffers the result does not live in; cast into a pooled buffer."""
+        held = recycle(result)
         if result.dtype == out_dtype and result.device.type == "cpu" and result.is_contiguous():
             return result, held
         nbytes = result.numel() * torch.empty((), dtype=out_dtype).element_size()
@@ -612,11 +766,15 @@ def _compute(
         device=device,
         input_names=[i.model for i in tensor.inputs],
         out_dtype=None if mode == _WHOLE else out_dtype,
+        sink=sink,
     )
     expected = tensor.shape if piece.whole else (piece.numel,)
     with torch.inference_mode():
         result = method(inputs, ctx)
         inputs.clear()
+        if result is STREAMED:
+            recycle(None)
+            return None
         if tuple(result.shape) != tuple(expected):
             raise RuntimeError(
                 f"method {plan.method} returned shape {tuple(result.shape)} for {tensor.name}, "
@@ -703,13 +861,47 @@ def _raise_if_cancelled(cancel: threading.Event | None) -> None:
         raise CancelledError("merge cancelled")
 
 
+# glibc's malloc gives blocks over a threshold (128 KiB, rising to what was last freed) their own
+# mmap, so a chunk's float32 temporaries (512 KiB) often come as fresh pages: a page fault per
+# 4 KiB, tens of thousands per tensor. Serving blocks up to this size from the heap lets every
+# chunk reuse the memory the previous one freed (a third to half fewer faults, measured).
+_MALLOC_MMAP_THRESHOLD = 32 * 1024 * 1024
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
+_allocator_tuned = False
+
+
+def _tune_allocator() -> None:
+    """Ask glibc to keep chunk-sized blocks on the heap (once per process; no-op elsewhere)."""
+    global _allocator_tuned
+    if _allocator_tuned:
+        return
+    _allocator_tuned = True
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other libcs: keep their defaults
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MALLOC_MMAP_THRESHOLD)
+    mallopt(_M_TRIM_THRESHOLD, 2 * _MALLOC_MMAP_THRESHOLD)
+
+
+def _core_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS and Windows
+        return os.cpu_count() or 1
+
+
 def _use_all_cores() -> None:
     import torch
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS and Windows
-        cores = os.cpu_count() or 1
+    cores = _core_count()
     if torch.get_num_threads() != cores:
         torch.set_num_threads(cores)
 

@@ -52,6 +52,11 @@ class MethodContext:
     # compute dtype and rounded once as it is written, exactly as a whole-tensor cast would round,
     # and no float32 copy of the output is ever made. None: the compute dtype.
     out_dtype: torch.dtype | None = None
+    # Optional: where a method that writes its output chunk by chunk (`OutputChunks`) may send
+    # each finished chunk, `sink(start, chunk)` with `start` the flat index of its first element,
+    # instead of building the whole output. Such a method then returns `STREAMED`. The engine
+    # sets it for chunk-reading methods, so no output tensor of the largest sizes is ever held.
+    sink: Callable[[int, torch.Tensor], None] | None = field(default=None, repr=False)
 
 
 MethodFunction = Callable[[list["torch.Tensor"], MethodContext], "torch.Tensor"]

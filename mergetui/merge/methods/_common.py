@@ -1,8 +1,8 @@
 """Small helpers every method family shares: parameters, base handling, chunking, cancellation.
 
-Chunking is how the methods stay fast and small: element-wise work runs over slices of about a
-quarter of a million elements, so the temporaries of one step stay in cache and no method ever
-stacks N full-size copies of a tensor.
+Chunking is how the methods stay fast and small: element-wise work runs over slices of 128K
+elements, so the temporaries of one step stay in cache and no method ever stacks N full-size
+copies of a tensor.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ if TYPE_CHECKING:
 
     from mergetui.merge.methods import MethodContext
 
-# Elements per chunk of element-wise work (1 MiB of float32): small enough for the temporaries of
-# a step to stay in cache, big enough that Python overhead per chunk is negligible.
-CHUNK_ELEMENTS = 1 << 18
+# Elements per chunk of element-wise work (512 KiB of float32, one core's L2 on the development
+# machine): small enough for a step's temporaries to stay in cache, big enough that Python's cost
+# per chunk stays small. Measured on TIES of 245M parameters: 1<<17 beat 1<<16, 1<<18 and 1<<20.
+CHUNK_ELEMENTS = 1 << 17
 
 
 def check_cancel(ctx: MethodContext) -> None:
@@ -195,3 +196,54 @@ def output_buffer(ctx: MethodContext, like: torch.Tensor) -> torch.Tensor:
     ):
         return out
     return torch.empty(tuple(like.shape), dtype=dtype, device=like.device)
+
+
+class _Streamed:
+    """What a method returns when its whole output went to `ctx.sink`."""
+
+    def __repr__(self) -> str:
+        return "STREAMED"
+
+
+STREAMED = _Streamed()
+
+
+class OutputChunks:
+    """A method's output written chunk by chunk, in flat order.
+
+    Without `ctx.sink`: the chunks are views of one output tensor (`output_buffer`), and `result`
+    returns it. With a sink: each chunk is a fresh tensor handed to the sink once the method asks
+    for the next one (or for the result), and `result` returns STREAMED. Either way the method
+    fills `chunk(start, end)` completely before asking for another.
+    """
+
+    def __init__(self, ctx: MethodContext, like: torch.Tensor) -> None:
+        self._sink = ctx.sink
+        self._shape = tuple(like.shape)
+        self._device = like.device
+        self.dtype = ctx.out_dtype or like.dtype
+        self._pending: tuple[int, torch.Tensor] | None = None
+        self._whole = None if self._sink is not None else output_buffer(ctx, like)
+
+    def chunk(self, start: int, end: int) -> torch.Tensor:
+        """The flat elements [start, end) of the output, to be written in place."""
+        import torch
+
+        self._flush()
+        if self._whole is not None:
+            return self._whole.view(-1)[start:end]
+        chunk = torch.empty(end - start, dtype=self.dtype, device=self._device)
+        self._pending = (start, chunk)
+        return chunk
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            start, chunk = self._pending
+            self._pending = None
+            assert self._sink is not None
+            self._sink(start, chunk)
+
+    def result(self) -> Any:
+        """The output tensor, or STREAMED once every chunk went to the sink."""
+        self._flush()
+        return self._whole if self._whole is not None else STREAMED

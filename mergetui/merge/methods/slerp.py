@@ -6,9 +6,9 @@ import math
 from typing import TYPE_CHECKING
 
 from mergetui.merge.methods._common import (
+    OutputChunks,
     check_cancel,
     flat,
-    output_buffer,
     require_count,
     shared_param,
     spans,
@@ -40,7 +40,7 @@ def slerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
 
     Pass 1 gathers |a|^2, |b|^2 and a.b chunk by chunk (float64 totals); pass 2 writes
     c_a a + c_b b. Two reads of each input, nothing allocated but the output (in the engine's
-    output dtype when it says so).
+    output dtype when it says so; chunk by chunk to the engine's sink when it has one).
     """
     import torch
 
@@ -60,17 +60,17 @@ def slerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     norm_b = math.sqrt(bb) if math.sqrt(bb) > NORM_EPS else 1.0
     coef_a, coef_b = slerp_coefficients(t, ab / (norm_a * norm_b))
 
-    out = output_buffer(ctx, base)
-    out_flat = out.view(-1)
+    out = OutputChunks(ctx, base)
     for start, end in spans(a.numel()):
         check_cancel(ctx)
-        target = out_flat[start:end]
+        target = out.chunk(start, end)
         if target.dtype == a.dtype:
             torch.mul(a[start:end], coef_a, out=target)
             target.add_(b[start:end], alpha=coef_b)
         else:  # computed in the compute dtype, rounded once into the output dtype
             target.copy_(torch.mul(a[start:end], coef_a).add_(b[start:end], alpha=coef_b))
-    return out
+    return out.result()
 
 
 slerp.reads_chunks = True  # type: ignore[attr-defined]  # see mergetui.merge.chunked
+slerp.streams_output = True  # type: ignore[attr-defined]  # see _common.OutputChunks

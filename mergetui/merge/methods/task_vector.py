@@ -25,11 +25,11 @@ from mergetui.merge.chunked import whole
 from mergetui.merge.methods import _random
 from mergetui.merge.methods._common import (
     CHUNK_ELEMENTS,
+    OutputChunks,
     check_cancel,
     flat,
     input_label,
     model_param,
-    output_buffer,
     row_spans,
     shared_param,
     spans,
@@ -118,8 +118,7 @@ def _merge(
 
     device = base.device
     count = len(inputs)
-    out = output_buffer(ctx, base)
-    out_flat = out.view(-1)
+    out = OutputChunks(ctx, base)
     deltas = torch.empty((count, min(numel, CHUNK_ELEMENTS)), dtype=base.dtype, device=device)
     coef = torch.tensor(coefficients, dtype=base.dtype, device=device).unsqueeze(1)
     weight_row = torch.tensor(weights, dtype=base.dtype, device=device)
@@ -134,7 +133,7 @@ def _merge(
             if keep is not None:
                 row.mul_(keep)
         block.mul_(coef)
-        target = out_flat[start:end]
+        target = out.chunk(start, end)
         if consensus:
             # Elected sign s = +1 where sum >= 0, else -1. An entry agrees when s * tau > 0, so
             # relu(s * tau) keeps exactly the agreeing magnitudes (zeros never agree).
@@ -149,7 +148,7 @@ def _merge(
             torch.add(base_chunk, merged, alpha=lam, out=target)
         else:
             torch.add(base_chunk, block.sum(0), out=target)
-    return out
+    return out.result()
 
 
 def _plan_input(
@@ -381,5 +380,7 @@ def della_linear(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tenso
 
 # Every pass reads inputs as flat chunks, so the engine may hand them over as chunk sources
 # (mergetui.merge.chunked). DELLA ranks whole rows of the 2-D view: it gets whole tensors.
+# Their output pass writes through OutputChunks, so the engine may take the output chunk by chunk.
 for _function in (task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties):
     _function.reads_chunks = True  # type: ignore[attr-defined]
+    _function.streams_output = True  # type: ignore[attr-defined]
