@@ -133,12 +133,12 @@ async def test_quit_while_merging_yes_quits_and_the_merge_leaves_nothing(
         await pilot.press("ctrl+q")
         await pilot.pause()
         assert isinstance(app.screen, ConfirmDialog)
+        cancel = screen.cancel_event
         await pilot.press("y")
         await pilot.pause()
-        cancel = screen.cancel_event
+        assert cancel is not None and cancel.is_set()  # told to stop before the app goes
         release.set()
     assert not app.is_running
-    assert cancel is not None and cancel.is_set()  # leaving stopped the merge
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(
         ".mergetui-tmp-" in p.name for p in tmp_path.iterdir()

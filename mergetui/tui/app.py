@@ -162,13 +162,24 @@ class MergeTuiApp(App):
         title = SCREENS.get(self.current_mode, ("", self.current_mode.title()))[1]
         self.push_screen(HelpScreen(title, sections))
 
-    def merge_running(self) -> bool:
-        """Whether the Run screen has a merge in progress (quitting would cancel it)."""
-        return any(
-            isinstance(screen, RunScreen) and screen.running
+    def _running_merges(self) -> list[RunScreen]:
+        return [
+            screen
             for stack in self._screen_stacks.values()
             for screen in stack
-        )
+            if isinstance(screen, RunScreen) and screen.running
+        ]
+
+    def merge_running(self) -> bool:
+        """Whether the Run screen has a merge in progress (quitting would cancel it)."""
+        return bool(self._running_merges())
+
+    def _leave(self) -> None:
+        """Quit; a running merge is told to stop first (it removes its temporary folder)."""
+        for screen in self._running_merges():
+            if screen.cancel_event is not None:
+                screen.cancel_event.set()
+        self.exit()
 
     async def action_quit(self) -> None:
         if isinstance(self.screen, ConfirmQuit) or (
@@ -176,7 +187,7 @@ class MergeTuiApp(App):
         ):
             return  # already asking
         if self.merge_running():
-            # Quitting stops the merge (RunScreen.on_unmount), so ask first, as `c` does.
+            # Quitting stops the merge, so ask first, as `c` does.
             self._quit_merge_dialog = ConfirmDialog(
                 "Quit and cancel the merge?",
                 "A merge is running. Quitting stops it at the next tensor and removes its "
@@ -195,15 +206,15 @@ class MergeTuiApp(App):
 
     def _quit_unless_unsaved(self) -> None:
         if not self.document.modified:
-            self.exit()
+            self._leave()
             return
         self.push_screen(ConfirmQuit(self.document.display_name), self._quit_answer)
 
     def _quit_answer(self, answer: str | None) -> None:
         if answer == "discard":
-            self.exit()
+            self._leave()
         elif answer == "save":
-            self.save_document(then=self.exit)
+            self.save_document(then=self._leave)
 
     def action_save(self) -> None:
         self.save_document()
