@@ -60,6 +60,11 @@ class _Source(ABC):
     def _chunk(self, start: int, stop: int) -> torch.Tensor:
         """Elements [start, stop) of the flat input, in the compute dtype, on the device."""
 
+    @abstractmethod
+    def raw(self, start: int, stop: int) -> torch.Tensor:
+        """Elements [start, stop) as stored (bf16 stays bf16), on the device: for an operation
+        with a compute-dtype operand, which upcasts them exactly as `_chunk` would, in one pass."""
+
     def materialize(self) -> torch.Tensor:
         """The whole input in the compute dtype (for the rare path that needs all of it)."""
         return self._chunk(0, self._numel).reshape(self.shape)
@@ -74,6 +79,9 @@ class StoredSource(_Source):
 
     def _chunk(self, start: int, stop: int) -> torch.Tensor:
         return self._flat[start:stop].to(self.dtype)
+
+    def raw(self, start: int, stop: int) -> torch.Tensor:
+        return self._flat[start:stop]
 
 
 class FileSource(_Source):
@@ -92,6 +100,10 @@ class FileSource(_Source):
         self._itemsize = source.nbytes // source.numel if source.numel else 0
 
     def _chunk(self, start: int, stop: int) -> torch.Tensor:
+        # A fresh buffer per read, so the chunk never aliases one handed out before.
+        return self.raw(start, stop).to(dtype=self.dtype)
+
+    def raw(self, start: int, stop: int) -> torch.Tensor:
         source = self._source
         count = stop - start
         stored = self._reader.read(
@@ -102,12 +114,16 @@ class FileSource(_Source):
             (count,),
             source.tensor,
         )
-        # A fresh buffer per read, so the chunk never aliases one handed out before.
-        return stored.to(device=self.device, dtype=self.dtype)
+        return stored.to(device=self.device)
 
 
 def is_chunked(value: Any) -> bool:
     return isinstance(value, _Source)
+
+
+def raw_slice(value: Any, start: int, stop: int) -> torch.Tensor:
+    """Elements [start, stop) of a flat input as stored (a plain tensor: a view of it)."""
+    return value.raw(start, stop) if is_chunked(value) else value[start:stop]
 
 
 def whole(value: Any) -> torch.Tensor:

@@ -28,6 +28,14 @@ _LOW_BUCKETS = 1 << 16
 SMALL_VALUES = 1 << 15
 
 
+def _bisect_right(cumulative: torch.Tensor, value: int) -> int:
+    """bisect.bisect_right on a sorted 1-D int64 tensor (without making it a list)."""
+    import torch
+
+    probe = torch.tensor([value], dtype=cumulative.dtype)
+    return int(torch.searchsorted(cumulative, probe, right=True)[0])
+
+
 def _bits(values: torch.Tensor) -> torch.Tensor:
     import torch
 
@@ -54,10 +62,12 @@ class RankSelector:
         self._prefix_sums: torch.Tensor | None = None
         self._counts = torch.zeros(0, dtype=torch.int64, device=device)
         self._sums: torch.Tensor | None = None
-        self._cum: list[int] = []
-        self._cum_sums: list[float] = []
+        # Cumulative counts (and sums) of the buckets, kept as tensors: a histogram's 32K entries
+        # cost a millisecond to turn into a Python list, and only a few of them are ever read.
+        self._cum = torch.zeros(0, dtype=torch.int64)
+        self._cum_sums = torch.zeros(0, dtype=torch.float64)
         self._low: dict[int, torch.Tensor] = {}
-        self._low_cum: dict[int, list[int]] = {}
+        self._low_cum: dict[int, torch.Tensor] = {}
 
     # -- pass 1 ---------------------------------------------------------------------------------
     def add(self, values: torch.Tensor) -> None:
@@ -99,9 +109,9 @@ class RankSelector:
             if self.with_sums:
                 self._prefix_sums = self._sorted.double().cumsum(0)
             return
-        self._cum = self._counts.cumsum(0).tolist()
+        self._cum = self._counts.cumsum(0).cpu()
         if self._sums is not None:
-            self._cum_sums = self._sums.cumsum(0).tolist()
+            self._cum_sums = self._sums.cumsum(0).cpu()
         for rank in ranks:
             if 0 <= rank < self.total:
                 self._low.setdefault(self._bucket_of(rank), None)  # type: ignore[arg-type]
@@ -124,18 +134,20 @@ class RankSelector:
 
     # -- answers --------------------------------------------------------------------------------
     def _bucket_of(self, rank: int) -> int:
-        import bisect
+        return _bisect_right(self._cum, rank)
 
-        return bisect.bisect_right(self._cum, rank)
+    def _below_bucket(self, bucket: int) -> int:
+        """How many values lie in the buckets before `bucket`."""
+        return int(self._cum[bucket - 1]) if bucket > 0 else 0
 
-    def _low_cum_of(self, bucket: int) -> list[int]:
+    def _low_cum_of(self, bucket: int) -> torch.Tensor:
         import torch
 
         if bucket not in self._low_cum:
             counts = self._low[bucket]
             if counts is None:
                 counts = torch.zeros(_LOW_BUCKETS, dtype=torch.int64)
-            self._low_cum[bucket] = counts.cumsum(0).tolist()
+            self._low_cum[bucket] = counts.cumsum(0).cpu()
         return self._low_cum[bucket]
 
     def _count_below(self, value: float, *, right: bool) -> int:
@@ -148,7 +160,6 @@ class RankSelector:
 
     def value_at(self, rank: int) -> tuple[float, int]:
         """The value of ascending rank `rank` (0-based) and how many values are strictly smaller."""
-        import bisect
         import struct
 
         if self._sorted is not None:
@@ -156,10 +167,10 @@ class RankSelector:
             return value, self._count_below(value, right=False)
 
         bucket = self._bucket_of(rank)
-        below_bucket = self._cum[bucket - 1] if bucket > 0 else 0
+        below_bucket = self._below_bucket(bucket)
         low_cum = self._low_cum_of(bucket)
-        low = bisect.bisect_right(low_cum, rank - below_bucket)
-        less = below_bucket + (low_cum[low - 1] if low > 0 else 0)
+        low = _bisect_right(low_cum, rank - below_bucket)
+        less = below_bucket + (int(low_cum[low - 1]) if low > 0 else 0)
         value = struct.unpack("<f", struct.pack("<i", (bucket << 16) | low))[0]
         return value, less
 
@@ -174,10 +185,10 @@ class RankSelector:
         if self._prefix_sums is not None:
             return float(self._prefix_sums[min(rank, self.total) - 1])
         if rank >= self.total:
-            return self._cum_sums[-1] if self._cum_sums else 0.0
+            return float(self._cum_sums[-1]) if self._cum_sums.numel() else 0.0
         value, less = self.value_at(rank)
         bucket = self._bucket_of(rank)
-        total = self._cum_sums[bucket - 1] if bucket > 0 else 0.0
+        total = float(self._cum_sums[bucket - 1]) if bucket > 0 else 0.0
         counts = self._low[bucket]
         low = struct.unpack("<i", struct.pack("<f", value))[0] & 0xFFFF
         if counts is not None and low > 0:
@@ -205,14 +216,18 @@ class KeepRule:
     upper: float | None = None
     ties: list[TieWindow] = field(default_factory=list)
     keep_nothing: bool = False
+    lower_inclusive: bool = False  # keep |x| >= lower (every tie at the bound is kept)
 
     def restart(self) -> None:
         """Forget the ties counted so far, to walk the chunks again from the start."""
         for tie in self.ties:
             tie.seen = 0
 
-    def keep(self, magnitudes: torch.Tensor) -> torch.Tensor | None:
-        """The next chunk's keep mask as float32 0/1, to multiply by (None: keep all).
+    def keep(
+        self, magnitudes: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """The next chunk's keep mask as float32 0/1, to multiply by (None: keep all); written
+        into `out` (float32, the chunk's size) when given.
 
         Chunks must come in flat order. Masks are float, not bool: on the CPU, comparisons that
         write float are several times faster than bool ones, and so is multiplying by them.
@@ -225,10 +240,15 @@ class KeepRule:
         magnitudes = magnitudes.float()
         mask = None
         if self.lower is not None:
-            mask = torch.gt(magnitudes, self.lower, out=torch.empty_like(magnitudes))
+            target = out if out is not None else torch.empty_like(magnitudes)
+            compare = torch.ge if self.lower_inclusive else torch.gt
+            mask = compare(magnitudes, self.lower, out=target)
         if self.upper is not None:
-            upper = torch.lt(magnitudes, self.upper, out=torch.empty_like(magnitudes))
-            mask = upper if mask is None else mask.mul_(upper)
+            if mask is None and out is not None:
+                mask = torch.lt(magnitudes, self.upper, out=out)
+            else:
+                upper = torch.lt(magnitudes, self.upper, out=torch.empty_like(magnitudes))
+                mask = upper if mask is None else mask.mul_(upper)
         for tie in self.ties:
             if tie.end is not None and tie.seen >= tie.end:
                 continue  # every later tie is dropped
@@ -259,7 +279,10 @@ def top_k_rule(selector: RankSelector, k: int) -> KeepRule:
         return KeepRule(keep_nothing=True)
     value, less = selector.value_at(n - k)
     # Everything above `value` is kept; the rest of the k come from the ties, first ones first.
-    greater = n - less - _count_equal(selector, value, less)
+    equal = _count_equal(selector, value, less)
+    greater = n - less - equal
+    if k - greater == equal:  # every tie is kept: no need to count them chunk by chunk
+        return KeepRule(lower=value, lower_inclusive=True)
     return KeepRule(lower=value, ties=[TieWindow(value, 0, k - greater)])
 
 
@@ -270,9 +293,7 @@ def _count_equal(selector: RankSelector, value: float, less: int) -> int:
         return selector._count_below(value, right=True) - less
     bits = struct.unpack("<i", struct.pack("<f", value))[0]
     bucket, low = bits >> 16, bits & 0xFFFF
-    below_bucket = selector._cum[bucket - 1] if bucket > 0 else 0
-    low_cum = selector._low_cum_of(bucket)
-    upto = below_bucket + low_cum[low]
+    upto = selector._below_bucket(bucket) + int(selector._low_cum_of(bucket)[low])
     return upto - less
 
 

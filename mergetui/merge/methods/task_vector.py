@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mergetui.errors import UserError
-from mergetui.merge.chunked import whole
+from mergetui.merge.chunked import is_chunked, raw_slice, whole
 from mergetui.merge.methods import _random
 from mergetui.merge.methods._common import (
     CHUNK_ELEMENTS,
@@ -119,17 +119,28 @@ def _merge(
     device = base.device
     count = len(inputs)
     out = OutputChunks(ctx, base)
-    deltas = torch.empty((count, min(numel, CHUNK_ELEMENTS)), dtype=base.dtype, device=device)
+    # Scratch for one chunk, reused by every chunk: no allocation inside the loop.
+    width = min(numel, CHUNK_ELEMENTS)
+    deltas = torch.empty((count, width), dtype=base.dtype, device=device)
+    base_buffer = torch.empty(width, dtype=base.dtype, device=device)
+    magnitude_buffer = torch.empty(width, dtype=base.dtype, device=device)
+    mask_buffer = torch.empty(width, dtype=torch.float32, device=device)
+    sign_buffer = torch.empty(width, dtype=base.dtype, device=device)
+    merged_buffer = torch.empty(width, dtype=base.dtype, device=device)
+    divisor_buffer = torch.empty(width, dtype=base.dtype, device=device)
     coef = torch.tensor(coefficients, dtype=base.dtype, device=device).unsqueeze(1)
     weight_row = torch.tensor(weights, dtype=base.dtype, device=device)
     for chunk_index, (start, end) in enumerate(spans(numel)):
         check_cancel(ctx)
         length = end - start
         block = deltas[:, :length]
-        base_chunk = base_flat[start:end]
+        base_chunk = _read_into(base_flat, start, end, base_buffer)
         for row, item in zip(block, inputs, strict=True):
-            torch.sub(item.tensor[start:end], base_chunk, out=row)
-            keep = _chunk_keep(item, row, chunk_index, start, end)
+            # A stored (bf16) slice meets the float32 base inside the subtraction: one pass.
+            torch.sub(raw_slice(item.tensor, start, end), base_chunk, out=row)
+            keep = _chunk_keep(
+                item, row, chunk_index, start, end, magnitude_buffer[:length], mask_buffer[:length]
+            )
             if keep is not None:
                 row.mul_(keep)
         block.mul_(coef)
@@ -137,18 +148,36 @@ def _merge(
         if consensus:
             # Elected sign s = +1 where sum >= 0, else -1. An entry agrees when s * tau > 0, so
             # relu(s * tau) keeps exactly the agreeing magnitudes (zeros never agree).
-            sign = block.sum(0)
+            sign = torch.sum(block, 0, out=sign_buffer[:length])
             sign = torch.ge(sign, 0, out=sign).mul_(2).sub_(1)
             block.mul_(sign).relu_()
-            merged = block.sum(0).mul_(sign)
+            merged = torch.sum(block, 0, out=merged_buffer[:length]).mul_(sign)
             if normalize:
-                divisor = weight_row @ block.sign_()
-                divisor.add_(torch.eq(divisor, 0, out=torch.empty_like(divisor)))  # 0 -> 1
-                merged.div_(divisor)
+                divisor = torch.mv(block.sign_().t(), weight_row, out=divisor_buffer[:length])
+                zero = torch.eq(divisor, 0, out=sign)  # sign is no longer needed: reuse it
+                merged.div_(divisor.add_(zero))  # 0 -> 1
             torch.add(base_chunk, merged, alpha=lam, out=target)
         else:
-            torch.add(base_chunk, block.sum(0), out=target)
+            torch.add(base_chunk, torch.sum(block, 0, out=merged_buffer[:length]), out=target)
     return out.result()
+
+
+def _scratch(like: Any, count: int) -> list[torch.Tensor]:
+    """`count` chunk-sized buffers in the compute dtype, on the device."""
+    import torch
+
+    width = min(like.numel(), CHUNK_ELEMENTS)
+    return [torch.empty(width, dtype=like.dtype, device=like.device) for _ in range(count)]
+
+
+def _read_into(source: Any, start: int, end: int, buffer: torch.Tensor) -> torch.Tensor:
+    """Elements [start, end) of a flat input in the compute dtype: a view of a plain tensor,
+    or copied (upcast) into `buffer` from a chunk source."""
+    if not is_chunked(source):
+        return source[start:end]
+    target = buffer[: end - start]
+    target.copy_(source.raw(start, end))
+    return target
 
 
 def _plan_input(
@@ -231,11 +260,13 @@ def _gather_statistics(
             item.l1_before, item.l1_after = zero.clone(), zero.clone()
             if cache_masks and item.kind == "random":
                 item.random_keep = []
+        base_buffer, magnitude_buffer = _scratch(base_flat, 2)
         for chunk_index, (start, end) in enumerate(spans(base_flat.numel())):
             check_cancel(ctx)
-            base_chunk = base_flat[start:end]
+            base_chunk = _read_into(base_flat, start, end, base_buffer)
+            magnitudes = magnitude_buffer[: end - start]
             for item in flat_stats:
-                magnitudes = torch.sub(item.tensor[start:end], base_chunk).abs_()
+                torch.sub(raw_slice(item.tensor, start, end), base_chunk, out=magnitudes).abs_()
                 if item.selector is not None:
                     item.selector.add(magnitudes)
                     continue
@@ -253,11 +284,14 @@ def _gather_statistics(
         item.selector.prepare([lo, hi])
     refine = [item for item in selections if item.selector.needs_second_pass]
     if refine:
+        base_buffer, magnitude_buffer = _scratch(base_flat, 2)
         for start, end in spans(base_flat.numel()):
             check_cancel(ctx)
-            base_chunk = base_flat[start:end]
+            base_chunk = _read_into(base_flat, start, end, base_buffer)
+            magnitudes = magnitude_buffer[: end - start]
             for item in refine:
-                item.selector.refine(torch.sub(item.tensor[start:end], base_chunk).abs_())
+                torch.sub(raw_slice(item.tensor, start, end), base_chunk, out=magnitudes).abs_()
+                item.selector.refine(magnitudes)
     for item in selections:
         lo, hi = item.window
         if item.kind == "magnitude":
@@ -316,9 +350,16 @@ def _della_mask(item: _Input, base: torch.Tensor, ctx: MethodContext, rescale: b
 
 
 def _chunk_keep(
-    item: _Input, delta: torch.Tensor, chunk_index: int, start: int, end: int
+    item: _Input,
+    delta: torch.Tensor,
+    chunk_index: int,
+    start: int,
+    end: int,
+    magnitudes: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """The keep multiplier (0/1) of one chunk of an input's task vector (None: keep all)."""
+    """The keep multiplier (0/1) of one chunk of an input's task vector (None: keep all).
+    `magnitudes` and `mask` are optional scratch of the chunk's size (float32 for the mask)."""
     import torch
 
     if item.kind is None:
@@ -335,7 +376,9 @@ def _chunk_keep(
         assert item.della_keep is not None
         return item.della_keep[start:end]
     assert item.rule is not None
-    return item.rule.keep(delta.abs())
+    if magnitudes is None or magnitudes.dtype != torch.float32:
+        return item.rule.keep(delta.abs())
+    return item.rule.keep(torch.abs(delta, out=magnitudes), out=mask)
 
 
 def task_arithmetic(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
