@@ -215,6 +215,11 @@ class _Relay:
         else:
             self.post_seen += 1
             state.post_done = self.post_seen >= self.post
+        if state.tensors_done >= state.tensor_count:
+            # The engine merges several tensors at once, so which one ends last varies from run
+            # to run: once all are written, no tensor is "current".
+            state.current = ""
+            state.active_layer = None
 
     def flush(self, now: float | None = None) -> None:
         self.last_post = now if now is not None else time.monotonic()
