@@ -162,18 +162,18 @@ def test_della_ranks_along_dim_one_of_higher_rank_tensors() -> None:
     assert _within_binomial(int(kept[high].sum()), int(high.sum()), density + 0.75 * epsilon)
 
 
-@pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
+@pytest.mark.parametrize("method", ["dare_ties", "dare_linear", "ties", "breadcrumbs_ties"])
 def test_cached_masks_are_the_masks_drawn_again(
     method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Keeping the statistics pass's DARE masks for the output pass changes nothing."""
+    """Keeping the statistics pass's masked task vectors for the output pass changes nothing."""
     from mergetui.merge.methods import task_vector
 
     tensors = _family(seed=3)
     per_model = [{}, {"weight": 0.6, "density": 0.3}, {"weight": 0.4, "density": 0.7}]
     shared = {"rescale": True}
     cached = run(method, tensors, per_model, shared)
-    monkeypatch.setattr(task_vector, "MASK_CACHE_ELEMENTS", 0)
+    monkeypatch.setattr(task_vector, "TAU_CACHE_ELEMENTS", 0)
     drawn_again = run(method, tensors, per_model, shared)
     assert torch.equal(cached, drawn_again)
     assert not torch.equal(cached, tensors[0])

@@ -21,12 +21,17 @@ from mergetui.merge.methods._select import (
 CHUNK = 97
 
 
-@pytest.fixture(autouse=True, params=["histograms", "sorted", "switch half-way"])
+@pytest.fixture(
+    autouse=True, params=["histograms", "sorted", "switch half-way", "histograms, tiny batches"]
+)
 def selection_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs on the radix histograms, on the small-tensor sort, and on a selector that
-    starts sorting and switches to histograms part-way through its values."""
+    """Every test runs on the radix histograms, on the small-tensor sort, on a selector that
+    starts sorting and switches to histograms part-way through its values, and on histograms
+    whose key batches fill up every few chunks (and are smaller than one chunk)."""
     limits = {"histograms": 0, "sorted": 1 << 20, "switch half-way": 700}
-    monkeypatch.setattr(_select, "SMALL_VALUES", limits[request.param])
+    monkeypatch.setattr(_select, "SMALL_VALUES", limits.get(request.param, 0))
+    if request.param == "histograms, tiny batches":
+        monkeypatch.setattr(_select, "KEY_BATCH", 60)  # below one 97-value chunk: counted each time
     return request.param
 
 

@@ -60,7 +60,7 @@ PREFETCH_MARGIN_BYTES = 64 * 1024 * 1024
 # thread, which stalls whenever anything else wants the CPU), while pieces side by side scale.
 MAX_WORKERS = 4
 # Pieces run side by side while their footprints add up to at most the largest one's, or this.
-SHARED_FLOOR_BYTES = 64 * 1024 * 1024
+SHARED_FLOOR_BYTES = 128 * 1024 * 1024
 TEMP_MARKER = ".mergetui-tmp-"
 OLD_MARKER = ".mergetui-old-"
 
@@ -372,8 +372,9 @@ def _execute(
     ]
     # A method that streams its output (OutputChunks) hands it to the writer chunk by chunk.
     streams = chunked and bool(getattr(method, "streams_output", False))
+    cache_elements = int(getattr(method, "cache_elements", 0)) if chunked else 0
     footprints = [
-        _footprint(p, size, mode, streams)
+        _footprint(p, size, mode, streams, cache_elements)
         for p, size, mode in zip(pieces, sizes, modes, strict=True)
     ]
     cores = _core_count()
@@ -663,8 +664,9 @@ def _watch(
             return
 
 
-def _footprint(piece: _Piece, held: int, mode: str, streams: bool) -> int:
-    """Bytes a piece occupies while it computes: inputs held, result, float32 temporaries."""
+def _footprint(piece: _Piece, held: int, mode: str, streams: bool, cache_elements: int = 0) -> int:
+    """Bytes a piece occupies while it computes: inputs held, result, float32 temporaries, and
+    the float32 copy per non-base input a method caches for tensors up to `cache_elements`."""
     from mergetui.merge.methods._common import CHUNK_ELEMENTS
 
     tensor = piece.tensor
@@ -672,7 +674,8 @@ def _footprint(piece: _Piece, held: int, mode: str, streams: bool) -> int:
     if mode == _WHOLE:  # float32 result and about two float32 temporaries of the whole
         return held + out_bytes + 3 * 4 * piece.numel
     chunks = 4 * min(piece.numel, CHUNK_ELEMENTS) * (len(tensor.inputs) + 4)
-    return held + chunks + (0 if streams else out_bytes)
+    cached = 4 * piece.numel * (len(tensor.inputs) - 1) if piece.numel <= cache_elements else 0
+    return held + chunks + cached + (0 if streams else out_bytes)
 
 
 def _compute(

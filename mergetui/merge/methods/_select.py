@@ -26,6 +26,10 @@ _LOW_BUCKETS = 1 << 16
 # Up to this many values (norm vectors, small projections) are kept and sorted instead: the
 # histograms' fixed cost (tens of thousands of buckets to clear, add and scan) would dominate.
 SMALL_VALUES = 1 << 15
+# Histogram keys are gathered this many at a time (int32) and counted by one bincount: each
+# bincount clears and adds a 32K- or 64K-bucket histogram, which per 128K-value chunk cost as
+# much memory traffic as the values themselves.
+KEY_BATCH = 1 << 20
 
 
 def _bisect_right(cumulative: torch.Tensor, value: int) -> int:
@@ -68,6 +72,7 @@ class RankSelector:
         self._cum_sums = torch.zeros(0, dtype=torch.float64)
         self._low: dict[int, torch.Tensor] = {}
         self._low_cum: dict[int, torch.Tensor] = {}
+        self._batches: dict[int, _KeyBatch] = {}  # -1: the high histogram; else a bucket's
 
     # -- pass 1 ---------------------------------------------------------------------------------
     def add(self, values: torch.Tensor) -> None:
@@ -93,11 +98,31 @@ class RankSelector:
     def _add_to_histograms(self, values: torch.Tensor) -> None:
         import torch
 
-        high = _bits(values) >> 16
-        self._counts += torch.bincount(high, minlength=_HIGH_BUCKETS)
-        if self._sums is not None:
+        bits = _bits(values)
+        if self._sums is not None:  # the sums need the values beside their keys: no batching
+            high = bits >> 16
+            self._counts += torch.bincount(high, minlength=_HIGH_BUCKETS)
             self._sums += torch.bincount(high, weights=values.float(), minlength=_HIGH_BUCKETS)
+        else:
+            batch = self._batch(-1, _HIGH_BUCKETS)
+            torch.bitwise_right_shift(bits, 16, out=batch.slot(bits.numel()))
         self.total += values.numel()
+
+    def _batch(self, key: int, buckets: int) -> _KeyBatch:
+        if key not in self._batches:
+            target = self._counts if key == -1 else None
+            self._batches[key] = _KeyBatch(self.device, buckets, target)
+        return self._batches[key]
+
+    def _flush(self) -> None:
+        """Count every batched key (before any answer is read)."""
+        for key, batch in self._batches.items():
+            counts = batch.flush()
+            if key >= 0 and counts is not None:
+                counts = counts[1:-1]
+                current = self._low[key]
+                self._low[key] = counts if current is None else current.add_(counts)
+        self._batches.clear()
 
     def prepare(self, ranks: list[int]) -> None:
         """Fix the buckets the wanted ranks fall in; the second pass resolves inside them."""
@@ -109,6 +134,7 @@ class RankSelector:
             if self.with_sums:
                 self._prefix_sums = self._sorted.double().cumsum(0)
             return
+        self._flush()
         self._cum = self._counts.cumsum(0).cpu()
         if self._sums is not None:
             self._cum_sums = self._sums.cumsum(0).cpu()
@@ -127,10 +153,8 @@ class RankSelector:
         bits = _bits(values)
         for bucket in self._low:
             # In-bucket values map to 1..65536, everything else to 0 or 65537: one bincount.
-            keys = torch.sub(bits, (bucket << 16) - 1).clamp_(0, _LOW_BUCKETS + 1)
-            counts = torch.bincount(keys, minlength=_LOW_BUCKETS + 2)[1:-1]
-            current = self._low[bucket]
-            self._low[bucket] = counts if current is None else current + counts
+            keys = self._batch(bucket, _LOW_BUCKETS + 2).slot(bits.numel())
+            torch.sub(bits, (bucket << 16) - 1, out=keys).clamp_(0, _LOW_BUCKETS + 1)
 
     # -- answers --------------------------------------------------------------------------------
     def _bucket_of(self, rank: int) -> int:
@@ -143,6 +167,7 @@ class RankSelector:
     def _low_cum_of(self, bucket: int) -> torch.Tensor:
         import torch
 
+        self._flush()
         if bucket not in self._low_cum:
             counts = self._low[bucket]
             if counts is None:
@@ -184,6 +209,7 @@ class RankSelector:
             return 0.0
         if self._prefix_sums is not None:
             return float(self._prefix_sums[min(rank, self.total) - 1])
+        self._flush()
         if rank >= self.total:
             return float(self._cum_sums[-1]) if self._cum_sums.numel() else 0.0
         value, less = self.value_at(rank)
@@ -196,6 +222,51 @@ class RankSelector:
             values = bits.view(torch.float32).double()
             total += float((counts[:low].double() * values).sum())
         return total + (rank - less) * value
+
+
+class _KeyBatch:
+    """Histogram keys waiting to be counted together; `flush` counts them (into `target` when
+    given, else returns the counts)."""
+
+    def __init__(self, device: torch.device, buckets: int, target: torch.Tensor | None) -> None:
+        self._device = device
+        self._buckets = buckets
+        self._target = target
+        self._keys: torch.Tensor | None = None
+        self._used = 0
+        self._counts: torch.Tensor | None = None
+
+    def slot(self, count: int) -> torch.Tensor:
+        """Room for `count` keys (int32), to be written before the next call."""
+        import torch
+
+        if self._keys is None:
+            self._keys = torch.empty(max(count, KEY_BATCH), dtype=torch.int32, device=self._device)
+        if self._used + count > self._keys.numel():
+            self._count()
+            if count > self._keys.numel():
+                self._keys = torch.empty(count, dtype=torch.int32, device=self._device)
+        start, self._used = self._used, self._used + count
+        return self._keys[start : self._used]
+
+    def _count(self) -> None:
+        import torch
+
+        if self._used == 0 or self._keys is None:
+            return
+        counts = torch.bincount(self._keys[: self._used], minlength=self._buckets)
+        self._used = 0
+        if self._target is not None:
+            self._target += counts
+        elif self._counts is None:
+            self._counts = counts
+        else:
+            self._counts += counts
+
+    def flush(self) -> torch.Tensor | None:
+        self._count()
+        self._keys = None
+        return self._counts
 
 
 @dataclass

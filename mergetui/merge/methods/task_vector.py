@@ -12,7 +12,8 @@ How it is done here, so that no full-size copy per input is ever made:
      radix histogram of |tau| (magnitude, breadcrumbs), L1 norms before and after a random mask
      (DARE, regenerated later from its seed), or DELLA's rank-based masks (kept as bool);
   2. a second histogram pass, only when a selection needs it, pins down the exact threshold;
-  3. one output pass recomputes tau chunk by chunk, masks, weights, elects signs and writes.
+  3. one output pass recomputes tau chunk by chunk (or reads it from the statistics pass, for
+     tensors up to TAU_CACHE_ELEMENTS), masks, weights, elects signs and writes.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ if TYPE_CHECKING:
 
 # mergekit's rescaled_masked_tensor leaves the mask unscaled below this norm.
 _RESCALE_EPS = 1e-7
-# DARE's masks are drawn in the statistics pass (for the L1 rescale) and again in the output pass;
-# for tensors up to this size the first draw is kept (bfloat16, 2 bytes an entry per input: 5.8 MB
-# for a 2.9M-entry MLP projection) instead of drawn twice. Larger ones (embeddings) draw again.
-MASK_CACHE_ELEMENTS = 1 << 22
+# When a statistics pass runs (TIES' histograms, DARE's L1 rescale), tensors up to this size keep
+# each input's task vector from it (float32, already masked for DARE: 11.5 MB per input for a
+# 2.9M-entry MLP projection), so the passes after it read it instead of subtracting again (and
+# drawing DARE's mask again). Larger ones (embeddings, lm_head) recompute chunk by chunk.
+TAU_CACHE_ELEMENTS = 1 << 22
 
 
 @dataclass
@@ -76,7 +78,8 @@ class _Input:
     l1_after: Any = 0.0
     scale: float = 1.0
     della_keep: torch.Tensor | None = field(default=None, repr=False)  # int8 0/1, flat
-    random_keep: list[torch.Tensor] | None = field(default=None, repr=False)  # per chunk, cached
+    tau: torch.Tensor | None = field(default=None, repr=False)  # the task vector, flat, cached
+    tau_masked: bool = False  # tau is already multiplied by its random keep mask
 
 
 def _merge(
@@ -136,8 +139,12 @@ def _merge(
         block = deltas[:, :length]
         base_chunk = _read_into(base_flat, start, end, base_buffer)
         for row, item in zip(block, inputs, strict=True):
-            # A stored (bf16) slice meets the float32 base inside the subtraction: one pass.
-            torch.sub(raw_slice(item.tensor, start, end), base_chunk, out=row)
+            if item.tau is not None:
+                row.copy_(item.tau[start:end])
+                if item.tau_masked:
+                    continue
+            else:  # a stored (bf16) slice meets the float32 base inside the subtraction
+                torch.sub(raw_slice(item.tensor, start, end), base_chunk, out=row)
             keep = _chunk_keep(
                 item, row, chunk_index, start, end, magnitude_buffer[:length], mask_buffer[:length]
             )
@@ -255,28 +262,35 @@ def _gather_statistics(
     ]
     if flat_stats:
         zero = torch.zeros((), dtype=torch.float64, device=base.device)
-        cache_masks = base_flat.numel() <= MASK_CACHE_ELEMENTS
+        numel = base_flat.numel()
         for item in flat_stats:
             item.l1_before, item.l1_after = zero.clone(), zero.clone()
-            if cache_masks and item.kind == "random":
-                item.random_keep = []
+            if numel <= TAU_CACHE_ELEMENTS:
+                item.tau = torch.empty(numel, dtype=base_flat.dtype, device=base.device)
         base_buffer, magnitude_buffer = _scratch(base_flat, 2)
-        for chunk_index, (start, end) in enumerate(spans(base_flat.numel())):
+        for chunk_index, (start, end) in enumerate(spans(numel)):
             check_cancel(ctx)
             base_chunk = _read_into(base_flat, start, end, base_buffer)
             magnitudes = magnitude_buffer[: end - start]
             for item in flat_stats:
-                torch.sub(raw_slice(item.tensor, start, end), base_chunk, out=magnitudes).abs_()
+                raw = raw_slice(item.tensor, start, end)
+                delta = None
+                if item.tau is None:
+                    torch.sub(raw, base_chunk, out=magnitudes).abs_()
+                else:
+                    delta = torch.sub(raw, base_chunk, out=item.tau[start:end])
+                    torch.abs(delta, out=magnitudes)
                 if item.selector is not None:
                     item.selector.add(magnitudes)
                     continue
                 keep = _random.bernoulli_keep(
                     item.stream, chunk_index, end - start, item.density, base.device
                 )
-                if item.random_keep is not None:  # 0/1 are exact in bf16: half the memory
-                    item.random_keep.append(keep.to(torch.bfloat16))
                 item.l1_before += magnitudes.sum()
                 item.l1_after += torch.dot(magnitudes, keep.to(magnitudes.dtype))
+                if delta is not None:
+                    delta.mul_(keep)
+                    item.tau_masked = True
 
     selections = [item for item in inputs if item.selector is not None]
     for item in selections:
@@ -290,7 +304,11 @@ def _gather_statistics(
             base_chunk = _read_into(base_flat, start, end, base_buffer)
             magnitudes = magnitude_buffer[: end - start]
             for item in refine:
-                torch.sub(raw_slice(item.tensor, start, end), base_chunk, out=magnitudes).abs_()
+                if item.tau is None:
+                    raw = raw_slice(item.tensor, start, end)
+                    torch.sub(raw, base_chunk, out=magnitudes).abs_()
+                else:
+                    torch.abs(item.tau[start:end], out=magnitudes)
                 item.selector.refine(magnitudes)
     for item in selections:
         lo, hi = item.window
@@ -367,8 +385,6 @@ def _chunk_keep(
     if item.kind == "zero":
         return torch.zeros_like(delta)
     if item.kind == "random":
-        if item.random_keep is not None:
-            return item.random_keep[chunk_index]
         return _random.bernoulli_keep(
             item.stream, chunk_index, end - start, item.density, delta.device
         )
@@ -424,6 +440,8 @@ def della_linear(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tenso
 # Every pass reads inputs as flat chunks, so the engine may hand them over as chunk sources
 # (mergetui.merge.chunked). DELLA ranks whole rows of the 2-D view: it gets whole tensors.
 # Their output pass writes through OutputChunks, so the engine may take the output chunk by chunk.
+# Up to TAU_CACHE_ELEMENTS, they may hold a float32 task vector per non-base input.
 for _function in (task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties):
     _function.reads_chunks = True  # type: ignore[attr-defined]
     _function.streams_output = True  # type: ignore[attr-defined]
+    _function.cache_elements = TAU_CACHE_ELEMENTS  # type: ignore[attr-defined]
