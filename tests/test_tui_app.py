@@ -736,3 +736,31 @@ async def test_switching_screens_restyles_only_after_a_theme_change(
         await pilot.press("f3")
         await pilot.pause()
         assert app.screen.styles.background != dark_background
+
+
+async def test_a_typed_number_keeps_its_first_digit(ties_recipe: Path) -> None:
+    """Found in the walkthrough: typing 0.3 set 3 (the first digit was selected and replaced)."""
+    app = MergeTuiApp(RecipeDocument.open(ties_recipe))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(app, pilot)
+        grid = grid_of(app)
+        weight_a = col(grid, "weight", "a")
+        await go(pilot, grid, 2, weight_a)  # layer 1
+        await pilot.press("1", "full_stop", "5")  # quickly, in one go
+        field = app.screen.query_one("#grid-prompt-input")
+        assert field.value == "1.5" and field.selection.is_empty
+        await pilot.press("enter")
+        await pilot.pause()
+        assert layers(grid, weight_a) == [0.6, 1.5, 0.6, 0.6]
+        await pilot.press("down", "0")
+        await pilot.pause()
+        await pilot.press("full_stop", "2", "enter")
+        await pilot.pause()
+        assert layers(grid, weight_a) == [0.6, 1.5, 0.2, 0.6]
+        # enter edits the value with the cursor after it (typing appends, backspace corrects)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert field.value == "0.2" and field.cursor_position == 3 and field.selection.is_empty
+        await pilot.press("5", "enter")
+        await pilot.pause()
+        assert layers(grid, weight_a)[2] == 0.25

@@ -203,7 +203,9 @@ async def test_compare_sends_one_prompt_to_the_model_and_its_parents(
             )
             shown = screen.query_one(f"#compare-{index}", Markdown).source
             assert shown == (expected.text or "*(no visible text)*")
-            assert "12 tokens" in str(screen.query_one(f"#compare-status-{index}").render())
+            status = str(screen.query_one(f"#compare-status-{index}").render())
+            assert "12 tokens" in status
+            assert status.endswith(chat_screen.COMPARE_NOTES[expected.finish])  # words, not codes
         # The parents stay loaded (they fit) and are reused by the quick check.
         assert set(screen.extra) == {
             str(llama_family["a"].resolve()),
@@ -354,3 +356,23 @@ def test_first_chat_frame_imports_no_torch(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+async def test_every_reply_says_why_it_ended(
+    llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in the walkthrough: a reply that ended at its end of turn gave no reason."""
+    monkeypatch.setattr(chat_screen, "STREAM_INTERVAL", 0.0)
+    assert set(chat_screen.FINISH_NOTES) == {"end", "length", "context", "stopped"}
+    assert all(note.strip(" ·") for note in chat_screen.FINISH_NOTES.values())
+    assert chat_screen.FINISH_NOTES["end"] == " · end of turn"
+    app = MergeTuiApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await loaded_chat(app, pilot, llama_family["a"])
+        screen.settings.temperature = 0
+        screen.settings.max_new_tokens = 8
+        await type_text(pilot, "Hi")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.busy is None and screen.last_reply is not None)
+        status = str(screen.query_one("#chat-status").render())
+        assert status.endswith(chat_screen.FINISH_NOTES[screen.last_reply.finish].strip())

@@ -410,3 +410,194 @@ def test_history_file_is_json_lines(tmp_path: Path) -> None:
     lines = history_path().read_text().splitlines()
     assert history_path().parent == tmp_path / "data"
     assert json.loads(lines[0])["outcome"] == "finished"
+
+
+# -- found in the newcomer walkthrough (issue 6) ---------------------------------------------------
+
+
+async def wait_reached(pilot, reached: threading.Event) -> None:
+    for _ in range(200):
+        if reached.is_set():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("the engine never finished a tensor")
+
+
+async def test_the_state_line_names_the_device_auto_chose(
+    tmp_path: Path, llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan says `auto`; the state line must say where the engine really merges."""
+    reached, release = gate_the_engine(monkeypatch)
+    app = MergeTuiApp(RecipeDocument.open(write_recipe(tmp_path, llama_family)))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await on_run_screen(app, pilot)
+        await pilot.press("r")
+        await wait_reached(pilot, reached)
+        await pilot.pause()
+        state = str(screen.query_one("#run-state").render())
+        assert "merging on cpu" in state and "auto" not in state
+        assert "merging on cpu" in log_text(screen)
+        release.set()
+        await until_done(app, pilot, screen)
+
+
+async def test_a_plan_notice_is_logged_once(tmp_path: Path, llama_family: dict[str, Path]) -> None:
+    recipe = tmp_path / "dare.toml"
+    recipe.write_text(
+        textwrap.dedent(
+            f"""\
+            [merge]
+            method = "dare_ties"
+            base = "base"
+            output = "out"
+
+            [models.base]
+            source = "{llama_family["base"]}"
+
+            [models.a]
+            source = "{llama_family["a"]}"
+            [models.a.parameters]
+            weight = 1.0
+            density = 0.5
+            """
+        ),
+        encoding="utf-8",
+    )
+    app = MergeTuiApp(RecipeDocument.open(recipe))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await on_run_screen(app, pilot)
+        await pilot.press("r")
+        await until_done(app, pilot, screen)
+        assert screen.last_outcome == "finished"
+        notes = [line for line in log_text(screen).splitlines() if line.startswith("note:")]
+        assert any("random" in line and "seed" in line for line in notes), notes
+        assert len(notes) == len(set(notes)), notes  # each notice once, not plan + engine
+
+
+async def test_a_cancelled_merge_shows_no_eta_and_no_current_tensor(
+    tmp_path: Path, llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reached, release = gate_the_engine(monkeypatch)
+    monkeypatch.setattr(run_screen, "PROGRESS_HZ", 10**6)  # the held tensor is drawn at once
+    app = MergeTuiApp(RecipeDocument.open(write_recipe(tmp_path, llama_family)))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await on_run_screen(app, pilot)
+        await pilot.press("r")
+        await wait_reached(pilot, reached)
+        await pilot.press("c")
+        await pilot.pause()
+        await pilot.press("y")
+        await pilot.pause()
+        release.set()
+        await until_done(app, pilot, screen)
+        assert screen.last_outcome == "cancelled"
+        stats = str(screen.query_one("#run-stats").render())
+        assert "ETA —" in stats, stats
+        assert str(screen.query_one("#run-tensor").render()) == ""
+
+
+async def test_the_cancel_question_closes_when_the_merge_ends_first(
+    tmp_path: Path, llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reached, release = gate_the_engine(monkeypatch)
+    app = MergeTuiApp(RecipeDocument.open(write_recipe(tmp_path, llama_family)))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await on_run_screen(app, pilot)
+        await pilot.press("r")
+        await wait_reached(pilot, reached)
+        await pilot.press("c")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog)
+        release.set()  # the merge finishes while the question is open
+        await until_done(app, pilot, screen)
+        await pilot.pause()
+        assert screen.last_outcome == "finished"
+        assert app.screen is screen  # no moot "Cancel the merge?" left on top
+        assert screen.cancel_dialog is None
+        assert any("finished before" in n.message for n in app._notifications)
+        await pilot.press("t")  # the screen's keys work again
+        await pilot.pause()
+        assert app.current_mode == "chat"
+
+
+async def test_history_tab_says_how_to_reopen_and_the_title_says_from_history(
+    tmp_path: Path, llama_family: dict[str, Path]
+) -> None:
+    recipe_path = write_recipe(tmp_path, llama_family)
+    app = MergeTuiApp(RecipeDocument.open(recipe_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await on_run_screen(app, pilot)
+        await pilot.press("r")
+        await until_done(app, pilot, screen)
+        await pilot.press("f7")
+        await pilot.pause()
+        hint = screen.query_one("#run-history-hint")
+        assert hint.region.height == 1 and "o" in str(hint.render())
+        assert "reopens" in str(hint.render())
+        await pilot.press("o")
+        await pilot.pause()
+        assert app.current_mode == "recipe"
+        assert app.document.display_name == "soup.toml (from history)"
+        assert "(from history)" in app.sub_title
+        # A YAML import still says so.
+        assert RecipeDocument(app.document.recipe, origin=Path("x.yml")).display_name == (
+            "x.yml (imported)"
+        )
+
+
+async def test_run_help_explains_each_key(tmp_path: Path, llama_family: dict[str, Path]) -> None:
+    from mergetui.tui.help import HelpScreen
+
+    app = MergeTuiApp(RecipeDocument.open(write_recipe(tmp_path, llama_family)))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await on_run_screen(app, pilot)
+        await pilot.press("f1")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        rows = dict(app.screen.sections[0][1])
+        assert rows["r"] == "Run the merge of the open recipe"
+        assert rows["c"] == "Cancel the running merge (asks first)"
+        assert rows["t"] == "Chat with the finished merge (F5)"
+        assert rows["u"] == "Push the finished merge to the Hub"
+
+
+async def test_switching_back_redraws_the_summary_only_when_it_changed(
+    tmp_path: Path, llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from textual.widgets import Static
+
+    updates: list[str] = []
+    real_update = Static.update
+
+    def spy(self, content="", *args, **kwargs):
+        if self.id in ("run-summary", "run-state"):
+            updates.append(self.id)
+        return real_update(self, content, *args, **kwargs)
+
+    monkeypatch.setattr(Static, "update", spy)
+    refreshes: list[int] = []
+    real_refresh = RunScreen.refresh_bindings
+
+    def count_refresh(self):
+        refreshes.append(1)
+        return real_refresh(self)
+
+    monkeypatch.setattr(RunScreen, "refresh_bindings", count_refresh)
+    app = MergeTuiApp(RecipeDocument.open(write_recipe(tmp_path, llama_family)))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await on_run_screen(app, pilot)
+        assert "output: out" in str(screen.query_one("#run-summary").render())
+        updates.clear()
+        before = len(refreshes)
+        await pilot.press("f3")
+        await pilot.press("f4")
+        await pilot.pause()
+        assert updates == []  # nothing changed: no update, no second layout
+        assert len(refreshes) > before  # the footer's keys are still re-checked
+        with app.document.edit("output"):
+            app.document.recipe.output = "elsewhere"
+        await pilot.press("f3")
+        await pilot.press("f4")
+        await pilot.pause()
+        assert updates == ["run-summary"]
+        assert "output: elsewhere" in str(screen.query_one("#run-summary").render())

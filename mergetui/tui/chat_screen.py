@@ -52,10 +52,17 @@ from mergetui.tui.run_screen import short_path
 STREAM_INTERVAL = 0.05  # seconds between two updates of a growing reply
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FINISH_NOTES = {
-    "end": "",
+    "end": " · end of turn",
     "length": " · hit max new tokens",
     "context": " · the model's context window is full",
     "stopped": " · stopped",
+}
+# The same, short enough for a Compare column's status line.
+COMPARE_NOTES = {
+    "end": "end of turn",
+    "length": "max tokens",
+    "context": "context full",
+    "stopped": "stopped",
 }
 
 
@@ -333,8 +340,8 @@ class ChatScreen(ModeScreen):
                 yield Horizontal(id="compare-columns")
             with TabPane("Quick check [dim]F8[/]", id="check"):
                 yield Static(
-                    "Perplexity of each model on a text (lower is better; a broken merge is in "
-                    "the thousands). Enter runs; a file path replaces the bundled sample.",
+                    "Perplexity of each model on a text (lower is better; a broken merge scores "
+                    "far above its parents). Enter runs; a file path replaces the bundled sample.",
                     classes="hint",
                     id="check-help",
                 )
@@ -760,7 +767,8 @@ class ChatScreen(ModeScreen):
                 reply = generate_reply(loaded, messages, settings, on_text=relay, stop=stop)
                 relay.text = reply.text or "*(no visible text)*"
                 relay.flush()
-                status(f"{reply.tokens} tokens · {reply.tokens_per_second:.1f}/s · {reply.finish}")
+                why = COMPARE_NOTES.get(reply.finish, reply.finish)
+                status(f"{reply.tokens} tokens · {reply.tokens_per_second:.1f}/s · {why}")
             except Exception as exc:
                 status(f"failed: {exc}")
             finally:

@@ -25,9 +25,15 @@ class RecipeDocument:
     """One open recipe: the `Recipe`, its file, the last saved state and undo/redo stacks."""
 
     def __init__(
-        self, recipe: Recipe, path: Path | None = None, origin: Path | None = None
+        self,
+        recipe: Recipe,
+        path: Path | None = None,
+        origin: Path | None = None,
+        origin_note: str = "imported",
     ) -> None:
         self.recipe = recipe
+        # How the title names a recipe read from `origin` but not saved there yet.
+        self.origin_note = origin_note
         # Where ctrl+s writes (TOML). None for a new recipe or one opened from mergekit YAML.
         self.path = path
         # The file it was read from, if any (a YAML file keeps its name as the suggestion for saving).
@@ -72,7 +78,7 @@ class RecipeDocument:
         if self.path is not None:
             return self.path.name
         if self.origin is not None:
-            return f"{self.origin.name} (imported)"
+            return f"{self.origin.name} ({self.origin_note})"
         return "untitled"
 
     def suggested_path(self) -> Path:

@@ -18,7 +18,7 @@ HelpSection = tuple[str, list[tuple[str, str]]]
 
 
 def binding_rows(app, bindings: Iterable[BindingType]) -> list[tuple[str, str]]:
-    """(keys, description) for each binding with a description; keys sharing a description join."""
+    """(keys, text) for each binding with a description; keys sharing a text join."""
     rows: dict[str, tuple[list[str], str]] = {}
     for item in bindings:
         if not isinstance(item, Binding):
@@ -29,7 +29,9 @@ def binding_rows(app, bindings: Iterable[BindingType]) -> list[tuple[str, str]]:
             app.get_key_display(Binding(key.strip(), item.action, key_display=item.key_display))
             for key in item.key.split(",")
         ]
-        shown, _ = rows.setdefault(item.description, ([], item.description))
+        # The footer's short name, or the tooltip's longer sentence when the binding has one.
+        text = item.tooltip or item.description
+        shown, _ = rows.setdefault(text, ([], text))
         shown.extend(k for k in keys if k not in shown)
     return [(" ".join(keys), description) for keys, description in rows.values()]
 

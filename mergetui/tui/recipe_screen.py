@@ -505,7 +505,9 @@ class RecipeScreen(ModeScreen):
                     yield Sparkline([], id="sparkline")
                 with Horizontal(id="grid-prompt"):
                     yield Label("", id="grid-prompt-label")
-                    yield Input(id="grid-prompt-input")
+                    # No select-all on focus: the key that opened the prompt is its first
+                    # character, and the next one typed must follow it, not replace it.
+                    yield Input(id="grid-prompt-input", select_on_focus=False)
             with TabPane("Slices [dim]F8[/]", id="slices"):
                 with SlicesPane(id="slices-pane"):
                     yield Static(id="slices-help", classes="hint")

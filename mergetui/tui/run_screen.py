@@ -139,6 +139,14 @@ class RunLog(Message):
         self.style = style
 
 
+class RunDevice(Message):
+    """The device the engine chose (the plan may say `auto`)."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.device = device
+
+
 class RunEnded(Message):
     def __init__(self, outcome: str, message: str, output_dir: Path | None, record: Any) -> None:
         super().__init__()
@@ -186,6 +194,7 @@ class _Relay:
         elif isinstance(event, PlanReady):
             self.device = event.device
             self.screen.post_message(RunLog(f"merging on {event.device}", "bold"))
+            self.screen.post_message(RunDevice(event.device))
         elif isinstance(event, ShardWritten):
             self.flush()
             self.screen.post_message(
@@ -282,14 +291,15 @@ class RunScreen(ModeScreen):
     RunScreen #run-tabs { height: 1fr; }
     RunScreen #run-tabs TabPane { padding: 0; }
     RunScreen #run-log, RunScreen #run-history { height: 1fr; border: none; }
+    RunScreen #run-history-hint { height: 1; padding: 0 1; overflow: hidden; }
     """
 
     BINDINGS = [
         # Short names: after a merge r, t and u all show, and the footer keeps to 80 columns.
-        Binding("r", "run_merge", "Run"),
-        Binding("c", "cancel_merge", "Cancel"),
-        Binding("t", "chat_with_output", "Chat"),
-        Binding("u", "push_output", "Push"),
+        Binding("r", "run_merge", "Run", tooltip="Run the merge of the open recipe"),
+        Binding("c", "cancel_merge", "Cancel", tooltip="Cancel the running merge (asks first)"),
+        Binding("t", "chat_with_output", "Chat", tooltip="Chat with the finished merge (F5)"),
+        Binding("u", "push_output", "Push", tooltip="Push the finished merge to the Hub"),
         Binding("o", "reopen_run", "Reopen recipe", show=False),
         Binding("f6", "tab('log')", "Log tab", show=False),
         Binding("f7", "tab('history')", "History tab", show=False),
@@ -306,6 +316,10 @@ class RunScreen(ModeScreen):
         self.last_outcome: str | None = None
         self.history: list[Any] = []
         self.outcomes: list[str] = []  # outcomes of this session's runs, oldest first
+        self.cancel_dialog: ConfirmDialog | None = None  # the open "Cancel the merge?" question
+        # What the idle lines show now: an unchanged text is not updated again (each update
+        # costs a layout, on every switch to this screen).
+        self._idle_texts: dict[str, str] = {}
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -322,6 +336,12 @@ class RunScreen(ModeScreen):
             with TabPane("Log [dim]F6[/]", id="log"):
                 yield RichLog(id="run-log", markup=True, wrap=True, max_lines=2000)
             with TabPane("History [dim]F7[/]", id="history"):
+                # The reopen key is not in the footer (it would not fit at 80 columns): say it here.
+                yield Static(
+                    "newest first · [b]enter[/] or [b]o[/] reopens the selected run's recipe",
+                    id="run-history-hint",
+                    classes="hint",
+                )
                 yield DataTable(id="run-history", cursor_type="row", zebra_stripes=True)
         yield KeyFooter()
 
@@ -368,15 +388,23 @@ class RunScreen(ModeScreen):
             f"{escape(models)}\noutput: "
             + (escape(short_path(output)) if output else "[$warning]not set[/]")
         )
-        self.query_one("#run-summary", Static).update(summary)
+        self._update_once("#run-summary", summary)
         if self.last_outcome is None:
             hint = "[b]r[/] runs the merge of the open recipe (unsaved edits included)"
             if output is not None and output.exists():
                 hint += " · the output exists: a run asks before replacing it"
-            self.query_one("#run-state", Static).update(hint)
+            self._update_once("#run-state", hint)
         self.refresh_bindings()
 
+    def _update_once(self, selector: str, text: str) -> None:
+        """Update an idle line only when its text changes."""
+        if self._idle_texts.get(selector) == text:
+            return
+        self._idle_texts[selector] = text
+        self.query_one(selector, Static).update(text)
+
     def _state_line(self, text: str) -> None:
+        self._idle_texts.pop("#run-state", None)
         self.query_one("#run-state", Static).update(text)
 
     def _log(self, text: str, style: str = "") -> None:
@@ -398,12 +426,12 @@ class RunScreen(ModeScreen):
             f"{human_bytes(state.bytes_done)} / {human_bytes(state.total_bytes)}",
             f"{state.tensors_done}/{state.tensor_count} tensors",
             f"{human_bytes(rate)}/s" if rate else "— /s",
-            f"ETA {format_duration(eta) if self.running else '0.0 s'}",
+            f"ETA {self._eta_text(eta)}",
             f"elapsed {format_duration(elapsed)}",
         ]
         self.query_one("#run-stats", Static).update(" · ".join(parts))
         self.query_one("#run-tensor", Static).update(
-            f"[dim]tensor[/] {escape(state.current)}" if state.current else ""
+            f"[dim]tensor[/] {escape(state.current)}" if state.current and self.running else ""
         )
         width = max(8, self.size.width - 30)
         strip = Text("layers ", style="bold")
@@ -416,6 +444,12 @@ class RunScreen(ModeScreen):
         strip.append("H", style="green" if state.post_done else "dim")
         strip.append(f"  {len(state.layers_done)}/{state.layer_count}")
         self.query_one("#run-layers", Static).update(strip)
+
+    def _eta_text(self, eta: float | None) -> str:
+        if self.running:
+            return format_duration(eta)
+        # Ended: a finished merge has nothing left; a cancelled or failed one has no ETA.
+        return "0.0 s" if self.last_outcome == "finished" else "—"
 
     # -- history -------------------------------------------------------------------------------
 
@@ -580,9 +614,8 @@ class RunScreen(ModeScreen):
                 f"dtype {plan.output_dtype or 'as the inputs'} · peak memory about "
                 f"{human_bytes(plan.estimated_peak_bytes)}",
             ]
+            # The plan's notices come from the engine as events (logged once, by the relay).
             self.post_message(RunStarted(summary, copy.copy(relay.state), plan.device))
-            for notice in plan.notices:
-                self.post_message(RunLog(f"note: {notice}", "yellow"))
             try:
                 result = run_merge(plan, on_event=relay, cancel=cancel, force=force)
             finally:
@@ -621,8 +654,15 @@ class RunScreen(ModeScreen):
     def run_started(self, event: RunStarted) -> None:
         for line in event.summary:
             self._log(line)
-        self._state_line(f"[b]merging[/] on {escape(event.device)}… [dim]c cancels[/]")
+        # `auto` is resolved by the engine: RunDevice names the device once it is chosen.
+        where = f" on {escape(event.device)}" if event.device != "auto" else ""
+        self._state_line(f"[b]merging[/]{where}… [dim]c cancels[/]")
         self._show_progress(event.state)
+
+    @on(RunDevice)
+    def run_device(self, event: RunDevice) -> None:
+        if self.running and self.cancel_event is not None and not self.cancel_event.is_set():
+            self._state_line(f"[b]merging[/] on {escape(event.device)}… [dim]c cancels[/]")
 
     @on(RunProgress)
     def run_progress(self, event: RunProgress) -> None:
@@ -646,6 +686,15 @@ class RunScreen(ModeScreen):
         self.final_seconds = event.record.seconds
         self.outcomes.append(event.outcome)
         elapsed = format_duration(event.record.seconds)
+        dialog = self.cancel_dialog
+        if dialog is not None and self.app.screen is dialog:
+            # The merge ended while "Cancel the merge?" was open: the question is moot.
+            dialog.dismiss(None)
+            if event.outcome == "finished":
+                self.notify("the merge finished before it could be cancelled", timeout=5)
+        self.cancel_dialog = None
+        if event.outcome != "finished" and self.state.tensor_count:
+            self._show_progress(self.state)  # no ETA, no current tensor once it stopped
         if event.outcome == "finished":
             self._show_progress(self.state)
             where = escape(short_path(event.output_dir)) if event.output_dir else ""
@@ -674,18 +723,17 @@ class RunScreen(ModeScreen):
         if isinstance(self.app.screen, ConfirmDialog):
             return
         event = self.cancel_event
-        self.app.push_screen(
-            ConfirmDialog(
-                "Cancel the merge?",
-                "The merge stops at the next tensor and its temporary folder is removed: "
-                "nothing is written.",
-                yes="Cancel merge",
-                no="Keep merging",
-            ),
-            partial(self._cancel_answer, event),
+        self.cancel_dialog = ConfirmDialog(
+            "Cancel the merge?",
+            "The merge stops at the next tensor and its temporary folder is removed: "
+            "nothing is written.",
+            yes="Cancel merge",
+            no="Keep merging",
         )
+        self.app.push_screen(self.cancel_dialog, partial(self._cancel_answer, event))
 
     def _cancel_answer(self, event: threading.Event, yes: bool | None) -> None:
+        self.cancel_dialog = None
         if yes and self.running and event is self.cancel_event:
             event.set()
             self._state_line("[b $warning]cancelling[/] at the next tensor…")
@@ -731,7 +779,9 @@ class RunScreen(ModeScreen):
             self.notify(str(exc), title="Not reopened", severity="error")
             return
         origin = Path(record.recipe_path) if record.recipe_path else None
-        self.app.document = RecipeDocument(recipe, path=None, origin=origin)
+        self.app.document = RecipeDocument(
+            recipe, path=None, origin=origin, origin_note="from history"
+        )
         self.app.document_replaced()
         self.app.switch_mode("recipe")
         self.notify(
