@@ -73,7 +73,7 @@ async def loaded_chat(app: MergeTuiApp, pilot, model: Path) -> ChatScreen:
     await pilot.pause()
     screen = app.screen
     assert isinstance(screen, ChatScreen)
-    await wait_for(pilot, lambda: screen.loaded is not None and not screen.loading)
+    await wait_for(pilot, lambda: screen.loaded is not None and not screen.model_loading)
     return screen
 
 
@@ -273,7 +273,7 @@ async def test_a_model_that_fails_to_load_says_why_and_the_app_goes_on(
         screen = app.screen
         for source, words in ((tmp_path / "not-a-model", "no config.json"), (custom, "trust")):
             screen.load_model(str(source))
-            await wait_for(pilot, lambda: not screen.loading)
+            await wait_for(pilot, lambda: not screen.model_loading)
             status = str(screen.query_one("#chat-status").render())
             assert "not loaded" in status and words in status
             assert screen.loaded is None
@@ -376,3 +376,71 @@ async def test_every_reply_says_why_it_ended(
         await wait_for(pilot, lambda: screen.busy is None and screen.last_reply is not None)
         status = str(screen.query_one("#chat-status").render())
         assert status.endswith(chat_screen.FINISH_NOTES[screen.last_reply.finish].strip())
+
+
+async def test_loading_shows_its_progress_bar_not_a_spinner_over_the_screen(
+    llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in the walkthrough: `loading` is Textual's own reactive; setting it covered the whole
+    screen with a spinner for as long as the model loaded, hiding the progress bar."""
+    import threading
+
+    import mergetui.chat.loader as loader
+
+    reached, release = threading.Event(), threading.Event()
+    real = loader.load_for_chat
+
+    def held(source, **kwargs):
+        report = kwargs["on_progress"]
+
+        def first_stage(stage, fraction):
+            report(stage, fraction)
+            if not reached.is_set():
+                reached.set()
+                assert release.wait(30)
+
+        kwargs["on_progress"] = first_stage
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(loader, "load_for_chat", held)
+    app = MergeTuiApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f5")
+        await pilot.pause()
+        screen = app.screen
+        screen.load_model(str(llama_family["a"]))
+        await wait_for(pilot, reached.is_set)
+        await pilot.pause()
+        assert screen.model_loading and not screen.loading  # no overlay
+        assert not screen.query("LoadingIndicator")
+        bar = screen.query_one("#chat-loading")
+        assert bar.display and bar.region.height == 1  # drawn, on screen
+        assert "loading" in str(screen.query_one("#chat-model").render())
+        release.set()
+        await wait_for(pilot, lambda: screen.loaded is not None)
+        assert not screen.query_one("#chat-loading").display
+
+
+async def test_typing_in_the_load_dialogs_list_types_a_folder(
+    family_recipe: Path, llama_family: dict[str, Path]
+) -> None:
+    """Found in the walkthrough: a path typed while the list had focus was lost, and enter loaded
+    the highlighted model instead."""
+    app = MergeTuiApp(RecipeDocument.open(family_recipe))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("f5")
+        await pilot.pause()
+        screen = app.screen
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, LoadModelDialog)
+        assert [label for label, _ in dialog.candidates][0] == "recipe model a"
+        names = {"/": "slash", ".": "full_stop", "-": "minus", "_": "underscore", " ": "space"}
+        for character in str(llama_family["b"]):
+            await pilot.press(names.get(character, character))
+        field = dialog.query_one("#source")
+        assert field.has_focus and field.value == str(llama_family["b"])
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.loaded is not None)
+        assert screen.loaded.path == llama_family["b"].resolve()

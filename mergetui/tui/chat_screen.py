@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -191,6 +191,7 @@ class LoadModelDialog(DialogScreen):
                 placeholder="./merges/my-merge",
                 suggester=PathSuggester(),
                 id="source",
+                select_on_focus=False,  # a character typed in the list lands here, kept
             )
             yield Checkbox(
                 "trust remote code for this model (runs Python shipped with it)",
@@ -198,7 +199,11 @@ class LoadModelDialog(DialogScreen):
                 id="trust",
                 compact=True,
             )
-            yield Static("enter loads · escape cancels", classes="hint", id="message")
+            yield Static(
+                "enter loads · type (or tab) for a folder · escape cancels",
+                classes="hint",
+                id="message",
+            )
 
     def on_mount(self) -> None:
         if self.candidates:
@@ -207,6 +212,18 @@ class LoadModelDialog(DialogScreen):
         else:
             self.query_one("#source", Input).focus()
         self._sync_trust()
+
+    def on_key(self, event: events.Key) -> None:
+        # Typing while the list has focus starts a folder: the keys would otherwise be lost and
+        # enter would load the highlighted model instead of the one typed.
+        if isinstance(self.focused, OptionList) and event.is_printable and event.character:
+            event.stop()
+            event.prevent_default()
+            field_ = self.query_one("#source", Input)
+            field_.value = event.character
+            field_.cursor_position = len(field_.value)
+            field_.focus()
+            self._sync_trust()
 
     def _sync_trust(self) -> None:
         source = self.query_one("#source", Input).value.strip()
@@ -293,7 +310,9 @@ class ChatScreen(ModeScreen):
 
         super().__init__()
         self.loaded: Any = None
-        self.loading = False
+        # Not `loading`: that is Textual's reactive, which covers the whole screen with a spinner
+        # (hiding the load's progress bar and stage).
+        self.model_loading = False
         self.busy: str | None = None  # "reply", "compare" or "check" while a worker runs
         self.stop_event = threading.Event()
         self.settings = GenerationSettings()
@@ -408,7 +427,7 @@ class ChatScreen(ModeScreen):
         label = self.query_one("#chat-model", Static)
         if self.loaded is not None:
             label.update(f"[b $success]●[/] {escape(self.loaded.describe())}")
-        elif self.loading:
+        elif self.model_loading:
             label.update("[b $warning]●[/] loading…")
         else:
             label.update("[dim]●[/] no model loaded · [b]ctrl+l[/] loads one")
@@ -504,7 +523,7 @@ class ChatScreen(ModeScreen):
         if trust_remote_code:
             self.trusted.add(source)
         self.stop_event.set()
-        self.loading = True
+        self.model_loading = True
         self._show_model()
         self.query_one("#chat-loading").display = True
         self.load_stages = []
@@ -543,7 +562,7 @@ class ChatScreen(ModeScreen):
 
     @on(ModelLoaded)
     def model_loaded(self, event: ModelLoaded) -> None:
-        self.loading = False
+        self.model_loading = False
         self.loaded = event.loaded
         self.query_one("#chat-loading").display = False
         self._show_model()
@@ -562,7 +581,7 @@ class ChatScreen(ModeScreen):
 
     @on(LoadFailed)
     def load_failed(self, event: LoadFailed) -> None:
-        self.loading = False
+        self.model_loading = False
         self.query_one("#chat-loading").display = False
         self._show_model()
         self._status(f"[b $error]not loaded[/]: {escape(event.error)}")

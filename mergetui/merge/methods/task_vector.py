@@ -131,26 +131,37 @@ def _merge(
     sign_buffer = torch.empty(width, dtype=base.dtype, device=device)
     merged_buffer = torch.empty(width, dtype=base.dtype, device=device)
     divisor_buffer = torch.empty(width, dtype=base.dtype, device=device)
-    coef = torch.tensor(coefficients, dtype=base.dtype, device=device).unsqueeze(1)
     weight_row = torch.tensor(weights, dtype=base.dtype, device=device)
     for chunk_index, (start, end) in enumerate(spans(numel)):
         check_cancel(ctx)
         length = end - start
         block = deltas[:, :length]
         base_chunk = _read_into(base_flat, start, end, base_buffer)
-        for row, item in zip(block, inputs, strict=True):
-            if item.tau is not None:
-                row.copy_(item.tau[start:end])
-                if item.tau_masked:
-                    continue
+        for row, item, factor in zip(block, inputs, coefficients, strict=True):
+            # row = tau * keep * coefficient, in as few passes as the inputs allow.
+            cached = item.tau[start:end] if item.tau is not None else None
+            if cached is not None and item.tau_masked:
+                torch.mul(cached, factor, out=row)
+                continue
+            if cached is not None:
+                delta = cached
             else:  # a stored (bf16) slice meets the float32 base inside the subtraction
-                torch.sub(raw_slice(item.tensor, start, end), base_chunk, out=row)
+                delta = torch.sub(raw_slice(item.tensor, start, end), base_chunk, out=row)
             keep = _chunk_keep(
-                item, row, chunk_index, start, end, magnitude_buffer[:length], mask_buffer[:length]
+                item,
+                delta,
+                chunk_index,
+                start,
+                end,
+                magnitude_buffer[:length],
+                mask_buffer[:length],
             )
-            if keep is not None:
-                row.mul_(keep)
-        block.mul_(coef)
+            if keep is None:
+                torch.mul(delta, factor, out=row)
+            elif row.dtype == mask_buffer.dtype:  # 0/1 times the factor is exact
+                torch.mul(delta, torch.mul(keep, factor, out=mask_buffer[:length]), out=row)
+            else:
+                torch.mul(delta, keep, out=row).mul_(factor)
         target = out.chunk(start, end)
         if consensus:
             # Elected sign s = +1 where sum >= 0, else -1. An entry agrees when s * tau > 0, so
