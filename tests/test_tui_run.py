@@ -601,3 +601,25 @@ async def test_switching_back_redraws_the_summary_only_when_it_changed(
         await pilot.pause()
         assert updates == ["run-summary"]
         assert "output: elsewhere" in str(screen.query_one("#run-summary").render())
+
+
+async def test_elapsed_keeps_counting_while_no_tensor_finishes(
+    tmp_path: Path, llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in the walkthrough: a slow first tensor left "elapsed 0.2 s" on screen for seconds."""
+    now = [1000.0]
+    monkeypatch.setattr(run_screen, "CLOCK", lambda: now[0])
+    reached, release = gate_the_engine(monkeypatch)
+    app = MergeTuiApp(RecipeDocument.open(write_recipe(tmp_path, llama_family)))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await on_run_screen(app, pilot)
+        await pilot.press("r")
+        await wait_reached(pilot, reached)  # the engine is held inside its first tensor
+        await pilot.pause()
+        assert "elapsed 0.0 s" in str(screen.query_one("#run-stats").render())
+        now[0] += 42.0
+        await pilot.pause(1.3)  # one tick of the once-a-second redraw
+        assert "elapsed 42.0 s" in str(screen.query_one("#run-stats").render())
+        release.set()
+        await until_done(app, pilot, screen)
+        assert screen.ticker is None  # stopped with the merge

@@ -153,7 +153,7 @@ def run_merge(
 
 
 # ----------------------------------------------------------------------------------------------
-# The three threads
+# The threads: reader, compute workers, writer
 
 
 class _Progress:
@@ -362,6 +362,10 @@ def _execute(
     # (off the compute threads); on a GPU the stored bytes travel and are converted there.
     chunked = bool(getattr(method, "reads_chunks", False))
     modes = [_input_mode(p, chunked) for p in pieces]
+    # The largest tensors (read from the files slice by slice) go first: they take longest, and
+    # one left for the end would run alone while the other workers have nothing left to do.
+    order = sorted(range(len(pieces)), key=lambda i: modes[i] != _FROM_FILE)
+    pieces, modes = [pieces[i] for i in order], [modes[i] for i in order]
     early = [
         device.type == "cpu" and mode == _WHOLE and not (p.tensor.copy_only or p.fast_copy)
         for p, mode in zip(pieces, modes, strict=True)

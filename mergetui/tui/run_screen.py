@@ -317,6 +317,7 @@ class RunScreen(ModeScreen):
         self.history: list[Any] = []
         self.outcomes: list[str] = []  # outcomes of this session's runs, oldest first
         self.cancel_dialog: ConfirmDialog | None = None  # the open "Cancel the merge?" question
+        self.ticker: Any = None  # redraws the elapsed time once a second while a merge runs
         # What the idle lines show now: an unchanged text is not updated again (each update
         # costs a layout, on every switch to this screen).
         self._idle_texts: dict[str, str] = {}
@@ -567,6 +568,8 @@ class RunScreen(ModeScreen):
         self.query_one("#run-tensor", Static).update("")
         self.query_one("#run-layers", Static).update("")
         self.refresh_bindings()
+        # Elapsed keeps counting while no tensor finishes (planning, a slow first tensor).
+        self.ticker = self.set_interval(1.0, self._tick)
         source = self.app.document.path or self.app.document.origin
         self._merge(recipe, self._recipe_dir(), force, self.cancel_event, source, WALL_CLOCK())
 
@@ -664,6 +667,10 @@ class RunScreen(ModeScreen):
         if self.running and self.cancel_event is not None and not self.cancel_event.is_set():
             self._state_line(f"[b]merging[/] on {escape(event.device)}… [dim]c cancels[/]")
 
+    def _tick(self) -> None:
+        if self.running and self.app.screen is self and self.state.tensor_count:
+            self._show_progress(self.state)
+
     @on(RunProgress)
     def run_progress(self, event: RunProgress) -> None:
         if not self.running:
@@ -681,6 +688,9 @@ class RunScreen(ModeScreen):
     def run_ended(self, event: RunEnded) -> None:
         self.running = False
         self.cancel_event = None
+        if self.ticker is not None:
+            self.ticker.stop()
+            self.ticker = None
         self.last_outcome = event.outcome
         self.last_output = event.output_dir
         self.final_seconds = event.record.seconds
