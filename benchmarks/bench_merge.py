@@ -238,6 +238,8 @@ def engine_in_process(config_path: Path, out: Path) -> float:
     from mergetui.recipe.io import load_recipe
 
     recipe = load_recipe(config_path)
+    # The previous output is removed first: unlinking ~0.5 GB of files is not the engine's work.
+    shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     plan = make_plan(recipe, recipe_dir=config_path.parent, out=out)
     run_merge(plan, force=True)
