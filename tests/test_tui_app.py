@@ -764,3 +764,26 @@ async def test_a_typed_number_keeps_its_first_digit(ties_recipe: Path) -> None:
         await pilot.press("5", "enter")
         await pilot.pause()
         assert layers(grid, weight_a)[2] == 0.25
+
+
+async def test_keys_typed_before_the_prompt_has_focus_continue_the_number(
+    ties_recipe: Path,
+) -> None:
+    """A terminal delivers "0.3" typed quickly in one read: the three keys reach the grid before
+    the prompt opened by the first has focus. Each used to open the prompt again ("3" won)."""
+    from textual import events
+
+    app = MergeTuiApp(RecipeDocument.open(ties_recipe))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(app, pilot)
+        grid = grid_of(app)
+        weight_a = col(grid, "weight", "a")
+        await go(pilot, grid, 2, weight_a)  # layer 1
+        for key, character in (("0", "0"), ("full_stop", "."), ("3", "3")):
+            app.post_message(events.Key(key, character))  # all queued before any is handled
+        await pilot.pause()
+        field = app.screen.query_one("#grid-prompt-input")
+        assert field.value == "0.3" and field.has_focus
+        await pilot.press("enter")
+        await pilot.pause()
+        assert layers(grid, weight_a) == [0.6, 0.3, 0.6, 0.6]

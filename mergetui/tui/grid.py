@@ -140,12 +140,16 @@ class LayerGrid(ScrollView, can_focus=True):
             self.label = label
 
     class PromptRequested(Message):
-        """The grid needs a number: `kind` is set, add or multiply; `initial` prefills the prompt."""
+        """The grid needs a number: `kind` is set, add or multiply; `initial` prefills the prompt.
 
-        def __init__(self, kind: str, initial: str = "") -> None:
+        `typed` marks a character typed on the grid: keys typed quickly can reach the grid before
+        the prompt has focus, and each of those continues the number being typed."""
+
+        def __init__(self, kind: str, initial: str = "", typed: bool = False) -> None:
             super().__init__()
             self.kind = kind
             self.initial = initial
+            self.typed = typed
 
     class PresetRequested(Message):
         """The grid wants the preset dialog for its current selection."""
@@ -432,7 +436,7 @@ class LayerGrid(ScrollView, can_focus=True):
         if event.character and event.character in TYPING_KEYS and self.model.columns:
             event.stop()
             event.prevent_default()
-            self.post_message(self.PromptRequested("set", event.character))
+            self.post_message(self.PromptRequested("set", event.character, typed=True))
 
     def on_click(self, event: events.Click) -> None:
         offset = event.get_content_offset(self)

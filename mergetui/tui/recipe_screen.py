@@ -1066,15 +1066,19 @@ class RecipeScreen(ModeScreen):
 
     @on(LayerGrid.PromptRequested)
     def grid_prompt(self, event: LayerGrid.PromptRequested) -> None:
+        prompt = self.query_one("#grid-prompt")
+        field_ = self.query_one("#grid-prompt-input", Input)
+        if event.typed and self.prompt_kind == "set" and prompt.display:
+            # A key typed before the open prompt took focus: it continues the number.
+            field_.insert_text_at_cursor(event.initial)
+            return
         grid = self.query_one(LayerGrid)
         area = grid.selection
         what = {"set": "set", "add": "add to", "multiply": "multiply"}[event.kind]
         cells = "1 cell" if area.size == 1 else f"{area.size} cells"
         self.prompt_kind = event.kind
         self.query_one("#grid-prompt-label", Label).update(f"{what} {cells}: ")
-        prompt = self.query_one("#grid-prompt")
         prompt.display = True
-        field_ = self.query_one("#grid-prompt-input", Input)
         field_.value = event.initial
         field_.focus()
         field_.cursor_position = len(event.initial)
