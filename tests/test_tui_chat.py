@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from textual import events
 from textual.widgets import Markdown
 
 from mergetui.chat.generate import GenerationSettings, generate_reply
@@ -439,6 +440,19 @@ async def test_typing_in_the_load_dialogs_list_types_a_folder(
         names = {"/": "slash", ".": "full_stop", "-": "minus", "_": "underscore", " ": "space"}
         for character in str(llama_family["b"]):
             await pilot.press(names.get(character, character))
+        field = dialog.query_one("#source")
+        assert field.has_focus and field.value == str(llama_family["b"])
+        # Typed quickly (one terminal read): every key reaches the list before the field has
+        # focus, and the folder is still what was typed.
+        await pilot.press("escape")
+        await pilot.pause()
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, LoadModelDialog)
+        for character in str(llama_family["b"]):
+            app.post_message(events.Key(names.get(character, character), character))
+        await pilot.pause()
         field = dialog.query_one("#source")
         assert field.has_focus and field.value == str(llama_family["b"])
         await pilot.press("enter")

@@ -173,6 +173,9 @@ class LoadModelDialog(DialogScreen):
         super().__init__()
         self.candidates = candidates
         self.trusted = trusted
+        # True once a key typed in the list started a folder: keys typed quickly can still reach
+        # the list before the field has focus, and they continue it.
+        self.typing = False
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -220,8 +223,12 @@ class LoadModelDialog(DialogScreen):
             event.stop()
             event.prevent_default()
             field_ = self.query_one("#source", Input)
-            field_.value = event.character
-            field_.cursor_position = len(field_.value)
+            if self.typing:
+                field_.insert_text_at_cursor(event.character)
+            else:
+                field_.value = event.character
+                field_.cursor_position = len(field_.value)
+                self.typing = True
             field_.focus()
             self._sync_trust()
 
@@ -231,6 +238,7 @@ class LoadModelDialog(DialogScreen):
 
     @on(OptionList.OptionHighlighted)
     def highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        self.typing = False  # a model chosen in the list: the next key typed starts afresh
         self.query_one("#source", Input).value = self.candidates[int(str(event.option.id))][1]
         self._sync_trust()
 
