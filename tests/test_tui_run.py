@@ -623,3 +623,27 @@ async def test_elapsed_keeps_counting_while_no_tensor_finishes(
         release.set()
         await until_done(app, pilot, screen)
         assert screen.ticker is None  # stopped with the merge
+
+
+async def test_o_off_the_history_tab_shows_the_runs_and_keeps_the_recipe(
+    tmp_path: Path, llama_family: dict[str, Path]
+) -> None:
+    """Found in the walkthrough: "o" typed on the Log tab replaced the open recipe with a past
+    run's, without a question when nothing was unsaved."""
+    from textual.widgets import TabbedContent
+
+    app = MergeTuiApp(RecipeDocument.open(write_recipe(tmp_path, llama_family)))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await on_run_screen(app, pilot)
+        await pilot.press("r")
+        await until_done(app, pilot, screen)
+        document = app.document
+        assert screen.query_one(TabbedContent).active == "log"
+        await pilot.press("o")
+        await pilot.pause()
+        assert app.document is document and app.current_mode == "run"
+        assert screen.query_one(TabbedContent).active == "history"
+        assert screen.query_one("#run-history").has_focus
+        await pilot.press("o")  # now a run is in sight: o reopens it
+        await pilot.pause()
+        assert app.current_mode == "recipe" and app.document is not document

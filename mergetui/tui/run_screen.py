@@ -770,6 +770,13 @@ class RunScreen(ModeScreen):
         push(str(output))
 
     def action_reopen_run(self) -> None:
+        if self.query_one(TabbedContent).active != "history":
+            # Off the History tab nothing is selected that a person can see: show the runs
+            # rather than replace the open recipe with one they did not pick.
+            self.action_tab("history")
+            if self.history:
+                self.notify("pick a run, then enter or o reopens its recipe", timeout=4)
+            return
         record = self._selected_record()
         if record is None:
             self.notify("no past runs yet", severity="warning")
