@@ -417,6 +417,14 @@ async def test_loading_shows_its_progress_bar_not_a_spinner_over_the_screen(
         bar = screen.query_one("#chat-loading")
         assert bar.display and bar.region.height == 1  # drawn, on screen
         assert "loading" in str(screen.query_one("#chat-model").render())
+        # A message sent while it loads is kept, with a word that it is loading (not "load one").
+        screen.query_one("#chat-input").focus()
+        await type_text(pilot, "Hi")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert screen.query_one("#chat-input").value == "Hi" and screen.messages == []
+        said = [n.message for n in app._notifications]
+        assert any("still loading" in m for m in said) and not any("first" in m for m in said)
         release.set()
         await wait_for(pilot, lambda: screen.loaded is not None)
         assert not screen.query_one("#chat-loading").display

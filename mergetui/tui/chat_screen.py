@@ -603,7 +603,10 @@ class ChatScreen(ModeScreen):
         if not text:
             return
         if self.loaded is None:
-            self.notify("load a model first (ctrl+l)", severity="warning")
+            if self.model_loading:  # the message stays in the field: enter again once loaded
+                self.notify("the model is still loading: send it once it is loaded")
+            else:
+                self.notify("load a model first (ctrl+l)", severity="warning")
             return
         if self.busy is not None:
             self.notify(f"wait for the {self.busy} to end, or press esc", severity="warning")
