@@ -78,6 +78,8 @@ ELEMENTWISE_WITHOUT_SPARSIFY = frozenset(
 
 # Rough resident size of Python + torch before any tensor: part of the estimate.
 PROCESS_BASELINE_BYTES = 300 * 1000**2
+# Pieces whose working sets fit half of max(largest, this) may run two at a time (runner).
+SHARED_WORKING_BYTES = 128 * 1024**2
 # Elements per piece when an element-wise method streams a big tensor (4 MB in float32). Smaller
 # pieces keep the reader, compute and writer threads' buffers (and the allocator's slack) small;
 # per-piece overhead is still far below the arithmetic at this size.
@@ -328,24 +330,31 @@ def make_plan(
         device=device,
         seed=seed,
         shard_size=shard_size,
-        estimated_peak_bytes=estimate_peak_bytes(tensors, chunked=_reads_chunks(recipe.method)),
+        estimated_peak_bytes=estimate_peak_bytes(
+            tensors,
+            chunked=_reads_chunks(recipe.method),
+            cache_elements=_method_attribute(recipe.method, "cache_elements", 0),
+        ),
         notices=notices,
     )
 
 
-def estimate_peak_bytes(tensors: Sequence[PlannedTensor], *, chunked: bool = False) -> int:
-    """Peak resident memory of a run: the process baseline plus the largest working set.
+def estimate_peak_bytes(
+    tensors: Sequence[PlannedTensor], *, chunked: bool = False, cache_elements: int = 0
+) -> int:
+    """Peak resident memory of a run: the process baseline plus the largest working sets.
 
     For one piece of work (a whole tensor, or a PIECE_ELEMENTS piece of an element-wise one) the
     runner holds the inputs in float32, the method's temporaries (about two tensors) and the
     result in float32 and in the output dtype; the reader may prefetch up to half the largest
     input set more (see runner). A method that reads chunks (`chunked`) holds whole-tensor inputs
-    as stored, or not at all past CHUNKS_FROM_FILE_BYTES, plus chunk temporaries and the result
-    in the output dtype.
+    as stored, or not at all past CHUNKS_FROM_FILE_BYTES, plus chunk temporaries, the result in
+    the output dtype, and for tensors up to `cache_elements` a float32 copy per non-base input.
+    Pieces that fit half the budget run two at a time on two or more cores (runner's gate).
     """
     from mergetui.merge.methods._common import CHUNK_ELEMENTS
 
-    worst = 0
+    sets: list[int] = []
     largest_inputs = 0
     for tensor in tensors:
         numel = min(tensor.numel, PIECE_ELEMENTS) if tensor.elementwise else tensor.numel
@@ -354,13 +363,27 @@ def estimate_peak_bytes(tensors: Sequence[PlannedTensor], *, chunked: bool = Fal
             stored = sum(source.nbytes for source in tensor.inputs)
             inputs = stored if stored <= CHUNKS_FROM_FILE_BYTES else 0
             temporaries = 4 * min(numel, CHUNK_ELEMENTS) * (len(tensor.inputs) + 4)
-            working = inputs + temporaries + out_bytes
+            cached = 4 * numel * (len(tensor.inputs) - 1) if numel <= cache_elements else 0
+            working = inputs + temporaries + cached + out_bytes
         else:
             inputs = 4 * numel * len(tensor.inputs)
             working = inputs + 3 * 4 * numel + 2 * out_bytes
         largest_inputs = max(largest_inputs, inputs)
-        worst = max(worst, working)
-    return PROCESS_BASELINE_BYTES + worst + largest_inputs // 2
+        sets.append(working)
+    worst = max(sets, default=0)
+    budget = max(worst, SHARED_WORKING_BYTES)
+    shared = sorted((w for w in sets if 2 * w <= budget), reverse=True)[:2]
+    return PROCESS_BASELINE_BYTES + max(worst, sum(shared)) + largest_inputs // 2
+
+
+def _method_attribute(method: str, name: str, default: int) -> int:
+    """An attribute the method's function declares (importing it does not import torch)."""
+    from mergetui.merge.methods import get_method_function
+
+    try:
+        return int(getattr(get_method_function(method), name, default))
+    except UserError:
+        return default
 
 
 def _reads_chunks(method: str) -> bool:

@@ -44,7 +44,7 @@ from mergetui.merge.events import (
     TensorDone,
 )
 from mergetui.merge.methods._common import STREAMED
-from mergetui.merge.plan import CHUNKS_FROM_FILE_BYTES, PIECE_ELEMENTS
+from mergetui.merge.plan import CHUNKS_FROM_FILE_BYTES, PIECE_ELEMENTS, SHARED_WORKING_BYTES
 from mergetui.merge.writer import human_bytes
 
 if TYPE_CHECKING:
@@ -59,8 +59,9 @@ PREFETCH_MARGIN_BYTES = 64 * 1024 * 1024
 # gain little on chunk-sized operations (memory-bound, and every barrier waits for the slowest
 # thread, which stalls whenever anything else wants the CPU), while pieces side by side scale.
 MAX_WORKERS = 4
-# Pieces run side by side while their footprints add up to at most the largest one's, or this.
-SHARED_FLOOR_BYTES = 128 * 1024 * 1024
+# Pieces run side by side while their footprints add up to at most the largest one's, or this
+# (the plan's peak estimate models the same rule).
+SHARED_FLOOR_BYTES = SHARED_WORKING_BYTES
 TEMP_MARKER = ".mergetui-tmp-"
 OLD_MARKER = ".mergetui-old-"
 
