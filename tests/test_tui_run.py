@@ -647,3 +647,24 @@ async def test_o_off_the_history_tab_shows_the_runs_and_keeps_the_recipe(
         await pilot.press("o")  # now a run is in sight: o reopens it
         await pilot.pause()
         assert app.current_mode == "recipe" and app.document is not document
+
+
+async def test_at_80x24_the_idle_hint_and_the_dialog_keep_the_screen_readable(
+    tmp_path: Path, llama_family: dict[str, Path]
+) -> None:
+    """Found in the walkthrough: at 80 columns the idle hint was cut at "· the output", and a
+    dialog hid the screen it asks about (the app's opaque Screen background reached dialogs)."""
+    (tmp_path / "out").mkdir()
+    app = MergeTuiApp(RecipeDocument.open(write_recipe(tmp_path, llama_family)))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await on_run_screen(app, pilot)
+        state = screen.query_one("#run-state")
+        assert "asks before replacing it" in str(state.render())
+        assert state.region.height == 2  # wrapped onto a second line, not cut
+        assert screen.styles.background.a == 1  # screens are opaque...
+        await pilot.press("r")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog)
+        assert app.screen.styles.background.a < 1  # ...a dialog dims the Run screen below it
+        await pilot.press("n")
+        await pilot.pause()

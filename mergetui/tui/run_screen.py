@@ -284,7 +284,7 @@ class RunScreen(ModeScreen):
     DEFAULT_CSS = """
     RunScreen #run-top { height: auto; padding: 0 1; }
     RunScreen #run-summary { height: auto; max-height: 2; }
-    RunScreen #run-state { height: 1; overflow: hidden; }
+    RunScreen #run-state { height: auto; max-height: 2; overflow: hidden; }
     RunScreen #run-progress { height: 1; }
     RunScreen #run-progress Bar { width: 1fr; }
     RunScreen #run-stats, RunScreen #run-tensor, RunScreen #run-layers { height: 1; overflow: hidden; }
