@@ -1,5 +1,3 @@
-import sys
+from mergetui.cli import run
 
-from mergetui.cli import main
-
-sys.exit(main())
+run()

@@ -201,3 +201,24 @@ def test_seed_is_recorded(llama_family: dict[str, Path], tmp_path: Path) -> None
     assert main(["merge", str(recipe), "--seed", "1234", "--force"]) == 0
     again = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_the_command_exits_fast_with_its_output_flushed_and_its_exit_code(
+    llama_family: dict[str, Path], tmp_path: Path
+) -> None:
+    """`python -m mergetui` (the `mergetui` script's `run`) skips the interpreter's teardown once
+    torch is loaded: what it printed still arrives, and the exit code is kept."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "merged"
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_toml(llama_family, output=out))
+    command = [sys.executable, "-m", "mergetui", "merge", str(recipe), "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Merged 39 tensors" in done.stdout
+    assert (out / "model.safetensors").exists() and _leftovers(tmp_path) == []
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1  # the output exists: refused, and the refusal is printed
+    assert "already exists" in again.stderr
