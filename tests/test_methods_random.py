@@ -177,3 +177,21 @@ def test_cached_masks_are_the_masks_drawn_again(
     drawn_again = run(method, tensors, per_model, shared)
     assert torch.equal(cached, drawn_again)
     assert not torch.equal(cached, tensors[0])
+
+
+@pytest.mark.parametrize("probability", [0.5, 0.25, 0.75, 3 / 256, 0.3, 0.53, 1 / 65536])
+def test_keep_masks_have_their_probability_and_are_reproducible(probability: float) -> None:
+    """8-bit draws (probabilities on the 2**-8 grid) and 16-bit ones (the rest) keep the asked
+    share; the same key and chunk give the same mask, another chunk or key another one."""
+    from mergetui.merge.methods import _random
+
+    count = 200_000
+    device = torch.device("cpu")
+    keep = _random.bernoulli_keep(11, 3, count, probability, device)
+    assert keep.dtype == torch.float32 and keep.shape == (count,)
+    assert set(keep.unique().tolist()) <= {0.0, 1.0}
+    assert _within_binomial(int(keep.sum()), count, probability)
+    assert torch.equal(keep, _random.bernoulli_keep(11, 3, count, probability, device))
+    if probability * count > 20:
+        assert not torch.equal(keep, _random.bernoulli_keep(11, 4, count, probability, device))
+        assert not torch.equal(keep, _random.bernoulli_keep(12, 3, count, probability, device))
