@@ -352,8 +352,6 @@ def estimate_peak_bytes(
     the output dtype, and for tensors up to `cache_elements` a float32 copy per non-base input.
     Pieces that fit half the budget run two at a time on two or more cores (runner's gate).
     """
-    from mergetui.merge.methods._common import CHUNK_ELEMENTS
-
     sets: list[int] = []
     largest_inputs = 0
     for tensor in tensors:
@@ -362,9 +360,7 @@ def estimate_peak_bytes(
         if chunked and not tensor.elementwise and not tensor.copy_only:
             stored = sum(source.nbytes for source in tensor.inputs)
             inputs = stored if stored <= CHUNKS_FROM_FILE_BYTES else 0
-            temporaries = 4 * min(numel, CHUNK_ELEMENTS) * (len(tensor.inputs) + 4)
-            cached = 4 * numel * (len(tensor.inputs) - 1) if numel <= cache_elements else 0
-            working = inputs + temporaries + cached + out_bytes
+            working = inputs + chunk_working_bytes(tensor, numel, cache_elements) + out_bytes
         else:
             inputs = 4 * numel * len(tensor.inputs)
             working = inputs + 3 * 4 * numel + 2 * out_bytes
@@ -374,6 +370,17 @@ def estimate_peak_bytes(
     budget = max(worst, SHARED_WORKING_BYTES)
     shared = sorted((w for w in sets if 2 * w <= budget), reverse=True)[:2]
     return PROCESS_BASELINE_BYTES + max(worst, sum(shared)) + largest_inputs // 2
+
+
+def chunk_working_bytes(tensor: PlannedTensor, numel: int, cache_elements: int = 0) -> int:
+    """What a chunk-reading method holds for `numel` elements of a tensor besides its inputs and
+    result: float32 chunk temporaries, and up to `cache_elements` a float32 copy per non-base
+    input (the task-vector cache). The runner's gate and the peak estimate both use it."""
+    from mergetui.merge.methods._common import CHUNK_ELEMENTS
+
+    temporaries = 4 * min(numel, CHUNK_ELEMENTS) * (len(tensor.inputs) + 4)
+    cached = 4 * numel * (len(tensor.inputs) - 1) if numel <= cache_elements else 0
+    return temporaries + cached
 
 
 def _method_attribute(method: str, name: str, default: int) -> int:
@@ -388,12 +395,7 @@ def _method_attribute(method: str, name: str, default: int) -> int:
 
 def _reads_chunks(method: str) -> bool:
     """Whether the method's function takes chunk sources (importing it does not import torch)."""
-    from mergetui.merge.methods import get_method_function
-
-    try:
-        return bool(getattr(get_method_function(method), "reads_chunks", False))
-    except UserError:
-        return False
+    return bool(_method_attribute(method, "reads_chunks", 0))
 
 
 # ----------------------------------------------------------------------------------------------

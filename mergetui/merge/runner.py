@@ -44,7 +44,12 @@ from mergetui.merge.events import (
     TensorDone,
 )
 from mergetui.merge.methods._common import STREAMED
-from mergetui.merge.plan import CHUNKS_FROM_FILE_BYTES, PIECE_ELEMENTS, SHARED_WORKING_BYTES
+from mergetui.merge.plan import (
+    CHUNKS_FROM_FILE_BYTES,
+    PIECE_ELEMENTS,
+    SHARED_WORKING_BYTES,
+    chunk_working_bytes,
+)
 from mergetui.merge.writer import human_bytes
 
 if TYPE_CHECKING:
@@ -59,9 +64,6 @@ PREFETCH_MARGIN_BYTES = 64 * 1024 * 1024
 # gain little on chunk-sized operations (memory-bound, and every barrier waits for the slowest
 # thread, which stalls whenever anything else wants the CPU), while pieces side by side scale.
 MAX_WORKERS = 4
-# Pieces run side by side while their footprints add up to at most the largest one's, or this
-# (the plan's peak estimate models the same rule).
-SHARED_FLOOR_BYTES = SHARED_WORKING_BYTES
 TEMP_MARKER = ".mergetui-tmp-"
 OLD_MARKER = ".mergetui-old-"
 
@@ -384,7 +386,9 @@ def _execute(
     ]
     cores = _core_count()
     workers = min(cores, MAX_WORKERS) if device.type == "cpu" else 1
-    gate = _ComputeGate(max(max(footprints, default=0), SHARED_FLOOR_BYTES), workers, cores)
+    # Pieces run side by side while their footprints add up to at most the largest one's, or
+    # SHARED_WORKING_BYTES (the plan's peak estimate models the same rule).
+    gate = _ComputeGate(max(max(footprints, default=0), SHARED_WORKING_BYTES), workers, cores)
     largest = max(sizes, default=0)
     shared_sets = [n for n, f in zip(sizes, footprints, strict=True) if not gate.is_exclusive(f)]
     # Enough held for every worker's set, then a prefetch margin (streamed pieces always get
@@ -520,10 +524,10 @@ def _execute(
     for thread in threads:
         thread.start()
     try:
-        _watch(compute_threads, cancel, stop, errors)
-        if not errors:
+        _watch(compute_threads, halted)
+        if not halted():
             _put_write(writes, None, stop)  # every piece is computed: the writer may finish
-            _watch([writer_thread], cancel, stop, errors)
+            _watch([writer_thread], halted)
         _raise_if_cancelled(cancel)
         if errors:
             raise errors[0]
@@ -652,35 +656,25 @@ def _put_write(writes: queue.Queue[Any], item: Any, stop: threading.Event) -> bo
     return False
 
 
-def _watch(
-    threads: list[threading.Thread],
-    cancel: threading.Event | None,
-    stop: threading.Event,
-    errors: list[BaseException],
-) -> None:
-    """Wait for the threads to end; pass a cancel on to them; return early on an error."""
-    while not errors:
+def _watch(threads: list[threading.Thread], halted: Callable[[], bool]) -> None:
+    """Wait for the threads to end, or until the run halts (a cancel, passed on to every thread
+    by `halted`, or an error)."""
+    while not halted():
         alive = [thread for thread in threads if thread.is_alive()]
         if not alive:
             return
         alive[0].join(_POLL_SECONDS)
-        if cancel is not None and cancel.is_set():
-            stop.set()
-            return
 
 
 def _footprint(piece: _Piece, held: int, mode: str, streams: bool, cache_elements: int = 0) -> int:
     """Bytes a piece occupies while it computes: inputs held, result, float32 temporaries, and
     the float32 copy per non-base input a method caches for tensors up to `cache_elements`."""
-    from mergetui.merge.methods._common import CHUNK_ELEMENTS
-
     tensor = piece.tensor
     out_bytes = tensor.nbytes * piece.numel // tensor.numel if tensor.numel else 0
     if mode == _WHOLE:  # float32 result and about two float32 temporaries of the whole
         return held + out_bytes + 3 * 4 * piece.numel
-    chunks = 4 * min(piece.numel, CHUNK_ELEMENTS) * (len(tensor.inputs) + 4)
-    cached = 4 * piece.numel * (len(tensor.inputs) - 1) if piece.numel <= cache_elements else 0
-    return held + chunks + cached + (0 if streams else out_bytes)
+    working = chunk_working_bytes(tensor, piece.numel, cache_elements)
+    return held + working + (0 if streams else out_bytes)
 
 
 def _compute(

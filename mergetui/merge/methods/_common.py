@@ -219,7 +219,6 @@ class OutputChunks:
 
     def __init__(self, ctx: MethodContext, like: torch.Tensor) -> None:
         self._sink = ctx.sink
-        self._shape = tuple(like.shape)
         self._device = like.device
         self.dtype = ctx.out_dtype or like.dtype
         self._pending: tuple[int, torch.Tensor] | None = None

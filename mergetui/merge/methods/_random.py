@@ -39,26 +39,33 @@ def _chunk_seed(key: int, chunk_index: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def random_u16(key: int, chunk_index: int, count: int, device: torch.device) -> torch.Tensor:
-    """`count` uniform int16 draws (all 65536 values equally likely) for one chunk."""
+def _random_bits(
+    key: int, chunk_index: int, count: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """`count` uniform integers of `dtype` (every bit pattern equally likely) for one chunk, cut
+    from 64-bit words of the chunk's own generator."""
     import torch
 
     generator = torch.Generator(device=device)
     generator.manual_seed(_chunk_seed(key, chunk_index))
-    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device)
+    per_word = 8 // dtype.itemsize
+    words = torch.empty((count + per_word - 1) // per_word, dtype=torch.int64, device=device)
     words.random_(-(1 << 63), None, generator=generator)
-    return words.view(torch.int16)[:count]
+    return words.view(dtype)[:count]
+
+
+def random_u16(key: int, chunk_index: int, count: int, device: torch.device) -> torch.Tensor:
+    """`count` uniform int16 draws (all 65536 values equally likely) for one chunk."""
+    import torch
+
+    return _random_bits(key, chunk_index, count, torch.int16, device)
 
 
 def random_u8(key: int, chunk_index: int, count: int, device: torch.device) -> torch.Tensor:
     """`count` uniform int8 draws (all 256 values equally likely) for one chunk."""
     import torch
 
-    generator = torch.Generator(device=device)
-    generator.manual_seed(_chunk_seed(key, chunk_index))
-    words = torch.empty((count + 7) // 8, dtype=torch.int64, device=device)
-    words.random_(-(1 << 63), None, generator=generator)
-    return words.view(torch.int8)[:count]
+    return _random_bits(key, chunk_index, count, torch.int8, device)
 
 
 def bernoulli_keep(

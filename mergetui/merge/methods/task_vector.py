@@ -125,12 +125,10 @@ def _merge(
     # Scratch for one chunk, reused by every chunk: no allocation inside the loop.
     width = min(numel, CHUNK_ELEMENTS)
     deltas = torch.empty((count, width), dtype=base.dtype, device=device)
-    base_buffer = torch.empty(width, dtype=base.dtype, device=device)
-    magnitude_buffer = torch.empty(width, dtype=base.dtype, device=device)
     mask_buffer = torch.empty(width, dtype=torch.float32, device=device)
-    sign_buffer = torch.empty(width, dtype=base.dtype, device=device)
-    merged_buffer = torch.empty(width, dtype=base.dtype, device=device)
-    divisor_buffer = torch.empty(width, dtype=base.dtype, device=device)
+    base_buffer, magnitude_buffer, sign_buffer, merged_buffer, divisor_buffer = _scratch(
+        base_flat, 5
+    )
     weight_row = torch.tensor(weights, dtype=base.dtype, device=device)
     for chunk_index, (start, end) in enumerate(spans(numel)):
         check_cancel(ctx)
