@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tui_helpers import gate_the_engine
 
 from mergetui.merge.history import DATA_ENV
 from mergetui.tui.app import MergeTuiApp
@@ -54,26 +55,6 @@ def write_recipe(tmp_path: Path, family: dict[str, Path]) -> Path:
     return path
 
 
-def hold_the_engine(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
-    """The real engine, stopped at its first finished tensor until `release` is set."""
-    reached, release = threading.Event(), threading.Event()
-    from mergetui.merge import runner
-
-    real = runner.run_merge
-
-    def held(plan, *, on_event=None, cancel=None, force=False):
-        def listener(event):
-            if type(event).__name__ == "TensorDone" and not reached.is_set():
-                reached.set()
-                assert release.wait(30)
-            on_event(event)
-
-        return real(plan, on_event=listener, cancel=cancel, force=force)
-
-    monkeypatch.setattr(runner, "run_merge", held)
-    return reached, release
-
-
 async def merging(app: MergeTuiApp, pilot, reached: threading.Event) -> RunScreen:
     await pilot.pause(0.4)
     await app.workers.wait_for_complete()
@@ -93,7 +74,7 @@ async def merging(app: MergeTuiApp, pilot, reached: threading.Event) -> RunScree
 async def test_quit_while_merging_asks_and_no_keeps_merging(
     tmp_path: Path, llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reached, release = hold_the_engine(monkeypatch)
+    reached, release = gate_the_engine(monkeypatch)
     app = MergeTuiApp(RecipeDocument.open(write_recipe(tmp_path, llama_family)))
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await merging(app, pilot, reached)
@@ -126,7 +107,7 @@ async def test_quit_while_merging_asks_and_no_keeps_merging(
 async def test_quit_while_merging_yes_quits_and_the_merge_leaves_nothing(
     tmp_path: Path, llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reached, release = hold_the_engine(monkeypatch)
+    reached, release = gate_the_engine(monkeypatch)
     app = MergeTuiApp(RecipeDocument.open(write_recipe(tmp_path, llama_family)))
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await merging(app, pilot, reached)
@@ -151,7 +132,7 @@ async def test_quit_while_merging_yes_quits_and_the_merge_leaves_nothing(
 async def test_quit_while_merging_with_unsaved_changes_asks_both_and_stay_keeps_merging(
     tmp_path: Path, llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reached, release = hold_the_engine(monkeypatch)
+    reached, release = gate_the_engine(monkeypatch)
     app = MergeTuiApp(RecipeDocument.open(write_recipe(tmp_path, llama_family)))
     async with app.run_test(size=(80, 24)) as pilot:
         with app.document.edit("weight"):

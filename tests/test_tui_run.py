@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from tui_helpers import gate_the_engine
 
 from mergetui.merge.history import DATA_ENV, load_history
 from mergetui.recipe.io import dumps_toml
@@ -151,26 +152,6 @@ async def test_unsaved_edits_are_merged(tmp_path: Path, llama_family: dict[str, 
     name = "model.layers.1.mlp.up_proj.weight"
     assert merged[name].equal(a[name])
     assert load_history()[0].recipe().models["a"].parameters["weight"] == 1.0
-
-
-def gate_the_engine(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
-    """Hold the real engine at its first finished tensor until the test lets it go."""
-    reached, release = threading.Event(), threading.Event()
-    from mergetui.merge import runner
-
-    real = runner.run_merge
-
-    def held(plan, *, on_event=None, cancel=None, force=False):
-        def listener(event):
-            if type(event).__name__ == "TensorDone" and not reached.is_set():
-                reached.set()
-                assert release.wait(30)
-            on_event(event)
-
-        return real(plan, on_event=listener, cancel=cancel, force=force)
-
-    monkeypatch.setattr(runner, "run_merge", held)
-    return reached, release
 
 
 async def test_cancel_asks_then_leaves_nothing(
