@@ -128,3 +128,82 @@ def test_the_mode_fixture_reaches_the_selector(selection_mode: str) -> None:
     sorted_mode = selection_mode == "sorted"
     assert (selector._sorted is not None) is sorted_mode
     assert (selector._counts.numel() == 0) is sorted_mode
+
+
+def _bf16_task_vector(n: int, seed: int) -> torch.Tensor:
+    """|x - base| of bf16 weights, as a bf16 fine-tune's task vector is made."""
+    g = torch.Generator().manual_seed(seed)
+    base = (torch.randn(n, generator=g) * 0.02).bfloat16()
+    tuned = (base.float() + torch.randn(n, generator=g) * 0.0005).bfloat16()
+    return (tuned.float() - base.float()).abs()
+
+
+def test_bf16_task_vectors_are_ranked_without_a_second_pass() -> None:
+    # Their values are small multiples of the weights' spacing: exact bf16 numbers, the lowest
+    # of their buckets, so the first pass alone pins down the k-th largest.
+    values = _bf16_task_vector(20000, seed=5)
+    k = 10000
+    chunks = [values[i : i + 997] for i in range(0, values.numel(), 997)]
+    selector = RankSelector(values.device)
+    for chunk in chunks:
+        selector.add(chunk)
+    selector.prepare([values.numel() - k])
+    assert not selector.needs_second_pass
+    rule = top_k_rule(selector, k)
+    got = torch.cat([(rule.keep(chunk) == 1) for chunk in chunks])
+    expected = torch.zeros(values.numel(), dtype=torch.bool)
+    expected[torch.sort(values, descending=True, stable=True).indices[:k]] = True
+    assert torch.equal(got, expected)
+
+
+def test_a_rank_among_a_buckets_inexact_values_is_refined(selection_mode: str) -> None:
+    # One bucket holds 0.5 (low bits 0) 600 times, then 400 values just above it, and 500
+    # values elsewhere. Rank 300 lands among the 0.5s (answered by the first pass); rank 800
+    # among the others (which need the second pass).
+    exact = torch.full((600,), 0.5)
+    above = 0.5 + torch.arange(1, 401, dtype=torch.float32) * 2.0**-20
+    others = torch.linspace(2.0, 3.0, 500)
+    values = torch.cat([others[:250], above, exact, others[250:]])
+    values = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(1))]
+    ordered = torch.sort(values).values
+    for rank, refined in ((300, False), (800, True)):
+        selector = RankSelector(values.device)
+        for chunk in _chunks(values):
+            selector.add(chunk)
+        selector.prepare([rank])
+        if selection_mode != "sorted":
+            assert selector.needs_second_pass is refined
+        if selector.needs_second_pass:
+            for chunk in _chunks(values):
+                selector.refine(chunk)
+        value, less = selector.value_at(rank)
+        assert value == ordered[rank].item()
+        assert less == int((values < ordered[rank]).sum())
+
+
+@pytest.mark.parametrize(("label", "values"), _samples(), ids=[s[0] for s in _samples()])
+@pytest.mark.parametrize("k", [1, 7, 500, 1499])
+def test_shrink_bound_keeps_what_the_mask_keeps(label: str, values: torch.Tensor, k: int) -> None:
+    """Where a rule offers a hardshrink bound, x > bound is exactly its keep mask."""
+    selector = _selector(values, [values.numel() - k])
+    rule = top_k_rule(selector, k)
+    for chunk in _chunks(values):
+        bound = rule.shrink_bound()
+        mask = rule.keep(chunk)
+        if bound is not None:
+            assert torch.equal(chunk > bound, mask == 1)
+            assert torch.equal(torch.hardshrink(chunk, bound), chunk * mask)
+
+
+def test_shrink_bound_of_an_inclusive_rule_is_the_float_below() -> None:
+    rule = KeepRule(lower=0.375, lower_inclusive=True)
+    bound = rule.shrink_bound()
+    assert bound is not None and bound < 0.375
+    assert torch.tensor(bound).nextafter(torch.tensor(1.0)).item() == 0.375
+    assert KeepRule(lower=0.375).shrink_bound() == 0.375
+    assert KeepRule(lower=0.0, lower_inclusive=True).shrink_bound() is None
+    assert KeepRule(lower=0.1, upper=0.5).shrink_bound() is None
+    counting = KeepRule(lower=0.25, ties=[_select.TieWindow(0.25, 0, 2)])
+    assert counting.shrink_bound() is None
+    counting.keep(torch.tensor([0.25, 0.25, 0.5]))
+    assert counting.shrink_bound() == 0.25  # both ties kept: later ones are dropped

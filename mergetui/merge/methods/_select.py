@@ -8,6 +8,12 @@ second pass histograms the low 16 bits of the values inside that bucket, which g
 value there with its count. Both passes run over chunks, so nothing of the tensor's size is kept.
 Small tensors (up to SMALL_VALUES entries) skip the histograms: their values are kept and sorted.
 
+The first pass also counts, per bucket, the values whose low 16 bits are all zero: exactly the
+bucket's smallest value, which is a bf16 number. A task vector of bf16 (or any 8-bit-mantissa)
+checkpoints is made of such values nearly everywhere (the difference of two nearby bf16 weights is a
+small multiple of their spacing), so the wanted rank usually falls among them, its value is known
+after the first pass, and the second pass is skipped.
+
 Ties (equal magnitudes, common once bf16 weights are subtracted) are resolved like a stable sort:
 among equal values the one with the lower flat index ranks first. `KeepRule` then keeps exactly the
 asked number of entries, counting ties in flat order as the chunks go by.
@@ -72,6 +78,11 @@ class RankSelector:
         self._cum_sums = torch.zeros(0, dtype=torch.float64)
         self._low: dict[int, torch.Tensor] = {}
         self._low_cum: dict[int, torch.Tensor] = {}
+        # Without sums, the first pass counts 2 * bucket + [low 16 bits != 0]: `_split` holds
+        # those counts, `_pure` (after prepare) each bucket's count of values with low bits 0.
+        self._split: torch.Tensor | None = None
+        self._pure: torch.Tensor | None = None
+        self._floor: torch.Tensor | None = None  # int32 scratch for the keys
         self._batches: dict[int, _KeyBatch] = {}  # -1: the high histogram; else a bucket's
 
     # -- pass 1 ---------------------------------------------------------------------------------
@@ -94,6 +105,8 @@ class RankSelector:
         self._counts = torch.zeros(_HIGH_BUCKETS, dtype=torch.int64, device=self.device)
         if self.with_sums:
             self._sums = torch.zeros(_HIGH_BUCKETS, dtype=torch.float64, device=self.device)
+        else:
+            self._split = torch.zeros(2 * _HIGH_BUCKETS, dtype=torch.int64, device=self.device)
 
     def _add_to_histograms(self, values: torch.Tensor) -> None:
         import torch
@@ -104,13 +117,19 @@ class RankSelector:
             self._counts += torch.bincount(high, minlength=_HIGH_BUCKETS)
             self._sums += torch.bincount(high, weights=values.float(), minlength=_HIGH_BUCKETS)
         else:
-            batch = self._batch(-1, _HIGH_BUCKETS)
-            torch.bitwise_right_shift(bits, 16, out=batch.slot(bits.numel()))
+            # floor(bits / 2**16) + ceil(bits / 2**16) = 2 * bucket + [low bits != 0], with the
+            # ceiling as ((bits - 1) >> 16) + 1, which cannot overflow.
+            count = bits.numel()
+            if self._floor is None or self._floor.numel() < count:
+                self._floor = torch.empty(count, dtype=torch.int32, device=self.device)
+            floor = torch.bitwise_right_shift(bits, 16, out=self._floor[:count])
+            keys = self._batch(-1, 2 * _HIGH_BUCKETS).slot(count)
+            torch.sub(bits, 1, out=keys).bitwise_right_shift_(16).add_(floor).add_(1)
         self.total += values.numel()
 
     def _batch(self, key: int, buckets: int) -> _KeyBatch:
         if key not in self._batches:
-            target = self._counts if key == -1 else None
+            target = self._split if key == -1 else None
             self._batches[key] = _KeyBatch(self.device, buckets, target)
         return self._batches[key]
 
@@ -135,12 +154,25 @@ class RankSelector:
                 self._prefix_sums = self._sorted.double().cumsum(0)
             return
         self._flush()
+        if self._split is not None:
+            self._counts = self._split.view(-1, 2).sum(1)
+            self._pure = self._split[0::2].cpu()
+            self._split = None
         self._cum = self._counts.cumsum(0).cpu()
         if self._sums is not None:
             self._cum_sums = self._sums.cumsum(0).cpu()
         for rank in ranks:
             if 0 <= rank < self.total:
-                self._low.setdefault(self._bucket_of(rank), None)  # type: ignore[arg-type]
+                bucket = self._bucket_of(rank)
+                if not self._in_pure_part(bucket, rank):
+                    self._low.setdefault(bucket, None)  # type: ignore[arg-type]
+
+    def _in_pure_part(self, bucket: int, rank: int) -> bool:
+        """Whether ascending rank `rank` falls among its bucket's values with low bits 0: the
+        bucket's smallest value, so they come first in it."""
+        if self._pure is None:
+            return False
+        return rank - self._below_bucket(bucket) < int(self._pure[bucket])
 
     @property
     def needs_second_pass(self) -> bool:
@@ -163,6 +195,15 @@ class RankSelector:
     def _below_bucket(self, bucket: int) -> int:
         """How many values lie in the buckets before `bucket`."""
         return int(self._cum[bucket - 1]) if bucket > 0 else 0
+
+    def _count_through(self, bucket: int, low: int) -> int:
+        """How many values lie below `bucket`, plus those in it with low bits <= `low`."""
+        below = self._below_bucket(bucket)
+        if bucket not in self._low and self._pure is not None:
+            if low != 0:  # pragma: no cover - callers only ask an unrefined bucket for its floor
+                raise ValueError(f"bucket {bucket} was not refined")
+            return below + int(self._pure[bucket])
+        return below + int(self._low_cum_of(bucket)[low])
 
     def _low_cum_of(self, bucket: int) -> torch.Tensor:
         import torch
@@ -193,6 +234,8 @@ class RankSelector:
 
         bucket = self._bucket_of(rank)
         below_bucket = self._below_bucket(bucket)
+        if bucket not in self._low and self._in_pure_part(bucket, rank):
+            return struct.unpack("<f", struct.pack("<i", bucket << 16))[0], below_bucket
         low_cum = self._low_cum_of(bucket)
         low = _bisect_right(low_cum, rank - below_bucket)
         less = below_bucket + (int(low_cum[low - 1]) if low > 0 else 0)
@@ -294,6 +337,24 @@ class KeepRule:
         for tie in self.ties:
             tie.seen = 0
 
+    def shrink_bound(self) -> float | None:
+        """When the next chunk's kept entries are exactly those with |x| > b (a lower bound and
+        no tie left to count), b: then `torch.hardshrink(x, b)` is x times the keep mask in one
+        pass. None when the rule needs its masks (an upper bound, or ties still being counted)."""
+        import struct
+
+        if self.keep_nothing or self.lower is None or self.upper is not None:
+            return None
+        if any(tie.end is None or tie.seen < tie.end for tie in self.ties):
+            return None
+        if not self.lower_inclusive:
+            return self.lower
+        # |x| >= lower is |x| > the float32 just below it (lower is a float32 value, >= 0).
+        bits = struct.unpack("<i", struct.pack("<f", self.lower))[0]
+        if bits <= 0:
+            return None  # lower is 0: everything is kept, which the masks handle
+        return struct.unpack("<f", struct.pack("<i", bits - 1))[0]
+
     def keep(
         self, magnitudes: torch.Tensor, out: torch.Tensor | None = None
     ) -> torch.Tensor | None:
@@ -363,9 +424,7 @@ def _count_equal(selector: RankSelector, value: float, less: int) -> int:
     if selector._sorted is not None:
         return selector._count_below(value, right=True) - less
     bits = struct.unpack("<i", struct.pack("<f", value))[0]
-    bucket, low = bits >> 16, bits & 0xFFFF
-    upto = selector._below_bucket(bucket) + int(selector._low_cum_of(bucket)[low])
-    return upto - less
+    return selector._count_through(bits >> 16, bits & 0xFFFF) - less
 
 
 def rank_window_rule(selector: RankSelector, lo: int, hi: int) -> KeepRule:
