@@ -222,3 +222,28 @@ def test_the_command_exits_fast_with_its_output_flushed_and_its_exit_code(
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 1  # the output exists: refused, and the refusal is printed
     assert "already exists" in again.stderr
+
+
+def test_the_cyclic_collector_is_paused_while_merging_and_resumed_after(
+    llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its scans of torch's objects cost ~0.4 s a merge; pausing it must not outlive the command.
+    import gc
+
+    seen: list[bool] = []
+    real_run = runner_module.run_merge
+
+    def recording_run(*args: object, **kwargs: object) -> object:
+        seen.append(gc.isenabled())
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "run_merge", recording_run)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_toml(llama_family, output=tmp_path / "merged"))
+    assert gc.isenabled()
+    assert main(["merge", str(recipe), "--device", "cpu"]) == 0
+    assert seen == [False]
+    assert gc.isenabled()
+    # and after a failure too
+    assert main(["merge", str(tmp_path / "missing.toml")]) == 1
+    assert gc.isenabled()

@@ -10,6 +10,7 @@ or, offline, the merge stops at once with a message naming them.
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import threading
 from pathlib import Path
@@ -50,6 +51,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """A merge is one batch job whose objects are freed by reference counting; the cyclic
+    collector only rescans the hundreds of thousands of objects torch's import leaves behind.
+    Paused from before that import to the end, it saved ~0.4 s of a ~4 s merge here."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(args)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _run(args: argparse.Namespace) -> int:
     from mergetui.cli.output import console, console_err
     from mergetui.errors import UserError
     from mergetui.merge.device import check_device_name
