@@ -195,6 +195,30 @@ def test_shrink_bound_keeps_what_the_mask_keeps(label: str, values: torch.Tensor
             assert torch.equal(torch.hardshrink(chunk, bound), chunk * mask)
 
 
+@pytest.mark.parametrize(("label", "values"), _samples(), ids=[s[0] for s in _samples()])
+@pytest.mark.parametrize("k", [1, 7, 500, 1499])
+def test_chunks_inside_the_tie_window_keep_by_a_counted_bound(
+    label: str, values: torch.Tensor, k: int
+) -> None:
+    """The output pass's walk: a hardshrink bound where the rule offers one (counting the ties
+    of chunks inside the window), the masks elsewhere; together exactly the stable top k."""
+    n = values.numel()
+    rule = top_k_rule(_selector(values, [n - k]), k)
+    scratch = torch.empty(CHUNK)
+    parts, counted = [], 0
+    for chunk in _chunks(values):
+        bound = rule.shrink_bound()
+        if bound is None:
+            bound = rule.counted_bound(chunk * -1.0, scratch[: chunk.numel()])  # signs are ignored
+            counted += bound is not None
+        parts.append(chunk > bound if bound is not None else rule.keep(chunk) == 1)
+    expected = torch.zeros(n, dtype=torch.bool)
+    expected[torch.sort(values, descending=True, stable=True).indices[:k]] = True
+    assert torch.equal(torch.cat(parts), expected)
+    if label == "few distinct values" and k == 500:
+        assert counted > 0  # 0.375-steps: the window of kept ties spans several chunks
+
+
 def test_shrink_bound_of_an_inclusive_rule_is_the_float_below() -> None:
     rule = KeepRule(lower=0.375, lower_inclusive=True)
     bound = rule.shrink_bound()

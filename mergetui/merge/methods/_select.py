@@ -341,19 +341,38 @@ class KeepRule:
         """When the next chunk's kept entries are exactly those with |x| > b (a lower bound and
         no tie left to count), b: then `torch.hardshrink(x, b)` is x times the keep mask in one
         pass. None when the rule needs its masks (an upper bound, or ties still being counted)."""
-        import struct
-
         if self.keep_nothing or self.lower is None or self.upper is not None:
             return None
         if any(tie.end is None or tie.seen < tie.end for tie in self.ties):
             return None
         if not self.lower_inclusive:
             return self.lower
-        # |x| >= lower is |x| > the float32 just below it (lower is a float32 value, >= 0).
-        bits = struct.unpack("<i", struct.pack("<f", self.lower))[0]
-        if bits <= 0:
-            return None  # lower is 0: everything is kept, which the masks handle
-        return struct.unpack("<f", struct.pack("<i", bits - 1))[0]
+        return _float_below(self.lower)
+
+    def counted_bound(self, values: torch.Tensor, scratch: torch.Tensor) -> float | None:
+        """Like `shrink_bound`, for a chunk inside the window of kept ties at the lower bound:
+        counts the chunk's ties (|x| == bound, into `scratch`, float32 of the chunk's size) and,
+        when the window keeps every one of them, returns the bound that keeps |x| >= it. None
+        (nothing counted) when the window ends inside the chunk, or the rule is not one lower
+        bound with its ties: then `keep` takes the chunk."""
+        import torch
+
+        if self.keep_nothing or self.lower is None or self.upper is not None:
+            return None
+        if len(self.ties) != 1 or self.ties[0].value != self.lower or self.lower_inclusive:
+            return None
+        tie = self.ties[0]
+        bound = _float_below(self.lower)
+        if tie.seen < tie.start or bound is None:
+            return None
+        if tie.end is None:
+            return bound  # every later tie is kept: no need to count them
+        equal = torch.eq(torch.abs(values, out=scratch), tie.value, out=scratch)
+        count = int(equal.sum())
+        if tie.seen + count > tie.end:
+            return None
+        tie.seen += count
+        return bound
 
     def keep(
         self, magnitudes: torch.Tensor, out: torch.Tensor | None = None
@@ -400,6 +419,16 @@ class KeepRule:
             # Ties equal a bound, so the strict comparisons above never counted them.
             mask = chosen if mask is None else mask.add_(chosen)
         return mask
+
+
+def _float_below(value: float) -> float | None:
+    """The float32 just below a float32 value > 0, so |x| >= value is |x| > it (None for 0)."""
+    import struct
+
+    bits = struct.unpack("<i", struct.pack("<f", value))[0]
+    if bits <= 0:
+        return None  # 0: everything is kept, which the masks handle
+    return struct.unpack("<f", struct.pack("<i", bits - 1))[0]
 
 
 def top_k_rule(selector: RankSelector, k: int) -> KeepRule:

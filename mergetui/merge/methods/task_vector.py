@@ -149,8 +149,12 @@ def _merge(
                 delta = cached
             else:  # a stored (bf16) slice meets the float32 base inside the subtraction
                 delta = torch.sub(raw_slice(item.tensor, start, end), base_chunk, out=row)
-            bound = item.rule.shrink_bound() if item.rule is not None else None
-            if bound is not None and delta.dtype == torch.float32:
+            bound = None
+            if item.rule is not None and delta.dtype == torch.float32:
+                bound = item.rule.shrink_bound()
+                if bound is None:
+                    bound = item.rule.counted_bound(delta, magnitude_buffer[:length])
+            if bound is not None:
                 torch.hardshrink(delta, bound, out=row).mul_(factor)  # tau * [|tau| > bound] * c
                 continue
             keep = _chunk_keep(
