@@ -247,3 +247,31 @@ def test_the_cyclic_collector_is_paused_while_merging_and_resumed_after(
     # and after a failure too
     assert main(["merge", str(tmp_path / "missing.toml")]) == 1
     assert gc.isenabled()
+
+
+def test_the_progress_bar_counts_finished_tensors_whatever_their_order(
+    llama_family: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Tensors finish in any order; the count is of those done, not the last one's plan position.
+    from mergetui.merge.events import TensorDone
+
+    real_run = runner_module.run_merge
+
+    def last_index_first(plan: object, *, on_event: object, **kwargs: object) -> object:
+        events: list[object] = []
+        result = real_run(plan, on_event=events.append, **kwargs)
+        done = [e for e in events if isinstance(e, TensorDone)]
+        for event in sorted(done, key=lambda e: -e.index):  # the first tensor finishes last
+            on_event(event)
+        return result
+
+    monkeypatch.setattr(runner_module, "run_merge", last_index_first)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_toml(llama_family, output=tmp_path / "merged"))
+    assert main(["merge", str(recipe), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "39/39 tensors" in err
+    assert "1/39 tensors" not in err.splitlines()[-1]

@@ -199,15 +199,20 @@ def _run_with_progress(plan: Any, *, force: bool, out: Any, err: Any) -> int:
     from mergetui.merge.writer import human_bytes
 
     cancel = threading.Event()
-    progress = bytes_progress("tensors", err, elapsed=True)
-    task = progress.add_task("merging", total=plan.total_bytes, tensors=f"0/{plan.tensor_count}")
+    # The elapsed column only where it fits: at 80 columns it would wrap the line.
+    progress = bytes_progress("tensors", err, elapsed=err.width >= 100)
+    task = progress.add_task(
+        "merging", total=plan.total_bytes, tensors=f"0/{plan.tensor_count} tensors"
+    )
+    done = [0]  # tensors finish in any order: count them (an event's index is its plan position)
 
     def on_event(event: Any) -> None:
         if isinstance(event, TensorDone):
+            done[0] += 1
             progress.update(
                 task,
                 completed=event.bytes_written,
-                tensors=f"{event.index + 1}/{event.tensor_count} tensors",
+                tensors=f"{done[0]}/{event.tensor_count} tensors",
             )
         elif isinstance(event, PlanReady):
             progress.update(task, description=f"merging on {event.device}")
