@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tui_helpers import gate_the_engine
+from tui_helpers import gate_the_engine, wait_reached
 
 from mergetui.merge.history import DATA_ENV
 from mergetui.tui.app import MergeTuiApp
@@ -63,11 +63,8 @@ async def merging(app: MergeTuiApp, pilot, reached: threading.Event) -> RunScree
     screen = app.screen
     assert isinstance(screen, RunScreen)
     await pilot.press("r")
-    for _ in range(200):
-        if reached.is_set():
-            break
-        await pilot.pause(0.05)
-    assert reached.is_set() and screen.running and app.merge_running()
+    await wait_reached(pilot, reached)
+    assert screen.running and app.merge_running()
     return screen
 
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
-from tui_helpers import gate_the_engine
+from tui_helpers import gate_the_engine, wait_reached
 
 from mergetui.merge.history import DATA_ENV, load_history
 from mergetui.recipe.io import dumps_toml
@@ -394,14 +393,6 @@ def test_history_file_is_json_lines(tmp_path: Path) -> None:
 
 
 # -- found in the newcomer walkthrough (issue 6) ---------------------------------------------------
-
-
-async def wait_reached(pilot, reached: threading.Event) -> None:
-    for _ in range(200):
-        if reached.is_set():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError("the engine never finished a tensor")
 
 
 async def test_the_state_line_names_the_device_auto_chose(

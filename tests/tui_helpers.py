@@ -26,3 +26,12 @@ def gate_the_engine(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, t
 
     monkeypatch.setattr(runner, "run_merge", held)
     return reached, release
+
+
+async def wait_reached(pilot, reached: threading.Event) -> None:
+    """Let the app run until the gated engine holds its first tensor (fail after ~10 s)."""
+    for _ in range(200):
+        if reached.is_set():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("the engine never finished a tensor")
