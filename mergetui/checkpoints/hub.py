@@ -561,6 +561,7 @@ def read_remote_header(
 
 def read_remote_checkpoint(repo_id: str, revision: str | None = None) -> RemoteCheckpoint:
     """A Hub model's config, tensor map and parameter count from its headers alone."""
+    from mergetui.checkpoints.files import index_shards
     from mergetui.checkpoints.inspect import SAFETENSORS_INDEX, _layer_map
 
     info = model_info(repo_id, revision)
@@ -583,11 +584,12 @@ def read_remote_checkpoint(repo_id: str, revision: str | None = None) -> RemoteC
         try:
             index = json.loads(fetch_bytes(repo_id, SAFETENSORS_INDEX, commit))
             weight_map = dict(index["weight_map"])
-            shards = list(dict.fromkeys(weight_map.values()))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UserError(
                 f"broken shard index {SAFETENSORS_INDEX} on the Hub", where=repo_id
             ) from None
+        # A name such as ../other/model.safetensors would be fetched from outside this repo.
+        shards = index_shards(weight_map, f"{SAFETENSORS_INDEX} on the Hub", repo_id)
     else:
         shards = sorted(
             n

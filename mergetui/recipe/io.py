@@ -1437,16 +1437,29 @@ def save_recipe(recipe: Recipe, path: str | os.PathLike[str]) -> None:
 
 
 def write_text_atomic(target: Path, text: str) -> None:
-    """Write to a temporary file beside `target`, then rename it into place."""
+    """Write to a temporary file beside `target`, then rename it into place.
+
+    A folder that cannot be written (read-only, no permission, disk full) is a UserError naming it.
+    """
+    from mergetui.checkpoints.files import os_error
+
     folder = target.parent if str(target.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, folder, "create this folder") from None
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise os_error(exc, target, "write this file") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, target)
-    except BaseException:
+    except BaseException as exc:
         Path(temp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise os_error(exc, target, "write this file") from None
         raise
