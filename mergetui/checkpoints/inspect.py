@@ -9,11 +9,13 @@ parameter count and whether a tokenizer and chat template come with it. Problems
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mergetui.checkpoints.files import index_shard_paths, open_regular
 from mergetui.checkpoints.layers import (
     BLOCK_KINDS,
     BlockKind,
@@ -210,6 +212,50 @@ def open_checkpoint(path: str | Path, *, allow_bin: bool = False) -> Checkpoint:
     )
 
 
+def open_weight_file(path: str | Path) -> Checkpoint:
+    """One .safetensors file's tensors (its header), with config.json from its folder if there.
+
+    For `mergetui inspect FILE`: a shard or a lone weight file. Only that file's tensors are shown;
+    a warning says so when the folder holds other weight files (inspect the folder for the model).
+    """
+    file = Path(path).expanduser()
+    if file.suffix != ".safetensors":
+        raise UserError(
+            "this is a file, not a checkpoint folder (only a .safetensors file can be inspected "
+            "on its own)",
+            where=str(file),
+            fix=f"pass the folder that holds it: {file.parent}",
+        )
+    raw, _metadata = read_header(file)
+    folder = file.parent
+    warnings: list[str] = []
+    config = _read_config(folder, warnings)
+    others = sorted(p.name for p in folder.glob("*.safetensors") if p.name != file.name) + [
+        name for name in (SAFETENSORS_INDEX, BIN_INDEX) if (folder / name).is_file()
+    ]
+    if others:
+        warnings.append(
+            f"only this file's tensors: the folder also holds {', '.join(others[:3])}"
+            + (" ..." if len(others) > 3 else "")
+            + f"; inspect {folder} for the whole checkpoint"
+        )
+    tensors, layers, pre_layer, post_layer = _layer_map(raw)
+    return Checkpoint(
+        path=file,
+        config=config,
+        tensors=tensors,
+        weight_files=[file],
+        files=[file.name],
+        format="safetensors",
+        layers=layers,
+        pre_layer=pre_layer,
+        post_layer=post_layer,
+        has_tokenizer=any((folder / name).is_file() for name in _TOKENIZER_FILES),
+        has_chat_template=_has_chat_template(folder),
+        warnings=warnings,
+    )
+
+
 def _read_config(folder: Path, warnings: list[str]) -> dict[str, Any]:
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -289,11 +335,11 @@ def _read_safetensors_index(
             where=str(index_path),
             fix="restore model.safetensors.index.json from the model's source",
         ) from None
-    shard_names = list(dict.fromkeys(weight_map.values()))
+    shard_paths = index_shard_paths(folder, weight_map, index_path)
+    shard_names = [str(path.relative_to(folder)) for path in shard_paths]
     headers: dict[str, dict[str, TensorInfo]] = {}
-    for shard in shard_names:
-        shard_path = folder / shard
-        if not shard_path.is_file():
+    for shard, shard_path in zip(shard_names, shard_paths, strict=True):
+        if _is_missing(shard_path):
             raise UserError(
                 f"shard {shard} listed in {SAFETENSORS_INDEX} is missing",
                 where=str(folder),
@@ -317,7 +363,19 @@ def _read_safetensors_index(
                 f"{shard} holds {len(extra)} tensors missing from the index: {extra[:3]}"
             )
             _merge_tensors(tensors, {name: header[name] for name in extra}, folder / shard)
-    return [folder / shard for shard in shard_names], tensors
+    return shard_paths, tensors
+
+
+def _is_missing(path: Path) -> bool:
+    """Missing, or a link to nothing (an unfinished download); a link that loops, a FIFO or an
+    unreadable file is not missing: reading it says what it is."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _merge_tensors(tensors: dict[str, TensorInfo], new: dict[str, TensorInfo], file: Path) -> None:
@@ -336,9 +394,11 @@ def _bin_files(folder: Path) -> list[Path]:
     if index_path.is_file():
         try:
             weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError("weight_map is not an object")
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise UserError(f"broken shard index ({exc})", where=str(index_path)) from None
-        return [folder / name for name in dict.fromkeys(weight_map.values())]
+        return index_shard_paths(folder, weight_map, index_path)
     return sorted(folder.glob("pytorch_model*.bin"))
 
 
@@ -349,12 +409,13 @@ def _read_bin(files: list[Path]) -> dict[str, TensorInfo]:
 
     tensors: dict[str, TensorInfo] = {}
     for file in files:
-        if not file.is_file():
+        if _is_missing(file):
             raise UserError(
                 f"shard {file.name} is missing",
                 where=str(file.parent),
                 fix="download the missing shard (the checkpoint is incomplete)",
             )
+        os.close(open_regular(file))  # torch opens it by name: a FIFO would block, a loop crash
         try:
             try:
                 state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)

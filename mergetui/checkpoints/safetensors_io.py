@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mergetui.checkpoints.files import open_regular, os_error
 from mergetui.errors import UserError
 
 # Bits per element for every dtype safetensors writes.
@@ -116,23 +118,20 @@ def dtype_from_torch(dtype: Any) -> str:
 def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Tensors (in file order) and the `__metadata__` strings of a local safetensors file."""
     file = Path(path)
+    # Only a regular file is opened (a FIFO would block); a looping link or a missing or
+    # unreadable file is a one-line UserError.
+    fd = open_regular(file)
     try:
-        size = file.stat().st_size
-        with file.open("rb") as handle:
+        with os.fdopen(fd, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
             prefix = handle.read(8)
             if len(prefix) < 8:
                 raise _not_safetensors(file, f"only {len(prefix)} bytes long")
             (header_len,) = struct.unpack("<Q", prefix)
             _check_header_length(file, header_len, size)
             header = handle.read(header_len)
-    except FileNotFoundError:
-        raise UserError("file not found", where=str(file)) from None
-    except IsADirectoryError:
-        raise UserError("is a folder, not a safetensors file", where=str(file)) from None
-    except PermissionError:
-        raise UserError(
-            "permission denied", where=str(file), fix="check the file's permissions"
-        ) from None
+    except OSError as exc:
+        raise os_error(exc, file, "read this file") from None
     return read_header_bytes(prefix + header, file, file_size=size)
 
 

@@ -1,17 +1,20 @@
 """`mergetui inspect PATH`: what a checkpoint holds, read from its headers in milliseconds.
 
-PATH is a folder or a Hub repo id. A repo id in the local Hugging Face cache is read from there;
-otherwise (or with `--remote`) its config and safetensors headers are read from the Hub with HTTP
-Range requests, without downloading the weights. The summary answers the
-questions asked before a merge (architecture, layers, parameters, dtypes, size, tokenizer and chat
-template, tied embeddings); `--layers` adds the per-layer map; `--json` prints only JSON, for scripts.
+PATH is a folder, a single .safetensors file (its header alone) or a Hub repo id. A repo id in the
+local Hugging Face cache is read from there; otherwise (or with `--remote`) its config and
+safetensors headers are read from the Hub with HTTP Range requests, without downloading the
+weights. The summary answers the questions asked before a merge (architecture, layers, parameters,
+dtypes, size, tokenizer and chat template, tied embeddings); `--layers` adds the per-layer map;
+`--json` prints only JSON, for scripts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -22,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Summarise a checkpoint folder or a Hub repo id from its config and "
         "safetensors headers (a repo not in the local cache is read from the Hub's headers).",
     )
-    parser.add_argument("path", metavar="PATH", help="checkpoint folder or Hub repo id")
+    parser.add_argument(
+        "path", metavar="PATH", help="checkpoint folder, .safetensors file, or Hub repo id"
+    )
     parser.add_argument(
         "--remote",
         action="store_true",
@@ -40,27 +45,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergetui.checkpoints.inspect import open_checkpoint
+    from mergetui.checkpoints.inspect import open_checkpoint, open_weight_file
     from mergetui.checkpoints.locate import find_local, looks_like_hub_id
     from mergetui.errors import UserError
 
-    folder = None if getattr(args, "remote", False) else find_local(args.path, args.revision)
+    if not args.remote:
+        file = _local_file(args.path)
+        if file is not None:  # `inspect path/model.safetensors`: that file's header
+            return _show(open_weight_file(file), args)
+    folder = None if args.remote else find_local(args.path, args.revision)
     if folder is None:
         if looks_like_hub_id(args.path):
-            checkpoint = _read_remote(args.path, args.revision)
-            if args.json:
-                sys.stdout.write(json.dumps(checkpoint.to_dict(), indent=2) + "\n")
-                return 0
-            _print_summary(checkpoint, source=args.path)
-            if args.layers:
-                _print_layers(checkpoint)
-            return 0
+            return _show(_read_remote(args.path, args.revision), args)
         raise UserError(
             "checkpoint folder not found",
             where=args.path,
             fix="check the path (relative paths start from the current folder)",
         )
-    checkpoint = open_checkpoint(folder, allow_bin=args.allow_bin)
+    return _show(open_checkpoint(folder, allow_bin=args.allow_bin), args)
+
+
+def _local_file(text: str) -> Path | None:
+    """The path, when it names something on disk that is not a folder (a file, or a broken link:
+    then a UserError says why it cannot be opened); None otherwise."""
+    from mergetui.checkpoints.files import os_error
+    from mergetui.errors import UserError
+
+    path = Path(text).expanduser()
+    if not os.path.lexists(path) or path.is_dir():
+        return None
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise UserError(
+            f"it is a symbolic link to {os.readlink(path)}, which does not exist",
+            where=str(path),
+            fix="point the link at the real file or folder",
+        ) from None
+    except OSError as exc:
+        raise os_error(exc, path, "open it") from None
+    return path
+
+
+def _show(checkpoint: Any, args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(checkpoint.to_dict(), indent=2) + "\n")
         return 0
@@ -71,12 +98,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read_remote(repo_id: str, revision: str | None) -> Any:
-    """Headers from the Hub; when the Hub is out of reach, say that the model is not local."""
-    from mergetui.checkpoints.hub import HubOffline, read_remote_checkpoint
+    """Headers from the Hub; when the Hub is out of reach, say that the model is not local.
+    A Hub that did not answer in time says so itself: how to wait longer, or go offline."""
+    from mergetui.checkpoints.hub import HubOffline, HubTimeout, read_remote_checkpoint
     from mergetui.errors import UserError
 
     try:
         return read_remote_checkpoint(repo_id, revision)
+    except HubTimeout:
+        raise
     except HubOffline as exc:
         raise UserError(
             "not a local folder, and not in the Hugging Face cache"

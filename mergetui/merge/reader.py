@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mergetui.checkpoints.files import open_regular
 from mergetui.checkpoints.safetensors_io import torch_dtype
 from mergetui.errors import UserError
 
@@ -33,12 +34,9 @@ class TensorReader:
         with self._lock:
             fd = self._fds.get(path)
             if fd is None:
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except OSError as exc:
-                    raise UserError(
-                        f"cannot open the checkpoint file: {exc.strerror or exc}", where=path
-                    ) from exc
+                # A regular file only: the folder may have changed since it was planned, and a
+                # FIFO put in a weight file's place would block the merge forever.
+                fd = open_regular(path)
                 self._fds[path] = fd
             return fd
 
