@@ -5,8 +5,11 @@ It answers the routes the real `huggingface_hub` client uses for what mergetui d
 GET, with Range requests so safetensors headers are read without the weights), repository creation,
 preupload, the LFS batch API and its upload target, and commits. Failure modes a user meets are
 switchable: 401 for a private repo without the right token, 403 for a gated one, 404, 429 (rate
-limited) and a download cut short. Every request is logged (method, path, Range, Authorization) so
-tests can check what was fetched and that the token was sent.
+limited), a download cut short (every time, or only the next few times), 503 for the next few
+requests, and a file whose headers come but whose body never does. Every request is logged (method,
+path, Range, Authorization) so tests can check what was fetched and that the token was sent.
+
+`BlackHole` is the other kind of broken server: it accepts connections and never answers.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import gzip
 import hashlib
 import json
 import re
+import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -151,7 +156,11 @@ class HubServer:
         self.token = token  # the one token that opens private and gated repos and allows uploads
         self.requests: list[Request] = []
         self.rate_limited = False
-        self.truncate: set[str] = set()  # file paths served cut short (a broken download)
+        self.truncate: set[str] = set()  # file paths always served cut short (a broken download)
+        self.cut_next: dict[str, int] = {}  # file path -> how many more GETs to cut short
+        self.fail_next: dict[str, int] = {}  # text in a path -> how many more requests get a 503
+        self.stall: set[str] = set()  # file paths whose GET sends headers, then never the body
+        self.stopping = threading.Event()
         self.lfs_store: dict[str, bytes] = {}
         self.chunk_delay = 0.0  # seconds between 64 KiB chunks of a download (for cancel tests)
         self.commits: list[dict[str, Any]] = []
@@ -191,6 +200,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()  # frees the handlers that stall
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -323,11 +333,23 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         self._get(head=False)
 
+    def _take(self, faults: dict[str, int], key: str) -> bool:
+        """Use up one of the faults counted under a key found in `key` (the path)."""
+        with self.server_hub._lock:
+            for text, left in faults.items():
+                if left > 0 and text in key:
+                    faults[text] = left - 1
+                    return True
+        return False
+
     def _get(self, head: bool) -> None:
         path, query = self._record()
         hub = self.server_hub
         if hub.rate_limited:
             self._error(429, "You have been rate-limited; try again later.", head=head)
+            return
+        if self._take(hub.fail_next, path):
+            self._error(503, "Service temporarily unavailable", head=head)
             return
         if path == "/api/models":
             self._search(query)
@@ -448,13 +470,16 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
-        if file in hub.truncate and not wanted:
+        if file in hub.stall:  # headers sent, the body never comes
+            self.wfile.flush()
+            hub.stopping.wait(60)
+            self.close_connection = True
+            return
+        if file in hub.truncate or self._take(hub.cut_next, file):
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             self.close_connection = True
             return
-        import time
-
         step = 65536
         for start in range(0, len(body), step):
             self.wfile.write(body[start : start + step])
@@ -583,6 +608,46 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.server_hub.lfs_store[match.group(1)] = body
         self._send(200, b"")
+
+
+class BlackHole:
+    """A server that accepts TCP connections on 127.0.0.1 and never answers (nor closes them):
+    what a client meets behind a broken proxy or a hung server. `url` is its endpoint."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)  # so the accept loop sees stop() soon
+        self._stop = threading.Event()
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self.connections = 0
+
+    @property
+    def url(self) -> str:
+        host, port = self._listener.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._held.append(conn)
+            self.connections += 1
+
+    def __enter__(self) -> BlackHole:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+        for conn in self._held:
+            conn.close()
 
 
 # -- for the tests' fixtures -------------------------------------------------------------------

@@ -8,7 +8,9 @@ from `huggingface_hub.constants`, which freezes some of them when the library is
 - `HF_TOKEN` (or a token saved by `hf auth login`) is sent, but never shown: every message that
   leaves this module goes through `redact`;
 - `HF_HUB_OFFLINE=1` (or `TRANSFORMERS_OFFLINE=1`) makes every remote call raise `HubOffline` before
-  any connection is tried, so callers can say "offline" and carry on with local sources.
+  any connection is tried, so callers can say "offline" and carry on with local sources;
+- `HF_HUB_ETAG_TIMEOUT` / `HF_HUB_DOWNLOAD_TIMEOUT` bound every wait (`hub_net`): a server that
+  never answers ends in a `HubTimeout` after a few tries, never in a hang.
 
 Failures a person can act on (401, gated, 404, rate limited, no network, a download cut short)
 become `UserError`s that say what to do. Downloads land in the Hugging Face cache (the layout
@@ -30,6 +32,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mergetui.checkpoints.hub_net import (
+    DOWNLOAD_TIMEOUT_VAR,
+    ETAG_TIMEOUT_VAR,
+    HubOffline,
+    download_timeout,
+    fetch_file,
+    is_timeout,
+    link_into_snapshot,
+    metadata_timeout,
+    timeout_error,
+    with_retries,
+)
+from mergetui.checkpoints.hub_net import HubTimeout as HubTimeout  # re-exported
 from mergetui.checkpoints.inspect import Checkpoint
 from mergetui.checkpoints.locate import INCOMPLETE_MARKER
 from mergetui.errors import CancelledError, UserError
@@ -68,12 +83,6 @@ SEARCH_EXPAND = (
     "safetensors",
 )
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-_TIMEOUT = 20.0
-
-
-class HubOffline(UserError):
-    """The Hub cannot be used right now (offline mode or no network); local sources still work."""
-
 
 # -- settings, read at call time --------------------------------------------------------------
 
@@ -125,11 +134,15 @@ def redact(text: str, token: str | None = None) -> str:
 
 
 def check_online() -> None:
+    """Raise `HubOffline` in offline mode, and a `UserError` for a timeout setting that cannot be
+    used (before huggingface_hub is imported: it would fail on it with a traceback)."""
     if is_offline():
         raise HubOffline(
             "the Hub is not available: offline mode is on (HF_HUB_OFFLINE=1)",
             fix="unset HF_HUB_OFFLINE to use the Hub; local folders and the HF cache still work",
         )
+    metadata_timeout()
+    download_timeout()
 
 
 def _api() -> Any:
@@ -142,15 +155,22 @@ def _api() -> Any:
 
 
 def hub_error(
-    exc: BaseException, repo_id: str | None = None, action: str = "reach", file: str | None = None
+    exc: BaseException,
+    repo_id: str | None = None,
+    action: str = "reach",
+    file: str | None = None,
+    timeout_variable: str = ETAG_TIMEOUT_VAR,
 ) -> UserError:
-    """A `UserError` that says what went wrong with the Hub and what to do about it."""
+    """A `UserError` that says what went wrong with the Hub and what to do about it.
+    `timeout_variable` is the setting that bounded the request, named when it timed out."""
     if isinstance(exc, UserError):
         return exc
     from huggingface_hub import errors as hf_errors
 
     endpoint = hub_endpoint()
     where = f"{repo_id}/{file}" if repo_id and file else repo_id
+    if is_timeout(exc):
+        return timeout_error(exc, timeout_variable, endpoint, where)
     page = f"{endpoint}/{repo_id}" if repo_id else endpoint
     has_token = bool(hub_token())
     status = getattr(getattr(exc, "response", None), "status_code", None)
@@ -411,8 +431,9 @@ def search_models(
     if limit < 1:
         raise UserError("the limit must be at least 1", where=str(limit))
     check_online()
-    # One request, as HfApi.list_models would send it, but without its retry loop: that backs off
-    # for about 23 s when the network is down, and a search should say so at once.
+    timeout = metadata_timeout()
+    # One request, as HfApi.list_models would send it, but with our bounded retries rather than
+    # its loop (that backs off for about 23 s when the network is down).
     from huggingface_hub.hf_api import ModelInfo
     from huggingface_hub.utils import get_session, hf_raise_for_status
 
@@ -421,12 +442,16 @@ def search_models(
         params["search"] = query
     if filters:
         params["filter"] = list(filters)
-    try:
+
+    def ask() -> Any:
         response = get_session().get(
-            f"{hub_endpoint()}/api/models", params=params, headers=_headers(), timeout=_TIMEOUT
+            f"{hub_endpoint()}/api/models", params=params, headers=_headers(), timeout=timeout
         )
         hf_raise_for_status(response)
-        items = response.json()
+        return response.json()
+
+    try:
+        items = with_retries(ask)
         models = []
         for item in items[:limit]:
             item.setdefault("siblings", None)
@@ -439,8 +464,12 @@ def search_models(
 def model_info(repo_id: str, revision: str | None = None) -> HubModel:
     """Everything the Hub says about one model, with the size of every file."""
     check_online()
+    timeout = metadata_timeout()
+    api = _api()
     try:
-        info = _api().model_info(repo_id, revision=revision, files_metadata=True)
+        info = with_retries(
+            lambda: api.model_info(repo_id, revision=revision, files_metadata=True, timeout=timeout)
+        )
     except Exception as exc:
         raise hub_error(exc, repo_id) from None
     return _from_info(info)
@@ -499,21 +528,25 @@ def fetch_bytes(
     end: int | None = None,
 ) -> bytes:
     """Bytes [start, end] (inclusive) of a remote file, by an HTTP Range request; the whole file
-    when `end` is None and `start` is 0. Used for small files and safetensors headers."""
+    when `end` is None and `start` is 0. Used for small files and safetensors headers.
+    Each try gives up after HF_HUB_DOWNLOAD_TIMEOUT seconds without a byte; a timeout or a
+    dropped connection is tried again (`hub_net.with_retries`)."""
     from huggingface_hub.utils import get_session, hf_raise_for_status
 
     check_online()
+    seconds = download_timeout()
     extra = {}
     if start or end is not None:
         extra["Range"] = f"bytes={start}-{'' if end is None else end}"
     want = None if end is None else end - start + 1
-    try:
+
+    def read() -> bytes:
         with get_session().stream(
             "GET",
             _url(repo_id, filename, revision),
             headers=_headers(extra),
             follow_redirects=True,
-            timeout=_TIMEOUT,
+            timeout=seconds,
         ) as response:
             if response.status_code >= 400:
                 response.read()
@@ -530,9 +563,14 @@ def fetch_bytes(
                 got += len(chunk)
                 if want is not None and got >= want:
                     break
+        return b"".join(chunks)
+
+    try:
+        data = with_retries(read)
     except Exception as exc:
-        raise hub_error(exc, repo_id, file=filename) from None
-    data = b"".join(chunks)
+        raise hub_error(
+            exc, repo_id, file=filename, timeout_variable=DOWNLOAD_TIMEOUT_VAR
+        ) from None
     return data if want is None else data[:want]
 
 
@@ -700,51 +738,6 @@ def select_files(
     return sorted(chosen, key=lambda f: (f.path.endswith(".safetensors") or f.lfs, f.path))
 
 
-class _ProgressBar:
-    """What huggingface_hub's downloader takes as `tqdm_class`: counts bytes, checks cancel."""
-
-    def __init__(
-        self, on_bytes: Callable[[int], None], cancel: threading.Event | None, **kwargs: Any
-    ) -> None:
-        self._on_bytes = on_bytes
-        self._cancel = cancel
-        self.n = int(kwargs.get("initial") or 0)
-        self.total = kwargs.get("total")
-
-    def update(self, n: int | float | None = 1) -> None:
-        if self._cancel is not None and self._cancel.is_set():
-            raise CancelledError("download cancelled")
-        step = int(n or 0)
-        self.n += step
-        self._on_bytes(step)
-
-    def __enter__(self) -> _ProgressBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        pass
-
-    def refresh(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def set_description(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-def _bar_class(on_bytes: Callable[[int], None], cancel: threading.Event | None) -> type:
-    class Bar(_ProgressBar):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(on_bytes, cancel, **kwargs)
-
-    return Bar
-
-
 def download_repo(
     repo_id: str,
     *,
@@ -758,10 +751,9 @@ def download_repo(
     """Download a model's files into the HF cache; returns its snapshot folder.
 
     Files already there are skipped, so a second pull resumes. `cancel` is checked between chunks;
-    a cancelled download raises `CancelledError` and leaves no partial file.
+    a cancelled download raises `CancelledError` and leaves no partial file. Every request is
+    bounded by HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT and tried again when that is safe.
     """
-    from huggingface_hub import hf_hub_download
-
     from mergetui.checkpoints.locate import cached_repo_dir, hub_cache_dir
 
     check_online()
@@ -810,41 +802,14 @@ def download_repo(
         repo_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"mergetui download of {repo_id} at {info.sha} in progress\n")
     report()
-    token = hub_token() or False
-    bar = _bar_class(on_bytes, cancel)
     for item in missing:
         if cancel is not None and cancel.is_set():
             raise CancelledError("download cancelled")
         state["file"] = item.path
         before = state["bytes"]
         report()
-        try:
-            hf_hub_download(
-                repo_id,
-                item.path,
-                revision=info.sha,
-                cache_dir=str(cache),
-                endpoint=hub_endpoint(),
-                token=token,
-                tqdm_class=bar,
-                library_name="mergetui",
-            )
-        except CancelledError:
-            raise
-        except Exception as exc:
-            if isinstance(exc.__cause__, CancelledError) or isinstance(
-                exc.__context__, CancelledError
-            ):
-                raise CancelledError("download cancelled") from None
-            if _protocol_error(exc):
-                raise UserError(
-                    f"the download of {item.path} broke off before the file was complete",
-                    where=repo_id,
-                    fix="run the download again: finished files are kept, the broken one is "
-                    "fetched anew",
-                ) from None
-            raise hub_error(exc, repo_id) from None
-        # Files the downloader skipped (already a blob) report no bytes: count them now.
+        _fetch_into_cache(repo_id, item, info.sha, repo_dir, on_bytes, cancel)
+        # A blob already in the cache (another revision has it) reports no bytes: count it now.
         state["bytes"] = before + (item.size or 0)
         state["files"] += 1
         report()
@@ -852,6 +817,49 @@ def download_repo(
     marker.unlink(missing_ok=True)
     report(done=True)
     return snapshot
+
+
+def _fetch_into_cache(
+    repo_id: str,
+    item: HubFile,
+    sha: str,
+    repo_dir: Path,
+    on_bytes: Callable[[int], None],
+    cancel: threading.Event | None,
+) -> None:
+    """One file into huggingface_hub's cache layout: the blob named by its etag (what the Hub
+    lists: the LFS sha256, else the git blob id), then the snapshot's link to it. A blob already
+    there is only linked; without a usable etag the file goes into the snapshot itself."""
+    pointer = repo_dir / "snapshots" / sha / item.path
+    etag = item.etag if item.etag and re.fullmatch(r"[0-9A-Za-z_-]{1,128}", item.etag) else None
+    target = repo_dir / "blobs" / etag if etag else pointer
+    if etag and target.is_file() and (item.size is None or target.stat().st_size == item.size):
+        link_into_snapshot(target, pointer)
+        return
+    try:
+        fetch_file(
+            _url(repo_id, item.path, sha),
+            target,
+            headers=_headers(),
+            size=item.size,
+            on_bytes=on_bytes,
+            cancel=cancel,
+        )
+    except CancelledError:
+        raise
+    except Exception as exc:
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("download cancelled") from None
+        if isinstance(exc, EOFError) or _protocol_error(exc):
+            raise UserError(
+                f"the download of {item.path} broke off before the file was complete",
+                where=repo_id,
+                fix="run the download again: finished files are kept, the broken one is "
+                "fetched anew",
+            ) from None
+        raise hub_error(exc, repo_id, timeout_variable=DOWNLOAD_TIMEOUT_VAR) from None
+    if etag:
+        link_into_snapshot(target, pointer)
 
 
 def _write_ref(repo_dir: Path, revision: str, sha: str) -> None:

@@ -3,7 +3,8 @@
 Search lists ids with downloads, likes, task and date (sort by downloads, likes, trending or
 created; `--filter` narrows by tag, e.g. `merge` or `text-generation`). Info shows what a merge
 needs to know before downloading: architecture, parameters by dtype, licence, gating, files and
-sizes. HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are honoured; `--json` prints JSON only.
+sizes. HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are honoured, and HF_HUB_ETAG_TIMEOUT bounds each
+wait for the Hub's answer (a silent Hub ends in one line, exit 1); `--json` prints JSON only.
 """
 
 from __future__ import annotations
