@@ -240,7 +240,8 @@ def make_tiny_model(
     base_dir = Path(base) if base is not None else None
 
     if base_dir is not None:
-        config = transformers.AutoConfig.from_pretrained(str(base_dir))
+        # A base is a folder this function made: its config needs no code of its own.
+        config = transformers.AutoConfig.from_pretrained(str(base_dir), trust_remote_code=False)
         model_vocab = config.vocab_size
     else:
         model_vocab = vocab_size if vocab_size is not None else DEFAULT_VOCAB_SIZE

@@ -8,11 +8,22 @@ or from the Hub's headers when a model is not on this machine and the Hub can be
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mergetui.errors import UserError
+
+# Architecture names that mergekit's definitions treat as one (a definition lists them together).
+_ONE_ARCHITECTURE = (
+    ("LlamaForCausalLM", "LLaMaForCausalLM"),
+    ("BertForSequenceClassification", "BertForMultipleChoice", "BertForTokenClassification"),
+)
+_CANONICAL = {name: names[0] for names in _ONE_ARCHITECTURE for name in names}
+# Names two of mergekit's definitions share, which it tells apart by the config's model_type.
+_SPLIT_BY_MODEL_TYPE = frozenset({"PhiForCausalLM"})
+MIXED_ARCHITECTURES_FLAG = "--allow-mixed-architectures"
 
 
 @dataclass
@@ -55,11 +66,12 @@ def compare_checkpoints(
         if name == ref_name:
             continue
         other = checkpoints[name]
-        if ref.architecture and other.architecture and ref.architecture != other.architecture:
+        if not same_architecture(ref, other):
             problems.append(
                 CompatProblem(
                     name,
-                    f"architecture {other.architecture}, but {ref_name} is {ref.architecture}",
+                    f"architecture {_short_architecture(other)}, but {ref_name} is "
+                    f"{_short_architecture(ref)}",
                 )
             )
         if ref.num_layers != other.num_layers:
@@ -90,6 +102,72 @@ def compare_checkpoints(
                     CompatProblem(name, f"{tensor}: in {name}, missing in {ref_name}", tensor)
                 )
     return problems
+
+
+def _architecture_of(checkpoint: Any) -> tuple[str | None, str | None]:
+    """(first `architectures` entry, model_type) of a checkpoint, each None when not a string."""
+    name = getattr(checkpoint, "architecture", None)
+    model_type = getattr(checkpoint, "model_type", None)
+    return (
+        name if isinstance(name, str) and name else None,
+        model_type if isinstance(model_type, str) and model_type else None,
+    )
+
+
+def same_architecture(first: Any, second: Any) -> bool:
+    """mergekit's rule: the first `architectures` entry names the architecture (names one of its
+    definitions shares count as one; `PhiForCausalLM` is told apart by model_type). A config that
+    names no architecture is compared by model_type; with neither, nothing can be told (True)."""
+    name_a, type_a = _architecture_of(first)
+    name_b, type_b = _architecture_of(second)
+    if name_a and name_b:
+        canonical_a, canonical_b = _CANONICAL.get(name_a, name_a), _CANONICAL.get(name_b, name_b)
+        if canonical_a != canonical_b:
+            return False
+        return (
+            canonical_a not in _SPLIT_BY_MODEL_TYPE or not (type_a and type_b) or type_a == type_b
+        )
+    return not (type_a and type_b) or type_a == type_b
+
+
+def _short_architecture(checkpoint: Any) -> str:
+    name, model_type = _architecture_of(checkpoint)
+    return name or model_type or "unknown"
+
+
+def describe_architecture(checkpoint: Any) -> str:
+    """`LlamaForCausalLM (llama)`, or whichever of the two the config gives."""
+    name, model_type = _architecture_of(checkpoint)
+    if name and model_type:
+        return f"{name} ({model_type})"
+    return name or model_type or "an unknown architecture"
+
+
+def check_architectures(
+    models: Mapping[str, Any], reference: str, *, allow: bool = False
+) -> list[str]:
+    """Refuse models of another architecture than `reference` (whose config the output takes),
+    unless `allow`; then return a notice per model that differs. `models` maps names to objects
+    with a `checkpoint` (plan models) or to checkpoints."""
+    checkpoints = {name: getattr(m, "checkpoint", m) for name, m in models.items()}
+    ref = checkpoints[reference]
+    others = [n for n, c in checkpoints.items() if n != reference and not same_architecture(ref, c)]
+    if not others:
+        return []
+    listed = ", ".join(f"{name!r} is {describe_architecture(checkpoints[name])}" for name in others)
+    message = (
+        f"the models are of different architectures: {reference!r} is "
+        f"{describe_architecture(ref)}, {listed}"
+    )
+    if not allow:
+        raise UserError(
+            message,
+            where=f"models.{others[0]}.source",
+            fix="merge models of one architecture; to mix them anyway (the output takes "
+            f"{reference!r}'s config and name) pass {MIXED_ARCHITECTURES_FLAG} "
+            "(mergekit: --allow-crimes)",
+        )
+    return [f"{message}; mixing them as asked: the output is a {describe_architecture(ref)}"]
 
 
 def open_model(source: str, revision: str | None, base_dir: Path | None, remote: bool) -> Any:

@@ -47,6 +47,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also read pytorch_model.bin (pickle) checkpoints; only for files you trust",
     )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow the Python code a checkpoint ships (auto_map): load its tokenizer with it and "
+        "copy it into the output; only for code you trust (default: never run, left out)",
+    )
+    parser.add_argument(
+        "--allow-mixed-architectures",
+        "--allow-crimes",
+        dest="allow_mixed_architectures",
+        action="store_true",
+        help="merge models of different architectures (mergekit's --allow-crimes); the output "
+        "takes the base's (or first model's) config",
+    )
     parser.set_defaults(func=run)
 
 
@@ -98,6 +112,8 @@ def _run(args: argparse.Namespace) -> int:
         device=device,
         seed=args.seed,
         allow_bin=args.allow_bin,
+        trust_remote_code=args.trust_remote_code,
+        allow_mixed_architectures=args.allow_mixed_architectures,
     )
     if args.dry_run:
         _print_plan(plan, force=args.force)

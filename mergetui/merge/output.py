@@ -181,18 +181,34 @@ def prepare_extras(plan: Plan) -> Extras:
             "copy one in before chatting with it"
         )
     elif plan.chat_template is not None:
-        from transformers import AutoTokenizer
-
-        try:
-            extras.tokenizer = AutoTokenizer.from_pretrained(str(donor))
-        except Exception as exc:  # noqa: BLE001 - any loading failure means the files are unusable
-            raise UserError(
-                f"cannot load the tokenizer of {donor_name} to set the chat template: {exc}",
-                where=str(donor),
-                fix="remove chat_template from the recipe, or fix that model's tokenizer files",
-            ) from exc
+        extras.tokenizer = _load_tokenizer(donor_name, donor, trust=plan.trust_remote_code)
         extras.tokenizer.chat_template = plan.chat_template
     return extras
+
+
+def _load_tokenizer(name: str, folder: Path, *, trust: bool) -> Any:
+    """The donor's tokenizer; its own code runs only when trusted, and nothing asks on stdin."""
+    from transformers import AutoTokenizer
+
+    from mergetui.merge.remote_code import OPT_IN, no_stdin_prompts
+
+    try:
+        with no_stdin_prompts():
+            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust)
+    except Exception as exc:  # noqa: BLE001 - any loading failure means the files are unusable
+        if not trust and "trust_remote_code" in str(exc):
+            raise UserError(
+                f"the tokenizer of model {name!r} needs its own Python code to load, which a merge "
+                "does not run unless asked",
+                where=str(folder),
+                fix=f"pass {OPT_IN} if you trust that code, or remove chat_template from the "
+                "recipe (the tokenizer files are then copied as they are)",
+            ) from None
+        raise UserError(
+            f"cannot load the tokenizer of model {name!r} to set the chat template: {exc}",
+            where=str(folder),
+            fix="remove chat_template from the recipe, or fix that model's tokenizer files",
+        ) from exc
 
 
 def write_extras(plan: Plan, folder: Path, extras: Extras | None = None) -> list[str]:
@@ -202,6 +218,12 @@ def write_extras(plan: Plan, folder: Path, extras: Extras | None = None) -> list
     write_json(folder / "config.json", plan.output_config)
     write_generation_config(plan, folder)
     write_tokenizer(plan, folder, extras)
+    if plan.trust_remote_code:
+        from mergetui.merge.remote_code import copy_code_files
+
+        copy_code_files(
+            [plan.models[plan.donor].path, plan.models[plan.tokenizer_donor].path], folder
+        )
     (folder / RECIPE_FILE).write_text(extras.recipe_toml, encoding="utf-8")
     if extras.recipe_yaml is not None:
         (folder / MERGEKIT_FILE).write_text(extras.recipe_yaml, encoding="utf-8")
@@ -229,14 +251,19 @@ def write_generation_config(plan: Plan, folder: Path) -> None:
 
 
 def write_tokenizer(plan: Plan, folder: Path, extras: Extras) -> None:
-    """Copy the donor's tokenizer files; with a chat template, save the prepared tokenizer."""
+    """Copy the donor's tokenizer files; with a chat template, save the prepared tokenizer.
+    Untrusted, the tokenizer config keeps no `auto_map` (its code is not copied either)."""
+    from mergetui.merge.remote_code import clean_tokenizer_config
+
     if extras.tokenizer is not None:
         extras.tokenizer.save_pretrained(str(folder))
-        return
-    donor = plan.models[plan.tokenizer_donor].path
-    for name in TOKENIZER_FILES:
-        if (donor / name).is_file():
-            shutil.copyfile(donor / name, folder / name)
+    else:
+        donor = plan.models[plan.tokenizer_donor].path
+        for name in TOKENIZER_FILES:
+            if (donor / name).is_file():
+                shutil.copyfile(donor / name, folder / name)
+    if not plan.trust_remote_code:
+        clean_tokenizer_config(folder)
 
 
 def recipe_texts(plan: Plan) -> tuple[str, str | None]:

@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mergetui.checkpoints.compat import check_architectures
 from mergetui.checkpoints.layers import block_kind, layer_index, with_layer_index
 from mergetui.checkpoints.locate import looks_like_hub_id
 from mergetui.checkpoints.safetensors_io import TensorInfo
 from mergetui.errors import UserError
 from mergetui.merge.device import check_device_name
 from mergetui.merge.output import build_output_config, config_vocab_size
+from mergetui.merge.remote_code import left_out_notice, strip_code_keys
 from mergetui.merge.writer import DEFAULT_SHARD_SIZE, OutputLayout, human_bytes, layout_output
 
 if TYPE_CHECKING:
@@ -187,6 +189,8 @@ class Plan:
     shard_size: int
     estimated_peak_bytes: int
     notices: list[str] = field(default_factory=list)
+    # Copy the donors' own Python code (auto_map, .py files) into the output: --trust-remote-code.
+    trust_remote_code: bool = False
 
     @property
     def tensor_count(self) -> int:
@@ -252,12 +256,16 @@ def make_plan(
     device: str = "auto",
     seed: int | None = None,
     allow_bin: bool = False,
+    trust_remote_code: bool = False,
+    allow_mixed_architectures: bool = False,
 ) -> Plan:
     """Turn a recipe into a Plan, reading only configs and safetensors headers.
 
     Model sources are looked up as a folder relative to `recipe_dir` first, then to the current
     directory (what mergekit does), then in the Hugging Face cache. `out` overrides the recipe's
     output. Raises UserError for anything wrong with the recipe or the checkpoints.
+    Models of different architectures are refused unless `allow_mixed_architectures`. Without
+    `trust_remote_code` the output config leaves out the donor's `auto_map` (see `remote_code`).
     """
     from mergetui.recipe.methods import METHODS
 
@@ -282,6 +290,8 @@ def make_plan(
     slices = recipe.effective_slices({name: m.num_layers for name, m in models.items()})
     if not slices:
         raise UserError("the recipe has no models to merge", where="models")
+    donor = recipe.base if recipe.base in models else slices[0].sources[0].model
+    notices += check_architectures(models, donor, allow=allow_mixed_architectures)
     _check_slices(recipe, slices, models)
     _check_vocabularies(recipe, models, [s.model for s in slices[0].sources])
 
@@ -292,7 +302,6 @@ def make_plan(
 
     layout = layout_output([(t.name, t.dtype, t.shape) for t in tensors], shard_size)
 
-    donor = recipe.base if recipe.base in models else slices[0].sources[0].model
     output_dtype = _recipe_dtype(recipe.out_dtype or recipe.dtype, "out_dtype")
     layer_sources = [
         (models[model].config, source_layer) for model, source_layer in builder.layer_sources
@@ -305,6 +314,13 @@ def make_plan(
 
     tokenizer_donor = _tokenizer_donor(recipe, models, donor)
     chat_template = _chat_template(recipe, models)
+    if not trust_remote_code:
+        left_out = left_out_notice(
+            strip_code_keys(output_config),
+            {name: models[name].path for name in (donor, tokenizer_donor)},
+            tokenizer_donor,
+        )
+        notices += [left_out] if left_out else []
 
     if seed is None:
         seed = recipe.seed
@@ -336,6 +352,7 @@ def make_plan(
             cache_elements=_method_attribute(recipe.method, "cache_elements", 0),
         ),
         notices=notices,
+        trust_remote_code=trust_remote_code,
     )
 
 

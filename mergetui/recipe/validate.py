@@ -650,6 +650,11 @@ def _check_checkpoints(
     Returns True when every used model was read and the per-tensor parameter check ran (so the
     recipe-only guesses about parameter coverage are not needed).
     """
+    from mergetui.checkpoints.compat import (
+        MIXED_ARCHITECTURES_FLAG,
+        describe_architecture,
+        same_architecture,
+    )
     from mergetui.checkpoints.inspect import open_checkpoint
 
     recipe = problems.recipe
@@ -671,15 +676,13 @@ def _check_checkpoints(
     for name, checkpoint in checkpoints.items():
         if name == reference:
             continue
-        if (
-            ref.architecture
-            and checkpoint.architecture
-            and ref.architecture != checkpoint.architecture
-        ):
+        if not same_architecture(ref, checkpoint):
             problems.error(
                 f"models.{name}.source",
-                f"'{name}' is a {checkpoint.architecture} but '{reference}' is a {ref.architecture}",
-                "merge checkpoints of one architecture (mergekit refuses to mix them too)",
+                f"'{name}' is a {describe_architecture(checkpoint)} but '{reference}' is a "
+                f"{describe_architecture(ref)}: different architectures",
+                "merge checkpoints of one architecture (mergekit refuses to mix them too), or "
+                f"merge with {MIXED_ARCHITECTURES_FLAG} (mergekit: --allow-crimes)",
             )
             continue
         comparable[name] = checkpoint
