@@ -248,10 +248,8 @@ def test_pull_stops_on_the_first_ctrl_c(
         text=True,
     )
     try:
-        for _ in range(600):  # until the weights are asked for (and stall)
-            if hub.log("GET", "/resolve/") and any(
-                r.path.endswith("model.safetensors") for r in hub.log("GET", "/resolve/")
-            ):
+        for _ in range(2400):  # until the weights are asked for (and stall)
+            if any(r.path.endswith("model.safetensors") for r in hub.log("GET", "/resolve/")):
                 break
             assert child.poll() is None, child.communicate()
             time.sleep(0.05)
@@ -265,7 +263,7 @@ def test_pull_stops_on_the_first_ctrl_c(
             child.kill()
             child.wait()
     assert child.returncode == 130, err
-    assert elapsed < 10
+    assert elapsed < 15  # not the 600 s download timeout
     assert "Traceback" not in err and "Cancelled" in err and "pull again to resume" in err
     repo = cached_repo_dir("org/tiny", tmp_path / "hf-cache")
     assert not list(repo.rglob("*.incomplete"))
