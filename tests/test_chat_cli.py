@@ -74,7 +74,10 @@ def test_chat_without_prompt_opens_the_app_on_the_chat_screen(
     calls = []
     monkeypatch.setattr(app_module, "run_app", lambda *a, **k: calls.append((a, k)) or 0)
     assert main(["chat", str(llama_family["a"])]) == 0
-    assert calls == [((None,), {"chat_model": str(llama_family["a"].resolve())})]
+    options = {"device": "auto", "dtype": "auto", "allow_bin": False, "trust_remote_code": False}
+    assert calls == [
+        ((None,), {"chat_model": str(llama_family["a"].resolve()), "chat_options": options})
+    ]
 
 
 async def test_the_app_started_for_a_chat_loads_the_model(llama_family: dict[str, Path]) -> None:

@@ -18,6 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mergetui.chat.dtype import (
+    DTYPE_CODES,
+    DtypeChoice,
+    check_dtype_name,
+    choose_dtype,
+    stored_dtype,
+)
+from mergetui.chat.memory import DeviceChoice
 from mergetui.errors import UserError
 from mergetui.merge.writer import human_bytes
 
@@ -41,6 +49,7 @@ class LoadedModel:
     seconds: float
     message: str = ""  # what the device choice wants the user to know
     has_chat_template: bool = False
+    dtype_reason: str = ""  # why this dtype (auto's choice, or "asked for")
 
     def describe(self) -> str:
         template = "chat template" if self.has_chat_template else "plain prompt (no chat template)"
@@ -107,23 +116,36 @@ def needs_remote_code(folder: Path) -> bool:
     return config.get("model_type") not in CONFIG_MAPPING
 
 
+@dataclass(frozen=True)
+class _LoadPlan:
+    """What the headers decide before anything heavy is read: the size, device and dtype."""
+
+    size: int  # bytes of weights in the dtype they will be loaded in
+    device: DeviceChoice
+    dtype: DtypeChoice
+
+
 def load_for_chat(
     source: str | Path,
     *,
     device: str = "auto",
+    dtype: str = "auto",
     trust_remote_code: bool = False,
+    allow_bin: bool = False,
     base_dir: Path | None = None,
     on_progress: ProgressCallback | None = None,
     free_memory: dict[str, int | None] | None = None,
 ) -> LoadedModel:
-    """Load tokenizer and weights on the chosen device; raises UserError with the reason."""
-    from mergetui.chat.memory import choose_device, needed_bytes, weights_bytes
+    """Load tokenizer and weights on the chosen device; raises UserError with the reason.
 
+    `dtype` is auto, float32, bfloat16 or float16 (`mergetui.chat.dtype`); a checkpoint that has
+    only pytorch_model*.bin (a pickle) is refused unless `allow_bin`, as `inspect` and `merge` do.
+    """
     report = on_progress or (lambda _stage, _fraction: None)
     started = time.perf_counter()
+    requested = check_dtype_name(dtype)
     report("finding the checkpoint", 0.0)
     folder = resolve_checkpoint(source, base_dir)
-    name = folder.name
     if needs_remote_code(folder) and not trust_remote_code:
         raise UserError(
             "this model needs its own Python code (trust_remote_code), which is off",
@@ -131,16 +153,10 @@ def load_for_chat(
             fix="turn on 'trust remote code' for this model only if you trust where it came from",
         )
     report("reading the headers", 0.02)
-    try:
-        size = weights_bytes(folder)
-    except UserError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the weights: {exc}", where=str(folder)) from exc
-    choice = choose_device(device, needed_bytes(size), free=free_memory)
+    plan = _plan(folder, device, requested, allow_bin, free_memory)
+    target = plan.device.device
 
     report("loading the tokenizer", 0.05)
-    import torch
     import transformers
 
     try:
@@ -154,18 +170,86 @@ def load_for_chat(
             fix="a chat needs tokenizer files (tokenizer.json or tokenizer.model) in the folder",
         ) from exc
 
-    report(f"loading {human_bytes(size)} of weights on {choice.device}", 0.1)
+    report(f"loading {human_bytes(plan.size)} of weights on {target}", 0.1)
+    model = _load_weights(folder, plan, trust_remote_code, allow_bin, report)
+    context = _context_length(model, tokenizer)
+    loaded_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    report("ready", 1.0)
+    return LoadedModel(
+        name=folder.name,
+        path=folder,
+        model=model,
+        tokenizer=tokenizer,
+        device=target,
+        dtype=loaded_dtype,
+        weights_bytes=plan.size,
+        context_length=context,
+        seconds=time.perf_counter() - started,
+        message=plan.device.message,
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        dtype_reason=plan.dtype.reason,
+    )
+
+
+def _plan(
+    folder: Path,
+    device: str,
+    requested: str,
+    allow_bin: bool,
+    free_memory: dict[str, int | None] | None,
+) -> _LoadPlan:
+    """Read the headers (a .bin only with allow_bin), then pick the device and the dtype."""
+    from mergetui.chat.memory import choose_device, needed_bytes, tensors_bytes
+    from mergetui.checkpoints.inspect import open_checkpoint
+
+    try:
+        tensors = list(open_checkpoint(folder, allow_bin=allow_bin).tensors.values())
+    except UserError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the weights: {exc}", where=str(folder)) from exc
+    size = tensors_bytes(tensors, DTYPE_CODES.get(requested))
+    choice = choose_device(device, needed_bytes(size), free=free_memory)
+    dtype_choice = choose_dtype(
+        requested,
+        choice.device,
+        stored_dtype((info.dtype, info.numel) for info in tensors),
+        float32_need=needed_bytes(tensors_bytes(tensors, "F32")),
+        free=choice.free_bytes,
+    )
+    if dtype_choice.name is not None:
+        size = tensors_bytes(tensors, DTYPE_CODES[dtype_choice.name])
+    return _LoadPlan(size, choice, dtype_choice)
+
+
+def _load_weights(
+    folder: Path,
+    plan: _LoadPlan,
+    trust_remote_code: bool,
+    allow_bin: bool,
+    report: ProgressCallback,
+) -> Any:
+    """The model in the planned dtype on the planned device, in eval mode."""
+    import torch
+    import transformers
+
+    device = plan.device.device
+    dtype: Any = getattr(torch, plan.dtype.name) if plan.dtype.name else "auto"
     try:
         with _weight_progress(lambda f: report("loading the weights", 0.1 + 0.85 * f)):
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                str(folder), dtype="auto", trust_remote_code=trust_remote_code
+                str(folder),
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                # Never fall back to a pickle nobody allowed.
+                use_safetensors=None if allow_bin else True,
             )
-        report(f"moving to {choice.device}", 0.96)
-        model.to(choice.device)
+        report(f"moving to {device}", 0.96)
+        model.to(device)
         model.eval()
     except torch.OutOfMemoryError as exc:
         raise UserError(
-            f"out of memory loading the model on {choice.device}",
+            f"out of memory loading the model on {device}",
             where=str(folder),
             fix="free some memory or load it on another device",
         ) from exc
@@ -177,23 +261,7 @@ def load_for_chat(
         raise UserError(
             f"the model could not be loaded: {text}", where=str(folder), fix=fix
         ) from exc
-
-    context = _context_length(model, tokenizer)
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    report("ready", 1.0)
-    return LoadedModel(
-        name=name,
-        path=folder,
-        model=model,
-        tokenizer=tokenizer,
-        device=choice.device,
-        dtype=dtype,
-        weights_bytes=size,
-        context_length=context,
-        seconds=time.perf_counter() - started,
-        message=choice.message,
-        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
-    )
+    return model
 
 
 def _context_length(model: Any, tokenizer: Any) -> int:

@@ -8,12 +8,17 @@ load never ends in an out-of-memory crash half-way. torch is imported only to as
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mergetui.errors import UserError
 from mergetui.merge.device import check_device_name
 from mergetui.merge.writer import human_bytes
+
+if TYPE_CHECKING:
+    from mergetui.checkpoints.safetensors_io import TensorInfo
 
 # Weights are most of it; activations, the KV cache and the framework take some more.
 HEADROOM = 1.2
@@ -33,13 +38,20 @@ class DeviceChoice:
     message: str = ""
 
 
-def weights_bytes(path: str | Path, dtype: str | None = None) -> int:
-    """Bytes the checkpoint's weights take in memory, as stored or cast to `dtype` (F32, BF16...)."""
+def weights_bytes(path: str | Path, dtype: str | None = None, *, allow_bin: bool = False) -> int:
+    """Bytes the checkpoint's weights take in memory, as stored or cast to `dtype` (F32, BF16...).
+
+    A pytorch_model.bin checkpoint is a pickle: read only with `allow_bin` (--allow-bin)."""
     from mergetui.checkpoints.inspect import open_checkpoint
 
-    checkpoint = open_checkpoint(Path(path), allow_bin=True)
+    checkpoint = open_checkpoint(Path(path), allow_bin=allow_bin)
+    return tensors_bytes(checkpoint.tensors.values(), dtype)
+
+
+def tensors_bytes(tensors: Iterable[TensorInfo], dtype: str | None = None) -> int:
+    """Bytes these tensors take, as stored or with their floating ones cast to `dtype` (F32...)."""
     total = 0
-    for info in checkpoint.tensors.values():
+    for info in tensors:
         code = dtype if dtype and info.dtype in ("F32", "F16", "BF16", "F64") else info.dtype
         total += info.numel * DTYPE_BYTES.get(code, 4)
     return total

@@ -2,7 +2,10 @@
 
 Without `--prompt` the app opens on its Chat screen with MODEL loading. With it, the reply streams to
 stdout as it is generated (status lines go to stderr, so `mergetui chat m --prompt hi > reply.txt`
-captures the reply alone). `--device auto` picks a device with room and says so when it falls back.
+captures the reply alone). `--device auto` picks a device with room and says so when it falls back;
+`--dtype auto` keeps the checkpoint's dtype on a GPU and, on a CPU without fast bf16 kernels, loads
+a 16-bit checkpoint in float32 (mergetui.chat.dtype). A pytorch_model.bin is read only with
+`--allow-bin`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (a device with room), cpu, cuda, cuda:N or mps"
     )
+    add_load_options(parser)
     parser.add_argument("--system", default="", help="system prompt")
     parser.add_argument(
         "--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy"
@@ -40,20 +44,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def add_load_options(parser: argparse.ArgumentParser) -> None:
+    """--dtype and --allow-bin, shared by `chat` and `eval`."""
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (on a CPU: float32 unless it has fast bf16 kernels; on a GPU: the "
+        "checkpoint's own), float32, bfloat16 or float16",
+    )
+    parser.add_argument(
+        "--allow-bin",
+        action="store_true",
+        help="also load pytorch_model.bin (pickle) checkpoints; only for files you trust",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    from mergetui.chat.dtype import check_dtype_name
     from mergetui.merge.device import check_device_name
 
     device = check_device_name(args.device)
+    dtype = check_dtype_name(args.dtype)
     if args.prompt is None:
         from mergetui.chat.loader import resolve_checkpoint
         from mergetui.tui.app import run_app
 
         folder = resolve_checkpoint(args.model)
-        return run_app(None, chat_model=str(folder))
-    return _one_reply(args, device)
+        options = {
+            "device": device,
+            "dtype": dtype,
+            "allow_bin": args.allow_bin,
+            "trust_remote_code": args.trust_remote_code,
+        }
+        return run_app(None, chat_model=str(folder), chat_options=options)
+    return _one_reply(args, device, dtype)
 
 
-def _one_reply(args: argparse.Namespace, device: str) -> int:
+def _one_reply(args: argparse.Namespace, device: str, dtype: str) -> int:
     from rich.markup import escape
 
     from mergetui.chat.generate import GenerationSettings, generate_reply
@@ -74,12 +101,16 @@ def _one_reply(args: argparse.Namespace, device: str) -> int:
         loaded = load_for_chat(
             args.model,
             device=device,
+            dtype=dtype,
             trust_remote_code=args.trust_remote_code,
+            allow_bin=args.allow_bin,
             on_progress=lambda stage, f: status.update(f"{escape(stage)} ({f:.0%})"),
         )
     if loaded.message:
         err.print(f"[yellow]note:[/] {escape(loaded.message)}", soft_wrap=True)
-    err.print(f"[dim]{escape(loaded.describe())}[/]", soft_wrap=True)
+    err.print(
+        f"[dim]{escape(loaded.describe())} ({escape(loaded.dtype_reason)})[/]", soft_wrap=True
+    )
 
     written = 0
 
@@ -106,6 +137,6 @@ def _one_reply(args: argparse.Namespace, device: str) -> int:
     }.get(reply.finish, "")
     err.print(
         f"[dim]{reply.tokens} tokens in {reply.seconds:.1f} s "
-        f"({reply.tokens_per_second:.1f} tokens/s){finish}[/]"
+        f"({reply.tokens_per_second:.1f} tokens/s, {loaded.dtype}){finish}[/]"
     )
     return 0

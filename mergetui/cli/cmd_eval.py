@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mergetui.cli.cmd_chat import add_load_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -23,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--text", type=Path, help="a UTF-8 text file to score instead of the sample"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_load_options(parser)
     parser.add_argument(
         "--window", type=int, help="tokens per window (default: the model's context, at most 1024)"
     )
@@ -38,13 +41,15 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
+    from mergetui.chat.dtype import check_dtype_name
     from mergetui.chat.loader import load_for_chat
     from mergetui.chat.perplexity import perplexity, read_text, sample_text
-    from mergetui.cli.output import console, console_err
+    from mergetui.cli.output import console, console_err, report_error
     from mergetui.errors import UserError
     from mergetui.merge.device import check_device_name
 
     device = check_device_name(args.device)
+    dtype = check_dtype_name(args.dtype)
     text, text_name = read_text(args.text) if args.text else sample_text()
     err = console_err()
     table = Table(title=f"perplexity on the {escape(text_name)} (lower is better)")
@@ -52,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("perplexity", justify="right")
     table.add_column("tokens", justify="right")
     table.add_column("device")
+    table.add_column("dtype")
     table.add_column("time", justify="right")
     failures = 0
     for source in args.models:
@@ -60,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
                 loaded = load_for_chat(
                     source,
                     device=device,
+                    dtype=dtype,
                     trust_remote_code=args.trust_remote_code,
+                    allow_bin=args.allow_bin,
                     on_progress=lambda stage, f, source=source: status.update(
                         f"{escape(source)}: {escape(stage)} ({f:.0%})"
                     ),
@@ -70,14 +78,15 @@ def run(args: argparse.Namespace) -> int:
             loaded.unload()
         except UserError as exc:
             failures += 1
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-            table.add_row(escape(source), "[red]not scored[/]", "", "", "")
+            report_error(exc)
+            table.add_row(escape(source), "[red]not scored[/]", "", "", "", "")
             continue
         table.add_row(
             escape(source),
             f"{result.perplexity:.2f}",
             str(result.tokens),
             loaded.device,
+            loaded.dtype,
             f"{result.seconds:.1f} s",
         )
     console().print(table)

@@ -398,13 +398,16 @@ def run_app(
     recipe_path: str | Path | None = None,
     screen: str | None = None,
     chat_model: str | None = None,
+    chat_options: dict[str, Any] | None = None,
 ) -> int:
     """Open the app (on a recipe file if given); returns the exit code. Raises UserError early.
 
-    `chat_model` opens the Chat screen with that checkpoint loading.
+    `chat_model` opens the Chat screen with that checkpoint loading, with `chat_options` (device,
+    dtype, allow_bin, trust_remote_code: `mergetui chat`'s flags).
     """
     document = RecipeDocument.open(recipe_path) if recipe_path is not None else RecipeDocument.new()
     app = MergeTuiApp(document, initial_screen="chat" if chat_model else screen or "recipe")
     app.pending_chat_model = chat_model
+    app.pending_chat_options = chat_options
     app.run()
     return app.return_code or 0

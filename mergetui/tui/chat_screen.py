@@ -3,7 +3,7 @@
 Four tabs (F6..F9): Chat (streamed replies as Markdown, the tokenizer's chat template or a plain
 prompt; escape stops a reply, ctrl+n clears), Compare (one prompt to the loaded model and the recipe's
 models, replies side by side), Quick check (perplexity of each on the bundled sample or a named
-file) and Settings (system prompt, temperature, top_p, max_new_tokens, device). Loading, generation
+file) and Settings (system prompt, temperature, top_p, max_new_tokens, device, dtype). Loading, generation
 and scoring run in thread workers (`mergetui.chat`); the UI only receives messages, the reply text
 coalesced to at most one update per STREAM_INTERVAL. torch and transformers are imported by those
 workers, never by the first frame.
@@ -41,6 +41,7 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
+from mergetui.chat.dtype import DTYPES
 from mergetui.errors import CancelledError, UserError
 from mergetui.tui.commands import PaletteCommand
 from mergetui.tui.dialogs import DialogScreen, PathSuggester
@@ -51,6 +52,8 @@ from mergetui.tui.run_screen import short_path
 
 STREAM_INTERVAL = 0.05  # seconds between two updates of a growing reply
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# In the app, a .bin checkpoint is allowed by a tick in the load dialog, not a flag.
+BIN_FIX = ("pass --allow-bin", "tick 'allow pytorch_model.bin' in the load dialog (ctrl+l)")
 FINISH_NOTES = {
     "end": " · end of turn",
     "length": " · hit max new tokens",
@@ -78,9 +81,10 @@ class LoadProgress(Message):
 
 
 class ModelLoaded(Message):
-    def __init__(self, loaded: Any) -> None:
+    def __init__(self, loaded: Any, choice: LoadChoice) -> None:
         super().__init__()
         self.loaded = loaded
+        self.choice = choice
 
 
 class LoadFailed(Message):
@@ -160,6 +164,7 @@ class _Coalescer:
 class LoadChoice:
     source: str
     trust_remote_code: bool
+    allow_bin: bool = False
 
 
 class LoadModelDialog(DialogScreen):
@@ -169,10 +174,16 @@ class LoadModelDialog(DialogScreen):
     LoadModelDialog OptionList { height: auto; max-height: 10; }
     """
 
-    def __init__(self, candidates: list[tuple[str, str]], trusted: set[str]) -> None:
+    def __init__(
+        self,
+        candidates: list[tuple[str, str]],
+        trusted: set[str],
+        bin_allowed: set[str] | None = None,
+    ) -> None:
         super().__init__()
         self.candidates = candidates
         self.trusted = trusted
+        self.bin_allowed = bin_allowed or set()
         # True once a key typed in the list started a folder: keys typed quickly can still reach
         # the list before the field has focus, and they continue it.
         self.typing = False
@@ -200,6 +211,12 @@ class LoadModelDialog(DialogScreen):
                 "trust remote code for this model (runs Python shipped with it)",
                 False,
                 id="trust",
+                compact=True,
+            )
+            yield Checkbox(
+                "allow pytorch_model.bin weights (a pickle: only files you trust)",
+                False,
+                id="allow-bin",
                 compact=True,
             )
             yield Static(
@@ -235,6 +252,7 @@ class LoadModelDialog(DialogScreen):
     def _sync_trust(self) -> None:
         source = self.query_one("#source", Input).value.strip()
         self.query_one("#trust", Checkbox).value = source in self.trusted
+        self.query_one("#allow-bin", Checkbox).value = source in self.bin_allowed
 
     @on(OptionList.OptionHighlighted)
     def highlighted(self, event: OptionList.OptionHighlighted) -> None:
@@ -256,7 +274,13 @@ class LoadModelDialog(DialogScreen):
             message.update("name a checkpoint folder")
             message.add_class("error")
             return
-        self.dismiss(LoadChoice(source, self.query_one("#trust", Checkbox).value))
+        self.dismiss(
+            LoadChoice(
+                source,
+                self.query_one("#trust", Checkbox).value,
+                self.query_one("#allow-bin", Checkbox).value,
+            )
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,7 +349,9 @@ class ChatScreen(ModeScreen):
         self.stop_event = threading.Event()
         self.settings = GenerationSettings()
         self.device = "auto"
+        self.dtype = "auto"  # mergetui.chat.dtype: auto, float32, bfloat16, float16
         self.trusted: set[str] = set()
+        self.bin_allowed: set[str] = set()  # sources whose pytorch_model.bin may be read
         self.messages: list[Any] = []  # mergetui.chat.prompt.Message, the conversation
         self.extra: dict[str, Any] = {}  # parents kept loaded for compare / check, by path
         self.reply_count = 0
@@ -400,6 +426,15 @@ class ChatScreen(ModeScreen):
                             id="setting-device",
                             compact=True,
                         )
+                    with Horizontal(classes="setting"):
+                        yield Label("dtype", classes="setting-name")
+                        yield Select(
+                            [(d, d) for d in DTYPES],
+                            value=self.dtype,
+                            allow_blank=False,
+                            id="setting-dtype",
+                            compact=True,
+                        )
                     yield Static(id="settings-message", classes="hint")
         yield Static(id="chat-status")
         yield KeyFooter()
@@ -418,6 +453,11 @@ class ChatScreen(ModeScreen):
         self._refresh_compare_sources()
         self._take_pending()
 
+    def on_unmount(self) -> None:
+        # The app is closing (ctrl+q): stop a reply, compare or check at its next token, as esc
+        # does, so the process is not kept alive (the terminal blank) until it would have ended.
+        self.stop_event.set()
+
     def on_screen_resume(self) -> None:
         self.app.refresh_title()
         self._refresh_compare_sources()
@@ -427,7 +467,19 @@ class ChatScreen(ModeScreen):
         pending = getattr(self.app, "pending_chat_model", None)
         if pending:
             self.app.pending_chat_model = None
-            self.load_model(str(pending), trust_remote_code=str(pending) in self.trusted)
+            # `mergetui chat MODEL --device/--dtype/--allow-bin/--trust-remote-code`
+            options = getattr(self.app, "pending_chat_options", None) or {}
+            self.app.pending_chat_options = None
+            for key in ("device", "dtype"):
+                if options.get(key):
+                    setattr(self, key, options[key])
+                    self.query_one(f"#setting-{key}", Select).value = options[key]
+            self.load_model(
+                str(pending),
+                trust_remote_code=bool(options.get("trust_remote_code"))
+                or str(pending) in self.trusted,
+                allow_bin=bool(options.get("allow_bin")) or str(pending) in self.bin_allowed,
+            )
 
     # -- what the screen shows -----------------------------------------------------------------
 
@@ -518,18 +570,25 @@ class ChatScreen(ModeScreen):
 
     def action_load_model(self) -> None:
         self.app.push_screen(
-            LoadModelDialog(self.load_candidates(), self.trusted), self._load_chosen
+            LoadModelDialog(self.load_candidates(), self.trusted, self.bin_allowed),
+            self._load_chosen,
         )
 
     def _load_chosen(self, choice: LoadChoice | None) -> None:
         if choice is None:
             return
-        self.load_model(choice.source, trust_remote_code=choice.trust_remote_code)
+        self.load_model(
+            choice.source, trust_remote_code=choice.trust_remote_code, allow_bin=choice.allow_bin
+        )
 
-    def load_model(self, source: str, *, trust_remote_code: bool = False) -> None:
+    def load_model(
+        self, source: str, *, trust_remote_code: bool = False, allow_bin: bool = False
+    ) -> None:
         """Load `source` for chatting in a worker (a reply in progress is stopped first)."""
         if trust_remote_code:
             self.trusted.add(source)
+        if allow_bin:
+            self.bin_allowed.add(source)
         self.stop_event.set()
         self.model_loading = True
         self._show_model()
@@ -537,10 +596,11 @@ class ChatScreen(ModeScreen):
         self.load_stages = []
         self.query_one("#chat-load-bar", ProgressBar).update(total=100, progress=0)
         self.query_one("#chat-load-stage", Static).update(f"loading {escape(source)}")
-        self._load(source, trust_remote_code, self.device, self._base_dir())
+        choice = LoadChoice(source, trust_remote_code, allow_bin)
+        self._load(choice, self.device, self.dtype, self._base_dir())
 
     @work(thread=True, exclusive=True, group="chat-load", exit_on_error=False)
-    def _load(self, source: str, trust: bool, device: str, base_dir: Path) -> None:
+    def _load(self, choice: LoadChoice, device: str, dtype: str, base_dir: Path) -> None:
         from mergetui.chat.loader import load_for_chat
 
         previous, self.loaded = self.loaded, None
@@ -548,19 +608,23 @@ class ChatScreen(ModeScreen):
             previous.unload()
         try:
             loaded = load_for_chat(
-                source,
+                choice.source,
                 device=device,
-                trust_remote_code=trust,
+                dtype=dtype,
+                trust_remote_code=choice.trust_remote_code,
+                allow_bin=choice.allow_bin,
                 base_dir=base_dir,
                 on_progress=lambda stage, f: self.post_message(LoadProgress(stage, f)),
             )
         except UserError as exc:
-            self.post_message(LoadFailed(source, str(exc)))
+            if exc.fix:
+                exc.fix = exc.fix.replace(*BIN_FIX)
+            self.post_message(LoadFailed(choice.source, str(exc)))
             return
         except Exception as exc:  # a broken checkpoint must not take the app down
-            self.post_message(LoadFailed(source, f"unexpected error: {exc!r}"))
+            self.post_message(LoadFailed(choice.source, f"unexpected error: {exc!r}"))
             return
-        self.post_message(ModelLoaded(loaded))
+        self.post_message(ModelLoaded(loaded, choice))
 
     @on(LoadProgress)
     def load_progress(self, event: LoadProgress) -> None:
@@ -575,7 +639,15 @@ class ChatScreen(ModeScreen):
         self.query_one("#chat-loading").display = False
         self._show_model()
         self._refresh_compare_sources()
-        self._status(f"loaded in {event.loaded.seconds:.1f} s")
+        # Compare and Quick check load it again by its folder: the same permissions apply.
+        if event.choice.trust_remote_code:
+            self.trusted.add(str(event.loaded.path))
+        if event.choice.allow_bin:
+            self.bin_allowed.add(str(event.loaded.path))
+        self._status(
+            f"loaded in {event.loaded.seconds:.1f} s · {event.loaded.dtype} "
+            f"({escape(event.loaded.dtype_reason)})"
+        )
         for empty in self.query("#chat-empty"):
             if isinstance(empty, Static):
                 empty.update(
@@ -683,9 +755,10 @@ class ChatScreen(ModeScreen):
         self.last_reply = reply
         self.messages.append(ChatMessage("assistant", reply.text))
         finish = FINISH_NOTES.get(reply.finish, "")
+        dtype = f", {self.loaded.dtype}" if self.loaded is not None else ""
         self._status(
             f"{reply.tokens} tokens in {reply.seconds:.1f} s "
-            f"({reply.tokens_per_second:.1f} tokens/s){finish}"
+            f"({reply.tokens_per_second:.1f} tokens/s{dtype}){finish}"
         )
         for view in self.query(f"#{event.target}"):
             if isinstance(view, Markdown) and not reply.text:
@@ -746,7 +819,9 @@ class ChatScreen(ModeScreen):
         loaded = load_for_chat(
             path,
             device=self.device,
+            dtype=self.dtype,
             trust_remote_code=path in self.trusted,
+            allow_bin=path in self.bin_allowed,
             on_progress=lambda stage, _f: report(stage),
         )
         if keep:
@@ -759,7 +834,10 @@ class ChatScreen(ModeScreen):
         from mergetui.chat.memory import available_ram, needed_bytes, weights_bytes
 
         try:
-            total = sum(needed_bytes(weights_bytes(path)) for _, path in sources)
+            total = sum(
+                needed_bytes(weights_bytes(path, allow_bin=path in self.bin_allowed))
+                for _, path in sources
+            )
         except Exception:
             return False
         free = available_ram()
@@ -939,10 +1017,12 @@ class ChatScreen(ModeScreen):
         message.update("")
 
     @on(Select.Changed, "#setting-device")
+    @on(Select.Changed, "#setting-dtype")
     def device_changed(self, event: Select.Changed) -> None:
-        self.device = str(event.value)
+        key = (event.select.id or "").removeprefix("setting-")
+        setattr(self, key, str(event.value))
         self.query_one("#settings-message", Static).update(
-            f"device {self.device}: used by the next model loaded"
+            f"{key} {event.value}: used by the next model loaded"
         )
 
     # -- tabs, help and palette ----------------------------------------------------------------
