@@ -3,7 +3,8 @@
 Cosine similarity and relative distance of each model to the reference (the base, or MODEL_A when
 there is none) and, with a base, the sign agreement of the task vectors: a table with one row per
 layer and a sparkline per metric, so the layers where the parents part ways stand out. `--json`
-prints everything (per block kind too) for scripts. Results are cached (see docs/insight.md).
+prints everything (per block kind too; with `--kind`, the top-level numbers are that kind's, as in
+the table) for scripts. Results are cached (see docs/insight.md).
 After a merge, `mergetui diff PARENT_A PARENT_B --base MERGED` compares each parent with the output.
 """
 
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--kind",
         choices=KIND_CHOICES,
-        help="only tensors of this block kind in the table (default: whole layers)",
+        help="only tensors of this block kind, in the table and the JSON (default: whole layers)",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
     parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_CHOICES_HELP}")
@@ -102,12 +103,26 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_analysis(models, base, allow_bin=args.allow_bin)
     analysis = _run_with_progress(plan, run_analysis, device, not args.no_cache, quiet=args.json)
     if args.json:
-        data = analysis.to_dict()
+        data = json_for_kind(analysis.to_dict(), args.kind)
         data["paths"] = {name: str(path) for name, path in models.items()}
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return 0
     _print_table(analysis, args.kind)
     return 0
+
+
+def json_for_kind(data: dict[str, Any], kind: str | None) -> dict[str, Any]:
+    """`--json` says what the table says: with `--kind`, `overall` and each row's numbers are that
+    block kind's (a row with no such tensors has none), so `.rows[1].agreement` is layer 0's MLP
+    agreement, not the whole layer's. `kinds` keeps every kind's numbers either way."""
+    data["kind"] = kind
+    if kind is None:
+        return data
+    empty = {"numel": 0, "cosine": {}, "distance": {}, "agreement": None}
+    data["overall"] = data["kinds"].get(kind)
+    for row in data["rows"]:
+        row.update(row["kinds"].get(kind) or empty)
+    return data
 
 
 def _run_with_progress(plan: Any, run_analysis: Any, device: str, use_cache: bool, quiet: bool):
