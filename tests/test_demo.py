@@ -312,15 +312,19 @@ def test_demo_command_opens_the_app_when_there_is_one(
 
     main = cli_main
 
-    opened: list[tuple[Path, Path]] = []
+    opened: list[tuple[Path, Path, list[Path]]] = []
     fake_app = types.ModuleType("mergetui.tui.app")
-    fake_app.run_app = lambda recipe_path: opened.append((recipe_path, Path.cwd())) or 0
+    fake_app.run_app = (
+        lambda recipe_path, models_dirs=(): opened.append((recipe_path, Path.cwd(), models_dirs))
+        or 0
+    )
     monkeypatch.setitem(sys.modules, "mergetui.tui.app", fake_app)
     monkeypatch.chdir(demo.directory.parent)  # restored after the test; the command changes it
 
     assert main(["demo", "--dir", str(demo.directory)]) == 0
     # Opened on the gradient recipe, from the demo folder so that merges land in its merges/.
-    assert opened == [(demo.recipes["slerp-gradient"], demo.directory)]
+    # The demo folder is listed on the Checkpoints screen from the start.
+    assert opened == [(demo.recipes["slerp-gradient"], demo.directory, [demo.directory])]
     assert "Next, try" not in capsys.readouterr().out
     assert main(["demo", "--dir", str(demo.directory), "--no-tui"]) == 0
     assert len(opened) == 1 and "Next, try" in capsys.readouterr().out

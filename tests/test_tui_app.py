@@ -424,8 +424,7 @@ async def test_save_and_reopen_a_new_recipe(tmp_path: Path, llama_family: dict[s
             await pilot.pause()
             assert isinstance(app.screen, AddModelDialog)
             app.screen.query_one("#source").value = str(llama_family[name])
-            await pilot.press("enter")  # to the name field
-            await pilot.press("enter")  # the name derived from the folder
+            await pilot.press("enter")  # one enter adds it, named from the folder
             await pilot.pause()
         names = list(screen.recipe.models)
         assert len(names) == 2

@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
             # Recipe outputs are relative to the working folder: merges made in the app land in
             # the demo's merges/ folder.
             os.chdir(info.directory)
-            return int(run_app(info.recipes[APP_RECIPE]) or 0)
+            # The demo folder is a models folder from the start: its four checkpoints and the
+            # merges made from its recipes are on the Checkpoints screen (for this session).
+            return int(run_app(info.recipes[APP_RECIPE], models_dirs=[info.directory]) or 0)
     _print_next_steps(info)
     return 0
 
@@ -124,6 +126,7 @@ def _print_next_steps(info: Any) -> None:
     out.print("  mergetui merge recipes/linear-soup.toml --dry-run")
     out.print("  mergetui merge recipes/linear-soup.toml")
     out.print("  mergetui inspect merges/linear-soup")
+    out.print("  mergetui --models-dir .   [dim]# the app, the demo's checkpoints remembered[/]")
 
 
 def _relative(path: Path) -> str:

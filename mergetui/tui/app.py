@@ -6,7 +6,7 @@ without them, in a worker), so the first frame appears at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ class MergeTuiApp(App):
         *,
         initial_screen: str = "recipe",
         config: AppConfig | None = None,
+        models_dirs: Sequence[str | Path] = (),
     ) -> None:
         if initial_screen not in self.MODES:
             raise UserError(
@@ -76,6 +77,9 @@ class MergeTuiApp(App):
         self.document = document or RecipeDocument.new()
         self.config = config or AppConfig.load()
         self.initial_screen = initial_screen
+        # Folders of checkpoints the Checkpoints screen lists in this session only, beside the
+        # remembered ones (`mergetui demo` passes its folder); never written to the settings.
+        self.session_models_dirs = [str(Path(d).expanduser().resolve()) for d in models_dirs]
         super().__init__()
         self.themes: dict[str, LoadedTheme] = {}
         # Run and Chat: the last finished merge, and a checkpoint the Chat screen should load.
@@ -198,6 +202,18 @@ class MergeTuiApp(App):
             self.push_screen(self._quit_merge_dialog, self._quit_merge_answer)
             return
         self._quit_unless_unsaved()
+
+    def merge_ended(self, outcome: str) -> None:
+        """The Run screen's merge ended: "Quit and cancel the merge?" no longer asks anything, so
+        it closes (as the cancel question does), and ctrl+q now quits without it."""
+        dialog = self._quit_merge_dialog
+        if dialog is None or self.merge_running():
+            return
+        if self.screen is dialog:
+            dialog.dismiss(None)
+        self._quit_merge_dialog = None
+        what = "finished" if outcome == "finished" else f"ended ({outcome})"
+        self.notify(f"the merge {what}: nothing to cancel any more · ctrl+q quits", timeout=6)
 
     def _quit_merge_answer(self, yes: bool | None) -> None:
         self._quit_merge_dialog = None
@@ -399,6 +415,7 @@ def run_app(
     screen: str | None = None,
     chat_model: str | None = None,
     chat_options: dict[str, Any] | None = None,
+    models_dirs: Sequence[str | Path] = (),
 ) -> int:
     """Open the app (on a recipe file if given); returns the exit code. Raises UserError early.
 
@@ -406,7 +423,11 @@ def run_app(
     dtype, allow_bin, trust_remote_code: `mergetui chat`'s flags).
     """
     document = RecipeDocument.open(recipe_path) if recipe_path is not None else RecipeDocument.new()
-    app = MergeTuiApp(document, initial_screen="chat" if chat_model else screen or "recipe")
+    app = MergeTuiApp(
+        document,
+        initial_screen="chat" if chat_model else screen or "recipe",
+        models_dirs=models_dirs,  # listed on the Checkpoints screen, not remembered
+    )
     app.pending_chat_model = chat_model
     app.pending_chat_options = chat_options
     app.run()

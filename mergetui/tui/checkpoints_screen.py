@@ -31,6 +31,7 @@ from mergetui.tui.commands import PaletteCommand
 from mergetui.tui.footer import KeyFooter
 from mergetui.tui.help import HelpSection, binding_rows
 from mergetui.tui.mode_screen import ModeScreen
+from mergetui.tui.status_line import StatusLine
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     # (key, header)
@@ -146,6 +147,7 @@ class CheckpointsScreen(ModeScreen):
         self.showing_check = False
         self._loading_key: str | None = None
         self._shown_key: str | None = None
+        self._merge_seen: str | None = None  # the app's last merge output at the last scan
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -162,7 +164,7 @@ class CheckpointsScreen(ModeScreen):
         with Horizontal(id="ck-download"):
             yield ProgressBar(id="ck-progress", show_eta=False)
             yield Label(id="ck-download-label")
-        yield Static(id="ck-status")
+        yield StatusLine(id="ck-status")
         yield KeyFooter()
 
     def on_mount(self) -> None:
@@ -176,14 +178,20 @@ class CheckpointsScreen(ModeScreen):
 
     def on_screen_resume(self) -> None:
         self.app.refresh_title()
+        if getattr(self.app, "last_merge_output", None) != self._merge_seen:
+            self.rescan()  # a merge finished since the list was read: it may belong in it
 
     # -- data ----------------------------------------------------------------------------------
 
     @property
     def models_dirs(self) -> list[str]:
-        return list(getattr(self.app.config, "models_dirs", []) or [])
+        """The remembered folders, then this session's own (the demo's), each once."""
+        remembered = list(getattr(self.app.config, "models_dirs", []) or [])
+        session = getattr(self.app, "session_models_dirs", [])
+        return remembered + [folder for folder in session if folder not in remembered]
 
     def rescan(self) -> None:
+        self._merge_seen = getattr(self.app, "last_merge_output", None)
         self.scanning = True
         self._refresh_status()
         self._scan(self.models_dirs)
@@ -299,8 +307,8 @@ class CheckpointsScreen(ModeScreen):
         elif self.hub_message:
             parts.append(self.hub_message)
         elif self.hub_query is None:
-            parts.append("Hub: type a query in the filter and press enter")
-        self.query_one("#ck-status", Static).update(" │ ".join(parts))
+            parts.append("Hub: type in the filter, then enter")
+        self.query_one("#ck-status", StatusLine).show(parts)
 
     # -- filter and Hub search -----------------------------------------------------------------
 

@@ -48,6 +48,23 @@ class PathSuggester(Suggester):
         return value + completed[len(prefix) :]
 
 
+class PathInput(Input):
+    """An input with path completion: tab (or the right arrow) accepts the completion shown, as in a
+    shell; with no completion showing, tab moves on to the next field as usual."""
+
+    BINDINGS = [Binding("tab", "complete_path", "Complete the path", show=False)]
+
+    def __init__(self, value: str = "", **kwargs) -> None:
+        super().__init__(value, suggester=PathSuggester(), **kwargs)
+
+    def action_complete_path(self) -> None:
+        if self.cursor_at_end and len(self._suggestion) > len(self.value):
+            self.value = self._suggestion
+            self.cursor_position = len(self.value)
+        else:
+            self.screen.focus_next()
+
+
 class DialogScreen(ModalScreen):
     """A centred box; escape cancels."""
 
@@ -129,15 +146,13 @@ class TextPrompt(DialogScreen):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self.title_text, classes="dialog-title")
-            yield Input(
-                self.initial,
-                placeholder=self.placeholder,
-                suggester=PathSuggester() if self.paths else None,
-                id="answer",
-            )
+            if self.paths:
+                yield PathInput(self.initial, placeholder=self.placeholder, id="answer")
+            else:
+                yield Input(self.initial, placeholder=self.placeholder, id="answer")
             hint = self.hint or "enter to confirm · escape to cancel"
             if self.paths:
-                hint += " · right arrow accepts the completion"
+                hint += " · tab completes"
             yield Static(hint, classes="hint")
 
     def on_mount(self) -> None:
@@ -166,14 +181,16 @@ class AddModelDialog(DialogScreen):
         with Vertical(classes="dialog"):
             yield Label("Add a model", classes="dialog-title")
             yield Label("Local folder or Hugging Face id (org/name)")
-            yield Input(
-                placeholder="./models/my-finetune  or  mistralai/Mistral-7B-v0.1",
-                suggester=PathSuggester(),
-                id="source",
+            yield PathInput(
+                placeholder="./models/my-finetune  or  mistralai/Mistral-7B-v0.1", id="source"
             )
             yield Label("Name in the recipe")
             yield Input(placeholder="derived from the path", id="name")
-            yield Static("enter to add · escape to cancel", classes="hint", id="message")
+            yield Static(
+                "enter adds it · tab completes a path · escape cancels",
+                classes="hint",
+                id="message",
+            )
 
     def on_mount(self) -> None:
         self.query_one("#source", Input).focus()
@@ -184,29 +201,56 @@ class AddModelDialog(DialogScreen):
             suggest_model_name(event.value, self.taken) or "name"
         )
 
+    def _refuse(self, text: str, field: Input) -> None:
+        message = self.query_one("#message", Static)
+        message.update(text)
+        message.add_class("error")
+        field.focus()
+
     @on(Input.Submitted)
     def submitted(self, event: Input.Submitted) -> None:
-        source = self.query_one("#source", Input).value.strip()
+        """One enter, in either field, adds the model (named from its path unless a name is
+        typed); a folder that does not exist is refused here, not later by the validator."""
+        source_input = self.query_one("#source", Input)
         name_input = self.query_one("#name", Input)
-        message = self.query_one("#message", Static)
-        if not source:
-            message.update("the model's folder or Hub id is needed")
-            message.add_class("error")
-            return
-        if event.input.id == "source" and not name_input.value.strip():
-            name_input.focus()
+        source, problem = model_source(source_input.value)
+        if source is None:
+            self._refuse(problem, source_input)
             return
         name = name_input.value.strip() or suggest_model_name(source, self.taken)
         if not name:
-            message.update("give the model a name")
-            message.add_class("error")
+            self._refuse("give the model a name", name_input)
             return
         if name in self.taken:
-            message.update(f"{name!r} is already a model in this recipe: choose another name")
-            message.add_class("error")
-            name_input.focus()
+            self._refuse(
+                f"{name!r} is already a model in this recipe: choose another name", name_input
+            )
             return
         self.dismiss(ModelChoice(name, source))
+
+
+def model_source(text: str) -> tuple[str | None, str]:
+    """What the recipe stores for a typed model source, or None and why it is refused.
+
+    One form for every local folder: its absolute path (typed relative to the working folder, as
+    the completion shows it, or with `~`), the form the Checkpoints screen stores too, so the recipe
+    reads the same wherever it is saved. A Hub id stays as typed: `org/name`, or a bare name only
+    when that repo is in the local Hugging Face cache. Anything else is a folder that is not there.
+    """
+    from mergetui.checkpoints.locate import find_local, looks_like_hub_id
+
+    typed = text.strip()
+    if not typed:
+        return None, "the model's folder or Hub id is needed"
+    path = Path(typed).expanduser()
+    if path.is_dir():
+        return str(path.resolve()), ""
+    if path.exists():
+        return None, f"{typed} is a file: give the checkpoint's folder"
+    if looks_like_hub_id(typed) and ("/" in typed or find_local(typed) is not None):
+        return typed, ""
+    where = "" if path.is_absolute() else f" in {Path.cwd()}"
+    return None, f"no folder {typed}{where} (a Hub id is written org/name): check the path"
 
 
 def suggest_model_name(source: str, taken: set[str]) -> str:

@@ -55,8 +55,10 @@ PRESETS: dict[str, str] = {
     "ramp_down": "straight from high to low",
     "v": "high at the ends, low mid",
     "lambda": "low at the ends, high mid",
-    "cosine": "half cosine, low to high",
-    "smoothstep": "3x²-2x³, low to high",
+    # The two S-curves differ by at most 1% of high-low: no preview can tell them apart, so the
+    # description says so (a user who sees the same picture twice knows it is not a fault).
+    "cosine": "(1-cos πx)/2: S-curve, ≈ smoothstep (±1%)",
+    "smoothstep": "3x²-2x³: S-curve, ≈ cosine (±1%)",
     "step": "low, then high from a layer",
     "random": "uniform in [low, high], seeded",
 }

@@ -9,7 +9,6 @@ change goes through the document (`with document.edit(...)`), which gives undo/r
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from functools import partial
@@ -68,6 +67,7 @@ from mergetui.tui.grid_model import (
 )
 from mergetui.tui.help import HelpSection, binding_rows
 from mergetui.tui.mode_screen import ModeScreen
+from mergetui.tui.status_line import StatusLine
 
 DTYPES = ("float32", "float16", "bfloat16")
 OUTPUT_SOURCE = "output"  # metrics between the merge output and each parent
@@ -516,7 +516,7 @@ class RecipeScreen(ModeScreen):
             with TabPane("Problems [dim]F9[/]", id="problems"):
                 yield Static(id="problems-summary")
                 yield OptionList(id="problems-table")
-        yield Static(id="status")
+        yield StatusLine(id="status")
         yield KeyFooter()
 
     def on_mount(self) -> None:
@@ -669,7 +669,7 @@ class RecipeScreen(ModeScreen):
                 table.add_row(
                     str(index + 1) if position == 0 else "",
                     source.model,
-                    f"{start}..{end - 1}",
+                    f"[{start}, {end}]",  # as the file says it: layers = [first, end)
                     str(end - start),
                     key=f"{index}:{position}",
                 )
@@ -790,7 +790,7 @@ class RecipeScreen(ModeScreen):
             if grid.anchor is not None:
                 parts.append(f"{grid.selection.size} selected")
         parts.append(f"step {format_number(model.step, precise=True)}")
-        self.query_one("#status", Static).update(" │ ".join(parts))
+        self.query_one("#status", StatusLine).show(parts)
 
     # -- checkpoints (headers, in a worker) ----------------------------------------------------
 
@@ -885,26 +885,14 @@ class RecipeScreen(ModeScreen):
     def _model_added(self, choice: ModelChoice | None) -> None:
         if choice is None:
             return
-        source = self._recipe_relative(choice.source)
-        with self.edit(f"add model {choice.name}"):
-            self.recipe.models[choice.name] = ModelEntry(choice.name, source)
+        with self.edit(f"add model {choice.name}"):  # a folder's absolute path, or a Hub id
+            self.recipe.models[choice.name] = ModelEntry(choice.name, choice.source)
             spec = METHODS.get(self.recipe.method)
             if self.recipe.base is None and spec is not None and spec.base == "required":
                 self.recipe.base = choice.name
         self.recipe_changed()
         table = self.query_one("#models", DataTable)
         table.move_cursor(row=len(self.recipe.models) - 1)
-
-    def _recipe_relative(self, source: str) -> str:
-        """A folder typed relative to where mergetui runs, rewritten relative to the recipe file
-        (where the validator and the merge look for it); Hub ids and absolute paths stay as typed."""
-        typed = Path(source).expanduser()
-        if typed.is_absolute() or not typed.exists():
-            return str(typed) if typed.is_absolute() else source
-        recipe_file = self.document.path or self.document.origin
-        if recipe_file is None:
-            return str(typed.resolve())
-        return os.path.relpath(typed.resolve(), recipe_file.resolve().parent)
 
     def action_remove_model(self) -> None:
         name = self._selected_model()

@@ -42,6 +42,7 @@ from mergetui.errors import CancelledError, UserError
 from mergetui.merge.writer import human_bytes
 from mergetui.tui.commands import PaletteCommand
 from mergetui.tui.dialogs import DialogScreen, TextPrompt
+from mergetui.tui.eta import RateEstimate
 from mergetui.tui.footer import KeyFooter
 from mergetui.tui.help import HelpSection, binding_rows
 from mergetui.tui.mode_screen import ModeScreen
@@ -312,6 +313,7 @@ class RunScreen(ModeScreen):
         self.state = ProgressState()
         self.started_clock: float | None = None
         self.final_seconds: float | None = None  # the last run's duration, once it ended
+        self.rate_estimate: RateEstimate | None = None  # throughput and ETA while a merge runs
         self.last_output: Path | None = None
         self.last_outcome: str | None = None
         self.history: list[Any] = []
@@ -420,9 +422,13 @@ class RunScreen(ModeScreen):
             elapsed = self.final_seconds
         else:
             elapsed = CLOCK() - self.started_clock if self.started_clock is not None else 0.0
-        rate = state.bytes_done / elapsed if elapsed > 0 else None
-        remaining = state.total_bytes - state.bytes_done
-        eta = remaining / rate if rate else None
+        if self.running:  # measured from the first progress report: start-up is not merging
+            estimate = self.rate_estimate
+            rate = estimate.rate(CLOCK()) if estimate is not None else None
+            eta = estimate.eta(CLOCK()) if estimate is not None else None
+        else:  # ended: the whole run's average
+            rate = state.bytes_done / elapsed if elapsed > 0 else None
+            eta = None
         parts = [
             f"{human_bytes(state.bytes_done)} / {human_bytes(state.total_bytes)}",
             f"{state.tensors_done}/{state.tensor_count} tensors",
@@ -560,6 +566,7 @@ class RunScreen(ModeScreen):
         self.cancel_event = threading.Event()
         self.started_clock = CLOCK()
         self.final_seconds = None
+        self.rate_estimate = None  # made when the plan says how many bytes there are
         self.state = ProgressState()
         self.query_one("#run-log", RichLog).clear()
         self._state_line("[b]planning[/] (reading the checkpoints' headers)…")
@@ -675,6 +682,9 @@ class RunScreen(ModeScreen):
     def run_progress(self, event: RunProgress) -> None:
         if not self.running:
             return
+        if self.rate_estimate is None:
+            self.rate_estimate = RateEstimate(event.state.total_bytes)
+        self.rate_estimate.observe(CLOCK(), event.state.bytes_done)
         if self.app.screen is not self:  # drawn when the screen is shown again
             self.state = event.state
             return
@@ -703,6 +713,9 @@ class RunScreen(ModeScreen):
             if event.outcome == "finished":
                 self.notify("the merge finished before it could be cancelled", timeout=5)
         self.cancel_dialog = None
+        ended = getattr(self.app, "merge_ended", None)  # closes "Quit and cancel the merge?"
+        if callable(ended):
+            ended(event.outcome)
         if event.outcome != "finished" and self.state.tensor_count:
             self._show_progress(self.state)  # no ETA, no current tensor once it stopped
         if event.outcome == "finished":
