@@ -235,13 +235,13 @@ def test_existing_output_needs_force_and_survives_a_failed_replace(
     llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "merged"
-    out.mkdir()
-    (out / "keep.txt").write_text("old result")
     recipe = _linear({"base": (llama_family["base"], 1.0), "a": (llama_family["a"], 1.0)})
+    run_merge(make_plan(recipe, out=out))  # a previous merge's output: all --force replaces
+    (out / "README.md").write_text("old result")
     with pytest.raises(UserError) as info:
         run_merge(make_plan(recipe, out=out))
     assert "already exists" in info.value.message and "--force" in (info.value.fix or "")
-    assert (out / "keep.txt").read_text() == "old result"
+    assert (out / "README.md").read_text() == "old result"
 
     def broken_compute(*args: object, **kwargs: object) -> object:
         raise UserError("simulated failure")
@@ -250,11 +250,11 @@ def test_existing_output_needs_force_and_survives_a_failed_replace(
         patch.setattr(runner_module, "_compute", broken_compute)
         with pytest.raises(UserError):
             run_merge(make_plan(recipe, out=out), force=True)
-    assert (out / "keep.txt").read_text() == "old result"  # replaced only once complete
+    assert (out / "README.md").read_text() == "old result"  # replaced only once complete
     assert _leftovers(tmp_path) == []
 
     run_merge(make_plan(recipe, out=out), force=True)
-    assert not (out / "keep.txt").exists()
+    assert (out / "README.md").read_text() != "old result"
     assert (out / "model.safetensors").exists()
     assert _leftovers(tmp_path) == []
 

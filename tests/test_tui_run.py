@@ -210,9 +210,13 @@ async def test_cancel_refused_keeps_merging(
 async def test_existing_output_asks_before_replacing(
     tmp_path: Path, llama_family: dict[str, Path]
 ) -> None:
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "old.txt").write_text("old")
-    app = MergeTuiApp(RecipeDocument.open(write_recipe(tmp_path, llama_family)))
+    from mergetui.cli import main
+
+    recipe = write_recipe(tmp_path, llama_family)
+    # A previous merge's output: the only kind of folder a merge replaces (tests/test_harden_output)
+    assert main(["merge", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    (tmp_path / "out" / "README.md").write_text("old")
+    app = MergeTuiApp(RecipeDocument.open(recipe))
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await on_run_screen(app, pilot)
         await pilot.press("r")
@@ -220,13 +224,13 @@ async def test_existing_output_asks_before_replacing(
         assert isinstance(app.screen, ConfirmDialog)
         await pilot.press("n")
         await pilot.pause()
-        assert not screen.running and (tmp_path / "out" / "old.txt").exists()
+        assert not screen.running and (tmp_path / "out" / "README.md").read_text() == "old"
         await pilot.press("r")
         await pilot.pause()
         await pilot.press("y")
         await until_done(app, pilot, screen)
         assert screen.last_outcome == "finished"
-        assert not (tmp_path / "out" / "old.txt").exists()
+        assert (tmp_path / "out" / "README.md").read_text() != "old"
         assert (tmp_path / "out" / "model.safetensors").is_file()
 
 

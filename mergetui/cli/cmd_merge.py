@@ -2,7 +2,8 @@
 
 The recipe is validated first (problems printed as `mergetui validate` prints them), then planned
 from headers alone; `--dry-run` stops there and prints the plan. A run shows a Rich progress bar
-(bytes, tensors, throughput, ETA). Ctrl-C cancels cleanly: no output, no temporary folder, exit 130.
+(bytes, tensors, throughput, ETA). Ctrl-C, SIGTERM and SIGHUP cancel cleanly: no output, no
+temporary folder, exit 128 + the signal's number (130 for Ctrl-C).
 Hub models the recipe names that are not on this machine are downloaded first (with a progress bar),
 or, offline, the merge stops at once with a message naming them.
 """
@@ -79,18 +80,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from mergetui.cli.output import console, console_err
-    from mergetui.errors import UserError
     from mergetui.merge.device import check_device_name
     from mergetui.merge.plan import make_plan
+    from mergetui.merge.target import check_output, output_guard
     from mergetui.merge.writer import parse_size
     from mergetui.recipe.io import load_recipe
 
     recipe_path: Path = args.recipe
     shard_size = parse_size(args.shard_size)
     device = check_device_name(args.device)
-    if not recipe_path.is_file():
-        raise UserError("recipe file not found", where=str(recipe_path))
-    recipe = load_recipe(recipe_path)
+    recipe = load_recipe(recipe_path)  # a missing file: the same line, fix included, as validate
     if args.seed is not None:
         recipe.seed = args.seed
     if not _validate(recipe, recipe_path):
@@ -118,13 +117,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_plan(plan, force=args.force)
         return 0
-    if plan.output_dir.exists() and not args.force:
-        raise UserError(
-            "the output folder already exists",
-            where=str(plan.output_dir),
-            fix="pass --force to replace it (only once the new merge is complete), "
-            "or choose another --out",
-        )
+    check_output(plan.output_dir, args.force, **output_guard(plan))  # the engine checks again
     for notice in plan.notices:
         console_err().print(f"[yellow]note:[/] {notice}", soft_wrap=True, markup=True)
     return _run_with_progress(plan, force=args.force, out=console(), err=console_err())
@@ -185,21 +178,40 @@ def _validate(recipe: Any, recipe_path: Path) -> bool:
 
 
 def _print_plan(plan: Any, *, force: bool) -> None:
+    """The plan as a run would execute it: `auto` resolved to its device (this imports torch),
+    and the peak estimate for that device."""
+    import dataclasses
+
+    from rich.markup import escape
     from rich.table import Table
 
     from mergetui.cli.output import console
+    from mergetui.merge.device import resolve_device
+    from mergetui.merge.plan import estimate_peak_bytes
+    from mergetui.merge.target import output_guard, replace_refusal
 
+    device = str(resolve_device(plan.device))
+    shown = f"{device} (auto)" if plan.device == "auto" else device
+    peak = estimate_peak_bytes(plan.tensors, method=plan.method, device=device)
+    plan = dataclasses.replace(plan, device=device, estimated_peak_bytes=peak)
     table = Table(title="merge plan (dry run: nothing written)", show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
     for line in plan.summary_lines():
         key, _, value = line.partition(": ")
-        table.add_row(key, value)
+        table.add_row(key, shown if key == "device" else value)
     console().print(table)
     if plan.output_dir.exists():
+        why = replace_refusal(plan.output_dir, **output_guard(plan)) if force else None
+        if not force:
+            verdict = " (a run needs --force)"
+        elif why is None:
+            verdict = " (--force will replace it)"
+        else:
+            verdict = f" (--force cannot replace it: {escape(why)})"
         console().print(
-            f"[yellow]the output folder exists[/]: {plan.output_dir}"
-            + (" (--force will replace it)" if force else " (a run needs --force)")
+            f"[yellow]the output folder exists[/]: {escape(str(plan.output_dir))}{verdict}",
+            soft_wrap=True,
         )
     for notice in plan.notices:
         console().print(f"[yellow]note:[/] {notice}", soft_wrap=True)
@@ -235,15 +247,19 @@ def _run_with_progress(plan: Any, *, force: bool, out: Any, err: Any) -> int:
         elif isinstance(event, Notice):
             progress.console.print(f"[yellow]note:[/] {escape(event.message)}", soft_wrap=True)
 
-    previous = _install_sigint(cancel)
+    received: list[int] = []
+    previous = _install_stop_signals(cancel, received)
     try:
         with progress:
             result = run_merge(plan, on_event=on_event, cancel=cancel, force=force)
     except CancelledError:
-        err.print("[yellow]Cancelled:[/] nothing was written.")
-        return 130
+        try:
+            err.print("[yellow]Cancelled:[/] nothing was written.")
+        except OSError:  # SIGHUP: the terminal may be gone
+            pass
+        return 128 + (received[0] if received else signal.SIGINT)
     finally:
-        _restore_sigint(previous)
+        _restore_signals(previous)
     out.print(
         f"[green]Merged[/] {result.tensor_count} tensors ({human_bytes(result.total_bytes)}) "
         f"into {escape(str(result.output_dir))} in {result.seconds:.1f} s",
@@ -252,8 +268,35 @@ def _run_with_progress(plan: Any, *, force: bool, out: Any, err: Any) -> int:
     return 0
 
 
+# Signals that stop a merge the way Ctrl-C does (those this platform has).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+def _install_stop_signals(cancel: threading.Event, received: list[int]) -> dict[int, Any]:
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP ask the engine to stop at the next chunk; it removes
+    its temporary folder and the command exits with 128 + the signal's number (130, 143, 129).
+    A second signal while it stops changes nothing: interrupting the clean-up would leave the
+    temporary folder behind. (Only kill -9 does; the next merge into that output removes it.)"""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if not received:
+            received.append(signum)
+        cancel.set()
+
+    return {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
 def _install_sigint(cancel: threading.Event) -> Any:
-    """First Ctrl-C asks the engine to stop at the next tensor; a second one interrupts at once."""
+    """First Ctrl-C sets `cancel`; a second one interrupts at once (`mergetui push` uses it)."""
     if threading.current_thread() is not threading.main_thread():
         return None
 

@@ -94,3 +94,6 @@ class MergeResult:
     shard_files: tuple[str, ...]
     device: str
     notices: tuple[str, ...] = ()
+    # The engine's own count of the most memory it held (runner's `_Ledger`); the plan's
+    # estimated_peak_bytes stays above it plus the process baseline.
+    accounted_peak_bytes: int = 0

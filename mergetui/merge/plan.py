@@ -346,47 +346,25 @@ def make_plan(
         device=device,
         seed=seed,
         shard_size=shard_size,
-        estimated_peak_bytes=estimate_peak_bytes(
-            tensors,
-            chunked=_reads_chunks(recipe.method),
-            cache_elements=_method_attribute(recipe.method, "cache_elements", 0),
-        ),
+        estimated_peak_bytes=estimate_peak_bytes(tensors, method=recipe.method, device=device),
         notices=notices,
         trust_remote_code=trust_remote_code,
     )
 
 
 def estimate_peak_bytes(
-    tensors: Sequence[PlannedTensor], *, chunked: bool = False, cache_elements: int = 0
+    tensors: Sequence[PlannedTensor], *, method: str, device: str = "auto"
 ) -> int:
-    """Peak resident memory of a run: the process baseline plus the largest working sets.
+    """Peak resident memory of a run: the process baseline plus the most the engine can hold.
 
-    For one piece of work (a whole tensor, or a PIECE_ELEMENTS piece of an element-wise one) the
-    runner holds the inputs in float32, the method's temporaries (about two tensors) and the
-    result in float32 and in the output dtype; the reader may prefetch up to half the largest
-    input set more (see runner). A method that reads chunks (`chunked`) holds whole-tensor inputs
-    as stored, or not at all past CHUNKS_FROM_FILE_BYTES, plus chunk temporaries, the result in
-    the output dtype, and for tensors up to `cache_elements` a float32 copy per non-base input.
-    Pieces that fit half the budget run two at a time on two or more cores (runner's gate).
-    """
-    sets: list[int] = []
-    largest_inputs = 0
-    for tensor in tensors:
-        numel = min(tensor.numel, PIECE_ELEMENTS) if tensor.elementwise else tensor.numel
-        out_bytes = tensor.nbytes * numel // tensor.numel if tensor.numel else 0
-        if chunked and not tensor.elementwise and not tensor.copy_only:
-            stored = sum(source.nbytes for source in tensor.inputs)
-            inputs = stored if stored <= CHUNKS_FROM_FILE_BYTES else 0
-            working = inputs + chunk_working_bytes(tensor, numel, cache_elements) + out_bytes
-        else:
-            inputs = 4 * numel * len(tensor.inputs)
-            working = inputs + 3 * 4 * numel + 2 * out_bytes
-        largest_inputs = max(largest_inputs, inputs)
-        sets.append(working)
-    worst = max(sets, default=0)
-    budget = max(worst, SHARED_WORKING_BYTES)
-    shared = sorted((w for w in sets if 2 * w <= budget), reverse=True)[:2]
-    return PROCESS_BASELINE_BYTES + max(worst, sum(shared)) + largest_inputs // 2
+    The engine's own limits decide it (runner's `_WorkModel.bound`): the reader's byte budget
+    (every worker's inputs and a prefetch margin), one working set per compute worker (one per
+    core up to MAX_WORKERS on the CPU: each worker's allocator keeps its largest), the buffer
+    pool, the results and chunks on their way to the writer. So it is an upper bound: measured
+    peaks stay below it (docs/engine.md, "Memory bound")."""
+    from mergetui.merge.runner import working_bound
+
+    return PROCESS_BASELINE_BYTES + working_bound(tensors, method, device)
 
 
 def chunk_working_bytes(tensor: PlannedTensor, numel: int, cache_elements: int = 0) -> int:
@@ -398,21 +376,6 @@ def chunk_working_bytes(tensor: PlannedTensor, numel: int, cache_elements: int =
     temporaries = 4 * min(numel, CHUNK_ELEMENTS) * (len(tensor.inputs) + 4)
     cached = 4 * numel * (len(tensor.inputs) - 1) if numel <= cache_elements else 0
     return temporaries + cached
-
-
-def _method_attribute(method: str, name: str, default: int) -> int:
-    """An attribute the method's function declares (importing it does not import torch)."""
-    from mergetui.merge.methods import get_method_function
-
-    try:
-        return int(getattr(get_method_function(method), name, default))
-    except UserError:
-        return default
-
-
-def _reads_chunks(method: str) -> bool:
-    """Whether the method's function takes chunk sources (importing it does not import torch)."""
-    return bool(_method_attribute(method, "reads_chunks", 0))
 
 
 # ----------------------------------------------------------------------------------------------

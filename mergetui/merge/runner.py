@@ -11,8 +11,9 @@ Threads share the work so the disk and the arithmetic overlap, and every core co
   too big to share (embeddings, lm_head) runs alone on every core (see `_ComputeGate`);
 - a writer thread writes each finished tensor at its offset in its shard (see writer.py).
 
-Everything is written to `.<name>.mergetui-tmp-XXXX` beside the target and renamed into place only
-when complete; on any error or cancel the temporary folder is removed and nothing is left behind.
+Everything is written to `.<name>.mergetui-tmp-PID-XXXX` beside the target (see target.py) and
+renamed into place only when complete; on any error or cancel the temporary folder is removed and
+nothing is left behind; one that a killed merge left is removed by the next merge into that target.
 `run_merge` keeps no global state: several merges may run at once in one process.
 """
 
@@ -21,11 +22,9 @@ from __future__ import annotations
 import os
 import queue
 import shutil
-import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,12 +42,20 @@ from mergetui.merge.events import (
     ShardWritten,
     TensorDone,
 )
-from mergetui.merge.methods._common import STREAMED
+from mergetui.merge.methods._common import CHUNK_ELEMENTS, STREAMED
 from mergetui.merge.plan import (
     CHUNKS_FROM_FILE_BYTES,
     PIECE_ELEMENTS,
     SHARED_WORKING_BYTES,
     chunk_working_bytes,
+)
+from mergetui.merge.target import (  # noqa: F401 - TEMP_MARKER, OLD_MARKER: public names here
+    OLD_MARKER,
+    TEMP_MARKER,
+    TempFolder,
+    check_output,
+    output_guard,
+    remove_stale_temps,
 )
 from mergetui.merge.writer import human_bytes
 
@@ -64,8 +71,6 @@ PREFETCH_MARGIN_BYTES = 64 * 1024 * 1024
 # gain little on chunk-sized operations (memory-bound, and every barrier waits for the slowest
 # thread, which stalls whenever anything else wants the CPU), while pieces side by side scale.
 MAX_WORKERS = 4
-TEMP_MARKER = ".mergetui-tmp-"
-OLD_MARKER = ".mergetui-old-"
 
 
 def run_merge(
@@ -85,12 +90,15 @@ def run_merge(
     started = time.perf_counter()
     target = plan.output_dir
     progress = _Progress()
-    temp: Path | None = None
+    temp: TempFolder | None = None
+    guard = output_guard(plan)
     try:
-        _check_target(target, force)
+        check_output(target, force, **guard)
         target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temps(target):
+            emit(Notice(f"removed {stale.name}, left behind by an interrupted merge"))
         _check_free_space(target.parent, plan.total_bytes)
-        temp = _make_temp_dir(target)
+        temp = TempFolder(target)
 
         from mergetui.merge.device import resolve_device
 
@@ -115,12 +123,12 @@ def run_merge(
         extras = prepare_extras(plan)  # recipe texts, tokenizer: fail before the long part
         _use_all_cores()
         _tune_allocator()
-        _execute(plan, temp, device, emit, cancel, progress)
-        notices = write_extras(plan, temp, extras)
+        ledger = _execute(plan, temp.path, device, emit, cancel, progress)
+        notices = write_extras(plan, temp.path, extras)
         for message in notices:
             emit(Notice(message))
         _raise_if_cancelled(cancel)
-        _move_into_place(temp, target, force)
+        temp.release_into(target, force, **guard)
         temp = None
     except CancelledError:
         _remove(temp)
@@ -152,6 +160,7 @@ def run_merge(
         shard_files=tuple(plan.layout.filenames),
         device=str(device),
         notices=tuple(plan.notices) + tuple(notices),
+        accounted_peak_bytes=ledger.peak,
     )
 
 
@@ -182,11 +191,12 @@ class _SerialEmitter:
 class _ByteBudget:
     """Admits a read when the bytes held stay under the limit (or nothing is held at all)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, ledger: _Ledger | None = None) -> None:
         self._limit = limit
         self._held = 0
         self._closed = False
         self._cond = threading.Condition()
+        self._ledger = ledger or _Ledger()
 
     def acquire(self, nbytes: int) -> bool:
         with self._cond:
@@ -195,12 +205,14 @@ class _ByteBudget:
             if self._closed:
                 return False
             self._held += nbytes
-            return True
+        self._ledger.add(nbytes)
+        return True
 
     def release(self, nbytes: int) -> None:
         with self._cond:
             self._held -= nbytes
             self._cond.notify_all()
+        self._ledger.add(-nbytes)
 
     def close(self) -> None:
         with self._cond:
@@ -218,11 +230,12 @@ class _BufferPool:
 
     MIN_BYTES = 1 << 20
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, ledger: _Ledger | None = None) -> None:
         self._free: dict[int, list[Any]] = {}
         self._bytes = 0
         self._limit = limit
         self._lock = threading.Lock()
+        self._ledger = ledger or _Ledger()
 
     def take(self, nbytes: int) -> torch.Tensor:
         import torch
@@ -232,6 +245,7 @@ class _BufferPool:
                 stack = self._free.get(nbytes)
                 if stack:
                     self._bytes -= nbytes
+                    self._ledger.add(-nbytes)
                     return stack.pop()
         return torch.empty(nbytes, dtype=torch.uint8)
 
@@ -242,6 +256,38 @@ class _BufferPool:
             if self._bytes + buffer.numel() <= self._limit:
                 self._free.setdefault(buffer.numel(), []).append(buffer)
                 self._bytes += buffer.numel()
+                self._ledger.add(buffer.numel())
+
+
+class _Ledger:
+    """The engine's own count of the memory it holds, and its high-water mark (`peak`).
+
+    It counts the inputs read and not yet released (the reader's budget), each compute worker's
+    largest working set so far (its allocator arena keeps that much once freed), the results and
+    chunks on their way to the writer, the pool's free buffers, and the raw bytes the reader holds
+    while converting. The plan's peak estimate is the process baseline plus a bound on `peak`
+    (`_WorkModel.bound`); the tests hold it to that.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._now = 0
+        self._worker_high: dict[int, int] = {}
+        self.peak = 0
+
+    def add(self, nbytes: int) -> None:
+        with self._lock:
+            self._now += nbytes
+            self.peak = max(self.peak, self._now)
+
+    def working(self, worker: int, nbytes: int) -> None:
+        """Worker `worker` starts a piece whose working set (besides its inputs) is `nbytes`."""
+        with self._lock:
+            grown = nbytes - self._worker_high.get(worker, 0)
+            if grown > 0:
+                self._worker_high[worker] = nbytes
+                self._now += grown
+                self.peak = max(self.peak, self._now)
 
 
 @dataclass(frozen=True)
@@ -271,10 +317,14 @@ class _Piece:
 
 
 def _pieces(plan: Plan) -> list[_Piece]:
+    return _split(plan.tensors, plan.method)
+
+
+def _split(tensors: Sequence[PlannedTensor], method: str) -> list[_Piece]:
     pieces = []
-    for tensor in plan.tensors:
+    for tensor in tensors:
         fast = (
-            plan.method == "passthrough"
+            method == "passthrough"
             and not tensor.copy_only
             and tensor.per_model[0].get("scale") is None
             and tensor.inputs[0].dtype == tensor.dtype
@@ -341,24 +391,61 @@ class _ComputeGate:
             self._cond.notify_all()
 
 
-def _execute(
-    plan: Plan,
-    folder: Path,
-    device: torch.device,
-    emit: Callable[[MergeEvent], None],
-    cancel: threading.Event | None,
-    progress: _Progress,
-) -> None:
-    import torch
+@dataclass
+class _WorkModel:
+    """How the engine runs a plan's pieces, and the memory limits that follow: `_execute` runs by
+    it, and the plan's peak estimate is the process baseline plus its `bound()`."""
 
+    pieces: list[_Piece]
+    modes: list[str]
+    early: list[bool]  # the reader converts the inputs to float32 (float64)
+    sizes: list[int]  # bytes of inputs held
+    footprints: list[int]  # bytes while computing (see `_footprint`)
+    streams: bool  # the method hands its output to the writer chunk by chunk
+    workers: int
+    cores: int
+    gate_budget: int
+    reader_budget: int
+    pool_limit: int
+    queue_items: int
+
+    def bound(self) -> int:
+        """The most `_Ledger` can count in a run by this model: the reader's budget, each
+        worker's largest working set, the pool (when a buffer is big enough to be pooled), the
+        most bytes in flight to the writer, and the raw bytes the reader converts."""
+        live = zip(self.pieces, self.modes, self.early, strict=True)
+        working = max((f - s for f, s in zip(self.footprints, self.sizes, strict=True)), default=0)
+        buffers, items, scratch = 0, [], 0
+        in_flight = self.queue_items + 1 + self.workers  # queued, being written, being handed on
+        for piece, mode, early in live:
+            stored = max(s.nbytes * piece.numel // max(1, s.numel) for s in piece.tensor.inputs)
+            out = piece.tensor.nbytes * piece.numel // max(1, piece.tensor.numel)
+            if early:
+                scratch = max(scratch, stored)
+            if self.streams and mode != _WHOLE:
+                row = piece.tensor.shape[-1] if piece.tensor.shape else 1
+                chunk = min(piece.numel, max(CHUNK_ELEMENTS, row)) * out // max(1, piece.numel)
+                items += [chunk] * min(in_flight, -(-out // max(1, chunk)))
+            else:
+                items.append(out)
+            if mode != _FROM_FILE:
+                buffers = max(buffers, stored, out, 8 * piece.numel if early else 0)
+        pool = self.pool_limit if buffers >= _BufferPool.MIN_BYTES else 0
+        flying = sum(sorted(items, reverse=True)[:in_flight])
+        return (
+            self.reader_budget
+            + min(self.workers, len(self.pieces)) * working
+            + pool
+            + flying
+            + scratch
+        )
+
+
+def _work_model(tensors: Sequence[PlannedTensor], method_name: str, device_type: str) -> _WorkModel:
     from mergetui.merge.methods import get_method_function
-    from mergetui.merge.reader import TensorReader
-    from mergetui.merge.writer import ShardSetWriter
 
-    method = get_method_function(plan.method)
-    reader = TensorReader()
-    writer = ShardSetWriter(folder, plan.layout)
-    pieces = _pieces(plan)
+    method = get_method_function(method_name)
+    pieces = _split(tensors, method_name)
     # A method that declares `reads_chunks` gets its whole-tensor inputs as chunk sources
     # (chunked.py): held as stored, or for the largest sets not held at all but read from the
     # file slice by slice. Otherwise, on the CPU, the reader thread converts inputs to float32
@@ -370,7 +457,7 @@ def _execute(
     order = sorted(range(len(pieces)), key=lambda i: modes[i] != _FROM_FILE)
     pieces, modes = [pieces[i] for i in order], [modes[i] for i in order]
     early = [
-        device.type == "cpu" and mode == _WHOLE and not (p.tensor.copy_only or p.fast_copy)
+        device_type == "cpu" and mode == _WHOLE and not (p.tensor.copy_only or p.fast_copy)
         for p, mode in zip(pieces, modes, strict=True)
     ]
     sizes = [
@@ -385,24 +472,72 @@ def _execute(
         for p, size, mode in zip(pieces, sizes, modes, strict=True)
     ]
     cores = _core_count()
-    workers = min(cores, MAX_WORKERS) if device.type == "cpu" else 1
+    workers = min(cores, MAX_WORKERS) if device_type == "cpu" else 1
     # Pieces run side by side while their footprints add up to at most the largest one's, or
-    # SHARED_WORKING_BYTES (the plan's peak estimate models the same rule).
-    gate = _ComputeGate(max(max(footprints, default=0), SHARED_WORKING_BYTES), workers, cores)
+    # SHARED_WORKING_BYTES.
+    gate_budget = max(max(footprints, default=0), SHARED_WORKING_BYTES)
     largest = max(sizes, default=0)
-    shared_sets = [n for n, f in zip(sizes, footprints, strict=True) if not gate.is_exclusive(f)]
+    shared = [n for n, f in zip(sizes, footprints, strict=True) if f * workers <= gate_budget]
+    shared = shared if workers > 1 else []
     # Enough held for every worker's set, then a prefetch margin (streamed pieces always get
     # one more set in flight, read while the others compute).
     streamed = max((n for p, n in zip(pieces, sizes, strict=True) if not p.whole), default=0)
-    held_limit = max(largest, workers * max(shared_sets, default=0))
-    budget = _ByteBudget(held_limit + max(streamed, min(PREFETCH_MARGIN_BYTES, largest // 2)))
-    pool = _BufferPool(min(max(2 * held_limit, 8 * 1024 * 1024), 512 * 1024 * 1024))
+    held_limit = max(largest, workers * max(shared, default=0))
+    return _WorkModel(
+        pieces=pieces,
+        modes=modes,
+        early=early,
+        sizes=sizes,
+        footprints=footprints,
+        streams=streams,
+        workers=workers,
+        cores=cores,
+        gate_budget=gate_budget,
+        reader_budget=held_limit + max(streamed, min(PREFETCH_MARGIN_BYTES, largest // 2)),
+        pool_limit=min(max(2 * held_limit, 8 * 1024 * 1024), 512 * 1024 * 1024),
+        queue_items=4 * workers,
+    )
+
+
+def working_bound(tensors: Sequence[PlannedTensor], method: str, device: str) -> int:
+    """The most memory the engine holds for these tensors above the process baseline (no torch
+    import): for `auto`, what it holds on the CPU, its largest case."""
+    gpu = device.startswith(("cuda", "mps"))
+    return _work_model(tensors, method, "cuda" if gpu else "cpu").bound()
+
+
+def _execute(
+    plan: Plan,
+    folder: Path,
+    device: torch.device,
+    emit: Callable[[MergeEvent], None],
+    cancel: threading.Event | None,
+    progress: _Progress,
+) -> _Ledger:
+    """Run every piece through the reader, compute and writer threads; return the ledger of the
+    memory the run held."""
+    import torch
+
+    from mergetui.merge.methods import get_method_function
+    from mergetui.merge.reader import TensorReader
+    from mergetui.merge.writer import ShardSetWriter
+
+    method = get_method_function(plan.method)
+    model = _work_model(plan.tensors, plan.method, device.type)
+    pieces, modes, early, sizes = model.pieces, model.modes, model.early, model.sizes
+    footprints, streams, workers = model.footprints, model.streams, model.workers
+    ledger = _Ledger()
+    reader = TensorReader()
+    writer = ShardSetWriter(folder, plan.layout)
+    gate = _ComputeGate(model.gate_budget, workers, model.cores)
+    budget = _ByteBudget(model.reader_budget, ledger)
+    pool = _BufferPool(model.pool_limit, ledger)
     stop = threading.Event()  # set on cancel and on any thread's error: every thread winds down
     loaded: queue.Queue[tuple[int, Any]] = queue.Queue()
     take_lock = threading.Lock()  # pieces leave `loaded` in plan order, one worker at a time
     # (tensor, first element, CPU tensor, pooled buffer or None): whole results, pieces, chunks.
     writes: queue.Queue[tuple[PlannedTensor, int, Any, Any] | None] = queue.Queue(
-        maxsize=4 * workers
+        maxsize=model.queue_items
     )
     errors: list[BaseException] = []  # the first is the one raised
 
@@ -425,7 +560,7 @@ def _execute(
                     if modes[number] == _FROM_FILE:
                         data = _file_sources(reader, piece, device)
                     else:
-                        data = _read_piece(reader, piece, convert, pool)
+                        data = _read_piece(reader, piece, convert, pool, ledger)
                 except BaseException as exc:
                     fail(exc)
                     return
@@ -434,7 +569,7 @@ def _execute(
 
     taken = [0]
 
-    def compute_loop() -> None:
+    def compute_loop(worker: int) -> None:
         while not halted():
             with take_lock:
                 if taken[0] == len(pieces):
@@ -448,6 +583,7 @@ def _execute(
             threads = gate.enter(number, footprints[number])
             if threads is None:
                 return
+            ledger.working(worker, footprints[number] - sizes[number])
             sink = None
             if streams and modes[number] != _WHOLE:
 
@@ -455,6 +591,7 @@ def _execute(
                     if chunk.device.type != "cpu":
                         chunk = chunk.to("cpu")
                     item = (piece.tensor, piece.start + start, chunk, None)
+                    ledger.add(chunk.numel() * chunk.element_size())
                     if halted() or not _put_write(writes, item, stop):
                         raise CancelledError("merge stopped")
 
@@ -464,6 +601,8 @@ def _execute(
                 result = _compute(
                     plan, piece, data, method, device, stop, modes[number], pool, sink
                 )
+                if result is not None:  # on its way to the writer
+                    ledger.add(result[0].numel() * result[0].element_size())
             except BaseException as exc:
                 fail(exc)
                 return
@@ -496,6 +635,7 @@ def _execute(
                 fail(exc)
                 return
             progress.bytes_done += result.numel() * itemsize
+            ledger.add(-result.numel() * result.element_size())
             del result, item
             pool.give(buffer)
             if not writer.is_written(tensor.name):
@@ -517,7 +657,7 @@ def _execute(
     reader_thread = threading.Thread(target=read_loop, name="mergetui-reader", daemon=True)
     writer_thread = threading.Thread(target=write_loop, name="mergetui-writer", daemon=True)
     compute_threads = [
-        threading.Thread(target=compute_loop, name=f"mergetui-compute-{n}", daemon=True)
+        threading.Thread(target=compute_loop, args=(n,), name=f"mergetui-compute-{n}", daemon=True)
         for n in range(workers)
     ]
     threads = [reader_thread, writer_thread, *compute_threads]
@@ -532,6 +672,7 @@ def _execute(
         if errors:
             raise errors[0]
         writer.finish()
+        return ledger
     finally:
         stop.set()
         budget.close()
@@ -591,7 +732,11 @@ def _held_bytes(piece: _Piece, convert_early: bool) -> int:
 
 
 def _read_piece(
-    reader: Any, piece: _Piece, convert_early: bool, pool: _BufferPool
+    reader: Any,
+    piece: _Piece,
+    convert_early: bool,
+    pool: _BufferPool,
+    ledger: _Ledger | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """The inputs of one piece on the CPU, each with the pooled buffer behind it (or None):
     in float32 (float64) when converting early, else as stored."""
@@ -614,6 +759,8 @@ def _read_piece(
             itemsize = source.nbytes // source.numel if source.numel else 0
             nbytes = piece.numel * itemsize
             buffer = pool.take(nbytes)
+            if convert_early and ledger is not None:
+                ledger.add(nbytes)  # held here until converted (the budget counts float32)
             value = reader.read(
                 source.file,
                 source.offset + piece.start * itemsize,
@@ -628,6 +775,8 @@ def _read_piece(
             converted = converted_buffer.view(compute_dtype).view(shape)
             converted.copy_(value)
             pool.give(buffer)
+            if buffer is not None and ledger is not None:
+                ledger.add(-buffer.numel())
             value, buffer = converted, converted_buffer
         elif value.dtype != torch_dtype(source.dtype):  # pragma: no cover - defensive
             raise RuntimeError(f"{source.tensor} read as {value.dtype}, expected {source.dtype}")
@@ -791,23 +940,6 @@ def _compute(
 # Folders
 
 
-def _check_target(target: Path, force: bool) -> None:
-    if target.exists() or target.is_symlink():
-        if not force:
-            raise UserError(
-                "the output folder already exists",
-                where=str(target),
-                fix="pass --force to replace it (only once the new merge is complete), "
-                "or choose another --out",
-            )
-        if not target.is_dir():
-            raise UserError(
-                "the output path exists and is not a folder",
-                where=str(target),
-                fix="remove it or choose another --out",
-            )
-
-
 def _check_free_space(parent: Path, needed: int) -> None:
     try:
         free = shutil.disk_usage(parent).free
@@ -823,39 +955,9 @@ def _check_free_space(parent: Path, needed: int) -> None:
         )
 
 
-def _make_temp_dir(target: Path) -> Path:
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}{TEMP_MARKER}", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
-    return temp
-
-
-def _move_into_place(temp: Path, target: Path, force: bool) -> None:
-    """Rename the finished folder into place; an old output is replaced only now, and restored
-    if the rename fails."""
-    if target.exists() or target.is_symlink():
-        if not force:
-            raise UserError(
-                "the output folder appeared while merging",
-                where=str(target),
-                fix="pass --force to replace it, or choose another --out",
-            )
-        old = target.parent / f".{target.name}{OLD_MARKER}{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-        try:
-            os.rename(temp, target)
-        except BaseException:
-            os.rename(old, target)
-            raise
-        _remove(old)
-    else:
-        os.rename(temp, target)
-
-
-def _remove(path: Path | None) -> None:
-    if path is not None and (path.exists() or path.is_symlink()):
-        shutil.rmtree(path, ignore_errors=True)
+def _remove(temp: TempFolder | None) -> None:
+    if temp is not None:
+        temp.remove()
 
 
 def _raise_if_cancelled(cancel: threading.Event | None) -> None:

@@ -533,6 +533,19 @@ class RunScreen(ModeScreen):
             )
             return
         if output.exists():
+            from mergetui.merge.target import replace_refusal
+
+            why = replace_refusal(output, recipe_dir=self._recipe_dir())  # the engine checks too
+            if why is not None:
+                self.notify(
+                    f"{short_path(output)} already exists, and only a folder that a previous "
+                    f"merge wrote can be replaced: this one {why}. Remove or move it yourself if "
+                    "it may go, or set another output on the Recipe screen (F3).",
+                    title="Cannot replace the output",
+                    severity="error",
+                    timeout=12,
+                )
+                return
             self.app.push_screen(
                 ConfirmDialog(
                     "Replace the output?",
