@@ -291,7 +291,7 @@ def make_tiny_model(
 
 DEMO_MODELS = ("base", "chat", "code", "math")
 DEMO_MARKER = "mergetui-demo.json"
-_DEMO_FORMAT = 2
+_DEMO_FORMAT = 3  # 3: outputs relative to the recipe file (../merges/NAME)
 # A bit bigger than the test models, so per-layer grids have something to show.
 _DEMO_SHAPE = dict(num_layers=8, hidden_size=128, intermediate_size=256, vocab_size=512)
 # Seeds and noise per fine-tune: different enough that merges visibly differ.
@@ -319,9 +319,8 @@ class DemoInfo:
 def _demo_recipes() -> dict[str, str]:
     """TOML recipes over the demo models.
 
-    Model sources are relative to the recipe file (recipes/ -> ../base); `output` is relative to the
-    working folder of the merge, as for any recipe, so merges run from the demo folder land in
-    merges/.
+    Every path in a recipe is relative to the recipe file: models (recipes/ -> ../base) and
+    `output` (../merges/NAME), so merges land in the demo's merges/ from wherever they are run.
     """
     models = {name: f'[models.{name}]\nsource = "../{name}"\n' for name in DEMO_MODELS}
     return {
@@ -331,7 +330,7 @@ description = "Linear soup of the chat, code and math fine-tunes"
 [merge]
 method = "linear"
 dtype = "bfloat16"
-output = "merges/linear-soup"
+output = "../merges/linear-soup"
 
 {models["chat"]}
 [models.chat.parameters]
@@ -353,7 +352,7 @@ description = "SLERP with attention/mlp gradients across layers"
 method = "slerp"
 base = "chat"
 dtype = "bfloat16"
-output = "merges/slerp-gradient"
+output = "../merges/slerp-gradient"
 
 {models["chat"]}
 {models["code"]}
@@ -372,7 +371,7 @@ description = "TIES of three fine-tunes onto their base"
 method = "ties"
 base = "base"
 dtype = "bfloat16"
-output = "merges/ties"
+output = "../merges/ties"
 
 {models["base"]}
 {models["chat"]}
@@ -402,7 +401,7 @@ method = "dare_ties"
 base = "base"
 dtype = "bfloat16"
 seed = 42
-output = "merges/dare-ties"
+output = "../merges/dare-ties"
 
 {models["base"]}
 {models["chat"]}
@@ -427,7 +426,7 @@ description = "Passthrough layer stack, 8 + 8 -> 12 layers"
 [merge]
 method = "passthrough"
 dtype = "bfloat16"
-output = "merges/passthrough-stack"
+output = "../merges/passthrough-stack"
 
 {models["base"]}
 {models["chat"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,9 @@ def test_validate_needs_a_recipe(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_convert_toml_to_yaml_and_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    source = SAMPLES / "marcoro14-slerp.toml"
+    # In one folder: across folders a relative output is rebased (tests/test_harden_paths.py).
+    source = tmp_path / "marcoro14-slerp.toml"
+    shutil.copyfile(SAMPLES / "marcoro14-slerp.toml", source)
     yaml_path = tmp_path / "marcoro.yaml"
     assert main(["convert", str(source), str(yaml_path)]) == 0
     assert f"wrote {yaml_path}" in capsys.readouterr().out

@@ -226,7 +226,8 @@ def test_demo_recipes_load_and_point_at_the_models(demo) -> None:
         recipe = load_recipe(path)
         methods[name] = recipe.method
         assert recipe.method in METHODS
-        assert recipe.output == f"merges/{name}"
+        assert recipe.output == f"../merges/{name}"  # relative to the recipe file
+        assert (path.parent / recipe.output).resolve() == demo.merges_dir / name
         for entry in recipe.models.values():
             folder = (path.parent / entry.source).resolve()
             assert folder in demo.models.values() and (folder / "config.json").is_file()

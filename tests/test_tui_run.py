@@ -30,7 +30,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def write_recipe(tmp_path: Path, family: dict[str, Path], output: str | None = "out") -> Path:
+def write_recipe(tmp_path: Path, family: dict[str, Path], output: str | None = "../out") -> Path:
+    """recipes/soup.toml; its output (relative to the recipe file) is tmp_path/out by default."""
     path = tmp_path / "recipes" / "soup.toml"
     path.parent.mkdir(exist_ok=True)
     out_line = f'output = "{output}"\n' if output else ""
@@ -248,7 +249,8 @@ async def test_a_recipe_without_output_asks_for_one(
         await until_done(app, pilot, screen)
         assert app.document.recipe.output == str(Path("merges") / "soup")
         assert app.document.modified
-        assert (tmp_path / "merges" / "soup" / "model.safetensors").is_file()
+        # Relative to the recipe's folder, as every path in a recipe.
+        assert (tmp_path / "recipes" / "merges" / "soup" / "model.safetensors").is_file()
 
 
 async def test_a_failed_merge_says_why_and_is_recorded(tmp_path: Path) -> None:
@@ -576,7 +578,8 @@ async def test_switching_back_redraws_the_summary_only_when_it_changed(
         await pilot.press("f4")
         await pilot.pause()
         assert updates == ["run-summary"]
-        assert "output: elsewhere" in str(screen.query_one("#run-summary").render())
+        # Beside the recipe (recipes/soup.toml), shown from the working folder.
+        assert "output: recipes/elsewhere" in str(screen.query_one("#run-summary").render())
 
 
 async def test_elapsed_keeps_counting_while_no_tensor_finishes(

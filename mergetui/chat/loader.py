@@ -78,9 +78,12 @@ def resolve_checkpoint(source: str | Path, base_dir: Path | None = None) -> Path
     text = str(source).strip()
     if not text:
         raise UserError("no model given", fix="name a checkpoint folder or a downloaded Hub id")
-    candidate = Path(text).expanduser()
-    if not candidate.is_absolute() and base_dir is not None and (base_dir / candidate).exists():
-        candidate = base_dir / candidate
+    if base_dir is not None:  # a recipe's model: the recipe path rule (mergetui.recipe.paths)
+        from mergetui.recipe.paths import local_model_path
+
+        candidate = local_model_path(text, base_dir)
+    else:
+        candidate = Path(text).expanduser()
     if candidate.is_dir():
         folder = candidate.resolve()
     else:

@@ -175,9 +175,12 @@ def open_model(source: str, revision: str | None, base_dir: Path | None, remote:
     from mergetui.checkpoints.inspect import open_checkpoint
     from mergetui.checkpoints.locate import find_local, looks_like_hub_id
 
-    candidate = Path(source).expanduser()
-    if not candidate.is_absolute() and base_dir is not None and (base_dir / candidate).is_dir():
-        return open_checkpoint(base_dir / candidate)
+    if base_dir is not None:  # the recipe path rule (mergetui.recipe.paths)
+        from mergetui.recipe.paths import local_model_path
+
+        candidate = local_model_path(source, base_dir)
+        if candidate.is_dir():
+            return open_checkpoint(candidate)
     found = find_local(source, revision)
     if found is not None:
         return open_checkpoint(found)

@@ -1,8 +1,9 @@
 """`mergetui convert IN OUT`: mergekit YAML <-> mergetui TOML, chosen by the file extensions.
 
 Model names, seed, output and description survive a trip through YAML (kept in a `# mergetui:`
-comment that mergekit ignores). Relative model folders are rewritten so they still point at the same
-place from OUT's folder. OUT is never overwritten without `--force`, and is written atomically.
+comment that mergekit ignores). Relative model folders and a relative output (paths in a recipe are
+relative to its file) are rewritten so they still point at the same place from OUT's folder. OUT is
+never overwritten without `--force`, and is written atomically.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         )
     recipe = load_recipe(args.input)
     moved = rebase_model_paths(recipe, Path(args.input).parent, target.parent)
+    moved_output = rebase_output(recipe, Path(args.input).parent, target.parent)
     text = dumps_recipe(recipe, out_format)
     write_text_atomic(target, text)
     out = console()
@@ -46,7 +48,27 @@ def run(args: argparse.Namespace) -> int:
         out.print(
             f"  model {name}: {old} -> {new} (relative to {target.parent or '.'})", markup=False
         )
+    if moved_output is not None:
+        old, new = moved_output
+        out.print(f"  output: {old} -> {new} (relative to {target.parent or '.'})", markup=False)
     return 0
+
+
+def rebase_output(recipe, source_dir: Path, target_dir: Path) -> tuple[str, str] | None:
+    """Rewrite a relative `output` so it names the same folder from `target_dir`; (old, new) when
+    it changed."""
+    from mergetui.recipe.paths import recipe_path
+
+    output = recipe.output
+    if not output or Path(output).expanduser().is_absolute():
+        return None
+    if source_dir.resolve() == target_dir.resolve():
+        return None
+    new = Path(os.path.relpath(recipe_path(output, source_dir.resolve()), target_dir.resolve()))
+    if new.as_posix() == output:
+        return None
+    recipe.output = new.as_posix()
+    return output, recipe.output
 
 
 def rebase_model_paths(recipe, source_dir: Path, target_dir: Path) -> list[tuple[str, str, str]]:

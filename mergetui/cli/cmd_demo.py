@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_tui:
         run_app = _app_runner()
         if run_app is not None:
-            # Recipe outputs are relative to the working folder: merges made in the app land in
-            # the demo's merges/ folder.
+            # From the demo folder, paths typed in the app (added models) read as in the demo;
+            # the recipes' outputs are relative to their files (../merges/NAME) anyway.
             os.chdir(info.directory)
             # The demo folder is a models folder from the start: its four checkpoints and the
             # merges made from its recipes are on the Checkpoints screen (for this session).
@@ -117,7 +117,7 @@ def _print_next_steps(info: Any) -> None:
     from mergetui.cli.output import console
 
     out = console()
-    out.print("\n[bold]Next, try[/] (recipe outputs are relative to the folder you merge from):")
+    out.print("\n[bold]Next, try[/] (paths in a recipe are relative to its file):")
     where = _relative(info.directory)
     if where != ".":
         out.print(f"  cd {escape(where)}")

@@ -4,7 +4,8 @@ One JSON object per line in `<data>/runs.jsonl`, newest last, each with the reci
 run started (TOML text, unsaved edits included), so a past run can be reopened exactly. `<data>` is
 `platformdirs.user_data_dir("mergetui")`, or `$MERGETUI_DATA_DIR` when set (tests point it at a
 temporary folder). Appending is one write of one line; a damaged line is skipped, never fatal: the
-history is a convenience, never a reason to refuse a merge.
+history is a convenience, never a reason to refuse a merge. The recipe and output paths are stored
+absolute, so a past run means the same whatever folder mergetui is started in later.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +115,21 @@ def load_history(path: Path | None = None) -> list[RunRecord]:
     return records
 
 
+def with_absolute_paths(record: RunRecord) -> RunRecord:
+    """`record` with its recipe path made absolute (from the working folder, where it was given)
+    and its output too (from the recipe's folder, by the recipe path rule)."""
+    from mergetui.recipe.paths import cli_path, recipe_folder, recipe_path
+
+    recipe_file = str(cli_path(record.recipe_path)) if record.recipe_path else None
+    output = record.output_dir
+    if output:
+        output = str(recipe_path(output, recipe_folder(recipe_file)))
+    return replace(record, recipe_path=recipe_file, output_dir=output)
+
+
 def append_run(record: RunRecord, path: Path | None = None) -> Path:
     """Add a run; past HISTORY_LIMIT runs the oldest are dropped (the file rewritten atomically)."""
+    record = with_absolute_paths(record)
     target = path or history_path()
     with _LOCK:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -267,11 +267,16 @@ def write_tokenizer(plan: Plan, folder: Path, extras: Extras) -> None:
 
 
 def recipe_texts(plan: Plan) -> tuple[str, str | None]:
-    """The recipe as run (seed included, local paths made absolute): TOML, and mergekit YAML when
-    mergekit can express it."""
+    """The recipe as run: TOML, and mergekit YAML when mergekit can express it.
+
+    The seed that was used is included and local model paths are made absolute, so the copy reruns
+    from anywhere. `output` is left out: the copy lives inside the output, where a relative output
+    would name a folder inside this one, and a stale one (the recipe's, after `--out`) would mislead;
+    a rerun says where with `--out`.
+    """
     from mergetui.recipe import io as recipe_io
 
-    recipe = dataclasses.replace(plan.recipe, seed=plan.seed)
+    recipe = dataclasses.replace(plan.recipe, seed=plan.seed, output=None)
     models = {}
     for name, entry in recipe.models.items():
         planned = plan.models.get(name)
@@ -312,7 +317,9 @@ def model_card(plan: Plan, recipe_toml: str, recipe_yaml: str | None) -> str:
             if model.revision:
                 shown += f" (revision `{model.revision}`)"
         else:
-            shown = f"`{model.source}`"
+            # A path means nothing beside the output (`../chat`): name the folder; the recipe
+            # below has its full path.
+            shown = f"local folder `{model.path.name}`"
         return f"**{name}**: {shown}"
 
     base = plan.base
@@ -351,7 +358,7 @@ def model_card(plan: Plan, recipe_toml: str, recipe_yaml: str | None) -> str:
         "### Recipe",
         "",
         f"The mergetui recipe that produced this model (`{RECIPE_FILE}`; rerun it with "
-        f"`mergetui merge {RECIPE_FILE}`):",
+        f"`mergetui merge {RECIPE_FILE} --out NEW_FOLDER`):",
         "",
         "```toml",
         recipe_toml.rstrip(),

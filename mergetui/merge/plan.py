@@ -20,7 +20,6 @@ No torch import here: a dry run and the app's recipe screen stay fast.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from mergetui.merge.device import check_device_name
 from mergetui.merge.output import build_output_config, config_vocab_size
 from mergetui.merge.remote_code import left_out_notice, strip_code_keys
 from mergetui.merge.writer import DEFAULT_SHARD_SIZE, OutputLayout, human_bytes, layout_output
+from mergetui.recipe.paths import folder_of, local_model_path, output_folder
 
 if TYPE_CHECKING:
     from mergetui.checkpoints.inspect import Checkpoint
@@ -261,9 +261,11 @@ def make_plan(
 ) -> Plan:
     """Turn a recipe into a Plan, reading only configs and safetensors headers.
 
-    Model sources are looked up as a folder relative to `recipe_dir` first, then to the current
-    directory (what mergekit does), then in the Hugging Face cache. `out` overrides the recipe's
-    output. Raises UserError for anything wrong with the recipe or the checkpoints.
+    Paths in the recipe follow `mergetui.recipe.paths`: relative to `recipe_dir` (default: the
+    folder of the recipe's file, else the working folder). Model sources are looked up as a folder
+    there, then relative to the working folder (what mergekit does), then in the Hugging Face cache.
+    `out` (a command-line path, relative to the working folder) overrides the recipe's output.
+    Raises UserError for anything wrong with the recipe or the checkpoints.
     Models of different architectures are refused unless `allow_mixed_architectures`. Without
     `trust_remote_code` the output config leaves out the donor's `auto_map` (see `remote_code`).
     """
@@ -277,8 +279,8 @@ def make_plan(
             fix="use one of " + ", ".join(METHODS),
         )
     device = check_device_name(device)
-    recipe_dir = Path(recipe_dir).resolve() if recipe_dir is not None else None
-    output_dir = _output_dir(recipe, out)
+    recipe_dir = folder_of(recipe, recipe_dir)
+    output_dir = _output_dir(recipe, recipe_dir, out)
     notices: list[str] = []
 
     used = _used_models(recipe)
@@ -430,17 +432,9 @@ def resolve_model_path(
     """(folder, is_local_path) for a model source, or None when it is nowhere on this machine."""
     from mergetui.checkpoints.locate import find_local
 
-    expanded = Path(os.path.expanduser(source))
-    candidates = []
-    if expanded.is_absolute():
-        candidates.append(expanded)
-    else:
-        if recipe_dir is not None:
-            candidates.append(recipe_dir / expanded)
-        candidates.append(Path.cwd() / expanded)
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate.resolve(), True
+    candidate = local_model_path(source, recipe_dir if recipe_dir is not None else Path.cwd())
+    if candidate.is_dir():
+        return candidate.resolve(), True
     found = find_local(source, revision)
     if found is not None:
         return Path(found), False
@@ -464,8 +458,8 @@ def _open_model(
                 f"download it first (huggingface-cli download {entry.source}, or the app's "
                 "Checkpoints screen)"
                 if hub
-                else "check the path; relative paths are read from the recipe's folder, then "
-                "from the current directory"
+                else "check the path; relative paths are read from the recipe's folder (then, "
+                "as mergekit does, from the current directory)"
             ),
         )
     path, is_local = resolved
@@ -494,15 +488,15 @@ def _check_output_apart_from_inputs(output_dir: Path, models: Mapping[str, Plann
             )
 
 
-def _output_dir(recipe: Recipe, out: str | Path | None) -> Path:
-    chosen = out if out is not None else recipe.output
-    if not chosen:
+def _output_dir(recipe: Recipe, recipe_dir: Path, out: str | Path | None) -> Path:
+    chosen = output_folder(recipe, recipe_dir, out)
+    if chosen is None:
         raise UserError(
             "no output folder: the recipe has no `output` and none was given",
             where="merge.output",
             fix="pass --out DIR, or set output in the recipe's [merge] table",
         )
-    return Path(os.path.expanduser(str(chosen))).absolute()
+    return chosen
 
 
 # ----------------------------------------------------------------------------------------------

@@ -106,10 +106,10 @@ def validate_recipe(
     working directory). With `offline` no checkpoint is opened: only the recipe and the presence
     of its model folders are checked.
     """
+    from mergetui.recipe.paths import folder_of
+
     problems = _Problems(recipe)
-    if base_dir is None and recipe.source_path:
-        base_dir = Path(recipe.source_path).parent
-    folder = Path(base_dir) if base_dir is not None else Path.cwd()
+    folder = folder_of(recipe, base_dir)
 
     spec = _check_method(problems)
     _check_dtypes(problems)
@@ -590,6 +590,7 @@ def _used_models(recipe: Recipe) -> list[str]:
 def _check_paths(problems: _Problems, folder: Path) -> dict[str, Path]:
     """Find each model on disk; a missing local folder is an error, an uncached Hub id a warning."""
     from mergetui.checkpoints.locate import find_local, looks_like_hub_id
+    from mergetui.recipe.paths import local_model_path
 
     located: dict[str, Path] = {}
     for name, entry in problems.recipe.models.items():
@@ -597,9 +598,7 @@ def _check_paths(problems: _Problems, folder: Path) -> dict[str, Path]:
         if not source:
             continue
         where = f"models.{name}.source"
-        candidate = Path(source).expanduser()
-        if not candidate.is_absolute():
-            candidate = folder / candidate
+        candidate = local_model_path(source, folder)  # beside the recipe, else from the cwd
         if candidate.is_dir():
             located[name] = candidate
         elif candidate.exists():

@@ -496,9 +496,10 @@ class ChatScreen(ModeScreen):
         self.query_one("#chat-status", Static).update(text)
 
     def _base_dir(self) -> Path:
+        from mergetui.recipe.paths import recipe_folder
+
         document = self.app.document
-        path = document.path or document.origin
-        return path.parent if path is not None else Path.cwd()
+        return recipe_folder(document.path or document.origin)
 
     def load_candidates(self) -> list[tuple[str, str]]:
         """The merge just made, the recipe's models, then past finished merges that still exist."""
@@ -516,11 +517,11 @@ class ChatScreen(ModeScreen):
         last = getattr(self.app, "last_merge_output", None)
         if last and Path(last).is_dir():
             add("the merge just made", last)
+        from mergetui.recipe.paths import local_model_path
+
         base = self._base_dir()
         for name, entry in self.app.document.recipe.models.items():
-            candidate = Path(entry.source).expanduser()
-            if not candidate.is_absolute() and (base / candidate).is_dir():
-                candidate = base / candidate
+            candidate = local_model_path(entry.source, base)
             if candidate.is_dir():
                 add(f"recipe model {name}", candidate.resolve())
         try:
@@ -543,11 +544,11 @@ class ChatScreen(ModeScreen):
             last = getattr(self.app, "last_merge_output", None)
             if last and Path(last).is_dir():
                 sources.append((Path(last).name, str(Path(last).resolve())))
+        from mergetui.recipe.paths import local_model_path
+
         base = self._base_dir()
         for name, entry in self.app.document.recipe.models.items():
-            candidate = Path(entry.source).expanduser()
-            if not candidate.is_absolute() and (base / candidate).is_dir():
-                candidate = base / candidate
+            candidate = local_model_path(entry.source, base)
             if candidate.is_dir():
                 sources.append((name, str(candidate.resolve())))
             else:

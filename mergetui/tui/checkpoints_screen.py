@@ -693,8 +693,9 @@ class CheckpointsScreen(ModeScreen):
         self._shown_key = None
         import copy
 
-        path = self.app.document.path or self.app.document.origin
-        base_dir = path.parent if path is not None else Path.cwd()
+        from mergetui.recipe.paths import recipe_folder
+
+        base_dir = recipe_folder(self.app.document.path or self.app.document.origin)
         self._check(copy.deepcopy(recipe), base_dir)
 
     @work(thread=True, exclusive=True, group="ck-check", exit_on_error=False)

@@ -702,8 +702,9 @@ class RecipeScreen(ModeScreen):
     # -- validation ----------------------------------------------------------------------------
 
     def _base_dir(self) -> Path:
-        path = self.document.path or self.document.origin
-        return path.parent if path is not None else Path.cwd()
+        from mergetui.recipe.paths import recipe_folder
+
+        return recipe_folder(self.document.path or self.document.origin)
 
     def _validate(self) -> None:
         from mergetui.recipe.validate import validate_recipe
@@ -1240,12 +1241,13 @@ class RecipeScreen(ModeScreen):
         self._suggest_pending = False
 
     def _output_folder(self) -> Path | None:
-        """The recipe's output folder, when a merged model is there."""
-        if not self.recipe.output:
+        """The recipe's output folder (read from the recipe's folder, as the merge writes it), when
+        a merged model is there."""
+        from mergetui.recipe.paths import output_folder
+
+        folder = output_folder(self.recipe, self._base_dir())
+        if folder is None:
             return None
-        folder = Path(self.recipe.output).expanduser()
-        if not folder.is_absolute():
-            folder = self._base_dir() / folder
         has_weights = folder.is_dir() and (
             any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").exists()
         )
@@ -1621,13 +1623,11 @@ def read_checkpoint_facts(source: str, revision: str | None, base_dir: Path) -> 
     """Headers only: layer count, tensor names and parameter counts, or why they are unknown."""
     from mergetui.checkpoints.inspect import open_checkpoint
     from mergetui.checkpoints.locate import find_local
+    from mergetui.recipe.paths import local_model_path
 
     try:
-        candidate = Path(source).expanduser()
-        if not candidate.is_absolute() and (base_dir / candidate).exists():
-            path: Path | None = base_dir / candidate
-        else:
-            path = find_local(source, revision)
+        candidate = local_model_path(source, base_dir)
+        path = candidate if candidate.exists() else find_local(source, revision)
         if path is None:
             return CheckpointFacts(error=f"{source}: not found locally (not downloaded yet?)")
         checkpoint = open_checkpoint(path)

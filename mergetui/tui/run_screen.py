@@ -372,15 +372,22 @@ class RunScreen(ModeScreen):
     # -- what the screen says ------------------------------------------------------------------
 
     def _recipe_dir(self) -> Path:
+        from mergetui.recipe.paths import recipe_folder
+
         document = self.app.document
-        path = document.path or document.origin
-        return path.parent if path is not None else Path.cwd()
+        return recipe_folder(document.path or document.origin)
+
+    def _relative_to(self) -> str:
+        """What a relative output is read from, in words (the output prompt's hint)."""
+        document = self.app.document
+        owner = "the recipe's folder" if document.path or document.origin else "the working folder"
+        return f"{owner}, {short_path(self._recipe_dir())}"
 
     def _output_dir(self) -> Path | None:
-        output = self.app.document.recipe.output
-        if not output:
-            return None
-        return Path(os.path.expanduser(str(output))).absolute()
+        """Where the merge will write: the recipe's output, read from the recipe's folder."""
+        from mergetui.recipe.paths import output_folder
+
+        return output_folder(self.app.document.recipe, self._recipe_dir())
 
     def _show_idle(self) -> None:
         recipe = self.app.document.recipe
@@ -527,7 +534,7 @@ class RunScreen(ModeScreen):
                     "Output folder for the merged model",
                     str(Path("merges") / stem),
                     paths=True,
-                    hint="relative to the folder mergetui runs in · enter merges · escape cancels",
+                    hint=f"relative to {self._relative_to()} · enter merges · escape cancels",
                 ),
                 self._output_chosen,
             )
