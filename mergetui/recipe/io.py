@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mergetui.errors import UserError
+from mergetui.recipe import limits
 from mergetui.recipe.model import (
     Conditional,
     ModelEntry,
@@ -148,6 +149,13 @@ class _Reader:
     def table(self, value: Any, path: Path_, what: str) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.fail(path, f"'{dotted(path)}' must be a table ({what})")
+        return self.sized(value, path)
+
+    def sized(self, value: Any, path: Path_) -> Any:
+        """`value` itself, unless it is a list or table of more than limits.MAX_ENTRIES entries."""
+        if isinstance(value, (list, dict)) and len(value) > limits.MAX_ENTRIES:
+            message, fix = limits.entries_error(f"'{dotted(path)}'", len(value))
+            raise self.fail(path, message, fix)
         return value
 
     def string(self, value: Any, path: Path_, *, required: bool = False) -> str | None:
@@ -193,6 +201,7 @@ class _Reader:
         if isinstance(raw, dict):
             return self.conditional(raw, path)
         if isinstance(raw, list):
+            self.sized(raw, path)
             if all(_is_scalar(item) for item in raw):
                 return list(raw)
             if all(isinstance(item, dict) for item in raw):
@@ -214,7 +223,7 @@ class _Reader:
             raise self.fail(
                 path, f"'{dotted(path)}' has a filter but no value", "add value = <number>"
             )
-        value = raw["value"]
+        value = self.sized(raw["value"], path + ("value",))
         if not (_is_scalar(value) or (isinstance(value, list) and all(map(_is_scalar, value)))):
             raise self.fail(
                 path + ("value",),
@@ -421,8 +430,12 @@ def toml_locations(text: str) -> dict[str, int]:
 
 def loads_toml(text: str, source: str | None = None) -> Recipe:
     """A recipe from mergetui TOML. `source` (the file name) goes into error messages."""
+    limits.check_text_size(text, source)
     try:
+        limits.check_toml_text(text)
         data = tomllib.loads(text)
+    except limits.LimitExceeded as exc:
+        raise exc.located(source) from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         match = re.search(r"\(at line (\d+), column (\d+)\)", message)
@@ -433,6 +446,8 @@ def loads_toml(text: str, source: str | None = None) -> Recipe:
         raise UserError(
             f"not valid TOML: {message}", where=where, fix="fix the syntax at that line"
         ) from None
+    except ValueError as exc:  # what the scan above missed (tomllib's int() limits)
+        raise UserError(f"not valid TOML: {exc}", where=source or "<recipe>") from None
     reader = _Reader(source, toml_locations(text))
     recipe = _recipe_from_toml_data(data, reader)
     recipe.locations = reader.locations
@@ -504,7 +519,7 @@ def _recipe_from_toml_data(data: dict[str, Any], reader: _Reader) -> Recipe:
 def _toml_slice(raw: Any, path: Path_, reader: _Reader) -> Slice:
     table = reader.table(raw, path, "sources, base, parameters")
     reader.check_keys(table, _SLICE_KEYS, path, "a slice")
-    raw_sources = table.get("sources")
+    raw_sources = reader.sized(table.get("sources"), path + ("sources",))
     if not isinstance(raw_sources, list):
         raise reader.fail(
             path,
@@ -750,7 +765,7 @@ def _yaml_classes() -> tuple[type, type]:
         re.VERBOSE,
     )
 
-    class Loader(yaml.SafeLoader):
+    class Loader(limits.bounded_loader(yaml.SafeLoader)):  # type: ignore[misc]
         pass
 
     class Dumper(yaml.SafeDumper):
@@ -780,6 +795,7 @@ def _yaml_compose(text: str, source: str | None) -> tuple[Any, dict[str, int]]:
     """Parse YAML into plain Python data plus the line of every key and list item."""
     import yaml
 
+    limits.check_text_size(text, source)
     loader_cls, _ = _yaml_classes()
     loader = loader_cls(text)
     where = source or "<recipe>"
@@ -796,6 +812,8 @@ def _yaml_compose(text: str, source: str | None) -> tuple[Any, dict[str, int]]:
         ) from None
     except yaml.YAMLError as exc:
         raise UserError(f"not valid YAML: {exc}", where=where) from None
+    except limits.LimitExceeded as exc:
+        raise exc.located(source) from None
     finally:
         loader.dispose()
     return data, locations
@@ -966,7 +984,7 @@ class _YamlImport:
 
         slices: list[Slice] | None = None
         if has_models:
-            raw_models = data["models"]
+            raw_models = reader.sized(data["models"], ("models",))
             if not isinstance(raw_models, list):
                 raise reader.fail(("models",), "'models' must be a list of - model: entries")
             for i, raw in enumerate(raw_models):
@@ -1049,7 +1067,7 @@ class _YamlImport:
                 message, fix = _YAML_UNSUPPORTED[key]
                 raise reader.fail(path + (key,), message, fix)
         reader.check_keys(table, _YAML_SLICE_KEYS, path, "a slice")
-        raw_sources = table.get("sources")
+        raw_sources = reader.sized(table.get("sources"), path + ("sources",))
         if not isinstance(raw_sources, list) or not raw_sources:
             raise reader.fail(path, f"'{dotted(path)}' needs a list of sources")
         sources = []
@@ -1418,6 +1436,7 @@ def dumps_recipe(recipe: Recipe, fmt: str) -> str:
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read a recipe file: .toml is mergetui's form, .yaml/.yml mergekit's."""
     fmt = recipe_format(path)
+    _check_recipe_file(Path(path))
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -1427,6 +1446,33 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     except UnicodeDecodeError:
         raise UserError("the recipe is not UTF-8 text", where=str(path)) from None
     return loads_recipe(text, fmt, str(path))
+
+
+def _check_recipe_file(path: Path) -> None:
+    """Refuse, before reading, what is not a plain file of recipe size (a FIFO would block)."""
+    import stat
+
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return  # reading says so
+    except OSError as exc:
+        raise UserError(f"cannot read the recipe: {exc.strerror}", where=str(path)) from None
+    if stat.S_ISDIR(info.st_mode):
+        return
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(
+            "the recipe is not a regular file",
+            where=str(path),
+            fix="point at a .toml or .yaml file",
+        )
+    if info.st_size > limits.MAX_RECIPE_BYTES:
+        raise UserError(
+            f"the recipe is {info.st_size:,} bytes; recipes are limited to "
+            f"{limits.MAX_RECIPE_BYTES // 1024} KiB",
+            where=str(path),
+            fix="is this the right file? recipes are a few kilobytes of settings",
+        )
 
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike[str]) -> None:

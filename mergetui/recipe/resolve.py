@@ -77,12 +77,15 @@ _WHAT = {"float": "a number", "int": "a whole number", "bool": "true or false"}
 
 
 def _to_float(value: Any) -> float:
-    if isinstance(value, (bool, int, float)):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if _FLOAT_RE.match(text):
-            return float(text)
+    try:
+        if isinstance(value, (bool, int, float)):
+            return float(value)
+        if isinstance(value, str):
+            text = value.strip()
+            if _FLOAT_RE.match(text):
+                return float(text)
+    except OverflowError:  # an integer beyond float's range (pydantic refuses it too)
+        pass
     raise _bad(value, "a number")
 
 
@@ -97,10 +100,13 @@ def _to_int(value: Any) -> int:
         raise _bad(value, "a whole number")
     if isinstance(value, str):
         text = value.strip()
-        if _INT_RE.match(text):
-            return int(text)
-        if _INT_FLOAT_RE.match(text):
-            return int(text.split(".")[0])
+        try:
+            if _INT_RE.match(text):
+                return int(text)
+            if _INT_FLOAT_RE.match(text):
+                return int(text.split(".")[0])
+        except ValueError:  # more digits than int() reads
+            pass
     raise _bad(value, "a whole number")
 
 
@@ -141,15 +147,8 @@ def evaluate(
     if isinstance(value, (list, tuple)):
         if not value:
             return None
-        if all(_is_scalar(item) for item in value):
-            values = [coerce(item, ptype) for item in value]
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                return values[int(t * (len(values) - 1))]
-            scaled = t * (len(value) - 1)
-            i0 = int(scaled)
-            i1 = min(len(value) - 1, i0 + 1)
-            frac = scaled - i0
-            return coerce((1 - frac) * values[i0] + frac * values[i1], ptype)
+        if _is_scalar(value[0]):
+            return _gradient(value, t, ptype)
         for entry in value:
             if not isinstance(entry, Conditional):
                 raise ParameterValueError(
@@ -164,6 +163,44 @@ def evaluate(
                 return evaluate(entry.value, tensor_name, t, ptype)
         return None
     raise ParameterValueError(f"unexpected parameter value {value!r}")
+
+
+# Anchor types that need no coercion: a gradient made only of these is valid as it is.
+_PLAIN = {"float": frozenset({int, float}), "int": frozenset({int}), "bool": frozenset({bool})}
+
+
+def _gradient(values: Sequence[Any], t: float, ptype: ParamType | ParamSpec) -> Any:
+    """A gradient's value at t, as mergekit's `evaluate_setting` gives it.
+
+    mergekit coerces every anchor on every call; the engine and the validator ask once per tensor,
+    so that would cost tensors x anchors. The same checks run here at C speed when every anchor is
+    already of the parameter's type (the usual case); only the anchors read are then coerced.
+    """
+    kind = ptype.type if isinstance(ptype, ParamSpec) else ptype
+    if not _plain(values, kind):
+        for value in values:  # strings, booleans for numbers...: any invalid anchor fails
+            coerce(value, ptype)
+    scaled = t * (len(values) - 1)
+    i0 = int(scaled)
+    if kind == "bool":
+        return coerce(values[i0], ptype)
+    i1 = min(len(values) - 1, i0 + 1)
+    frac = scaled - i0
+    low, high = coerce(values[i0], ptype), coerce(values[i1], ptype)
+    return coerce((1 - frac) * low + frac * high, ptype)
+
+
+def _plain(values: Sequence[Any], kind: ParamType) -> bool:
+    """Whether every anchor is valid as it is (checked at C speed, without a loop in Python)."""
+    types = set(map(type, values))
+    if not types <= _PLAIN[kind]:
+        return False
+    if kind == "float" and int in types:
+        try:
+            list(map(float, values))
+        except OverflowError:  # an integer beyond float's range is no number
+            return False
+    return True
 
 
 def layer_t(index: int, count: int) -> float:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mergetui.errors import UserError
 from mergetui.recipe.io import TOKENIZER_KEYWORDS, did_you_mean
+from mergetui.recipe.limits import MAX_LAYER, MAX_PARAMETER
 from mergetui.recipe.methods import METHODS, MethodSpec, ParamSpec
 from mergetui.recipe.model import Conditional, Parameters, ParamValue, Recipe, Slice
 from mergetui.recipe.resolve import (
@@ -113,6 +114,7 @@ def validate_recipe(
 
     spec = _check_method(problems)
     _check_dtypes(problems)
+    _check_seed(problems)
     _check_models(problems)
     _check_slices(problems)
     _check_base(problems, spec)
@@ -173,6 +175,19 @@ def _check_dtypes(problems: _Problems) -> None:
             f"merge.{key}",
             f"unknown {key} '{value}'",
             hint or f"use one of: {', '.join(DTYPES)}",
+        )
+
+
+SEED_MAX = 2**32 - 1  # mergekit's --random-seed goes to numpy, which takes 0 to 2**32 - 1
+
+
+def _check_seed(problems: _Problems) -> None:
+    seed = problems.recipe.seed
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        problems.error(
+            "merge.seed",
+            f"seed must be a whole number from 0 to {SEED_MAX}; got {seed}",
+            "use a smaller seed, e.g. seed = 42",
         )
 
 
@@ -261,6 +276,12 @@ def _check_slices(problems: _Problems) -> None:
                     f"{swhere}.layers",
                     f"layer range [{start}, {end}] is empty or negative",
                     "write [start, end) with 0 <= start < end",
+                )
+            elif end > MAX_LAYER:
+                problems.error(
+                    f"{swhere}.layers",
+                    f"layer range [{start}, {end}] goes past layer {MAX_LAYER:,}",
+                    "layer numbers count the model's layers (a few hundred at most)",
                 )
         lengths = [source.num_layers for source in slice_.sources]
         if len(set(lengths)) > 1:
@@ -476,6 +497,13 @@ def _check_values(problems: _Problems, pspec: ParamSpec, value: ParamValue, wher
             continue
         if pspec.type == "bool" or number is None:
             continue
+        if not math.isfinite(number):
+            problems.error(
+                path,
+                f"{pspec.name} must be a finite number; got {scalar!r}",
+                "NaN or infinity makes every merged tensor NaN or infinite; write a number",
+            )
+            continue
         if (pspec.minimum is not None or pspec.maximum is not None) and _out_of_range(
             pspec, number
         ):
@@ -483,6 +511,13 @@ def _check_values(problems: _Problems, pspec: ParamSpec, value: ParamValue, wher
                 path,
                 f"{pspec.name} must be {_range_text(pspec)}; got {scalar!r}",
                 _RANGE_FIXES.get(pspec.name, f"use a value {_range_text(pspec)}"),
+            )
+        elif abs(number) > MAX_PARAMETER:
+            problems.error(
+                path,
+                f"{pspec.name} must be between {-MAX_PARAMETER:g} and {MAX_PARAMETER:g}; "
+                f"got {scalar!r}",
+                "real weights and scales are near 1; values this large overflow the output",
             )
 
 
