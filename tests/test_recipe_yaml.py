@@ -96,10 +96,11 @@ def test_imports_models_form_with_base_appended() -> None:
         "wizardmath-13b-v1.0",
         "llama-2-13b-fp16",
     ]
-    # mergekit adds the base as the last input when it is not listed; so does the import.
+    # mergekit adds the base as the last input when it is not listed; so does the import, and it
+    # remembers that the config did not list it (so the YAML export does not list it either).
     assert recipe.base == "llama-2-13b-fp16"
     assert recipe.models["llama-2-13b-fp16"] == ModelEntry(
-        "llama-2-13b-fp16", "TheBloke/Llama-2-13B-fp16"
+        "llama-2-13b-fp16", "TheBloke/Llama-2-13B-fp16", listed=False
     )
     assert recipe.models["orca_mini_v3_13b"].parameters == {"density": [1, 0.7, 0.1], "weight": 1.0}
     assert recipe.models["wizardmath-13b-v1.0"].parameters["weight"] == [

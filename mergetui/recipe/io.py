@@ -60,7 +60,7 @@ _MERGE_KEYS = (
     "tokenizer",
     "chat_template",
 )
-_MODEL_KEYS = ("source", "revision", "parameters")
+_MODEL_KEYS = ("source", "revision", "listed", "parameters")
 _SLICE_KEYS = ("sources", "base", "parameters")
 _SOURCE_KEYS = ("model", "layers", "parameters")
 _CONDITIONAL_KEYS = ("filter", "value")
@@ -478,16 +478,20 @@ def _recipe_from_toml_data(data: dict[str, Any], reader: _Reader) -> Recipe:
         reader.check_keys(entry, _MODEL_KEYS, path, f"[models.{name}]")
         source = reader.string(entry.get("source"), path + ("source",), required=True)
         assert source is not None
+        listed = entry.get("listed", True)
+        if not isinstance(listed, bool):
+            raise reader.fail(path + ("listed",), f"'{dotted(path)}.listed' must be true or false")
         models[name] = ModelEntry(
             name=name,
             source=source,
             revision=reader.string(entry.get("revision"), path + ("revision",)),
             parameters=reader.parameters(entry.get("parameters"), path + ("parameters",)),
+            listed=listed,
         )
 
     slices: list[Slice] | None = None
     if "slices" in data:
-        raw_slices = data["slices"]
+        raw_slices = reader.sized(data["slices"], ("slices",))
         if not isinstance(raw_slices, list):
             raise reader.fail(("slices",), "'slices' must be an array of tables ([[slices]])")
         slices = [_toml_slice(raw, ("slices", i), reader) for i, raw in enumerate(raw_slices)]
@@ -704,6 +708,8 @@ def dumps_toml(recipe: Recipe) -> str:
         lines.append(f"source = {_toml_string(entry.source)}")
         if entry.revision is not None:
             lines.append(f"revision = {_toml_string(entry.revision)}")
+        if not entry.listed:
+            lines.append("listed = false")
         if entry.parameters:
             lines.append("")
             lines.append(f"[{header}.parameters]")
@@ -1007,14 +1013,16 @@ class _YamlImport:
                 self.relocate(path + ("parameters",), ("models", name, "parameters"))
                 self.relocate(path, ("models", name))
         else:
-            raw_slices = data["slices"]
+            raw_slices = reader.sized(data["slices"], ("slices",))
             if not isinstance(raw_slices, list):
                 raise reader.fail(("slices",), "'slices' must be a list of - sources: entries")
             slices = [self.slice(raw, ("slices", i)) for i, raw in enumerate(raw_slices)]
 
         base = None
         if base_key is not None:
+            unlisted = has_models and base_key not in self.by_reference
             base = self.name_for(base_key, ("base_model",))
+            self.models[base].listed = not unlisted
             self.relocate(("base_model",), ("merge", "base"))
 
         if slices is not None:
@@ -1305,6 +1313,19 @@ def _referenced_names(recipe: Recipe) -> list[tuple[str, str]]:
     return found
 
 
+def _unlisted_base(recipe: Recipe, entry: ModelEntry) -> bool:
+    """Whether YAML names `entry` only as `base_model`: it was written so, and leaving it out of
+    `models:` still means the same merge (the base, last, without parameters of its own)."""
+    names = list(recipe.models)
+    return (
+        not entry.listed
+        and entry.name == recipe.base
+        and not entry.parameters
+        and bool(names)
+        and names[-1] == entry.name
+    )
+
+
 def dumps_yaml(recipe: Recipe) -> str:
     """The recipe as a mergekit YAML config (mergekit-yaml runs it as it is).
 
@@ -1352,6 +1373,8 @@ def dumps_yaml(recipe: Recipe) -> str:
     else:
         models = []
         for entry in recipe.models.values():
+            if _unlisted_base(recipe, entry):
+                continue  # mergekit adds the base as the last input, where the recipe has it
             item = {"model": entry.reference}
             if entry.parameters:
                 item["parameters"] = _yaml_params(entry.parameters)

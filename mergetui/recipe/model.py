@@ -36,6 +36,10 @@ class ModelEntry:
     source: str
     revision: str | None = None
     parameters: Parameters = field(default_factory=dict)
+    # False for a base that a mergekit config names only as `base_model`, not under `models:`
+    # (mergekit then adds it as the last input, as the recipe does). Only YAML export reads it, so
+    # that YAML -> TOML -> YAML lists exactly the models the original listed.
+    listed: bool = True
 
     @property
     def reference(self) -> str:
