@@ -1,7 +1,9 @@
 """`mergetui validate RECIPE...`: every problem in each recipe, with where it is and how to fix it.
 
 Recipes are mergetui TOML or mergekit YAML (by extension). Without `--offline` the model
-checkpoints found on disk are opened (headers only) to check they can be merged as written.
+checkpoints found on disk or in the Hugging Face cache are opened (headers only) to check they can
+be merged as written. With `--offline` the recipe alone is checked (and that its local model
+folders exist): Hub ids are not looked up, so nothing is said about the cache.
 Exit status: 0 when no recipe has an error (warnings allowed), 1 otherwise.
 """
 
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--offline",
         action="store_true",
-        help="check the recipe alone: do not open checkpoints",
+        help="check the recipe alone: do not open checkpoints or look Hub ids up in the cache",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
     parser.set_defaults(func=run)
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             location = (file, int(line)) if file and line.isdigit() else (path, None)
             results[path] = [Problem("error", None, exc.message, exc.fix, *location)]
             continue
-        results[path] = validate_recipe(recipe, offline=args.offline)
+        results[path] = validate_recipe(recipe, offline=args.offline, hub_cache=not args.offline)
 
     if args.json:
         payload = {

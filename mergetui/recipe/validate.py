@@ -99,13 +99,18 @@ class _Problems:
 
 
 def validate_recipe(
-    recipe: Recipe, *, offline: bool = False, base_dir: str | Path | None = None
+    recipe: Recipe,
+    *,
+    offline: bool = False,
+    base_dir: str | Path | None = None,
+    hub_cache: bool = True,
 ) -> list[Problem]:
     """Every problem found, errors and warnings, in recipe order.
 
     `base_dir` is where relative model paths start (default: the recipe file's folder, else the
     working directory). With `offline` no checkpoint is opened: only the recipe and the presence
-    of its model folders are checked.
+    of its model folders are checked. With `hub_cache` False, Hub ids are not looked up in the
+    local Hugging Face cache (nor reported missing from it): `validate --offline` is the recipe alone.
     """
     from mergetui.recipe.paths import folder_of
 
@@ -130,7 +135,7 @@ def validate_recipe(
                 f"{spec.name} draws at random: each run gives a different model",
                 "set seed = <number> under [merge] to make it reproducible",
             )
-    located = _check_paths(problems, folder)
+    located = _check_paths(problems, folder, hub_cache=hub_cache)
     exact = False
     if not offline:
         exact = _check_checkpoints(problems, spec, located)
@@ -622,8 +627,11 @@ def _used_models(recipe: Recipe) -> list[str]:
     return [name for name in dict.fromkeys(used) if name in recipe.models]
 
 
-def _check_paths(problems: _Problems, folder: Path) -> dict[str, Path]:
-    """Find each model on disk; a missing local folder is an error, an uncached Hub id a warning."""
+def _check_paths(problems: _Problems, folder: Path, *, hub_cache: bool) -> dict[str, Path]:
+    """Find each model on disk; a missing local folder is an error, an uncached Hub id a warning.
+
+    Without `hub_cache` a Hub id is left alone: whether it is cached says nothing about the recipe.
+    """
     from mergetui.checkpoints.locate import find_local, looks_like_hub_id
     from mergetui.recipe.paths import local_model_path
 
@@ -648,7 +656,7 @@ def _check_paths(problems: _Problems, folder: Path) -> dict[str, Path]:
                 f"model folder not found: {candidate}",
                 f"check the path (relative paths start from {folder})",
             )
-        else:
+        elif hub_cache:
             found = find_local(source, entry.revision)
             if found is not None:
                 located[name] = found
