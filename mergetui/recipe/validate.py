@@ -369,6 +369,8 @@ def _check_inputs(problems: _Problems, spec: MethodSpec) -> None:
     recipe = problems.recipe
     in_slices = recipe.slices is not None
     for where, inputs, base in _input_groups(recipe):
+        if not inputs:
+            continue  # "no models" / "slice i has no sources" already says it, once
         label = f" in {where}" if in_slices else ""
         duplicates = sorted({name for name in inputs if inputs.count(name) > 1})
         for name in duplicates:
@@ -403,7 +405,8 @@ def _check_inputs(problems: _Problems, spec: MethodSpec) -> None:
             problems.error(
                 where,
                 f"{spec.name} takes {_count_text(spec.min_inputs, maximum)} "
-                f"model{'s' if (maximum or 2) > 1 else ''}{counting}{label}; got {count}{extra}",
+                f"model{'s' if (maximum or spec.min_inputs) > 1 else ''}{counting}{label}; "
+                f"got {count}{extra}",
                 "add or remove models" if not in_slices else "add or remove sources",
             )
         if spec.min_non_base is not None or spec.max_non_base is not None:
