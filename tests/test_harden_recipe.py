@@ -198,12 +198,27 @@ base_model: org/a
 
 
 def test_a_fifo_is_refused_without_being_opened(tmp_path: Path) -> None:
-    fifo = tmp_path / "recipe.toml"
     import os
+    import threading
 
+    fifo = tmp_path / "recipe.toml"
     os.mkfifo(fifo)
-    with pytest.raises(UserError, match="not a regular file"):
-        load_recipe(fifo)  # opening it would wait for a writer forever
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            load_recipe(fifo)  # opening it would wait for a writer forever
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(30)
+    if reader.is_alive():  # release the blocked reader before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("load_recipe opened the FIFO and waited for a writer")
+    assert isinstance(outcome[0], UserError) and "not a regular file" in outcome[0].message
 
 
 def test_nesting_and_list_limits_leave_real_recipes_alone() -> None:
