@@ -32,6 +32,11 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(run_screen, "CLOCK", lambda: 100.0)
     monkeypatch.setattr(run_screen, "WALL_CLOCK", lambda: 1_767_225_600.0)  # 2026-01-01 00:00
     monkeypatch.setattr(chat_screen, "STREAM_INTERVAL", 0.0)
+    # The peak estimate counts one working set per engine worker, one per core: pin the cores so
+    # the figure on screen is the same on every machine.
+    import mergetui.merge.runner as runner
+
+    monkeypatch.setattr(runner, "_core_count", lambda: 2)
     import mergetui.chat.generate as generate
     import mergetui.chat.loader as loader
 
