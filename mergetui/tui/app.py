@@ -179,10 +179,16 @@ class MergeTuiApp(App):
         return bool(self._running_merges())
 
     def _leave(self) -> None:
-        """Quit; a running merge is told to stop first (it removes its temporary folder)."""
+        """Quit; a running merge is told to stop first (it removes its temporary folder), and so
+        is the Chat screen's reply, compare or check (else the process, its terminal blank, waits
+        for the reply to end)."""
         for screen in self._running_merges():
             if screen.cancel_event is not None:
                 screen.cancel_event.set()
+        for stack in self._screen_stacks.values():
+            for screen in stack:
+                if isinstance(screen, ChatScreen):
+                    screen.stop_work()
         self.exit()
 
     async def action_quit(self) -> None:

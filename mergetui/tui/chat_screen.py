@@ -453,10 +453,13 @@ class ChatScreen(ModeScreen):
         self._refresh_compare_sources()
         self._take_pending()
 
-    def on_unmount(self) -> None:
-        # The app is closing (ctrl+q): stop a reply, compare or check at its next token, as esc
-        # does, so the process is not kept alive (the terminal blank) until it would have ended.
+    def stop_work(self) -> None:
+        """The app is quitting: stop a reply, compare or check at its next token, as esc does, so
+        the process is not kept alive (its terminal blank) until the reply would have ended."""
         self.stop_event.set()
+
+    def on_unmount(self) -> None:
+        self.stop_work()  # however the app closes
 
     def on_screen_resume(self) -> None:
         self.app.refresh_title()
