@@ -332,3 +332,17 @@ async def test_checkpoints_screen_download_ends_when_the_body_stalls(
         )
         assert find_local("acme/tiny") is None
         await app.workers.wait_for_complete()
+
+
+def test_a_model_card_alias_bomb_is_refused_before_push(tmp_path: Path) -> None:
+    """push reads the folder's README front matter to add `base_model`: with the recipes' bounded
+    loader, a card whose aliases expand past the limit is one located error, not unbounded work."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    folder = tmp_path / "merged"
+    folder.mkdir()
+    (folder / "README.md").write_text("---\n" + "\n".join(levels) + "\n---\n# card\n")
+    with pytest.raises(UserError) as caught:
+        hubmod.card_with_parents(folder)
+    assert "expands to more than" in caught.value.message
+    assert caught.value.where.startswith(str(folder / "README.md") + ":")

@@ -1024,6 +1024,8 @@ def card_with_parents(folder: Path) -> str | None:
     None when the folder's README.md can go as it is."""
     import yaml
 
+    from mergetui.bounded_yaml import LimitExceeded, bounded_loader
+
     readme = folder / "README.md"
     parents = recipe_parents(folder)
     text = readme.read_text(encoding="utf-8") if readme.is_file() else None
@@ -1033,8 +1035,10 @@ def card_with_parents(folder: Path) -> str | None:
         end = text.find("\n---", 4)
         if end != -1:
             try:
-                loaded = yaml.safe_load(text[4:end]) or {}
+                loaded = yaml.load(text[4:end], Loader=bounded_loader(yaml.SafeLoader)) or {}
                 front = loaded if isinstance(loaded, dict) else {}
+            except LimitExceeded as exc:
+                raise exc.located(str(readme)) from None
             except yaml.YAMLError:
                 front = {}
             body = text[end + 4 :].lstrip("\n")

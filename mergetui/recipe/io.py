@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mergetui import bounded_yaml
 from mergetui.errors import UserError
 from mergetui.recipe import limits
 from mergetui.recipe.model import (
@@ -434,7 +435,7 @@ def loads_toml(text: str, source: str | None = None) -> Recipe:
     try:
         limits.check_toml_text(text)
         data = tomllib.loads(text)
-    except limits.LimitExceeded as exc:
+    except bounded_yaml.LimitExceeded as exc:
         raise exc.located(source) from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
@@ -771,7 +772,7 @@ def _yaml_classes() -> tuple[type, type]:
         re.VERBOSE,
     )
 
-    class Loader(limits.bounded_loader(yaml.SafeLoader)):  # type: ignore[misc]
+    class Loader(bounded_yaml.bounded_loader(yaml.SafeLoader)):  # type: ignore[misc]
         pass
 
     class Dumper(yaml.SafeDumper):
@@ -818,7 +819,7 @@ def _yaml_compose(text: str, source: str | None) -> tuple[Any, dict[str, int]]:
         ) from None
     except yaml.YAMLError as exc:
         raise UserError(f"not valid YAML: {exc}", where=where) from None
-    except limits.LimitExceeded as exc:
+    except bounded_yaml.LimitExceeded as exc:
         raise exc.located(source) from None
     finally:
         loader.dispose()

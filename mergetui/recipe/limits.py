@@ -10,41 +10,21 @@ a `UserError` that names the file and line. docs/recipe-format.md lists them.
 from __future__ import annotations
 
 import re
-from typing import Any
 
+# The YAML limits (alias expansion, nesting, number length) are in mergetui.bounded_yaml, shared
+# with the other YAML mergetui reads; TOML's nesting and number limits below are the same.
+from mergetui.bounded_yaml import MAX_NESTING, MAX_NUMBER_CHARS, nesting_error, number_error
 from mergetui.errors import UserError
 
 # A recipe file: real ones are a few kilobytes (a long inline chat template is tens).
 MAX_RECIPE_BYTES = 1024 * 1024
-# Nested lists and tables (brackets, YAML levels, dotted key parts): real recipes use under ten.
-MAX_NESTING = 32
-# Values in a YAML document once its aliases are expanded: real configs hold a few hundred.
-MAX_YAML_NODES = 100_000
 # Entries in one list or table (gradient anchors, {filter, value} entries, models, slices):
 # a per-layer column of the deepest models needs a few hundred.
 MAX_ENTRIES = 1024
-# Characters in one number literal (Python refuses to read integers of over 4300 digits).
-MAX_NUMBER_CHARS = 100
 # Magnitude of any numeric parameter: real weights, lambdas and scales are near 1.
 MAX_PARAMETER = 1000.0
 # Highest layer number in a layer range: the deepest checkpoints have a few hundred layers.
 MAX_LAYER = 100_000
-
-
-class LimitExceeded(Exception):
-    """A limit crossed at a known line; the reader turns it into a located `UserError`."""
-
-    def __init__(self, message: str, line: int | None, fix: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.line = line
-        self.fix = fix
-
-    def located(self, source: str | None) -> UserError:
-        where = source or "<recipe>"
-        return UserError(
-            self.message, where=f"{where}:{self.line}" if self.line else where, fix=self.fix
-        )
 
 
 def check_text_size(text: str, source: str | None) -> None:
@@ -56,22 +36,6 @@ def check_text_size(text: str, source: str | None) -> None:
             where=source or "<recipe>",
             fix="is this the right file? recipes are a few kilobytes of settings",
         )
-
-
-def nesting_error(line: int | None) -> LimitExceeded:
-    return LimitExceeded(
-        f"values are nested more than {MAX_NESTING} levels deep",
-        line,
-        "recipes need a few levels (a table, a list of {filter, value} entries, a gradient)",
-    )
-
-
-def number_error(line: int | None) -> LimitExceeded:
-    return LimitExceeded(
-        f"a number written with more than {MAX_NUMBER_CHARS} characters",
-        line,
-        "write the number with fewer digits",
-    )
 
 
 def entries_error(what: str, count: int) -> tuple[str, str]:
@@ -133,75 +97,3 @@ def check_toml_text(text: str) -> None:
             continue
         if levels > MAX_NESTING:
             raise nesting_error(text.count("\n", 0, match.start()) + 1)
-
-
-# ----------------------------------------------------------------------------------------------
-# YAML: a loader that counts while it composes
-
-
-def bounded_loader(base: type) -> type:
-    """A subclass of the PyYAML loader `base` that refuses, while composing and before anything is
-    built: more than MAX_YAML_NODES values with aliases expanded (alias bombs), an alias inside its
-    own anchor (a loop), nesting past MAX_NESTING, and number literals past MAX_NUMBER_CHARS.
-
-    Composing shares an anchored node between its aliases, so the count is cheap: each node's
-    expanded size is computed once, and an alias adds the size of the node it names.
-    """
-    import yaml
-
-    class BoundedLoader(base):  # type: ignore[misc,valid-type]
-        def compose_document(self) -> Any:
-            self._sizes: dict[int, int] = {}
-            self._total = 0
-            self._depth = 0
-            return super().compose_document()
-
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            event = self.peek_event()
-            line = event.start_mark.line + 1
-            if isinstance(event, yaml.AliasEvent):
-                node = super().compose_node(parent, index)
-                size = self._sizes.get(id(node))
-                if size is None:
-                    raise LimitExceeded(
-                        f"the alias *{event.anchor} is inside the value it names (a loop)",
-                        line,
-                        "recipes cannot refer to themselves; write the values out",
-                    )
-                self._add(size, line)
-                return node
-            self._depth += 1
-            if self._depth > MAX_NESTING:
-                raise nesting_error(line)
-            self._add(1, line)
-            try:
-                node = super().compose_node(parent, index)
-            finally:
-                self._depth -= 1
-            self._sizes[id(node)] = 1 + self._children_size(node)
-            if (
-                isinstance(node, yaml.ScalarNode)
-                and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
-                and len(node.value) > MAX_NUMBER_CHARS
-            ):
-                raise number_error(line)
-            return node
-
-        def _children_size(self, node: Any) -> int:
-            if isinstance(node, yaml.SequenceNode):
-                return sum(self._sizes[id(item)] for item in node.value)
-            if isinstance(node, yaml.MappingNode):
-                return sum(self._sizes[id(k)] + self._sizes[id(v)] for k, v in node.value)
-            return 0
-
-        def _add(self, size: int, line: int) -> None:
-            self._total += size
-            if self._total > MAX_YAML_NODES:
-                raise LimitExceeded(
-                    f"the document expands to more than {MAX_YAML_NODES:,} values "
-                    "(aliases repeat what they name)",
-                    line,
-                    "write the values out instead of nesting aliases; recipes hold a few hundred",
-                )
-
-    return BoundedLoader
