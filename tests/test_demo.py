@@ -315,9 +315,8 @@ def test_demo_command_opens_the_app_when_there_is_one(
 
     opened: list[tuple[Path, Path, list[Path]]] = []
     fake_app = types.ModuleType("mergetui.tui.app")
-    fake_app.run_app = (
-        lambda recipe_path, models_dirs=(): opened.append((recipe_path, Path.cwd(), models_dirs))
-        or 0
+    fake_app.run_app = lambda recipe_path, models_dirs=(): (
+        opened.append((recipe_path, Path.cwd(), models_dirs)) or 0
     )
     monkeypatch.setitem(sys.modules, "mergetui.tui.app", fake_app)
     monkeypatch.chdir(demo.directory.parent)  # restored after the test; the command changes it
