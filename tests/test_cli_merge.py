@@ -275,3 +275,15 @@ def test_the_progress_bar_counts_finished_tensors_whatever_their_order(
     err = capsys.readouterr().err
     assert "39/39 tensors" in err
     assert "1/39 tensors" not in err.splitlines()[-1]
+
+
+def test_each_plan_notice_is_printed_once(
+    llama_family: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The plan's notices come back as the engine's Notice events: printing them before the run
+    too showed every one twice."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_toml(llama_family, output=tmp_path / "merged", method="dare_ties"))
+    assert main(["merge", str(recipe)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("is random: using seed") == 1, err

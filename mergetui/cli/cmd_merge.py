@@ -118,8 +118,7 @@ def _run(args: argparse.Namespace) -> int:
         _print_plan(plan, force=args.force)
         return 0
     check_output(plan.output_dir, args.force, **output_guard(plan))  # the engine checks again
-    for notice in plan.notices:
-        console_err().print(f"[yellow]note:[/] {notice}", soft_wrap=True, markup=True)
+    # The plan's notices reach the user as the engine's Notice events, printed by on_event.
     return _run_with_progress(plan, force=args.force, out=console(), err=console_err())
 
 
