@@ -45,6 +45,8 @@ PER_LAYER_KEYS = ("layer_types", "no_rope_layers")
 # Config keys holding the vocabulary size.
 VOCAB_KEYS = ("vocab_size", "n_vocab", "padded_vocab_size")
 
+CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
 RECIPE_FILE = "mergetui.toml"
 MERGEKIT_FILE = "mergekit_config.yml"
 CARD_FILE = "README.md"
@@ -215,7 +217,7 @@ def write_extras(plan: Plan, folder: Path, extras: Extras | None = None) -> list
     """Write config, generation config, tokenizer, card and recipe; return notices for the user."""
     if extras is None:
         extras = prepare_extras(plan)
-    write_json(folder / "config.json", plan.output_config)
+    write_json(folder / CONFIG_FILE, plan.output_config)
     write_generation_config(plan, folder)
     write_tokenizer(plan, folder, extras)
     if plan.trust_remote_code:
@@ -238,16 +240,16 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 def write_generation_config(plan: Plan, folder: Path) -> None:
     """The donor's generation_config.json, or a minimal one carrying the special token ids."""
-    donor = plan.models[plan.donor].path / "generation_config.json"
+    donor = plan.models[plan.donor].path / GENERATION_CONFIG_FILE
     if donor.is_file():
-        shutil.copyfile(donor, folder / "generation_config.json")
+        shutil.copyfile(donor, folder / GENERATION_CONFIG_FILE)
         return
     config = plan.output_config
     minimal: dict[str, Any] = {"_from_model_config": True}
     for key in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
         if config.get(key) is not None:
             minimal[key] = config[key]
-    write_json(folder / "generation_config.json", minimal)
+    write_json(folder / GENERATION_CONFIG_FILE, minimal)
 
 
 def write_tokenizer(plan: Plan, folder: Path, extras: Extras) -> None:

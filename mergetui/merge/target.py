@@ -25,6 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergetui.errors import UserError
+from mergetui.merge.output import (
+    CARD_FILE,
+    CONFIG_FILE,
+    GENERATION_CONFIG_FILE,
+    MERGEKIT_FILE,
+    RECIPE_FILE,
+    TOKENIZER_FILES,
+)
+from mergetui.merge.writer import INDEX_FILE_NAME, SINGLE_FILE_NAME
 
 if TYPE_CHECKING:
     from mergetui.merge.plan import Plan
@@ -33,26 +42,18 @@ TEMP_MARKER = ".mergetui-tmp-"
 OLD_MARKER = ".mergetui-old-"
 LOCK_FILE = ".mergetui-lock"
 
-# What a merge writes into its output folder (see writer.py and output.py). The tokenizer files
-# are those output.TOKENIZER_FILES copies plus what a tokenizer's save_pretrained may add.
+# What a merge writes into its output folder, named where it is written (writer.py, output.py); a
+# tokenizer's save_pretrained (with a chat template) writes among output.TOKENIZER_FILES too.
 _MERGE_FILES = frozenset(
     {
-        "model.safetensors",
-        "model.safetensors.index.json",
-        "config.json",
-        "generation_config.json",
-        "README.md",
-        "mergetui.toml",
-        "mergekit_config.yml",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "tokenizer.json",
-        "tokenizer.model",
-        "added_tokens.json",
-        "vocab.json",
-        "merges.txt",
-        "chat_template.jinja",
-        "chat_template.json",
+        SINGLE_FILE_NAME,
+        INDEX_FILE_NAME,
+        CONFIG_FILE,
+        GENERATION_CONFIG_FILE,
+        CARD_FILE,
+        RECIPE_FILE,
+        MERGEKIT_FILE,
+        *TOKENIZER_FILES,
     }
 )
 _SHARD_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
@@ -95,9 +96,9 @@ def _not_a_merge_output(folder: Path) -> str | None:
         shown = ", ".join(sorted(strangers)[:3]) + (" ..." if len(strangers) > 3 else "")
         return f"holds files a merge does not write ({shown})"
     names = {e.name for e in entries}
-    weights = "model.safetensors" in names or "model.safetensors.index.json" in names
-    if not ({"mergetui.toml", "config.json"} <= names and weights):
-        return "is not a merge's output (it lacks mergetui.toml, config.json or the weights)"
+    weights = SINGLE_FILE_NAME in names or INDEX_FILE_NAME in names
+    if not ({RECIPE_FILE, CONFIG_FILE} <= names and weights):
+        return f"is not a merge's output (it lacks {RECIPE_FILE}, {CONFIG_FILE} or the weights)"
     return None
 
 
