@@ -368,21 +368,35 @@ def test_convert_when_the_rename_fails_leaves_no_temporary_file(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".recipe.yaml.")]
 
 
-@pytest.mark.skipif(
-    os.name != "posix" or os.geteuid() == 0,
-    reason="root writes into a 0555 folder anyway; the EROFS test above covers the refusal",
-)
-def test_convert_into_a_folder_without_write_permission(tmp_path: Path, capsys) -> None:
+def _without_root_override() -> list[str]:
+    """A command prefix under which mode bits hold: root ignores them (CAP_DAC_OVERRIDE), so as root
+    the child runs with that capability dropped by util-linux's setpriv."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without util-linux's setpriv to drop CAP_DAC_OVERRIDE")
+    drop = "-dac_override,-dac_read_search"
+    return [setpriv, f"--bounding-set={drop}", f"--inh-caps={drop}"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX mode bits")
+def test_convert_into_a_folder_without_write_permission(tmp_path: Path) -> None:
     sample = Path(__file__).parents[1] / "sample_recipes" / "marcoro14-slerp.toml"
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
+    command = [sys.executable, "-m", "mergetui", "convert", str(sample), str(locked / "r.yaml")]
     try:
-        code, _, err = run_cli(capsys, "convert", str(sample), str(locked / "recipe.yaml"))
+        done = subprocess.run(
+            _without_root_override() + command, capture_output=True, text=True, timeout=120
+        )
     finally:
         locked.chmod(0o755)
-    assert code == 1
-    assert_one_line_error(err, str(locked / "recipe.yaml"), "permission denied")
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert_one_line_error(done.stderr, str(locked / "r.yaml"), "permission denied")
+    assert list(locked.iterdir()) == []
 
 
 def test_convert_where_a_file_stands_in_for_the_folder(tmp_path: Path, capsys) -> None:
