@@ -448,3 +448,13 @@ def test_inspect_another_file_says_to_pass_its_folder(
     code, _, err = run_cli(capsys, "inspect", str(dangling))
     assert code == 1
     assert_one_line_error(err, str(dangling), "does not exist")
+
+
+def test_diff_given_a_file_says_to_pass_its_folder(
+    llama_family: dict[str, Path], capsys, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    weights = llama_family["a"] / "model.safetensors"
+    code, _, err = run_cli(capsys, "diff", str(weights), str(llama_family["b"]))
+    assert code == 1
+    assert_one_line_error(err, str(weights), "this is a file", str(llama_family["a"]))

@@ -161,3 +161,22 @@ def _escape_error(
         fix="shard files must lie in the checkpoint's own folder; do not use this checkpoint "
         "unless you trust its source and fix the index",
     )
+
+
+def local_file(text: str) -> Path | None:
+    """The path, when a command given a checkpoint got something on disk that is not a folder (a
+    file, or a broken link: then a UserError says why it cannot be opened); None otherwise."""
+    path = Path(text).expanduser()
+    if not os.path.lexists(path) or path.is_dir():
+        return None
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise UserError(
+            f"it is a symbolic link to {os.readlink(path)}, which does not exist",
+            where=str(path),
+            fix="point the link at the real file or folder",
+        ) from None
+    except OSError as exc:
+        raise os_error(exc, path, "open it") from None
+    return path

@@ -53,9 +53,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _locate(source: str) -> Path:
+    from mergetui.checkpoints.files import local_file
     from mergetui.checkpoints.locate import find_local, looks_like_hub_id
     from mergetui.errors import UserError
 
+    file = local_file(source)
+    if file is not None:
+        raise UserError(
+            "this is a file; diff compares checkpoint folders",
+            where=source,
+            fix=f"pass the folder that holds it: {file.parent}",
+        )
     folder = find_local(source)
     if folder is None:
         if looks_like_hub_id(source):

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 
@@ -45,12 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mergetui.checkpoints.files import local_file
     from mergetui.checkpoints.inspect import open_checkpoint, open_weight_file
     from mergetui.checkpoints.locate import find_local, looks_like_hub_id
     from mergetui.errors import UserError
 
     if not args.remote:
-        file = _local_file(args.path)
+        file = local_file(args.path)
         if file is not None:  # `inspect path/model.safetensors`: that file's header
             return _show(open_weight_file(file), args)
     folder = None if args.remote else find_local(args.path, args.revision)
@@ -63,28 +62,6 @@ def run(args: argparse.Namespace) -> int:
             fix="check the path (relative paths start from the current folder)",
         )
     return _show(open_checkpoint(folder, allow_bin=args.allow_bin), args)
-
-
-def _local_file(text: str) -> Path | None:
-    """The path, when it names something on disk that is not a folder (a file, or a broken link:
-    then a UserError says why it cannot be opened); None otherwise."""
-    from mergetui.checkpoints.files import os_error
-    from mergetui.errors import UserError
-
-    path = Path(text).expanduser()
-    if not os.path.lexists(path) or path.is_dir():
-        return None
-    try:
-        os.stat(path)
-    except FileNotFoundError:
-        raise UserError(
-            f"it is a symbolic link to {os.readlink(path)}, which does not exist",
-            where=str(path),
-            fix="point the link at the real file or folder",
-        ) from None
-    except OSError as exc:
-        raise os_error(exc, path, "open it") from None
-    return path
 
 
 def _show(checkpoint: Any, args: argparse.Namespace) -> int:
