@@ -188,6 +188,41 @@ def test_an_untitled_recipe_resolves_against_the_working_folder(layout: Path) ->
     assert output_folder(untitled, recipe_folder(None), out="y") == layout / "work" / "y"
 
 
+def test_save_as_into_another_folder_keeps_every_path_pointing_where_it_did(layout: Path) -> None:
+    """Save as rewrites relative paths as convert does: the saved file means the same merge."""
+    (layout / "models" / "chat").mkdir(parents=True)
+    source = layout / "recipes" / "r.toml"
+    source.write_text(
+        '[merge]\nmethod = "linear"\noutput = "merged"\n\n[models.chat]\nsource = "../models/chat"'
+        '\n[models.chat.parameters]\nweight = 1.0\n\n[models.hub]\nsource = "org/a"\n'
+        "[models.hub.parameters]\nweight = 1.0\n",
+        encoding="utf-8",
+    )
+    document = RecipeDocument.open(source)
+    saved = document.save(layout / "elsewhere" / "deeper" / "r.toml")
+    reread = load_recipe(saved)
+    assert reread.models["chat"].source == "../../models/chat"
+    assert reread.models["hub"].source == "org/a"
+    assert output_folder(reread, recipe_folder(saved)) == layout / "recipes" / "merged"
+    # The document now lives there: a second save in place rewrites nothing.
+    assert document.save() == saved
+    assert load_recipe(saved).models["chat"].source == "../../models/chat"
+    # An export to YAML elsewhere rewrites a copy; the document keeps its own paths.
+    exported = document.export_yaml(layout / "recipes" / "r.yaml")
+    assert load_recipe(exported).models["chat"].source == "../models/chat"
+    assert document.recipe.models["chat"].source == "../../models/chat"
+
+
+def test_an_untitled_recipe_saved_elsewhere_keeps_its_output_under_the_working_folder(
+    layout: Path,
+) -> None:
+    document = RecipeDocument(
+        Recipe(method="linear", models={"a": ModelEntry("a", "org/a")}, output="x")
+    )
+    saved = document.save(layout / "recipes" / "new.toml")
+    assert output_folder(load_recipe(saved), recipe_folder(saved)) == layout / "work" / "x"
+
+
 # -- the app -------------------------------------------------------------------------------------
 
 

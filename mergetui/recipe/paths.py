@@ -70,3 +70,45 @@ def local_model_path(source: str, folder: str | Path) -> Path:
         return beside
     fallback = cli_path(source)
     return fallback if fallback.is_dir() else beside
+
+
+def rebase_paths(
+    recipe: Recipe, source_dir: str | Path, target_dir: str | Path
+) -> list[tuple[str, str, str]]:
+    """Rewrite the recipe's relative paths (local model folders, `output`) so that, written into a
+    file in `target_dir`, they name the same places they named from `source_dir`: a recipe saved or
+    converted into another folder keeps its meaning. Returns (what, old, new) for each rewrite.
+
+    A relative source counts as a local folder when it exists under `source_dir` or cannot be a
+    Hub id; Hub ids are left alone.
+    """
+    from mergetui.checkpoints.locate import looks_like_hub_id
+
+    source_dir = Path(os.path.abspath(os.path.expanduser(str(source_dir))))
+    target_dir = Path(os.path.abspath(os.path.expanduser(str(target_dir))))
+    if source_dir == target_dir:
+        return []
+
+    def moved(value: str) -> str:
+        return Path(os.path.relpath(recipe_path(value, source_dir), target_dir)).as_posix()
+
+    def relative(value: str | None) -> bool:
+        return bool(value) and not Path(os.path.expanduser(str(value))).is_absolute()
+
+    changes: list[tuple[str, str, str]] = []
+    for name, entry in recipe.models.items():
+        source = entry.source
+        if not relative(source) or (
+            looks_like_hub_id(source) and not (source_dir / source).exists()
+        ):
+            continue
+        new = moved(source)
+        if new != source:
+            changes.append((f"model {name}", source, new))
+            entry.source = new
+    if relative(recipe.output):
+        new = moved(recipe.output)
+        if new != recipe.output:
+            changes.append(("output", recipe.output, new))
+            recipe.output = new
+    return changes

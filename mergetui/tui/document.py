@@ -140,6 +140,7 @@ class RecipeDocument:
     def save(self, path: str | Path | None = None) -> Path:
         """Write TOML (atomically, by the core); the document then points at that file."""
         from mergetui.recipe.io import save_recipe
+        from mergetui.recipe.paths import folder_of, rebase_paths
 
         target = Path(path).expanduser() if path is not None else self.path
         if target is None:
@@ -153,7 +154,11 @@ class RecipeDocument:
         if target.suffix == "":
             target = target.with_suffix(".toml")
         target.parent.mkdir(parents=True, exist_ok=True)
+        # Paths in a recipe are relative to its file: saved into another folder, they are rewritten
+        # to name the same places (docs/recipe-format.md, "Paths").
+        rebase_paths(self.recipe, folder_of(self.recipe), target.parent)
         save_recipe(self.recipe, target)
+        self.recipe.source_path = str(target)
         self.path = target
         self.origin = target
         self._saved = self._fingerprint()
@@ -162,11 +167,14 @@ class RecipeDocument:
     def export_yaml(self, path: str | Path) -> Path:
         """Write the recipe as a mergekit YAML config (atomically); the document stays as it was."""
         from mergetui.recipe.io import dumps_yaml, write_text_atomic
+        from mergetui.recipe.paths import folder_of, rebase_paths
 
         target = Path(path).expanduser()
         if target.suffix == "":
             target = target.with_suffix(".yaml")
-        text = dumps_yaml(self.recipe)
+        exported = copy.deepcopy(self.recipe)
+        rebase_paths(exported, folder_of(self.recipe), target.parent)
+        text = dumps_yaml(exported)
         write_text_atomic(target, text)
         return target
 
