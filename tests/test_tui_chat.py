@@ -466,3 +466,27 @@ async def test_typing_in_the_load_dialogs_list_types_a_folder(
         await pilot.press("enter")
         await wait_for(pilot, lambda: screen.loaded is not None)
         assert screen.loaded.path == llama_family["b"].resolve()
+
+
+async def test_tab_completes_a_path_in_the_load_dialog(
+    family_recipe: Path, llama_family: dict[str, Path]
+) -> None:
+    """Every path prompt completes with tab, as the Add-model dialog does (only the right arrow did
+    here)."""
+    shutil.copytree(llama_family["b"], family_recipe.parent / "finetune-xyz")
+    app = MergeTuiApp(RecipeDocument.open(family_recipe))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("f5")
+        await pilot.pause()
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, LoadModelDialog)
+        field = dialog.query_one("#source")
+        field.value = ""
+        field.focus()
+        await pilot.press(*str(family_recipe.parent / "finet"))
+        await pilot.pause(0.3)  # the completion is found in a worker
+        await pilot.press("tab")
+        assert field.value == str(family_recipe.parent / "finetune-xyz") + "/"
+        assert field.has_focus

@@ -44,7 +44,7 @@ from textual.widgets.option_list import Option
 from mergetui.chat.dtype import DTYPES
 from mergetui.errors import CancelledError, UserError
 from mergetui.tui.commands import PaletteCommand
-from mergetui.tui.dialogs import DialogScreen, PathSuggester
+from mergetui.tui.dialogs import DialogScreen, PathInput
 from mergetui.tui.footer import KeyFooter
 from mergetui.tui.help import HelpSection, binding_rows
 from mergetui.tui.mode_screen import ModeScreen
@@ -200,10 +200,9 @@ class LoadModelDialog(DialogScreen):
                     id="candidates",
                 )
             yield Label("or a checkpoint folder (or a downloaded Hub id)")
-            yield Input(
+            yield PathInput(
                 self.candidates[0][1] if self.candidates else "",
                 placeholder="./merges/my-merge",
-                suggester=PathSuggester(),
                 id="source",
                 select_on_focus=False,  # a character typed in the list lands here, kept
             )
@@ -399,9 +398,8 @@ class ChatScreen(ModeScreen):
                     id="check-help",
                 )
                 with Horizontal(id="check-row"):
-                    yield Input(
+                    yield PathInput(
                         placeholder="text file (empty: the bundled sample)",
-                        suggester=PathSuggester(),
                         id="check-file",
                         compact=True,
                     )
