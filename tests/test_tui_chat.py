@@ -275,7 +275,8 @@ async def test_a_model_that_fails_to_load_says_why_and_the_app_goes_on(
         for source, words in ((tmp_path / "not-a-model", "no config.json"), (custom, "trust")):
             screen.load_model(str(source))
             await wait_for(pilot, lambda: not screen.model_loading)
-            status = str(screen.query_one("#chat-status").render())
+            # The whole reason (the line shows what fits its width; the notification all of it).
+            status = screen.query_one("#chat-status").full_text
             assert "not loaded" in status and words in status
             assert screen.loaded is None
         # Sending without a model only warns; loading a good one then works.
@@ -366,7 +367,7 @@ async def test_every_reply_says_why_it_ended(
     monkeypatch.setattr(chat_screen, "STREAM_INTERVAL", 0.0)
     assert set(chat_screen.FINISH_NOTES) == {"end", "length", "context", "stopped"}
     assert all(note.strip(" ·") for note in chat_screen.FINISH_NOTES.values())
-    assert chat_screen.FINISH_NOTES["end"] == " · end of turn"
+    assert chat_screen.FINISH_NOTES["end"] == "end of turn"
     app = MergeTuiApp()
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await loaded_chat(app, pilot, llama_family["a"])
@@ -490,3 +491,25 @@ async def test_tab_completes_a_path_in_the_load_dialog(
         await pilot.press("tab")
         assert field.value == str(family_recipe.parent / "finetune-xyz") + "/"
         assert field.has_focus
+
+
+async def test_the_chat_status_line_fits_80_columns(
+    llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 80 columns the reply's figures and why it ended did not fit and were cut mid-word: the
+    status line drops or shortens its last part instead, and keeps every part for a wider one."""
+    monkeypatch.setattr(chat_screen, "STREAM_INTERVAL", 0.0)
+    app = MergeTuiApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await loaded_chat(app, pilot, llama_family["a"])
+        screen.settings.temperature = 0
+        screen.settings.max_new_tokens = 8
+        await type_text(pilot, "Hi")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.busy is None and screen.last_reply is not None)
+        status = screen.query_one("#chat-status")
+        shown = str(status.render())
+        assert len(shown) <= status.content_size.width
+        assert shown.startswith(f"{screen.last_reply.tokens} tokens in")
+        note = chat_screen.FINISH_NOTES[screen.last_reply.finish]
+        assert status.full_text.endswith(note)

@@ -49,16 +49,17 @@ from mergetui.tui.footer import KeyFooter
 from mergetui.tui.help import HelpSection, binding_rows
 from mergetui.tui.mode_screen import ModeScreen
 from mergetui.tui.run_screen import short_path
+from mergetui.tui.status_line import StatusLine
 
 STREAM_INTERVAL = 0.05  # seconds between two updates of a growing reply
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # In the app, a .bin checkpoint is allowed by a tick in the load dialog, not a flag.
 BIN_FIX = ("pass --allow-bin", "tick 'allow pytorch_model.bin' in the load dialog (ctrl+l)")
 FINISH_NOTES = {
-    "end": " · end of turn",
-    "length": " · hit max new tokens",
-    "context": " · the model's context window is full",
-    "stopped": " · stopped",
+    "end": "end of turn",
+    "length": "hit max new tokens",
+    "context": "the model's context window is full",
+    "stopped": "stopped",
 }
 # The same, short enough for a Compare column's status line.
 COMPARE_NOTES = {
@@ -434,7 +435,7 @@ class ChatScreen(ModeScreen):
                             compact=True,
                         )
                     yield Static(id="settings-message", classes="hint")
-        yield Static(id="chat-status")
+        yield StatusLine(id="chat-status")
         yield KeyFooter()
 
     def _setting(self, label: str, key: str, value: str, placeholder: str) -> ComposeResult:
@@ -493,8 +494,9 @@ class ChatScreen(ModeScreen):
         else:
             label.update("[dim]●[/] no model loaded · [b]ctrl+l[/] loads one")
 
-    def _status(self, text: str) -> None:
-        self.query_one("#chat-status", Static).update(text)
+    def _status(self, *parts: str) -> None:
+        """Parts (markup, most important first), fitted to the width by StatusLine."""
+        self.query_one("#chat-status", StatusLine).show(parts)
 
     def _base_dir(self) -> Path:
         from mergetui.recipe.paths import recipe_folder
@@ -647,8 +649,8 @@ class ChatScreen(ModeScreen):
         if event.choice.allow_bin:
             self.bin_allowed.add(str(event.loaded.path))
         self._status(
-            f"loaded in {event.loaded.seconds:.1f} s · {event.loaded.dtype} "
-            f"({escape(event.loaded.dtype_reason)})"
+            f"loaded in {event.loaded.seconds:.1f} s",
+            f"{event.loaded.dtype} ({escape(event.loaded.dtype_reason)})",
         )
         for empty in self.query("#chat-empty"):
             if isinstance(empty, Static):
@@ -756,11 +758,11 @@ class ChatScreen(ModeScreen):
         reply = event.reply
         self.last_reply = reply
         self.messages.append(ChatMessage("assistant", reply.text))
-        finish = FINISH_NOTES.get(reply.finish, "")
         dtype = f", {self.loaded.dtype}" if self.loaded is not None else ""
         self._status(
             f"{reply.tokens} tokens in {reply.seconds:.1f} s "
-            f"({reply.tokens_per_second:.1f} tokens/s{dtype}){finish}"
+            f"({reply.tokens_per_second:.1f} tokens/s{dtype})",
+            FINISH_NOTES.get(reply.finish, ""),
         )
         for view in self.query(f"#{event.target}"):
             if isinstance(view, Markdown) and not reply.text:
