@@ -10,10 +10,8 @@ import math
 
 import pytest
 
-from mergetui.merge.analysis import Analysis, TensorSums
-from mergetui.recipe.io import dumps_toml, loads_toml
-from mergetui.tui.document import RecipeDocument
-from mergetui.tui.grid_model import (
+from mergetui.editing.document import RecipeDocument
+from mergetui.editing.layer_table import (
     ALL,
     ATTENTION,
     MLP,
@@ -24,6 +22,8 @@ from mergetui.tui.grid_model import (
     GridModel,
     suggest_rule_lines,
 )
+from mergetui.merge.analysis import Analysis, TensorSums
+from mergetui.recipe.io import dumps_toml, loads_toml
 
 TIES = """
 [merge]

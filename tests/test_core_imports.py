@@ -16,7 +16,7 @@ import pytest
 import mergetui
 
 PACKAGE_DIR = Path(mergetui.__file__).resolve().parent
-CORE_PACKAGES = ("recipe", "checkpoints", "merge", "chat")
+CORE_PACKAGES = ("recipe", "checkpoints", "merge", "chat", "editing")
 HEAVY = ("torch", "transformers", "huggingface_hub")
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from tui_helpers import gate_the_engine, wait_reached
 
+from mergetui.editing.document import RecipeDocument
 from mergetui.merge.history import DATA_ENV
 from mergetui.tui import run_screen
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.checkpoints_screen import CheckpointsScreen
 from mergetui.tui.config import CONFIG_ENV, AppConfig
 from mergetui.tui.dialogs import AddModelDialog, PresetDialog, model_source
-from mergetui.tui.document import RecipeDocument
 from mergetui.tui.eta import RateEstimate
 from mergetui.tui.recipe_screen import RecipeScreen
 from mergetui.tui.run_screen import ConfirmDialog, ProgressState, RunProgress, RunScreen
@@ -334,7 +334,7 @@ async def test_the_slices_tab_shows_layers_as_the_file_writes_them(
 async def test_the_s_curve_presets_say_they_look_alike(
     tmp_path: Path, llama_family: dict[str, Path]
 ) -> None:
-    from mergetui.tui.grid_model import preset_values
+    from mergetui.editing.layer_table import preset_values
 
     # The two curves really are within 1% of each other: no picture can tell them apart...
     xs = 1001

@@ -258,10 +258,10 @@ def test_dry_run_says_when_force_cannot_replace_the_output(
 async def test_the_run_screen_does_not_offer_to_replace_a_foreign_folder(
     llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from mergetui.editing.document import RecipeDocument
     from mergetui.merge.history import DATA_ENV
     from mergetui.tui.app import MergeTuiApp
     from mergetui.tui.config import CONFIG_ENV
-    from mergetui.tui.document import RecipeDocument
     from mergetui.tui.run_screen import ConfirmDialog, RunScreen
 
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))

@@ -15,13 +15,13 @@ import tomllib
 import yaml
 
 from mergetui.cli import main
+from mergetui.editing.document import RecipeDocument
 from mergetui.merge.history import DATA_ENV, RunRecord, append_run, load_history
 from mergetui.recipe.io import load_recipe
 from mergetui.recipe.model import ModelEntry, Recipe
 from mergetui.recipe.paths import output_folder, recipe_folder
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.config import CONFIG_ENV
-from mergetui.tui.document import RecipeDocument
 from mergetui.tui.recipe_screen import MetricPicker, RecipeScreen
 from mergetui.tui.run_screen import RunScreen
 

@@ -182,10 +182,10 @@ def test_a_chat_template_with_a_tokenizer_transformers_knows_keeps_no_auto_map(
 async def test_the_run_screen_merges_without_trust(
     tmp_path: Path, hostile: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from mergetui.editing.document import RecipeDocument
     from mergetui.merge.history import DATA_ENV
     from mergetui.tui.app import MergeTuiApp
     from mergetui.tui.config import CONFIG_ENV
-    from mergetui.tui.document import RecipeDocument
     from mergetui.tui.run_screen import RunScreen
 
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
@@ -318,10 +318,10 @@ def test_the_checkpoint_check_uses_the_same_rule(
 async def test_the_run_screen_shows_the_refusal(
     tmp_path: Path, llama_and_qwen: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from mergetui.editing.document import RecipeDocument
     from mergetui.merge.history import DATA_ENV
     from mergetui.tui.app import MergeTuiApp
     from mergetui.tui.config import CONFIG_ENV
-    from mergetui.tui.document import RecipeDocument
 
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
     monkeypatch.setenv(DATA_ENV, str(tmp_path / "data"))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from rich.color import ColorType
 
+from mergetui.editing.document import RecipeDocument
 from mergetui.recipe.io import load_recipe, loads_yaml
 from mergetui.recipe.model import Conditional
 from mergetui.tui.app import MergeTuiApp
@@ -25,7 +26,6 @@ from mergetui.tui.dialogs import (
     SliceDialog,
     TextPrompt,
 )
-from mergetui.tui.document import RecipeDocument
 from mergetui.tui.footer import KeyFooter
 from mergetui.tui.grid import LayerGrid
 from mergetui.tui.help import HelpScreen
@@ -129,7 +129,7 @@ def test_first_frame_imports_no_torch_or_transformers(ties_recipe: Path, tmp_pat
         f"""
         import asyncio, json, sys
         from mergetui.tui.app import MergeTuiApp
-        from mergetui.tui.document import RecipeDocument
+        from mergetui.editing.document import RecipeDocument
 
         async def main():
             app = MergeTuiApp(RecipeDocument.open({str(ties_recipe)!r}))

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from mergetui.editing.document import RecipeDocument
 from mergetui.merge import analysis as analysis_module
 from mergetui.merge.analysis import CACHE_ENV, analyze
 from mergetui.recipe.io import load_recipe
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.config import CONFIG_ENV
-from mergetui.tui.document import RecipeDocument
 from mergetui.tui.grid import LayerGrid
 from mergetui.tui.recipe_screen import MetricPicker, RecipeScreen, SuggestPreview
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from tui_helpers import gate_the_engine, wait_reached
 
+from mergetui.editing.document import RecipeDocument
 from mergetui.merge.history import DATA_ENV
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.config import CONFIG_ENV
 from mergetui.tui.dialogs import ConfirmQuit
-from mergetui.tui.document import RecipeDocument
 from mergetui.tui.run_screen import ConfirmDialog, RunScreen
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from tui_helpers import gate_the_engine, wait_reached
 
+from mergetui.editing.document import RecipeDocument
 from mergetui.merge.history import DATA_ENV, load_history
 from mergetui.recipe.io import dumps_toml
 from mergetui.tui import run_screen
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.config import CONFIG_ENV
 from mergetui.tui.dialogs import ConfirmQuit, TextPrompt
-from mergetui.tui.document import RecipeDocument
 from mergetui.tui.recipe_screen import RecipeScreen
 from mergetui.tui.run_screen import ConfirmDialog, RunScreen, _Relay
 

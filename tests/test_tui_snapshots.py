@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from mergetui.editing.document import RecipeDocument
 from mergetui.merge.analysis import CACHE_ENV
 from mergetui.resources import sample_recipes_dir
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.config import CONFIG_ENV
-from mergetui.tui.document import RecipeDocument
 
 
 @pytest.fixture(autouse=True)

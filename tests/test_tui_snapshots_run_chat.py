@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from mergetui.editing.document import RecipeDocument
 from mergetui.merge.history import DATA_ENV
 from mergetui.tui import chat_screen, run_screen
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.config import CONFIG_ENV
-from mergetui.tui.document import RecipeDocument
 
 FROZEN = types.SimpleNamespace(perf_counter=lambda: 0.0, monotonic=lambda: 0.0)
 

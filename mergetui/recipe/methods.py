@@ -44,6 +44,19 @@ class ParamSpec:
         return self.scope != "shared"
 
 
+Sparsification = Literal["none", "magnitude", "random", "breadcrumbs", "della"]
+Consensus = Literal["none", "sum"]
+
+
+@dataclass(frozen=True)
+class TaskVectorAxes:
+    """A task-vector method's two axes, as mergekit's GeneralizedTaskArithmeticMerge has them:
+    how each task vector is sparsified, and whether a sign is elected per entry (sum consensus)."""
+
+    sparsification: Sparsification
+    consensus: Consensus
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """What a method needs from a recipe: base, input counts and parameters."""
@@ -60,6 +73,27 @@ class MethodSpec:
     max_non_base: int | None = None
     random: bool = False
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # "module:attr" of the tensor function; mergetui.merge.methods.get_method_function imports it
+    # on first use, so this table stays torch-free.
+    function: str = ""
+    # Output element i depends only on input element i: a tensor may be merged piece by piece.
+    elementwise: bool = False
+    # Element-wise when nothing is sparsified (every density >= 1): the task-vector family.
+    elementwise_when_dense: bool = False
+    # The inputs may be chunk sources (mergetui.merge.chunked), held as stored or read from file.
+    reads_chunks: bool = False
+    # The output is written through OutputChunks: with ctx.sink set it goes out chunk by chunk.
+    streams_output: bool = False
+    # Up to this many entries the function holds a float32 copy per non-base input (0: none).
+    cache_elements: int = 0
+    # A plain copy of the one input: without a scale it may skip the float32 round trip.
+    copies_input: bool = False
+    # The parameter the grid and suggest tune: "t" (shared), "weight" (per model), or None.
+    tuned_parameter: str | None = None
+    # Appended to the "takes N models" error of the recipe-wide merge (not of a slice).
+    inputs_hint: str = ""
+    # For the task-vector family: its place on the two axes (one generalized function).
+    task_vector: TaskVectorAxes | None = None
 
     def param(self, name: str) -> ParamSpec | None:
         for p in self.params:

@@ -15,6 +15,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from mergetui.editing.document import RecipeDocument
 from mergetui.errors import UserError
 from mergetui.resources import themes_dir
 from mergetui.tui.chat_screen import ChatScreen
@@ -22,7 +23,6 @@ from mergetui.tui.checkpoints_screen import CheckpointsScreen
 from mergetui.tui.commands import MergeTuiCommands, PaletteCommand
 from mergetui.tui.config import DEFAULT_THEME, AppConfig, user_themes_dir
 from mergetui.tui.dialogs import ConfirmQuit, TextPrompt
-from mergetui.tui.document import RecipeDocument
 from mergetui.tui.help import HelpScreen, active_sections
 from mergetui.tui.recipe_screen import RecipeScreen
 from mergetui.tui.run_screen import ConfirmDialog, RunScreen, app_palette_commands

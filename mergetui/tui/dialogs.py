@@ -20,8 +20,8 @@ from textual.suggester import Suggester
 from textual.widgets import Button, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
+from mergetui.editing.layer_table import PRESET_TITLES, PRESETS, preset_values
 from mergetui.recipe.methods import METHODS, REQUIRED, MethodSpec
-from mergetui.tui.grid_model import PRESET_TITLES, PRESETS, preset_values
 
 
 class PathSuggester(Suggester):

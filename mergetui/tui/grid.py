@@ -1,6 +1,6 @@
 """The per-layer grid widget: draws a `GridModel` as a heat map and turns keys into its operations.
 
-Kept thin on purpose: every rule about values lives in `grid_model.py`. The widget owns only the
+Kept thin on purpose: every rule about values lives in `mergetui/editing/`. The widget owns only the
 cursor, the selection, the drawing (fixed label column and header rows, so labels stay visible while
 the cells scroll) and the clipboard. Prompts for numbers and presets belong to the screen: the
 widget asks for them with messages.
@@ -19,8 +19,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from mergetui.merge.analysis import METRIC_TITLES
-from mergetui.tui.grid_model import (
+from mergetui.editing.layer_table import (
     ALL,
     GROUP_LABELS,
     NA,
@@ -31,6 +30,7 @@ from mergetui.tui.grid_model import (
     format_number,
     next_step,
 )
+from mergetui.merge.analysis import METRIC_TITLES
 from mergetui.tui.themes import Heatmap
 
 CELL_WIDTH = 8  # seven characters of value and a gap

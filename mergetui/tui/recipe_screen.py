@@ -36,6 +36,16 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
+from mergetui.editing.layer_table import (
+    GROUP_LABELS,
+    SUGGEST_STRENGTH,
+    GridError,
+    GridModel,
+    Suggestion,
+    TensorNames,
+    format_number,
+    suggest_rule_lines,
+)
 from mergetui.errors import CancelledError, UserError
 from mergetui.merge.analysis import METRIC_DESCRIPTIONS, METRIC_TITLES, Analysis
 from mergetui.recipe.methods import METHODS, REQUIRED, ParamSpec
@@ -55,16 +65,6 @@ from mergetui.tui.dialogs import (
 )
 from mergetui.tui.footer import KeyFooter
 from mergetui.tui.grid import GRID_ACTIONS, LayerGrid
-from mergetui.tui.grid_model import (
-    GROUP_LABELS,
-    SUGGEST_STRENGTH,
-    GridError,
-    GridModel,
-    Suggestion,
-    TensorNames,
-    format_number,
-    suggest_rule_lines,
-)
 from mergetui.tui.help import HelpSection, binding_rows
 from mergetui.tui.mode_screen import ModeScreen
 from mergetui.tui.status_line import StatusLine

@@ -821,7 +821,7 @@ class RunScreen(ModeScreen):
         self.action_reopen_run()
 
     def _reopen(self, record: Any) -> None:
-        from mergetui.tui.document import RecipeDocument
+        from mergetui.editing.document import RecipeDocument
 
         try:
             recipe = record.recipe()

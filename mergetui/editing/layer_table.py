@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mergetui.checkpoints.layers import block_kind, layer_index, with_layer_index
+from mergetui.editing.document import RecipeDocument
 from mergetui.errors import UserError
 from mergetui.merge.analysis import (
     KINDS,
@@ -32,7 +33,6 @@ from mergetui.merge.analysis import (
 )
 from mergetui.recipe.methods import METHODS, ParamSpec
 from mergetui.recipe.model import Conditional, Recipe, Slice
-from mergetui.tui.document import RecipeDocument
 
 Group = Literal["all", "attention", "mlp", "rest"]
 ALL: Group = "all"

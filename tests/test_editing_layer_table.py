@@ -10,11 +10,8 @@ import math
 
 import pytest
 
-from mergetui.recipe.io import dumps_toml, loads_toml
-from mergetui.recipe.model import Conditional
-from mergetui.recipe.resolve import resolve_layer_values
-from mergetui.tui.document import RecipeDocument
-from mergetui.tui.grid_model import (
+from mergetui.editing.document import RecipeDocument
+from mergetui.editing.layer_table import (
     ALL,
     ATTENTION,
     MLP,
@@ -30,6 +27,9 @@ from mergetui.tui.grid_model import (
     preset_values,
     round_value,
 )
+from mergetui.recipe.io import dumps_toml, loads_toml
+from mergetui.recipe.model import Conditional
+from mergetui.recipe.resolve import resolve_layer_values
 
 TIES = """
 [merge]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from mergetui.editing.document import RecipeDocument
 from mergetui.errors import UserError
 from mergetui.recipe.io import load_recipe, loads_yaml
 from mergetui.recipe.model import ModelEntry
-from mergetui.tui.document import RecipeDocument
 
 YAML = """\
 merge_method: slerp
