@@ -22,11 +22,9 @@ from safetensors.torch import load_file, save_file
 from mergetui.errors import CancelledError, UserError
 from mergetui.merge import analysis as analysis_module
 from mergetui.merge.analysis import (
-    CACHE_ENV,
     Analysis,
     agreement_from,
     analyze,
-    cache_dir,
     cache_path,
     cosine_from,
     distance_from,
@@ -34,6 +32,8 @@ from mergetui.merge.analysis import (
     plan_analysis,
     run_analysis,
 )
+from mergetui.paths import CACHE_ENV
+from mergetui.paths import analysis_cache_dir as cache_dir
 
 NAMES = {
     "model.embed_tokens.weight": (10, 4),

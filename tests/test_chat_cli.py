@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from mergetui.cli import main
-from mergetui.merge.history import DATA_ENV
-from mergetui.tui.config import CONFIG_ENV
+from mergetui.paths import CONFIG_ENV, DATA_ENV
 
 
 @pytest.fixture(autouse=True)

@@ -18,8 +18,9 @@ from mergetui.checkpoints.sources import (
     scan_local,
     scan_models_dirs,
 )
+from mergetui.paths import CONFIG_ENV
 from mergetui.recipe.model import ModelEntry, Recipe
-from mergetui.tui.config import CONFIG_ENV, AppConfig, remember_models_dirs
+from mergetui.settings import AppConfig, remember_models_dirs
 
 
 def fake_cache_repo(cache: Path, repo_id: str, source: Path, commit: str, ref: bool = True) -> Path:

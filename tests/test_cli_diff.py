@@ -9,7 +9,8 @@ import pytest
 
 from mergetui.cli import main
 from mergetui.cli.cmd_diff import model_names, sparkline
-from mergetui.merge.analysis import CACHE_ENV, analyze
+from mergetui.merge.analysis import analyze
+from mergetui.paths import CACHE_ENV
 
 
 @pytest.fixture(autouse=True)

@@ -16,15 +16,17 @@ import pytest
 from tui_helpers import gate_the_engine, wait_reached
 
 from mergetui.editing.document import RecipeDocument
-from mergetui.merge.history import DATA_ENV
+from mergetui.paths import CONFIG_ENV, DATA_ENV
+from mergetui.settings import AppConfig
 from mergetui.tui import run_screen
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.checkpoints_screen import CheckpointsScreen
-from mergetui.tui.config import CONFIG_ENV, AppConfig
-from mergetui.tui.dialogs import AddModelDialog, PresetDialog, model_source
+from mergetui.tui.dialogs.confirm import ConfirmDialog
+from mergetui.tui.dialogs.models import AddModelDialog, model_source
+from mergetui.tui.dialogs.presets import PresetDialog
 from mergetui.tui.eta import RateEstimate
-from mergetui.tui.recipe_screen import RecipeScreen
-from mergetui.tui.run_screen import ConfirmDialog, ProgressState, RunProgress, RunScreen
+from mergetui.tui.recipe.screen import RecipeScreen
+from mergetui.tui.run_screen import ProgressState, RunProgress, RunScreen
 from mergetui.tui.status_line import StatusLine, fit_parts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -334,7 +336,7 @@ async def test_the_slices_tab_shows_layers_as_the_file_writes_them(
 async def test_the_s_curve_presets_say_they_look_alike(
     tmp_path: Path, llama_family: dict[str, Path]
 ) -> None:
-    from mergetui.editing.layer_table import preset_values
+    from mergetui.editing.presets import preset_values
 
     # The two curves really are within 1% of each other: no picture can tell them apart...
     xs = 1001
@@ -424,7 +426,7 @@ def test_diff_json_with_kind_says_what_the_table_says(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from mergetui.cli import main
-    from mergetui.merge.analysis import CACHE_ENV
+    from mergetui.paths import CACHE_ENV
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "analysis-cache"))
     fam = llama_family

@@ -18,10 +18,9 @@ from mergetui.chat.loader import load_for_chat
 from mergetui.chat.memory import needed_bytes, weights_bytes
 from mergetui.cli import main
 from mergetui.errors import UserError
-from mergetui.merge.history import DATA_ENV
+from mergetui.paths import CONFIG_ENV, DATA_ENV
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.chat_screen import ChatScreen, LoadModelDialog, open_chat
-from mergetui.tui.config import CONFIG_ENV
 
 GB = 1000**3
 NO_BF16 = frozenset({"fpu", "sse2", "avx", "avx2", "fma", "avx512f"})

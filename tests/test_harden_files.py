@@ -25,9 +25,7 @@ from hub_server import HubServer, serve_for_test
 from mergetui.checkpoints.inspect import SAFETENSORS_INDEX, open_checkpoint
 from mergetui.cli import main
 from mergetui.errors import UserError
-from mergetui.merge.analysis import CACHE_ENV
-from mergetui.merge.history import DATA_ENV
-from mergetui.tui.config import CONFIG_ENV
+from mergetui.paths import CACHE_ENV, CONFIG_ENV, DATA_ENV
 
 # A command that should answer at once; if it blocks (a FIFO opened for reading), the test fails
 # when this runs out instead of hanging the suite.

@@ -277,8 +277,9 @@ def test_pull_stops_on_the_first_ctrl_c(
 async def test_checkpoints_screen_hub_workers_end(
     silent: BlackHole, hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from mergetui.paths import CONFIG_ENV
+    from mergetui.settings import AppConfig
     from mergetui.tui.app import MergeTuiApp
-    from mergetui.tui.config import CONFIG_ENV, AppConfig
 
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
     monkeypatch.chdir(tmp_path)
@@ -301,8 +302,9 @@ async def test_checkpoints_screen_hub_workers_end(
 async def test_checkpoints_screen_download_ends_when_the_body_stalls(
     hub: HubServer, llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from mergetui.paths import CONFIG_ENV
+    from mergetui.settings import AppConfig
     from mergetui.tui.app import MergeTuiApp
-    from mergetui.tui.config import CONFIG_ENV, AppConfig
 
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
     monkeypatch.chdir(tmp_path)

@@ -16,13 +16,13 @@ import yaml
 
 from mergetui.cli import main
 from mergetui.editing.document import RecipeDocument
-from mergetui.merge.history import DATA_ENV, RunRecord, append_run, load_history
+from mergetui.merge.history import RunRecord, append_run, load_history
+from mergetui.paths import CONFIG_ENV, DATA_ENV
 from mergetui.recipe.io import load_recipe
 from mergetui.recipe.model import ModelEntry, Recipe
 from mergetui.recipe.paths import output_folder, recipe_folder
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.config import CONFIG_ENV
-from mergetui.tui.recipe_screen import MetricPicker, RecipeScreen
+from mergetui.tui.recipe.screen import MetricPicker, RecipeScreen
 from mergetui.tui.run_screen import RunScreen
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

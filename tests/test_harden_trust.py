@@ -183,9 +183,8 @@ async def test_the_run_screen_merges_without_trust(
     tmp_path: Path, hostile: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mergetui.editing.document import RecipeDocument
-    from mergetui.merge.history import DATA_ENV
+    from mergetui.paths import CONFIG_ENV, DATA_ENV
     from mergetui.tui.app import MergeTuiApp
-    from mergetui.tui.config import CONFIG_ENV
     from mergetui.tui.run_screen import RunScreen
 
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
@@ -319,9 +318,8 @@ async def test_the_run_screen_shows_the_refusal(
     tmp_path: Path, llama_and_qwen: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mergetui.editing.document import RecipeDocument
-    from mergetui.merge.history import DATA_ENV
+    from mergetui.paths import CONFIG_ENV, DATA_ENV
     from mergetui.tui.app import MergeTuiApp
-    from mergetui.tui.config import CONFIG_ENV
 
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
     monkeypatch.setenv(DATA_ENV, str(tmp_path / "data"))

@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 
 from mergetui.merge import history
-from mergetui.merge.history import (
-    DATA_ENV,
-    RunRecord,
-    append_run,
-    data_dir,
-    history_path,
-    load_history,
-)
+from mergetui.merge.history import RunRecord, append_run, history_path, load_history
+from mergetui.paths import DATA_ENV, data_dir
 from mergetui.recipe.io import dumps_toml, loads_toml
 
 RECIPE = """\

@@ -190,7 +190,7 @@ def test_merge_missing_repo_on_the_hub(cli, hub: HubServer, tmp_path: Path) -> N
 
 
 def test_models_dir_is_remembered(cli, hub: HubServer, tmp_path: Path) -> None:
-    from mergetui.tui.config import AppConfig
+    from mergetui.settings import AppConfig
 
     folder = tmp_path / "my-models"
     folder.mkdir()

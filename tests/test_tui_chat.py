@@ -19,11 +19,10 @@ from mergetui.chat.generate import GenerationSettings, generate_reply
 from mergetui.chat.loader import load_for_chat
 from mergetui.chat.prompt import conversation
 from mergetui.editing.document import RecipeDocument
-from mergetui.merge.history import DATA_ENV
+from mergetui.paths import CONFIG_ENV, DATA_ENV
 from mergetui.tui import chat_screen
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.chat_screen import ChatScreen, LoadModelDialog, open_chat
-from mergetui.tui.config import CONFIG_ENV
 
 
 @pytest.fixture(autouse=True)

@@ -14,11 +14,12 @@ from hub_server import TEST_TOKEN, HubServer, serve_for_test
 from textual.widgets import DataTable, Input, ProgressBar, Static
 
 from mergetui.checkpoints.locate import find_local
+from mergetui.paths import CONFIG_ENV
+from mergetui.settings import AppConfig
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.checkpoints_screen import CheckpointsScreen, details_text
-from mergetui.tui.config import CONFIG_ENV, AppConfig
 from mergetui.tui.push_dialog import PushDialog
-from mergetui.tui.recipe_screen import RecipeScreen
+from mergetui.tui.recipe.screen import RecipeScreen
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ import pytest
 
 from mergetui.editing.document import RecipeDocument
 from mergetui.merge import analysis as analysis_module
-from mergetui.merge.analysis import CACHE_ENV, analyze
+from mergetui.merge.analysis import analyze
+from mergetui.paths import CACHE_ENV, CONFIG_ENV
 from mergetui.recipe.io import load_recipe
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.config import CONFIG_ENV
-from mergetui.tui.grid import LayerGrid
-from mergetui.tui.recipe_screen import MetricPicker, RecipeScreen, SuggestPreview
+from mergetui.tui.recipe.grid import LayerGrid
+from mergetui.tui.recipe.screen import MetricPicker, RecipeScreen, SuggestPreview
 
 
 @pytest.fixture(autouse=True)

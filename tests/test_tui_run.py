@@ -12,14 +12,15 @@ import pytest
 from tui_helpers import gate_the_engine, wait_reached
 
 from mergetui.editing.document import RecipeDocument
-from mergetui.merge.history import DATA_ENV, load_history
+from mergetui.merge.history import load_history
+from mergetui.paths import CONFIG_ENV, DATA_ENV
 from mergetui.recipe.io import dumps_toml
 from mergetui.tui import run_screen
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.config import CONFIG_ENV
-from mergetui.tui.dialogs import ConfirmQuit, TextPrompt
-from mergetui.tui.recipe_screen import RecipeScreen
-from mergetui.tui.run_screen import ConfirmDialog, RunScreen, _Relay
+from mergetui.tui.dialogs.confirm import ConfirmDialog, ConfirmQuit
+from mergetui.tui.dialogs.paths import TextPrompt
+from mergetui.tui.recipe.screen import RecipeScreen
+from mergetui.tui.run_screen import RunScreen, _Relay
 
 
 @pytest.fixture(autouse=True)

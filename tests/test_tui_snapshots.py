@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from mergetui.editing.document import RecipeDocument
-from mergetui.merge.analysis import CACHE_ENV
+from mergetui.paths import CACHE_ENV, CONFIG_ENV
 from mergetui.resources import sample_recipes_dir
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.config import CONFIG_ENV
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from hub_server import serve_for_test
 
+from mergetui.paths import CONFIG_ENV
+from mergetui.settings import AppConfig
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.config import CONFIG_ENV, AppConfig
 
 
 @pytest.fixture

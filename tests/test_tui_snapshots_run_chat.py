@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from mergetui.editing.document import RecipeDocument
-from mergetui.merge.history import DATA_ENV
+from mergetui.paths import CONFIG_ENV, DATA_ENV
 from mergetui.tui import chat_screen, run_screen
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.config import CONFIG_ENV
 
 FROZEN = types.SimpleNamespace(perf_counter=lambda: 0.0, monotonic=lambda: 0.0)
 

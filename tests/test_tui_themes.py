@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from textual.color import Color
 
+from mergetui.paths import CONFIG_ENV, config_dir
 from mergetui.resources import themes_dir
+from mergetui.settings import AppConfig
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.config import CONFIG_ENV, AppConfig, config_dir
 from mergetui.tui.themes import ThemeFileError, load_theme_file, load_themes
 
 

@@ -140,7 +140,7 @@ def run() -> NoReturn:
 def _remember_models_dirs(folders: list[str]) -> None:
     """`--models-dir DIR`: add the folders to the remembered list in the user's config."""
     from mergetui.cli.output import console_err
-    from mergetui.tui.config import remember_models_dirs
+    from mergetui.settings import remember_models_dirs
 
     for added in remember_models_dirs(folders):
         console_err().print(f"remembered models folder {added}", markup=False)

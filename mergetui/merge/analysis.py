@@ -19,9 +19,9 @@ model's own geometry.
 
 Like a merge: one reader thread reads the next piece (pread, see reader.py) while the calling thread
 computes, so at most a few pieces are in memory whatever the model size; progress is reported
-through a callback and a `threading.Event` cancels between pieces. Results are cached on disk (see
-`cache_dir`), keyed by every weight file's path, size and modification time, so a second look is
-instant and a changed checkpoint is recomputed.
+through a callback and a `threading.Event` cancels between pieces. Results are cached on disk (in
+`paths.analysis_cache_dir`), keyed by every weight file's path, size and modification time, so a
+second look is instant and a changed checkpoint is recomputed.
 
 No torch import at module level: the app's grid model imports the result types.
 """
@@ -41,11 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mergetui.checkpoints.layers import block_kind, is_pre_layer, layer_index
+from mergetui.checkpoints.layers import block_kind, is_pre_layer, is_skipped, layer_index
+from mergetui.dtypes import FLOAT_CODES
 from mergetui.errors import CancelledError, UserError
+from mergetui.paths import analysis_cache_dir
 
 ANALYSIS_VERSION = 1
-CACHE_ENV = "MERGETUI_CACHE_DIR"
 CHUNK_ELEMENTS = 1 << 21  # must stay below 2**24 (exact float32 sign counts)
 METRICS: tuple[str, ...] = ("cosine", "distance", "agreement")
 METRIC_TITLES: dict[str, str] = {"cosine": "cos", "distance": "dist", "agreement": "agree"}
@@ -58,8 +59,6 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
 PER_MODEL_METRICS = frozenset({"cosine", "distance"})
 KINDS: tuple[str, ...] = ("embedding", "attention", "mlp", "norm", "head", "other")
 RowKey = int | Literal["embed", "head"]
-_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
-_SKIPPED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.masked_bias", ".attn.bias")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -362,9 +361,9 @@ def plan_analysis(
     planned: list[_Planned] = []
     skipped: list[str] = []
     for tensor_name, info in ref.tensors.items():
-        if tensor_name.endswith(_SKIPPED_SUFFIXES):
+        if is_skipped(tensor_name):
             continue
-        if info.dtype not in _FLOAT_DTYPES:
+        if info.dtype not in FLOAT_CODES:
             skipped.append(f"{tensor_name}: {info.dtype} is not a floating-point tensor")
             continue
         sources = [_Source(info.file, info.offset, info.nbytes, info.dtype, tensor_name)]
@@ -380,7 +379,7 @@ def plan_analysis(
                     f"{list(info.shape)} in {reference}"
                 )
                 break
-            if found.dtype not in _FLOAT_DTYPES:
+            if found.dtype not in FLOAT_CODES:
                 problem = f"{tensor_name}: {found.dtype} in {other} is not floating-point"
                 break
             sources.append(
@@ -441,19 +440,9 @@ def _identity(checkpoint: Any) -> list[list[Any]]:
 # The cache
 
 
-def cache_dir() -> Path:
-    """Where results are kept: `$MERGETUI_CACHE_DIR`, else platformdirs' user cache folder."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override).expanduser() / "analysis"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("mergetui")) / "analysis"
-
-
 def cache_path(plan: AnalysisPlan) -> Path:
     digest = hashlib.sha256(json.dumps(plan.cache_key, sort_keys=True).encode()).hexdigest()
-    return cache_dir() / f"{digest[:40]}.json"
+    return analysis_cache_dir() / f"{digest[:40]}.json"
 
 
 def load_cached(plan: AnalysisPlan) -> Analysis | None:

@@ -2,8 +2,8 @@
 
 One JSON object per line in `<data>/runs.jsonl`, newest last, each with the recipe as it was when the
 run started (TOML text, unsaved edits included), so a past run can be reopened exactly. `<data>` is
-`platformdirs.user_data_dir("mergetui")`, or `$MERGETUI_DATA_DIR` when set (tests point it at a
-temporary folder). Appending is one write of one line; a damaged line is skipped, never fatal: the
+`paths.data_dir()` (`platformdirs.user_data_dir("mergetui")`, or `$MERGETUI_DATA_DIR` when set:
+tests point it at a temporary folder). Appending is one write of one line; a damaged line is skipped, never fatal: the
 history is a convenience, never a reason to refuse a merge. The recipe and output paths are stored
 absolute, so a past run means the same whatever folder mergetui is started in later.
 """
@@ -19,21 +19,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-DATA_ENV = "MERGETUI_DATA_DIR"
+from mergetui.paths import data_dir
+
 HISTORY_FILE = "runs.jsonl"
 HISTORY_LIMIT = 200  # runs kept when the file is rewritten
 OUTCOMES = ("finished", "failed", "cancelled")
 _LOCK = threading.Lock()
-
-
-def data_dir() -> Path:
-    """Where mergetui keeps its data; `$MERGETUI_DATA_DIR` wins over the platform default."""
-    override = os.environ.get(DATA_ENV)
-    if override:
-        return Path(override).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("mergetui"))
 
 
 def history_path() -> Path:

@@ -1,9 +1,9 @@
-"""The app's remembered settings (theme, nudge step, split view, models folders), kept in the user's
-config folder.
+"""The settings mergetui remembers between sessions (theme, nudge step, split view, models folders),
+in `config.toml` in the user's config folder (`paths.config_dir`).
 
-The folder is `platformdirs.user_config_dir("mergetui")`, or `$MERGETUI_CONFIG_DIR` when set (tests
-point it at a temporary folder). A missing or unreadable file means defaults: settings are a
-convenience, never a reason to refuse to start.
+Read by the app and written by it and by `mergetui --models-dir DIR` (so they live outside the UI
+layer). A missing or unreadable file means defaults: settings are a convenience, never a reason to
+refuse to start.
 """
 
 from __future__ import annotations
@@ -13,28 +13,15 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from mergetui.paths import config_dir
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-CONFIG_ENV = "MERGETUI_CONFIG_DIR"
 CONFIG_FILE = "config.toml"
 DEFAULT_THEME = "mergetui-dark"
-
-
-def config_dir() -> Path:
-    """Where settings and user themes live; `$MERGETUI_CONFIG_DIR` wins over the platform default."""
-    override = os.environ.get(CONFIG_ENV)
-    if override:
-        return Path(override).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_config_dir("mergetui"))
-
-
-def user_themes_dir() -> Path:
-    return config_dir() / "themes"
 
 
 @dataclass
