@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import shutil
@@ -324,6 +325,7 @@ def test_chunk_reading_methods_give_the_same_tensors_from_every_source(
     and writes its output in the output dtype; every form gives the float32 path's tensors.
     Element-wise pieces (linear) are always small and held as stored."""
     from mergetui.merge import chunked, methods
+    from mergetui.recipe.methods import METHODS
 
     base = tiny_model_factory("llama", seed=0, dtype="bfloat16")  # type: ignore[operator]
     one = tiny_model_factory("llama", seed=1, base=base, dtype="bfloat16")  # type: ignore[operator]
@@ -340,8 +342,9 @@ def test_chunk_reading_methods_give_the_same_tensors_from_every_source(
         seed=7,
     )
     real = methods.get_method_function(method)
-    assert getattr(real, "reads_chunks", False)
-    streams = bool(getattr(real, "streams_output", False))
+    spec = METHODS[method]
+    assert spec.reads_chunks
+    streams = spec.streams_output
     assert streams == (method != "linear")  # linear's pieces are small: it returns them whole
     seen: list[set[type]] = []
     sinks: list[bool] = []
@@ -351,8 +354,6 @@ def test_chunk_reading_methods_give_the_same_tensors_from_every_source(
         sinks.append(ctx.sink is not None)  # type: ignore[attr-defined]
         return real(tensors, ctx)
 
-    spy.reads_chunks = True  # type: ignore[attr-defined]
-    spy.streams_output = streams  # type: ignore[attr-defined]
     monkeypatch.setattr(methods, "get_method_function", lambda name: spy)
     outputs = {}
     for label, threshold in (("stored", 1 << 40), ("file", 0)):
@@ -367,7 +368,7 @@ def test_chunk_reading_methods_give_the_same_tensors_from_every_source(
         # Streaming methods hand every output chunk to the writer (no whole output is held).
         assert sinks and all(sink == streams for sink in sinks)
         outputs[label] = _load_output(tmp_path / label)
-    spy.reads_chunks = False  # type: ignore[attr-defined]
+    monkeypatch.setitem(METHODS, method, dataclasses.replace(spec, reads_chunks=False))
     seen.clear()
     sinks.clear()
     run_merge(make_plan(recipe, out=tmp_path / "whole"))

@@ -62,22 +62,6 @@ _SKIPPED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.masked_bias")
 # Input embeddings a tied head falls back to (mergekit's `tied_names`), most specific first.
 _EMBEDDING_HINTS = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embed_in")
 
-# Methods whose output element i depends only on input element i (so a tensor can be merged piece
-# by piece), and those that are so when nothing is sparsified (every density >= 1).
-ELEMENTWISE_METHODS = frozenset({"passthrough", "linear", "nearswap", "ram"})
-ELEMENTWISE_WITHOUT_SPARSIFY = frozenset(
-    {
-        "task_arithmetic",
-        "ties",
-        "dare_ties",
-        "dare_linear",
-        "breadcrumbs",
-        "breadcrumbs_ties",
-        "della",
-        "della_linear",
-    }
-)
-
 # Rough resident size of Python + torch before any tensor: part of the estimate.
 PROCESS_BASELINE_BYTES = 300 * 1000**2
 # Pieces whose working sets fit half of max(largest, this) may run two at a time (runner).
@@ -778,7 +762,7 @@ class _TensorBuilder:
                 section=section,
                 layer=out_layer,
                 copy_only=not floating,
-                elementwise=floating and _is_elementwise(self.spec.name, per_model),
+                elementwise=floating and _is_elementwise(self.spec, per_model),
             )
         )
 
@@ -825,10 +809,12 @@ class _TensorBuilder:
         return dict(shared), [dict(per_model.get(model, {})) for model, _ in inputs]
 
 
-def _is_elementwise(method: str, per_model: Sequence[Mapping[str, Any]]) -> bool:
-    if method in ELEMENTWISE_METHODS:
+def _is_elementwise(spec: MethodSpec, per_model: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether each output element depends only on the same input element (the spec says so,
+    or says so when nothing is sparsified and every density is >= 1)."""
+    if spec.elementwise:
         return True
-    if method in ELEMENTWISE_WITHOUT_SPARSIFY:
+    if spec.elementwise_when_dense:
         densities = [p.get("density", 1.0) for p in per_model]
         return all(d is None or float(d) >= 1.0 for d in densities)
     return False

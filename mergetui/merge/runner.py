@@ -321,10 +321,13 @@ def _pieces(plan: Plan) -> list[_Piece]:
 
 
 def _split(tensors: Sequence[PlannedTensor], method: str) -> list[_Piece]:
+    from mergetui.recipe.methods import METHODS
+
+    copies = METHODS[method].copies_input
     pieces = []
     for tensor in tensors:
         fast = (
-            method == "passthrough"
+            copies
             and not tensor.copy_only
             and tensor.per_model[0].get("scale") is None
             and tensor.inputs[0].dtype == tensor.dtype
@@ -442,15 +445,15 @@ class _WorkModel:
 
 
 def _work_model(tensors: Sequence[PlannedTensor], method_name: str, device_type: str) -> _WorkModel:
-    from mergetui.merge.methods import get_method_function
+    from mergetui.recipe.methods import METHODS
 
-    method = get_method_function(method_name)
+    spec = METHODS[method_name]
     pieces = _split(tensors, method_name)
-    # A method that declares `reads_chunks` gets its whole-tensor inputs as chunk sources
+    # A method whose spec says `reads_chunks` gets its whole-tensor inputs as chunk sources
     # (chunked.py): held as stored, or for the largest sets not held at all but read from the
     # file slice by slice. Otherwise, on the CPU, the reader thread converts inputs to float32
     # (off the compute threads); on a GPU the stored bytes travel and are converted there.
-    chunked = bool(getattr(method, "reads_chunks", False))
+    chunked = spec.reads_chunks
     modes = [_input_mode(p, chunked) for p in pieces]
     # The largest tensors (read from the files slice by slice) go first: they take longest, and
     # one left for the end would run alone while the other workers have nothing left to do.
@@ -465,8 +468,8 @@ def _work_model(tensors: Sequence[PlannedTensor], method_name: str, device_type:
         for p, mode, convert in zip(pieces, modes, early, strict=True)
     ]
     # A method that streams its output (OutputChunks) hands it to the writer chunk by chunk.
-    streams = chunked and bool(getattr(method, "streams_output", False))
-    cache_elements = int(getattr(method, "cache_elements", 0)) if chunked else 0
+    streams = chunked and spec.streams_output
+    cache_elements = spec.cache_elements if chunked else 0
     footprints = [
         _footprint(p, size, mode, streams, cache_elements)
         for p, size, mode in zip(pieces, sizes, modes, strict=True)

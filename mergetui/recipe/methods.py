@@ -102,6 +102,11 @@ class MethodSpec:
         return None
 
     @property
+    def epsilon_window(self) -> bool:
+        """Keep probabilities run over density ± epsilon per model (DELLA): see `window_fits`."""
+        return self.task_vector is not None and self.task_vector.sparsification == "della"
+
+    @property
     def shared_params(self) -> tuple[ParamSpec, ...]:
         return tuple(p for p in self.params if p.scope == "shared")
 
@@ -493,6 +498,12 @@ METHODS: dict[str, MethodSpec] = {
         ),
     )
 }
+
+
+def window_fits(density: float, epsilon: float) -> bool:
+    """Whether DELLA's keep probabilities, density - epsilon to density + epsilon, stay inside
+    (0, 1), as mergekit requires; the validator and the method both ask."""
+    return not (density - epsilon <= 0 or density + epsilon >= 1)
 
 
 def get_method(name: str) -> MethodSpec | None:

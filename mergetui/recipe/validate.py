@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from mergetui.errors import UserError
 from mergetui.recipe.io import TOKENIZER_KEYWORDS, did_you_mean
 from mergetui.recipe.limits import MAX_LAYER, MAX_PARAMETER
-from mergetui.recipe.methods import METHODS, MethodSpec, ParamSpec
+from mergetui.recipe.methods import METHODS, MethodSpec, ParamSpec, window_fits
 from mergetui.recipe.model import Conditional, Parameters, ParamValue, Recipe, Slice
 from mergetui.recipe.resolve import (
     MissingParameterError,
@@ -397,11 +397,7 @@ def _check_inputs(problems: _Problems, spec: MethodSpec) -> None:
         maximum = spec.max_inputs
         if count < spec.min_inputs or (maximum is not None and count > maximum):
             counting = " (the base included)" if spec.base != "ignored" else ""
-            extra = (
-                "; to stack layers from several models use [[slices]], one source each"
-                if spec.name == "passthrough" and not in_slices
-                else ""
-            )
+            extra = spec.inputs_hint if not in_slices else ""
             problems.error(
                 where,
                 f"{spec.name} takes {_count_text(spec.min_inputs, maximum)} "
@@ -883,13 +879,13 @@ def _check_every_tensor(
             return
         except ParameterValueError:
             return  # reported by the recipe checks
-        if spec.name.startswith("della"):
+        if spec.epsilon_window:
             for model, values in per_model.items():
                 density, epsilon = values.get("density"), values.get("epsilon")
                 if density is None or epsilon is None or not 0 < density < 1:
                     continue
-                if density - epsilon <= 0 or density + epsilon >= 1:
-                    key = ("della", model)
+                if not window_fits(density, epsilon):
+                    key = ("epsilon", model)
                     if key not in reported:
                         reported.add(key)
                         problems.error(

@@ -6,8 +6,10 @@ Each method is `fn(tensors, ctx) -> Tensor`: `tensors` are the inputs of one out
 alias an input when the method is a plain copy); the engine casts it once to the output dtype.
 Functions never modify their inputs.
 
-The names are those of `mergetui.recipe.methods.METHODS`, the only list of methods; the family
-modules are imported on first use, so importing this package stays cheap (no torch).
+Each method's `MethodSpec` (`mergetui.recipe.methods.METHODS`, the only list of methods) names its
+function as "module:attr" and carries the traits the engine reads (`reads_chunks`,
+`streams_output`, `cache_elements`, ...); the modules are imported on first use, so importing this
+package stays cheap (no torch).
 See docs/methods.md for each method's formula and every deliberate difference from mergekit.
 """
 
@@ -61,50 +63,30 @@ class MethodContext:
 
 MethodFunction = Callable[[list["torch.Tensor"], MethodContext], "torch.Tensor"]
 
-# name -> (module in this package, function name). Kept in the order of the spec table.
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "linear": ("linear", "linear"),
-    "slerp": ("slerp", "slerp"),
-    "nuslerp": ("nuslerp", "nuslerp"),
-    "multislerp": ("multislerp", "multislerp"),
-    "karcher": ("karcher", "karcher"),
-    "task_arithmetic": ("task_vector", "task_arithmetic"),
-    "ties": ("task_vector", "ties"),
-    "dare_ties": ("task_vector", "dare_ties"),
-    "dare_linear": ("task_vector", "dare_linear"),
-    "breadcrumbs": ("task_vector", "breadcrumbs"),
-    "breadcrumbs_ties": ("task_vector", "breadcrumbs_ties"),
-    "della": ("task_vector", "della"),
-    "della_linear": ("task_vector", "della_linear"),
-    "sce": ("sce", "sce"),
-    "ram": ("ram", "ram"),
-    "ramplus_tl": ("ram", "ramplus_tl"),
-    "model_stock": ("model_stock", "model_stock"),
-    "nearswap": ("nearswap", "nearswap"),
-    "arcee_fusion": ("arcee_fusion", "arcee_fusion"),
-    "passthrough": ("passthrough", "passthrough"),
-}
-
 
 def registered_names() -> list[str]:
     """Every method name that has a tensor function."""
-    return list(_REGISTRY)
+    from mergetui.recipe.methods import METHODS
+
+    return [name for name, spec in METHODS.items() if spec.function]
 
 
 def get_method_function(name: str) -> MethodFunction:
-    """The tensor function of a method; a name outside the spec table is a UserError."""
-    entry = _REGISTRY.get(name)
-    if entry is None:
+    """The tensor function of a method (its spec's "module:attr", imported on first use); a name
+    outside the spec table is a UserError."""
+    from mergetui.recipe.methods import METHODS
+
+    spec = METHODS.get(name)
+    if spec is None or not spec.function:
         from mergetui.errors import UserError
 
         raise UserError(
             f"unknown merge method {name!r}",
             where="merge.method",
-            fix="use one of " + ", ".join(_REGISTRY),
+            fix="use one of " + ", ".join(registered_names()),
         )
-    module_name, function_name = entry
-    module = importlib.import_module(f"{__name__}.{module_name}")
-    return getattr(module, function_name)
+    module_name, _, function_name = spec.function.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
 
 
 __all__ = ["MethodContext", "MethodFunction", "get_method_function", "registered_names"]

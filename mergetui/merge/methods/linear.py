@@ -60,6 +60,3 @@ def linear(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
         if scratch is not None:
             out_flat[start:end].copy_(chunk)
     return out
-
-
-linear.reads_chunks = True  # type: ignore[attr-defined]  # see mergetui.merge.chunked

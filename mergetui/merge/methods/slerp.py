@@ -70,7 +70,3 @@ def slerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
         else:  # computed in the compute dtype, rounded once into the output dtype
             target.copy_(torch.mul(a[start:end], coef_a).add_(b[start:end], alpha=coef_b))
     return out.result()
-
-
-slerp.reads_chunks = True  # type: ignore[attr-defined]  # see mergetui.merge.chunked
-slerp.streams_output = True  # type: ignore[attr-defined]  # see _common.OutputChunks

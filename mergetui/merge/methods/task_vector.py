@@ -1,6 +1,9 @@
-"""The task-vector family: task_arithmetic, ties, dare_*, breadcrumbs*, della*.
+"""The task-vector family (task_arithmetic, ties, dare_*, breadcrumbs*, della*) as one function.
 
-What mergekit's GeneralizedTaskArithmeticMerge computes, for each non-base input i:
+Like mergekit's GeneralizedTaskArithmeticMerge, every member is one generalized method placed on
+two axes, read from its MethodSpec (`task_vector`): how each task vector is sparsified (none,
+magnitude, random, breadcrumbs, della) and whether a sign is elected per entry (sum consensus).
+What it computes, for each non-base input i:
     tau_i = x_i - base, sparsified over the whole tensor with density_i (>= 1: untouched),
     optionally rescaled to its L1 norm before sparsifying, times weight_i;
 then, with sign election, entries whose sign matches sign(sum_i tau_i) (>= 0 counts as +) are
@@ -44,6 +47,11 @@ from mergetui.merge.methods._select import (
     top_k_rule,
 )
 
+# Tensors up to this size keep each input's task vector from the statistics pass (TIES'
+# histograms, DARE's L1 rescale), so the passes after it read it instead of subtracting again
+# (and drawing DARE's mask again); its home is the spec table, which the engine's memory bound reads.
+from mergetui.recipe.methods import TAU_CACHE_ELEMENTS, TaskVectorAxes, window_fits
+
 if TYPE_CHECKING:
     import torch
 
@@ -51,11 +59,6 @@ if TYPE_CHECKING:
 
 # mergekit's rescaled_masked_tensor leaves the mask unscaled below this norm.
 _RESCALE_EPS = 1e-7
-# When a statistics pass runs (TIES' histograms, DARE's L1 rescale), tensors up to this size keep
-# each input's task vector from it (float32, already masked for DARE: 11.5 MB per input for a
-# 2.9M-entry MLP projection), so the passes after it read it instead of subtracting again (and
-# drawing DARE's mask again). Larger ones (embeddings, lm_head) recompute chunk by chunk.
-TAU_CACHE_ELEMENTS = 1 << 22
 
 
 @dataclass
@@ -66,7 +69,7 @@ class _Input:
     slot: int  # position among the non-base inputs (keys its random stream)
     tensor: torch.Tensor  # flat view
     weight: float
-    kind: str | None  # None: keep all; "zero"; "magnitude"; "random"; "outliers"; "della"
+    kind: str | None  # None: keep all; "zero"; "magnitude"; "random"; "breadcrumbs"; "della"
     density: float = 1.0
     gamma: float = 0.0
     epsilon: float = 0.0
@@ -82,14 +85,10 @@ class _Input:
     tau_masked: bool = False  # tau is already multiplied by its random keep mask
 
 
-def _merge(
-    tensors: list[torch.Tensor],
-    ctx: MethodContext,
-    sparsification: str | None,
-    consensus: bool,
-) -> torch.Tensor:
-    import torch
-
+def generalized_task_arithmetic(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
+    """base + lambda * (the weighted, sparsified task vectors, summed or sign-elected), the
+    method's place on the two axes read from its spec (see the module docstring)."""
+    axes = _axes(ctx)
     base, others = split_base(tensors, ctx, required=True)
     assert base is not None
     if not others or base.numel() == 0:
@@ -99,104 +98,155 @@ def _merge(
     lam = float(shared_param(ctx, "lambda"))
     base_flat = flat(base)
     numel = base_flat.numel()
-
     inputs = [
-        _plan_input(tensors, ctx, index, slot, sparsification, numel)
+        _plan_input(tensors, ctx, index, slot, axes.sparsification, numel)
         for slot, index in enumerate(others)
     ]
     _gather_statistics(inputs, base, base_flat, ctx, rescale)
+    if rescale:
+        _rescale(inputs)
+    consensus = axes.consensus == "sum"
+    return _OutputPass(ctx, base, inputs, consensus, normalize, lam).run(base_flat)
+
+
+def _axes(ctx: MethodContext) -> TaskVectorAxes:
+    from mergetui.recipe.methods import METHODS
+
+    spec = METHODS.get(ctx.method)
+    if spec is None or spec.task_vector is None:
+        raise UserError(f"{ctx.method} is not a task-vector method", where=ctx.tensor_name)
+    return spec.task_vector
+
+
+def _rescale(inputs: list[_Input]) -> None:
+    """Restore each sparsified task vector's L1 norm (mergekit's rescaled_masked_tensor)."""
     for item in inputs:
-        if rescale and item.kind in ("magnitude", "outliers", "random", "della"):
+        if item.kind in ("magnitude", "breadcrumbs", "random", "della"):
             before, after = float(item.l1_before), float(item.l1_after)
             if before >= _RESCALE_EPS and after >= _RESCALE_EPS:
                 item.scale = before / after
 
-    weights = [item.weight for item in inputs]
-    coefficients = [item.weight * item.scale for item in inputs]
-    if not consensus:
-        divisor = sum(weights) if normalize else 1.0
-        if abs(divisor) < 1e-8:
-            divisor = 1.0
-        coefficients = [c * lam / divisor for c in coefficients]
 
-    device = base.device
-    count = len(inputs)
-    out = OutputChunks(ctx, base)
-    # Scratch for one chunk, reused by every chunk: no allocation inside the loop.
-    width = min(numel, CHUNK_ELEMENTS)
-    deltas = torch.empty((count, width), dtype=base.dtype, device=device)
-    mask_buffer = torch.empty(width, dtype=torch.float32, device=device)
-    base_buffer, magnitude_buffer, sign_buffer, merged_buffer, divisor_buffer, result_buffer = (
-        _scratch(base_flat, 6)
-    )
-    ones = torch.ones(width, dtype=base.dtype, device=device)
-    weight_row = torch.tensor(weights, dtype=base.dtype, device=device)
-    # With every weight positive, a divisor is 0 only where no entry agrees (and the merged value
-    # is 0): raising those to the smallest weight divides 0 by it, as mergekit's 0 -> 1 would.
-    smallest_weight = min(weights) if all(w > 0 for w in weights) else None
-    for chunk_index, (start, end) in enumerate(spans(numel)):
-        check_cancel(ctx)
+class _OutputPass:
+    """Pass 3: per chunk, each input's row tau * keep * coefficient, then the rows combined
+    (summed, or sign-elected) onto the base. Scratch for one chunk is reused by every chunk."""
+
+    def __init__(
+        self,
+        ctx: MethodContext,
+        base: torch.Tensor,
+        inputs: list[_Input],
+        consensus: bool,
+        normalize: bool,
+        lam: float,
+    ) -> None:
+        import torch
+
+        self.ctx, self.base, self.inputs = ctx, base, inputs
+        self.consensus, self.normalize, self.lam = consensus, normalize, lam
+        weights = [item.weight for item in inputs]
+        coefficients = [item.weight * item.scale for item in inputs]
+        if not consensus:
+            divisor = sum(weights) if normalize else 1.0
+            if abs(divisor) < 1e-8:
+                divisor = 1.0
+            coefficients = [c * lam / divisor for c in coefficients]
+        self.coefficients = coefficients
+        self.out = OutputChunks(ctx, base)
+        device, dtype = base.device, base.dtype
+        base_flat = flat(base)
+        width = min(base_flat.numel(), CHUNK_ELEMENTS)
+        self.deltas = torch.empty((len(inputs), width), dtype=dtype, device=device)
+        self.mask = torch.empty(width, dtype=torch.float32, device=device)
+        self.base_buffer, self.magnitudes, self.signs, self.merged, self.divisors, self.results = (
+            _scratch(base_flat, 6)
+        )
+        self.ones = torch.ones(width, dtype=dtype, device=device)
+        self.weight_row = torch.tensor(weights, dtype=dtype, device=device)
+        # With every weight positive, a divisor is 0 only where no entry agrees (and the merged
+        # value is 0): raising those to the smallest weight divides 0 by it, as mergekit's 0 -> 1.
+        self.smallest_weight = min(weights) if all(w > 0 for w in weights) else None
+
+    def run(self, base_flat: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        for chunk_index, (start, end) in enumerate(spans(base_flat.numel())):
+            check_cancel(self.ctx)
+            length = end - start
+            block = self.deltas[:, :length]
+            base_chunk = _read_into(base_flat, start, end, self.base_buffer)
+            for row, item, factor in zip(block, self.inputs, self.coefficients, strict=True):
+                self._fill_row(row, item, factor, base_chunk, chunk_index, start, end)
+            target = self.out.chunk(start, end)
+            result = target if target.dtype == self.base.dtype else self.results[:length]
+            if self.consensus:
+                self._elect(block, base_chunk, result)
+            else:
+                torch.add(base_chunk, _sum_rows(block, self.merged[:length]), out=result)
+            if result is not target:
+                target.copy_(result)
+        return self.out.result()
+
+    def _fill_row(
+        self,
+        row: torch.Tensor,
+        item: _Input,
+        factor: float,
+        base_chunk: torch.Tensor,
+        chunk_index: int,
+        start: int,
+        end: int,
+    ) -> None:
+        """row = tau * keep * coefficient, in as few passes as the input allows."""
+        import torch
+
         length = end - start
-        block = deltas[:, :length]
-        base_chunk = _read_into(base_flat, start, end, base_buffer)
-        for row, item, factor in zip(block, inputs, coefficients, strict=True):
-            # row = tau * keep * coefficient, in as few passes as the inputs allow.
-            cached = item.tau[start:end] if item.tau is not None else None
-            if cached is not None and item.tau_masked:
-                torch.mul(cached, factor, out=row)
-                continue
-            if cached is not None:
-                delta = cached
-            else:  # a stored (bf16) slice meets the float32 base inside the subtraction
-                delta = torch.sub(raw_slice(item.tensor, start, end), base_chunk, out=row)
-            bound = None
-            if item.rule is not None and delta.dtype == torch.float32:
-                bound = item.rule.shrink_bound()
-                if bound is None:
-                    bound = item.rule.counted_bound(delta, magnitude_buffer[:length])
-            if bound is not None:
-                torch.hardshrink(delta, bound, out=row).mul_(factor)  # tau * [|tau| > bound] * c
-                continue
-            keep = _chunk_keep(
-                item,
-                delta,
-                chunk_index,
-                start,
-                end,
-                magnitude_buffer[:length],
-                mask_buffer[:length],
-            )
-            if keep is None:
-                torch.mul(delta, factor, out=row)
-            elif row.dtype == mask_buffer.dtype:  # 0/1 times the factor is exact
-                torch.mul(delta, torch.mul(keep, factor, out=mask_buffer[:length]), out=row)
-            else:
-                torch.mul(delta, keep, out=row).mul_(factor)
-        target = out.chunk(start, end)
-        result = target if target.dtype == base.dtype else result_buffer[:length]
-        if consensus:
-            # Elected sign s = +1 where the sum is >= 0, else -1 (copysign: a sum of -0.0 means
-            # every entry is zero, and zeros never agree). An entry agrees when s * tau > 0, so
-            # relu(s * tau) keeps exactly the agreeing magnitudes.
-            total = _sum_rows(block, sign_buffer[:length])
-            sign = torch.copysign(ones[:length], total, out=total)
-            block.mul_(sign).relu_()
-            merged = _sum_rows(block, merged_buffer[:length])
-            if normalize:
-                # merged * s / divisor, as merged / (divisor * s): s is +-1, so exactly equal.
-                divisor = torch.mv(block.sign_().t(), weight_row, out=divisor_buffer[:length])
-                if smallest_weight is not None:
-                    divisor.clamp_min_(smallest_weight)
-                else:
-                    divisor.add_(torch.eq(divisor, 0, out=mask_buffer[:length]))  # 0 -> 1
-                torch.addcdiv(base_chunk, merged, divisor.mul_(sign), value=lam, out=result)
-            else:
-                torch.addcmul(base_chunk, merged, sign, value=lam, out=result)
+        cached = item.tau[start:end] if item.tau is not None else None
+        if cached is not None and item.tau_masked:
+            torch.mul(cached, factor, out=row)
+            return
+        if cached is not None:
+            delta = cached
+        else:  # a stored (bf16) slice meets the float32 base inside the subtraction
+            delta = torch.sub(raw_slice(item.tensor, start, end), base_chunk, out=row)
+        bound = None
+        if item.rule is not None and delta.dtype == torch.float32:
+            bound = item.rule.shrink_bound()
+            if bound is None:
+                bound = item.rule.counted_bound(delta, self.magnitudes[:length])
+        if bound is not None:
+            torch.hardshrink(delta, bound, out=row).mul_(factor)  # tau * [|tau| > bound] * c
+            return
+        mask = self.mask[:length]
+        keep = _chunk_keep(item, delta, chunk_index, start, end, self.magnitudes[:length], mask)
+        if keep is None:
+            torch.mul(delta, factor, out=row)
+        elif row.dtype == mask.dtype:  # 0/1 times the factor is exact
+            torch.mul(delta, torch.mul(keep, factor, out=mask), out=row)
         else:
-            torch.add(base_chunk, _sum_rows(block, merged_buffer[:length]), out=result)
-        if result is not target:
-            target.copy_(result)
-    return out.result()
+            torch.mul(delta, keep, out=row).mul_(factor)
+
+    def _elect(self, block: torch.Tensor, base_chunk: torch.Tensor, result: torch.Tensor) -> None:
+        """Sign consensus: elected sign s = +1 where the sum is >= 0, else -1 (copysign: a sum of
+        -0.0 means every entry is zero, and zeros never agree). An entry agrees when s * tau > 0,
+        so relu(s * tau) keeps exactly the agreeing magnitudes."""
+        import torch
+
+        length = block.shape[1]
+        total = _sum_rows(block, self.signs[:length])
+        sign = torch.copysign(self.ones[:length], total, out=total)
+        block.mul_(sign).relu_()
+        merged = _sum_rows(block, self.merged[:length])
+        if not self.normalize:
+            torch.addcmul(base_chunk, merged, sign, value=self.lam, out=result)
+            return
+        # merged * s / divisor, as merged / (divisor * s): s is +-1, so exactly equal.
+        divisor = torch.mv(block.sign_().t(), self.weight_row, out=self.divisors[:length])
+        if self.smallest_weight is not None:
+            divisor.clamp_min_(self.smallest_weight)
+        else:
+            divisor.add_(torch.eq(divisor, 0, out=self.mask[:length]))  # 0 -> 1
+        torch.addcdiv(base_chunk, merged, divisor.mul_(sign), value=self.lam, out=result)
 
 
 def _sum_rows(block: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -235,7 +285,7 @@ def _plan_input(
     ctx: MethodContext,
     index: int,
     slot: int,
-    sparsification: str | None,
+    sparsification: str,
     numel: int,
 ) -> _Input:
     item = _Input(
@@ -245,7 +295,7 @@ def _plan_input(
         weight=float(model_param(ctx, index, "weight")),
         kind=None,
     )
-    if sparsification is None:
+    if sparsification == "none":
         return item
     item.density = float(model_param(ctx, index, "density"))
     if item.density >= 1:
@@ -254,8 +304,8 @@ def _plan_input(
         item.kind = "zero" if item.density <= 0 else "magnitude"
         k = max(1, int(item.density * numel))
         item.window = (numel - k, numel)
-    elif sparsification == "outliers":
-        item.kind = "outliers"
+    elif sparsification == "breadcrumbs":
+        item.kind = "breadcrumbs"
         item.gamma = float(model_param(ctx, index, "gamma"))
         target = int(item.density * numel)
         top = int(item.gamma * numel)
@@ -270,7 +320,7 @@ def _plan_input(
             return item
         item.kind = "della"
         item.epsilon = float(model_param(ctx, index, "epsilon"))
-        if item.density + item.epsilon >= 1 or item.density - item.epsilon <= 0:
+        if not window_fits(item.density, item.epsilon):
             raise UserError(
                 f"epsilon must be chosen such that density +/- epsilon is in (0, 1); "
                 f"{input_label(ctx, index)} has density {item.density:g} and epsilon "
@@ -279,7 +329,7 @@ def _plan_input(
                 fix=f"use an epsilon below {min(item.density, 1 - item.density):g} for that model",
             )
         item.stream = _random.stream_key(ctx.seed, ctx.tensor_name, slot)
-    else:  # pragma: no cover - the table below only names the kinds above
+    else:  # pragma: no cover - TaskVectorAxes names only the kinds above
         raise ValueError(sparsification)
     return item
 
@@ -295,7 +345,7 @@ def _gather_statistics(
     import torch
 
     for item in inputs:
-        if item.kind in ("magnitude", "outliers"):
+        if item.kind in ("magnitude", "breadcrumbs"):
             item.selector = RankSelector(base.device, with_sums=rescale)
         if item.kind == "della":
             _della_mask(item, base, ctx, rescale)
@@ -438,53 +488,3 @@ def _chunk_keep(
     if magnitudes is None or magnitudes.dtype != torch.float32:
         return item.rule.keep(delta.abs())
     return item.rule.keep(torch.abs(delta, out=magnitudes), out=mask)
-
-
-def task_arithmetic(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
-    """base + lambda * sum(w_i tau_i) (/ sum w_i when normalize)."""
-    return _merge(tensors, ctx, None, consensus=False)
-
-
-def ties(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
-    """Top-k by magnitude per task vector, then sign election."""
-    return _merge(tensors, ctx, "magnitude", consensus=True)
-
-
-def dare_ties(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
-    """Random (Bernoulli density) drop per task vector, L1 rescale, then sign election."""
-    return _merge(tensors, ctx, "random", consensus=True)
-
-
-def dare_linear(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
-    """Random drop per task vector, L1 rescale, summed without election."""
-    return _merge(tensors, ctx, "random", consensus=False)
-
-
-def breadcrumbs(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
-    """Drop the largest gamma share and the smallest entries, keep density; no election."""
-    return _merge(tensors, ctx, "outliers", consensus=False)
-
-
-def breadcrumbs_ties(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
-    """Breadcrumbs sparsification, then sign election."""
-    return _merge(tensors, ctx, "outliers", consensus=True)
-
-
-def della(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
-    """Magnitude-ranked random drop per row, L1 rescale, then sign election."""
-    return _merge(tensors, ctx, "della", consensus=True)
-
-
-def della_linear(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
-    """DELLA's drop without sign election."""
-    return _merge(tensors, ctx, "della", consensus=False)
-
-
-# Every pass reads inputs as flat chunks, so the engine may hand them over as chunk sources
-# (mergetui.merge.chunked). DELLA ranks whole rows of the 2-D view: it gets whole tensors.
-# Their output pass writes through OutputChunks, so the engine may take the output chunk by chunk.
-# Up to TAU_CACHE_ELEMENTS, they may hold a float32 task vector per non-base input.
-for _function in (task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties):
-    _function.reads_chunks = True  # type: ignore[attr-defined]
-    _function.streams_output = True  # type: ignore[attr-defined]
-    _function.cache_elements = TAU_CACHE_ELEMENTS  # type: ignore[attr-defined]
