@@ -21,12 +21,10 @@ from mergetui.settings import AppConfig
 from mergetui.tui import run_screen
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.checkpoints_screen import CheckpointsScreen
-from mergetui.tui.dialogs.confirm import ConfirmDialog
-from mergetui.tui.dialogs.models import AddModelDialog, model_source
-from mergetui.tui.dialogs.presets import PresetDialog
+from mergetui.tui.dialogs import AddModelDialog, PresetDialog, model_source
 from mergetui.tui.eta import RateEstimate
-from mergetui.tui.recipe.screen import RecipeScreen
-from mergetui.tui.run_screen import ProgressState, RunProgress, RunScreen
+from mergetui.tui.recipe_screen import RecipeScreen
+from mergetui.tui.run_screen import ConfirmDialog, ProgressState, RunProgress, RunScreen
 from mergetui.tui.status_line import StatusLine, fit_parts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -336,7 +334,7 @@ async def test_the_slices_tab_shows_layers_as_the_file_writes_them(
 async def test_the_s_curve_presets_say_they_look_alike(
     tmp_path: Path, llama_family: dict[str, Path]
 ) -> None:
-    from mergetui.editing.presets import preset_values
+    from mergetui.editing.layer_table import preset_values
 
     # The two curves really are within 1% of each other: no picture can tell them apart...
     xs = 1001

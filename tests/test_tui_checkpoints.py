@@ -19,7 +19,7 @@ from mergetui.settings import AppConfig
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.checkpoints_screen import CheckpointsScreen, details_text
 from mergetui.tui.push_dialog import PushDialog
-from mergetui.tui.recipe.screen import RecipeScreen
+from mergetui.tui.recipe_screen import RecipeScreen
 
 
 @pytest.fixture

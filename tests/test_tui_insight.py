@@ -17,8 +17,8 @@ from mergetui.merge.analysis import analyze
 from mergetui.paths import CACHE_ENV, CONFIG_ENV
 from mergetui.recipe.io import load_recipe
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.recipe.grid import LayerGrid
-from mergetui.tui.recipe.screen import MetricPicker, RecipeScreen, SuggestPreview
+from mergetui.tui.grid import LayerGrid
+from mergetui.tui.recipe_screen import MetricPicker, RecipeScreen, SuggestPreview
 
 
 @pytest.fixture(autouse=True)
