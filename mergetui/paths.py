@@ -3,11 +3,10 @@
 Each folder is the platform's (platformdirs, for the app name "mergetui"), unless its environment
 variable is set (tests point them at temporary folders):
 
-| folder                                       | default (Linux)            | override              |
-| -------------------------------------------- | -------------------------- | --------------------- |
-| config: settings (`config.toml`), `themes/`  | `~/.config/mergetui`       | `$MERGETUI_CONFIG_DIR` |
-| data: the history of runs (`runs.jsonl`)     | `~/.local/share/mergetui`  | `$MERGETUI_DATA_DIR`   |
-| cache: analysis results (`analysis/`)        | `~/.cache/mergetui`        | `$MERGETUI_CACHE_DIR`  |
+- config: settings (`config.toml`) and `themes/`; `~/.config/mergetui` on Linux;
+  `$MERGETUI_CONFIG_DIR` wins.
+- data: the history of runs (`runs.jsonl`); `~/.local/share/mergetui`; `$MERGETUI_DATA_DIR` wins.
+- cache: analysis results (`analysis/`); `~/.cache/mergetui`; `$MERGETUI_CACHE_DIR` wins.
 
 Nothing here creates a folder: whoever writes into one makes it. (Models live in the Hugging Face
 cache, whose rule is huggingface_hub's: `checkpoints.locate.hub_cache_dir`.)
@@ -35,7 +34,7 @@ def _folder(variable: str, kind: str) -> Path:
 
 
 def config_dir() -> Path:
-    """Where settings and user themes live; `$MERGETUI_CONFIG_DIR` wins over the platform default."""
+    """Where settings and user themes live; `$MERGETUI_CONFIG_DIR` wins over the default."""
     return _folder(CONFIG_ENV, "config")
 
 

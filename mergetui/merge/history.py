@@ -2,10 +2,10 @@
 
 One JSON object per line in `<data>/runs.jsonl`, newest last, each with the recipe as it was when the
 run started (TOML text, unsaved edits included), so a past run can be reopened exactly. `<data>` is
-`paths.data_dir()` (`platformdirs.user_data_dir("mergetui")`, or `$MERGETUI_DATA_DIR` when set:
-tests point it at a temporary folder). Appending is one write of one line; a damaged line is skipped, never fatal: the
-history is a convenience, never a reason to refuse a merge. The recipe and output paths are stored
-absolute, so a past run means the same whatever folder mergetui is started in later.
+`paths.data_dir()` (`$MERGETUI_DATA_DIR`, else platformdirs' user data folder). Appending is one
+write of one line; a damaged line is skipped, never fatal: the history is a convenience, never a
+reason to refuse a merge. The recipe and output paths are stored absolute, so a past run means the
+same whatever folder mergetui is started in later.
 """
 
 from __future__ import annotations
