@@ -21,10 +21,12 @@ from mergetui.settings import AppConfig
 from mergetui.tui import run_screen
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.checkpoints_screen import CheckpointsScreen
-from mergetui.tui.dialogs import AddModelDialog, PresetDialog, model_source
+from mergetui.tui.dialogs.confirm import ConfirmDialog
+from mergetui.tui.dialogs.models import AddModelDialog, model_source
+from mergetui.tui.dialogs.presets import PresetDialog
 from mergetui.tui.eta import RateEstimate
 from mergetui.tui.recipe_screen import RecipeScreen
-from mergetui.tui.run_screen import ConfirmDialog, ProgressState, RunProgress, RunScreen
+from mergetui.tui.run_screen import ProgressState, RunProgress, RunScreen
 from mergetui.tui.status_line import StatusLine, fit_parts
 
 REPO = Path(__file__).resolve().parent.parent

@@ -261,7 +261,8 @@ async def test_the_run_screen_does_not_offer_to_replace_a_foreign_folder(
     from mergetui.editing.document import RecipeDocument
     from mergetui.paths import CONFIG_ENV, DATA_ENV
     from mergetui.tui.app import MergeTuiApp
-    from mergetui.tui.run_screen import ConfirmDialog, RunScreen
+    from mergetui.tui.dialogs.confirm import ConfirmDialog
+    from mergetui.tui.run_screen import RunScreen
 
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
     monkeypatch.setenv(DATA_ENV, str(tmp_path / "data"))

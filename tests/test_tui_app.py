@@ -19,14 +19,12 @@ from mergetui.recipe.io import load_recipe, loads_yaml
 from mergetui.recipe.model import Conditional
 from mergetui.settings import AppConfig
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.dialogs import (
-    AddModelDialog,
-    ConfirmQuit,
-    MethodPicker,
-    PresetDialog,
-    SliceDialog,
-    TextPrompt,
-)
+from mergetui.tui.dialogs.confirm import ConfirmQuit
+from mergetui.tui.dialogs.methods import MethodPicker
+from mergetui.tui.dialogs.models import AddModelDialog
+from mergetui.tui.dialogs.paths import TextPrompt
+from mergetui.tui.dialogs.presets import PresetDialog
+from mergetui.tui.dialogs.slices import SliceDialog
 from mergetui.tui.footer import KeyFooter
 from mergetui.tui.grid import LayerGrid
 from mergetui.tui.help import HelpScreen

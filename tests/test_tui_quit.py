@@ -17,8 +17,8 @@ from tui_helpers import gate_the_engine, wait_reached
 from mergetui.editing.document import RecipeDocument
 from mergetui.paths import CONFIG_ENV, DATA_ENV
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.dialogs import ConfirmQuit
-from mergetui.tui.run_screen import ConfirmDialog, RunScreen
+from mergetui.tui.dialogs.confirm import ConfirmDialog, ConfirmQuit
+from mergetui.tui.run_screen import RunScreen
 
 
 @pytest.fixture(autouse=True)

@@ -17,9 +17,10 @@ from mergetui.paths import CONFIG_ENV, DATA_ENV
 from mergetui.recipe.io import dumps_toml
 from mergetui.tui import run_screen
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.dialogs import ConfirmQuit, TextPrompt
+from mergetui.tui.dialogs.confirm import ConfirmDialog, ConfirmQuit
+from mergetui.tui.dialogs.paths import TextPrompt
 from mergetui.tui.recipe_screen import RecipeScreen
-from mergetui.tui.run_screen import ConfirmDialog, RunScreen, _Relay
+from mergetui.tui.run_screen import RunScreen, _Relay
 
 
 @pytest.fixture(autouse=True)

@@ -23,10 +23,11 @@ from mergetui.settings import DEFAULT_THEME, AppConfig
 from mergetui.tui.chat_screen import ChatScreen
 from mergetui.tui.checkpoints_screen import CheckpointsScreen
 from mergetui.tui.commands import MergeTuiCommands, PaletteCommand
-from mergetui.tui.dialogs import ConfirmQuit, TextPrompt
+from mergetui.tui.dialogs.confirm import ConfirmDialog, ConfirmQuit
+from mergetui.tui.dialogs.paths import TextPrompt
 from mergetui.tui.help import HelpScreen, active_sections
 from mergetui.tui.recipe_screen import RecipeScreen
-from mergetui.tui.run_screen import ConfirmDialog, RunScreen, app_palette_commands
+from mergetui.tui.run_screen import RunScreen, app_palette_commands
 from mergetui.tui.themes import Heatmap, LoadedTheme, default_heatmap, load_themes
 
 SCREENS: dict[str, tuple[str, str]] = {

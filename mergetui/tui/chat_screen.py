@@ -44,7 +44,8 @@ from textual.widgets.option_list import Option
 from mergetui.chat.dtype import DTYPES
 from mergetui.errors import CancelledError, UserError
 from mergetui.tui.commands import PaletteCommand
-from mergetui.tui.dialogs import DialogScreen, PathInput
+from mergetui.tui.dialogs.base import DialogScreen
+from mergetui.tui.dialogs.paths import PathInput
 from mergetui.tui.footer import KeyFooter
 from mergetui.tui.help import HelpSection, binding_rows
 from mergetui.tui.mode_screen import ModeScreen

@@ -528,7 +528,7 @@ class CheckpointsScreen(ModeScreen):
     def action_add(self, as_base: bool) -> None:
         from mergetui.recipe.methods import METHODS
         from mergetui.recipe.model import ModelEntry
-        from mergetui.tui.dialogs import suggest_model_name
+        from mergetui.tui.dialogs.models import suggest_model_name
 
         row = self.current_row()
         if row is None:
@@ -728,7 +728,7 @@ class CheckpointsScreen(ModeScreen):
         self.rescan()
 
     def action_add_folder(self) -> None:
-        from mergetui.tui.dialogs import TextPrompt
+        from mergetui.tui.dialogs.paths import TextPrompt
 
         self.app.push_screen(
             TextPrompt(

@@ -19,7 +19,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Static
 
 from mergetui.errors import CancelledError, UserError
-from mergetui.tui.dialogs import DialogScreen
+from mergetui.tui.dialogs.base import DialogScreen
 
 
 def suggested_repo_id(folder: str) -> str:

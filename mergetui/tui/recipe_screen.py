@@ -51,18 +51,12 @@ from mergetui.merge.analysis import METRIC_DESCRIPTIONS, METRIC_TITLES, Analysis
 from mergetui.recipe.methods import METHODS, REQUIRED, ParamSpec
 from mergetui.recipe.model import Conditional, ModelEntry, Slice, SliceSource
 from mergetui.tui.commands import PaletteCommand
-from mergetui.tui.dialogs import (
-    AddModelDialog,
-    DialogScreen,
-    MethodPicker,
-    ModelChoice,
-    PresetChoice,
-    PresetDialog,
-    SliceChoice,
-    SliceDialog,
-    TextPrompt,
-    describe_param,
-)
+from mergetui.tui.dialogs.base import DialogScreen
+from mergetui.tui.dialogs.methods import MethodPicker, describe_param
+from mergetui.tui.dialogs.models import AddModelDialog, ModelChoice
+from mergetui.tui.dialogs.paths import TextPrompt
+from mergetui.tui.dialogs.presets import PresetChoice, PresetDialog
+from mergetui.tui.dialogs.slices import SliceChoice, SliceDialog
 from mergetui.tui.footer import KeyFooter
 from mergetui.tui.grid import GRID_ACTIONS, LayerGrid
 from mergetui.tui.help import HelpSection, binding_rows

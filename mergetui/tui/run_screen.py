@@ -24,13 +24,11 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import (
-    Button,
     DataTable,
     Header,
-    Label,
     ProgressBar,
     RichLog,
     Static,
@@ -41,7 +39,8 @@ from textual.widgets import (
 from mergetui.errors import CancelledError, UserError
 from mergetui.merge.writer import human_bytes
 from mergetui.tui.commands import PaletteCommand
-from mergetui.tui.dialogs import DialogScreen, TextPrompt
+from mergetui.tui.dialogs.confirm import ConfirmDialog
+from mergetui.tui.dialogs.paths import TextPrompt
 from mergetui.tui.eta import RateEstimate
 from mergetui.tui.footer import KeyFooter
 from mergetui.tui.help import HelpSection, binding_rows
@@ -236,43 +235,6 @@ class _Relay:
         snapshot = copy.copy(self.state)
         snapshot.layers_done = set(self.state.layers_done)
         self.screen.post_message(RunProgress(snapshot))
-
-
-# ----------------------------------------------------------------------------------------------
-# Dialogs
-
-
-class ConfirmDialog(DialogScreen):
-    """A yes/no question; answers True (y or enter on Yes) or False (n, escape)."""
-
-    BINDINGS = [
-        Binding("escape,n", "answer(False)", "No"),
-        Binding("y", "answer(True)", "Yes"),
-    ]
-
-    def __init__(self, title: str, text: str, yes: str = "Yes", no: str = "No") -> None:
-        super().__init__()
-        self.title_text = title
-        self.body = text
-        self.yes, self.no = yes, no
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="dialog-title")
-            yield Static(self.body)
-            with Horizontal(classes="buttons"):
-                yield Button(f"{self.yes} (y)", id="yes", variant="error")
-                yield Button(f"{self.no} (n)", id="no", variant="primary")
-
-    def on_mount(self) -> None:
-        self.query_one("#no", Button).focus()
-
-    def action_answer(self, answer: bool) -> None:
-        self.dismiss(answer)
-
-    @on(Button.Pressed)
-    def pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "yes")
 
 
 # ----------------------------------------------------------------------------------------------
