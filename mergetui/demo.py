@@ -21,6 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mergetui.dtypes import OUTPUT_NAMES
+
 ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma", "gpt2", "phi3")
 
 # Special tokens sit at fixed ids 0..3 so every tiny config can name them without a tokenizer.
@@ -46,8 +48,6 @@ TOKENIZER_FILES = (
     "chat_template.json",
     "tokenizer.model",
 )
-
-_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def sample_text() -> str:
@@ -233,8 +233,8 @@ def make_tiny_model(
     import torch
     import transformers
 
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    if dtype not in OUTPUT_NAMES:
+        raise ValueError(f"dtype must be one of {', '.join(OUTPUT_NAMES)}, got {dtype!r}")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     base_dir = Path(base) if base is not None else None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mergetui.cli.cmd_inspect import human_bytes, human_count
+from mergetui.formatting import human_bytes, human_count
 
 
 @pytest.fixture

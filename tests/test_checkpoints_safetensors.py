@@ -11,14 +11,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mergetui.checkpoints.safetensors_io import (
-    TensorInfo,
-    dtype_from_torch,
-    dtype_nbytes,
-    read_header,
-    read_header_bytes,
-    torch_dtype,
-)
+from mergetui.checkpoints.safetensors_io import TensorInfo, read_header, read_header_bytes
+from mergetui.dtypes import dtype_from_torch, dtype_nbytes, torch_dtype
 from mergetui.errors import UserError
 
 

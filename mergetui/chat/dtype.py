@@ -15,12 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
+from mergetui.dtypes import ALIASES
 from mergetui.errors import UserError
-from mergetui.merge.writer import human_bytes
+from mergetui.formatting import human_bytes
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-# The safetensors code of each dtype a model can be loaded in.
-DTYPE_CODES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 # CPU flags that mean torch (oneDNN) runs matmuls of that dtype at least as fast as float32.
 FAST_CPU_FLAGS = {
     "bfloat16": frozenset({"amx_bf16", "avx512_bf16", "bf16"}),  # "bf16": Arm's Features line
@@ -39,8 +38,7 @@ class DtypeChoice:
 def check_dtype_name(name: str) -> str:
     """Normalise and check a --dtype value (float32, bfloat16, float16 or auto)."""
     normalised = (name or "auto").strip().lower()
-    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-    normalised = aliases.get(normalised, normalised)
+    normalised = ALIASES.get(normalised, normalised)
     if normalised not in DTYPES:
         raise UserError(
             f"unknown dtype {name!r}",

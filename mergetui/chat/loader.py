@@ -18,16 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergetui.chat.dtype import (
-    DTYPE_CODES,
-    DtypeChoice,
-    check_dtype_name,
-    choose_dtype,
-    stored_dtype,
-)
+from mergetui.chat.dtype import DtypeChoice, check_dtype_name, choose_dtype, stored_dtype
 from mergetui.chat.memory import DeviceChoice
+from mergetui.dtypes import dtype_code
 from mergetui.errors import UserError
-from mergetui.merge.writer import human_bytes
+from mergetui.formatting import human_bytes
 
 ProgressCallback = Callable[[str, float], None]
 DEFAULT_CONTEXT = 2048
@@ -211,7 +206,7 @@ def _plan(
         raise
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read the weights: {exc}", where=str(folder)) from exc
-    size = tensors_bytes(tensors, DTYPE_CODES.get(requested))
+    size = tensors_bytes(tensors, dtype_code(requested))
     choice = choose_device(device, needed_bytes(size), free=free_memory)
     dtype_choice = choose_dtype(
         requested,
@@ -221,7 +216,7 @@ def _plan(
         free=choice.free_bytes,
     )
     if dtype_choice.name is not None:
-        size = tensors_bytes(tensors, DTYPE_CODES[dtype_choice.name])
+        size = tensors_bytes(tensors, dtype_code(dtype_choice.name))
     return _LoadPlan(size, choice, dtype_choice)
 
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mergetui.dtypes import COMPUTE_CODES, DTYPE_SIZES
 from mergetui.errors import UserError
+from mergetui.formatting import human_bytes
 from mergetui.merge.device import check_device_name
-from mergetui.merge.writer import human_bytes
 
 if TYPE_CHECKING:
     from mergetui.checkpoints.safetensors_io import TensorInfo
@@ -23,9 +24,6 @@ if TYPE_CHECKING:
 # Weights are most of it; activations, the KV cache and the framework take some more.
 HEADROOM = 1.2
 HEADROOM_BYTES = 256 * 1000**2
-
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1}
-DTYPE_BYTES.update({"U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1})
 
 
 @dataclass(frozen=True)
@@ -52,8 +50,8 @@ def tensors_bytes(tensors: Iterable[TensorInfo], dtype: str | None = None) -> in
     """Bytes these tensors take, as stored or with their floating ones cast to `dtype` (F32...)."""
     total = 0
     for info in tensors:
-        code = dtype if dtype and info.dtype in ("F32", "F16", "BF16", "F64") else info.dtype
-        total += info.numel * DTYPE_BYTES.get(code, 4)
+        code = dtype if dtype and info.dtype in COMPUTE_CODES else info.dtype
+        total += info.numel * DTYPE_SIZES.get(code, 4)
     return total
 
 

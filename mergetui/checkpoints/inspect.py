@@ -23,7 +23,8 @@ from mergetui.checkpoints.layers import (
     is_pre_layer,
     layer_index,
 )
-from mergetui.checkpoints.safetensors_io import TensorInfo, dtype_from_torch, read_header
+from mergetui.checkpoints.safetensors_io import TensorInfo, read_header
+from mergetui.dtypes import dtype_from_torch
 from mergetui.errors import UserError
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"

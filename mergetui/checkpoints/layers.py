@@ -76,6 +76,9 @@ _MLP = {
     "densereludense",
 }
 _NORM_EXACT = {"ln_1", "ln_2", "ln_f", "ln"}
+# Buffers some checkpoints carry that models rebuild on load (rotary frequencies, GPT-2's causal
+# mask); mergekit's architectures leave them out, so neither a merge nor a diff reads them.
+SKIPPED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.masked_bias", ".attn.bias")
 
 
 def layer_index(name: str) -> int | None:
@@ -135,3 +138,8 @@ def is_pre_layer(name: str) -> bool:
 def is_post_layer(name: str) -> bool:
     """Outside the layer stack and after it: final norm, head and anything else unplaced."""
     return layer_index(name) is None and block_kind(name) != "embedding"
+
+
+def is_skipped(name: str) -> bool:
+    """True for a buffer a model rebuilds on load (SKIPPED_SUFFIXES): not merged, not compared."""
+    return name.endswith(SKIPPED_SUFFIXES)

@@ -18,53 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from mergetui.checkpoints.files import open_regular, os_error
+from mergetui.dtypes import DTYPE_BITS, dtype_nbytes
 from mergetui.errors import UserError
-
-# Bits per element for every dtype safetensors writes.
-DTYPE_BITS: dict[str, int] = {
-    "BOOL": 8,
-    "U8": 8,
-    "I8": 8,
-    "F8_E5M2": 8,
-    "F8_E4M3": 8,
-    "F8_E8M0": 8,
-    "I16": 16,
-    "U16": 16,
-    "F16": 16,
-    "BF16": 16,
-    "I32": 32,
-    "U32": 32,
-    "F32": 32,
-    "F64": 64,
-    "I64": 64,
-    "U64": 64,
-    "F4": 4,
-    "F6_E2M3": 6,
-    "F6_E3M2": 6,
-}
 
 # safetensors refuses headers above 100 MB; a larger length means the file is not safetensors.
 MAX_HEADER_BYTES = 100_000_000
-
-_TORCH_NAMES = {
-    "BOOL": "bool",
-    "U8": "uint8",
-    "I8": "int8",
-    "I16": "int16",
-    "U16": "uint16",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I32": "int32",
-    "U32": "uint32",
-    "F32": "float32",
-    "F64": "float64",
-    "I64": "int64",
-    "U64": "uint64",
-    "F8_E5M2": "float8_e5m2",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E8M0": "float8_e8m0fnu",
-}
-_FROM_TORCH = {torch_name: st_name for st_name, torch_name in _TORCH_NAMES.items()}
 
 
 @dataclass(frozen=True)
@@ -86,33 +44,6 @@ class TensorInfo:
     @property
     def in_safetensors(self) -> bool:
         return self.offset >= 0
-
-
-def dtype_nbytes(dtype: str, numel: int) -> int:
-    """Bytes taken by `numel` elements of a safetensors dtype (sub-byte dtypes round up)."""
-    return (DTYPE_BITS[dtype] * numel + 7) // 8
-
-
-def torch_dtype(dtype: str) -> Any:
-    """The torch dtype for a safetensors dtype name such as "BF16"."""
-    import torch
-
-    try:
-        return getattr(torch, _TORCH_NAMES[dtype])
-    except (KeyError, AttributeError):
-        raise UserError(
-            f"dtype {dtype} has no torch equivalent in this torch version",
-            fix="upgrade torch, or convert the checkpoint to F32/F16/BF16",
-        ) from None
-
-
-def dtype_from_torch(dtype: Any) -> str:
-    """The safetensors name ("BF16") of a torch dtype."""
-    name = str(dtype).removeprefix("torch.")
-    try:
-        return _FROM_TORCH[name]
-    except KeyError:
-        raise ValueError(f"torch dtype {dtype} cannot be stored in safetensors") from None
 
 
 def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:

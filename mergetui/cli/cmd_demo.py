@@ -85,8 +85,8 @@ def _print_demo(info: Any) -> None:
     from rich.table import Table
 
     from mergetui.checkpoints.inspect import open_checkpoint
-    from mergetui.cli.cmd_inspect import human_bytes, human_count
     from mergetui.cli.output import console
+    from mergetui.formatting import human_bytes, human_count
 
     verb = "Wrote" if info.created else "Reusing"
     table = Table(title=f"{verb} the demo in {escape(str(info.directory))}", title_justify="left")

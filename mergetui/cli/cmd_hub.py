@@ -90,8 +90,8 @@ def run_info(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from mergetui.checkpoints.hub import model_info
-    from mergetui.cli.cmd_inspect import human_bytes, human_count
     from mergetui.cli.output import console
+    from mergetui.formatting import human_bytes, human_count
 
     model = model_info(args.repo_id, args.revision)
     if args.json:

@@ -95,29 +95,12 @@ def _read_remote(repo_id: str, revision: str | None) -> Any:
         ) from None
 
 
-def human_bytes(count: int) -> str:
-    """1234567 -> "1.2 MB" (decimal units, as the Hub shows sizes)."""
-    value = float(count)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
-def human_count(count: int) -> str:
-    """7241732096 -> "7.24B" (how parameter counts are spoken of)."""
-    for threshold, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if count >= threshold:
-            return f"{count / threshold:.3g}{suffix}"
-    return str(count)
-
-
 def _print_summary(checkpoint: Any, *, source: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
     from mergetui.cli.output import console
+    from mergetui.formatting import human_bytes, human_count
 
     def yes_no(flag: bool) -> str:
         return "[green]yes[/]" if flag else "[yellow]no[/]"
@@ -179,6 +162,7 @@ def _print_layers(checkpoint: Any) -> None:
 
     from mergetui.checkpoints.layers import BLOCK_KINDS
     from mergetui.cli.output import console
+    from mergetui.formatting import human_count
 
     kinds = [k for k in BLOCK_KINDS if any(layer.get(k) for layer in checkpoint.layers)]
     table = Table(title="layers", show_lines=False, expand=False)

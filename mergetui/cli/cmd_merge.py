@@ -125,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
 def missing_hub_models(recipe: Any, recipe_dir: Path) -> dict[str, Any]:
     """The recipe's models that are Hub ids with no folder or cached snapshot on this machine."""
     from mergetui.checkpoints.locate import looks_like_hub_id
-    from mergetui.merge.plan import resolve_model_path
+    from mergetui.merge.plan_models import resolve_model_path
 
     return {
         name: entry
@@ -221,9 +221,9 @@ def _run_with_progress(plan: Any, *, force: bool, out: Any, err: Any) -> int:
 
     from mergetui.cli.output import bytes_progress
     from mergetui.errors import CancelledError
+    from mergetui.formatting import human_bytes
     from mergetui.merge.events import Notice, PlanReady, TensorDone
     from mergetui.merge.runner import run_merge
-    from mergetui.merge.writer import human_bytes
 
     cancel = threading.Event()
     # The elapsed column only where it fits: at 80 columns it would wrap the line.

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mergetui.checkpoints.layers import block_kind, is_pre_layer, layer_index
+from mergetui.checkpoints.layers import block_kind, is_pre_layer, is_skipped, layer_index
+from mergetui.dtypes import FLOAT_CODES
 from mergetui.errors import CancelledError, UserError
 from mergetui.paths import analysis_cache_dir
 
@@ -58,8 +59,6 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
 PER_MODEL_METRICS = frozenset({"cosine", "distance"})
 KINDS: tuple[str, ...] = ("embedding", "attention", "mlp", "norm", "head", "other")
 RowKey = int | Literal["embed", "head"]
-_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
-_SKIPPED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.masked_bias", ".attn.bias")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -362,9 +361,9 @@ def plan_analysis(
     planned: list[_Planned] = []
     skipped: list[str] = []
     for tensor_name, info in ref.tensors.items():
-        if tensor_name.endswith(_SKIPPED_SUFFIXES):
+        if is_skipped(tensor_name):
             continue
-        if info.dtype not in _FLOAT_DTYPES:
+        if info.dtype not in FLOAT_CODES:
             skipped.append(f"{tensor_name}: {info.dtype} is not a floating-point tensor")
             continue
         sources = [_Source(info.file, info.offset, info.nbytes, info.dtype, tensor_name)]
@@ -380,7 +379,7 @@ def plan_analysis(
                     f"{list(info.shape)} in {reference}"
                 )
                 break
-            if found.dtype not in _FLOAT_DTYPES:
+            if found.dtype not in FLOAT_CODES:
                 problem = f"{tensor_name}: {found.dtype} in {other} is not floating-point"
                 break
             sources.append(

@@ -27,14 +27,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergetui.checkpoints.compat import check_architectures
-from mergetui.checkpoints.layers import block_kind, layer_index, with_layer_index
+from mergetui.checkpoints.layers import block_kind, is_skipped, layer_index, with_layer_index
 from mergetui.checkpoints.locate import looks_like_hub_id
 from mergetui.checkpoints.safetensors_io import TensorInfo
+from mergetui.dtypes import FLOAT_CODES, compute_code, dtype_name
 from mergetui.errors import UserError
+from mergetui.formatting import human_bytes
 from mergetui.merge.device import check_device_name
 from mergetui.merge.output import build_output_config, config_vocab_size
 from mergetui.merge.remote_code import left_out_notice, strip_code_keys
-from mergetui.merge.writer import DEFAULT_SHARD_SIZE, OutputLayout, human_bytes, layout_output
+from mergetui.merge.writer import DEFAULT_SHARD_SIZE, OutputLayout, layout_output
 from mergetui.recipe.paths import folder_of, local_model_path, output_folder
 
 if TYPE_CHECKING:
@@ -42,23 +44,6 @@ if TYPE_CHECKING:
     from mergetui.recipe.methods import MethodSpec
     from mergetui.recipe.model import Recipe, Slice
 
-# Recipe dtype names (mergekit's) -> safetensors codes.
-DTYPE_CODES = {
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "float64": "F64",
-    "fp32": "F32",
-    "fp16": "F16",
-    "bf16": "BF16",
-    "half": "F16",
-    "float": "F32",
-}
-DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-FLOAT_CODES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
-
-# Buffers some checkpoints carry that models rebuild on load; mergekit's architectures skip them.
-_SKIPPED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.masked_bias")
 # Input embeddings a tied head falls back to (mergekit's `tied_names`), most specific first.
 _EMBEDDING_HINTS = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embed_in")
 
@@ -294,7 +279,7 @@ def make_plan(
     ]
     output_config = build_output_config(
         models[donor].config,
-        dtype_name=DTYPE_NAMES.get(output_dtype) if output_dtype else None,
+        dtype_name=dtype_name(output_dtype) if output_dtype else None,
         layer_sources=layer_sources or None,
     )
 
@@ -324,7 +309,7 @@ def make_plan(
         layout=layout,
         output_dir=output_dir,
         output_config=output_config,
-        output_dtype=DTYPE_NAMES.get(output_dtype) if output_dtype else None,
+        output_dtype=dtype_name(output_dtype) if output_dtype else None,
         layer_count=len(builder.layer_sources) or None,
         donor=donor,
         tokenizer_donor=tokenizer_donor,
@@ -665,11 +650,11 @@ class _TensorBuilder:
         """Pre- or post-layer tensor names of the first model; a head any of the models has is
         included too (mergekit: an optional weight present in any input)."""
         first = self.models[model_names[0]].checkpoint
-        names = [n for n in (first.pre_layer if pre else first.post_layer) if not _skipped(n)]
+        names = [n for n in (first.pre_layer if pre else first.post_layer) if not is_skipped(n)]
         if not pre:
             for model_name in model_names[1:]:
                 for n in self.models[model_name].checkpoint.post_layer:
-                    if n not in names and block_kind(n) == "head" and not _skipped(n):
+                    if n not in names and block_kind(n) == "head" and not is_skipped(n):
                         names.append(n)
         return names
 
@@ -679,7 +664,7 @@ class _TensorBuilder:
         first_layer = first.layer_range[0] + offset
         first_ckpt = self.models[first.model].checkpoint
         if first_layer < len(first_ckpt.layers):
-            template = [n for n in first_ckpt.layer_tensors(first_layer) if not _skipped(n)]
+            template = [n for n in first_ckpt.layer_tensors(first_layer) if not is_skipped(n)]
         else:
             template = []
         for name in template:
@@ -820,10 +805,6 @@ def _is_elementwise(spec: MethodSpec, per_model: Sequence[Mapping[str, Any]]) ->
     return False
 
 
-def _skipped(name: str) -> bool:
-    return name.endswith(_SKIPPED_SUFFIXES)
-
-
 def _tied_embedding(checkpoint: Checkpoint) -> TensorInfo | None:
     """The input embedding a model without a head ties its output projection to."""
     for hint in _EMBEDDING_HINTS:
@@ -836,8 +817,7 @@ def _tied_embedding(checkpoint: Checkpoint) -> TensorInfo | None:
 def _recipe_dtype(name: str | None, where: str) -> str | None:
     if not name:
         return None
-    key = str(name).removeprefix("torch.").lower()
-    code = DTYPE_CODES.get(key)
+    code = compute_code(name)
     if code is None:
         raise UserError(
             f"unknown dtype {name!r}",

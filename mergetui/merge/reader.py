@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mergetui.checkpoints.files import open_regular
-from mergetui.checkpoints.safetensors_io import torch_dtype
+from mergetui.dtypes import torch_dtype
 from mergetui.errors import UserError
 
 if TYPE_CHECKING:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergetui.errors import CancelledError, UserError
+from mergetui.formatting import human_bytes
 from mergetui.merge.events import (
     Cancelled,
     EventCallback,
@@ -57,7 +58,6 @@ from mergetui.merge.target import (  # noqa: F401 - TEMP_MARKER, OLD_MARKER: pub
     output_guard,
     remove_stale_temps,
 )
-from mergetui.merge.writer import human_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -744,7 +744,7 @@ def _read_piece(
     """The inputs of one piece on the CPU, each with the pooled buffer behind it (or None):
     in float32 (float64) when converting early, else as stored."""
 
-    from mergetui.checkpoints.safetensors_io import torch_dtype
+    from mergetui.dtypes import torch_dtype
 
     tensor = piece.tensor
     data: list[tuple[torch.Tensor, torch.Tensor | None]] = []
@@ -849,7 +849,7 @@ def _compute(
     """
     import torch
 
-    from mergetui.checkpoints.safetensors_io import torch_dtype
+    from mergetui.dtypes import torch_dtype
     from mergetui.merge.methods import MethodContext
 
     tensor = piece.tensor

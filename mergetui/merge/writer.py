@@ -19,16 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mergetui.checkpoints.safetensors_io import DTYPE_BITS
+from mergetui.dtypes import DTYPE_SIZES
 from mergetui.errors import UserError
+from mergetui.formatting import human_bytes
 
 if TYPE_CHECKING:
     import torch
-
-# safetensors dtype code -> bytes per element (whole-byte dtypes only: the engine never writes F4/F6).
-DTYPE_SIZES: dict[str, int] = {
-    code: bits // 8 for code, bits in DTYPE_BITS.items() if bits % 8 == 0
-}
 
 SINGLE_FILE_NAME = "model.safetensors"
 INDEX_FILE_NAME = "model.safetensors.index.json"
@@ -325,20 +321,6 @@ class ShardSetWriter:
             return UserError(
                 "the disk is full: no space left to write the merged model",
                 where=where,
-                fix=f"free at least {_human(self.layout.total_bytes)} there or pick another --out",
+                fix=f"free at least {human_bytes(self.layout.total_bytes)} there or pick another --out",
             )
         return UserError(f"cannot write the output: {exc.strerror or exc}", where=where)
-
-
-def _human(nbytes: int) -> str:
-    value = float(nbytes)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1000
-    return f"{value:.1f} TB"
-
-
-def human_bytes(nbytes: int) -> str:
-    """Bytes for people: decimal units, one decimal."""
-    return _human(nbytes)

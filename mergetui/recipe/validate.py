@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from mergetui.dtypes import ALIASES, MERGEKIT_NAMES
 from mergetui.errors import UserError
 from mergetui.recipe.io import TOKENIZER_KEYWORDS, did_you_mean
 from mergetui.recipe.limits import MAX_LAYER, MAX_PARAMETER
@@ -35,20 +36,6 @@ if TYPE_CHECKING:
     from mergetui.checkpoints.inspect import Checkpoint
 
 Level = Literal["error", "warning"]
-
-# mergekit's `dtype_from_name` (a "torch." prefix is accepted too).
-DTYPES = ("bfloat16", "float16", "float32", "float64", "int64")
-_DTYPE_ALIASES = {
-    "bf16": "bfloat16",
-    "fp16": "float16",
-    "half": "float16",
-    "f16": "float16",
-    "fp32": "float32",
-    "f32": "float32",
-    "float": "float32",
-    "fp64": "float64",
-    "double": "float64",
-}
 
 
 @dataclass(frozen=True)
@@ -172,14 +159,14 @@ def _check_dtypes(problems: _Problems) -> None:
         if value is None:
             continue
         name = value[len("torch.") :] if value.startswith("torch.") else value
-        if name in DTYPES:
+        if name in MERGEKIT_NAMES:
             continue
-        alias = _DTYPE_ALIASES.get(name.lower())
-        hint = f"did you mean '{alias}'?" if alias else did_you_mean(name, DTYPES)
+        alias = ALIASES.get(name.lower())
+        hint = f"did you mean '{alias}'?" if alias else did_you_mean(name, MERGEKIT_NAMES)
         problems.error(
             f"merge.{key}",
             f"unknown {key} '{value}'",
-            hint or f"use one of: {', '.join(DTYPES)}",
+            hint or f"use one of: {', '.join(MERGEKIT_NAMES)}",
         )
 
 

@@ -27,6 +27,7 @@ from textual.widgets import DataTable, Header, Input, Label, ProgressBar, Static
 
 from mergetui.checkpoints.sources import CheckpointRow
 from mergetui.errors import CancelledError, UserError
+from mergetui.formatting import human_bytes, human_count
 from mergetui.tui.commands import PaletteCommand
 from mergetui.tui.footer import KeyFooter
 from mergetui.tui.help import HelpSection, binding_rows
@@ -48,26 +49,6 @@ HUB_SORTS = ("downloads", "likes", "trending", "created")
 HUB_LIMIT = 50
 NAME_WIDTH = 22  # so that all eight columns fit 80 columns
 DETAILS_DELAY = 0.35  # seconds the cursor rests on a row before its details are read
-
-
-def human_count(count: int | None) -> str:
-    if count is None:
-        return "-"
-    for threshold, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if count >= threshold:
-            return f"{count / threshold:.3g}{suffix}"
-    return str(count)
-
-
-def human_bytes(count: int | None) -> str:
-    if count is None:
-        return "-"
-    value = float(count)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{count} B"
 
 
 def short_arch(arch: str | None) -> str:

@@ -152,7 +152,7 @@ class PushDialog(DialogScreen):
     def _progress(self, event: Any) -> None:
         if not self.is_mounted:
             return
-        from mergetui.tui.checkpoints_screen import human_bytes
+        from mergetui.formatting import human_bytes
 
         self.query_one("#push-progress", ProgressBar).update(
             total=max(event.bytes_total, 1), progress=event.bytes_done

@@ -37,7 +37,7 @@ from textual.widgets import (
 )
 
 from mergetui.errors import CancelledError, UserError
-from mergetui.merge.writer import human_bytes
+from mergetui.formatting import human_bytes
 from mergetui.tui.commands import PaletteCommand
 from mergetui.tui.dialogs.confirm import ConfirmDialog
 from mergetui.tui.dialogs.paths import TextPrompt

@@ -1,0 +1,28 @@
+"""Sizes and counts for people, one spelling everywhere (CLI tables, screens, errors, events)."""
+
+from __future__ import annotations
+
+from rich.filesize import pick_unit_and_suffix
+
+_BYTE_UNITS = ["B", "KB", "MB", "GB", "TB"]
+_COUNT_UNITS = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"))
+
+
+def human_bytes(count: float | None) -> str:
+    """1234567 -> "1.2 MB": decimal units as the Hub shows sizes, one decimal; None -> "-"."""
+    if count is None:
+        return "-"
+    unit, suffix = pick_unit_and_suffix(int(count), _BYTE_UNITS, 1000)
+    if unit == 1:
+        return f"{int(count)} B"
+    return f"{count / unit:.1f} {suffix}"
+
+
+def human_count(count: float | None, spec: str = ".3g") -> str:
+    """7241732096 -> "7.24B" (how parameter counts are spoken of); `spec` formats the figure."""
+    if count is None:
+        return "-"
+    for threshold, suffix in _COUNT_UNITS:
+        if count >= threshold:
+            return f"{count / threshold:{spec}}{suffix}"
+    return str(int(count))
