@@ -677,3 +677,20 @@ def serve_for_test(tmp_path: Path, monkeypatch: Any) -> Any:
         yield server
     finally:
         server.stop()
+
+
+def merged_folder(tmp_path: Path, source: Path, card: str | None) -> Path:
+    """A copy of the model `source` as a merge leaves it: a recipe naming two Hub parents, and
+    `card` as README.md (none when None)."""
+    import shutil
+
+    folder = tmp_path / "merged"
+    shutil.copytree(source, folder)
+    (folder / "mergetui.toml").write_text(
+        '[merge]\nmethod = "linear"\n\n[models.a]\nsource = "org/parent-a"\n\n[models.b]\n'
+        'source = "org/parent-b"\n',
+        encoding="utf-8",
+    )
+    if card is not None:
+        (folder / "README.md").write_text(card, encoding="utf-8")
+    return folder

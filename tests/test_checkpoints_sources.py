@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mergetui.checkpoints.compat import check_recipe_models, compare_checkpoints
+from mergetui.checkpoints.compat import compare_checkpoints
 from mergetui.checkpoints.inspect import open_checkpoint
 from mergetui.checkpoints.locate import INCOMPLETE_MARKER, find_local
 from mergetui.checkpoints.sources import (
@@ -20,6 +20,7 @@ from mergetui.checkpoints.sources import (
 )
 from mergetui.paths import CONFIG_ENV
 from mergetui.recipe.model import ModelEntry, Recipe
+from mergetui.recipe.models_compat import check_recipe_models
 from mergetui.settings import AppConfig, remember_models_dirs
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from hub_server import HubServer, serve_for_test
 
-from mergetui.checkpoints.inspect import SAFETENSORS_INDEX, open_checkpoint
+from mergetui.checkpoints.inspect import open_checkpoint
+from mergetui.checkpoints.weights import SAFETENSORS_INDEX
 from mergetui.cli import main
 from mergetui.errors import UserError
 from mergetui.paths import CACHE_ENV, CONFIG_ENV, DATA_ENV

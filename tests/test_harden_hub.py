@@ -26,7 +26,7 @@ import pytest
 from hub_server import BlackHole, HubServer, serve_for_test
 
 from mergetui.checkpoints import hub as hubmod
-from mergetui.checkpoints.hub_net import RETRIES, timeout_seconds
+from mergetui.checkpoints.hub.net import RETRIES, timeout_seconds
 from mergetui.checkpoints.locate import INCOMPLETE_MARKER, cached_repo_dir, find_local
 from mergetui.errors import UserError
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from hub_server import TEST_TOKEN, HubServer, serve_for_test
+from hub_server import merged_folder as _merged_folder
 
 from mergetui.checkpoints import hub as hubmod
 from mergetui.checkpoints.inspect import open_checkpoint
@@ -302,21 +303,6 @@ def test_no_network_is_offline_with_a_fix(monkeypatch: pytest.MonkeyPatch, tmp_p
 # -- push ------------------------------------------------------------------------------------
 
 
-def _merged_folder(tmp_path: Path, source: Path, card: str | None) -> Path:
-    import shutil
-
-    folder = tmp_path / "merged"
-    shutil.copytree(source, folder)
-    (folder / "mergetui.toml").write_text(
-        '[merge]\nmethod = "linear"\n\n[models.a]\nsource = "org/parent-a"\n\n[models.b]\n'
-        'source = "org/parent-b"\n',
-        encoding="utf-8",
-    )
-    if card is not None:
-        (folder / "README.md").write_text(card, encoding="utf-8")
-    return folder
-
-
 def test_push_creates_the_repo_and_uploads_with_progress(
     hub: HubServer, llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -337,21 +323,6 @@ def test_push_creates_the_repo_and_uploads_with_progress(
     # Pushing again updates the same repo (create_repo accepts that it exists).
     hubmod.push_folder(folder, "tester/my-merge")
     assert len(hub.commits) == 2
-
-
-def test_push_adds_base_model_to_a_card_without_it(
-    hub: HubServer, llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import yaml
-
-    monkeypatch.setenv("HF_TOKEN", TEST_TOKEN)
-    folder = _merged_folder(tmp_path, llama_family["base"], None)
-    hubmod.push_folder(folder, "tester/no-card")
-    text = hub.repos["tester/no-card"].files["README.md"].decode()
-    front = yaml.safe_load(text.split("---")[1])
-    assert front["base_model"] == ["org/parent-a", "org/parent-b"]
-    assert "merge" in front["tags"]
-    assert not (folder / "README.md").exists()  # the folder itself is left as it was
 
 
 def test_push_needs_a_token_and_cancel_commits_nothing(

@@ -2,15 +2,14 @@
 
 A merge of mismatched models fails late (or, worse, writes nonsense), so the app and the CLI check
 first: every problem names the model and the tensor, with both shapes, so the fix is obvious (a
-different vocabulary, an extra layer, another architecture). Models are read from local headers,
-or from the Hub's headers when a model is not on this machine and the Hub can be used.
+different vocabulary, an extra layer, another architecture). The checkpoints come opened (local
+headers, or the Hub's); `recipe.models_compat` finds and opens the models a recipe names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mergetui.errors import UserError
@@ -168,47 +167,3 @@ def check_architectures(
             "(mergekit: --allow-crimes)",
         )
     return [f"{message}; mixing them as asked: the output is a {describe_architecture(ref)}"]
-
-
-def open_model(source: str, revision: str | None, base_dir: Path | None, remote: bool) -> Any:
-    """A local checkpoint for `source`, else (with `remote`) its headers read from the Hub."""
-    from mergetui.checkpoints.inspect import open_checkpoint
-    from mergetui.checkpoints.locate import find_local, looks_like_hub_id
-
-    if base_dir is not None:  # the recipe path rule (mergetui.recipe.paths)
-        from mergetui.recipe.paths import local_model_path
-
-        candidate = local_model_path(source, base_dir)
-        if candidate.is_dir():
-            return open_checkpoint(candidate)
-    found = find_local(source, revision)
-    if found is not None:
-        return open_checkpoint(found)
-    if remote and looks_like_hub_id(source):
-        from mergetui.checkpoints.hub import read_remote_checkpoint
-
-        return read_remote_checkpoint(source, revision)
-    raise UserError(
-        "not on this machine"
-        + (" (and the Hub was not asked)" if looks_like_hub_id(source) else ""),
-        where=source,
-        fix="download it, or check the path",
-    )
-
-
-def check_recipe_models(
-    recipe: Any, base_dir: Path | None = None, *, remote: bool = True
-) -> CompatReport:
-    """Compare the recipe's models with its base (or its first model)."""
-    opened: dict[str, Any] = {}
-    skipped: dict[str, str] = {}
-    for name, entry in recipe.models.items():
-        try:
-            opened[name] = open_model(entry.source, entry.revision, base_dir, remote)
-        except UserError as exc:
-            skipped[name] = str(exc)
-        except (OSError, ValueError) as exc:
-            skipped[name] = f"{entry.source}: {exc}"
-    reference = recipe.base if recipe.base in opened else (next(iter(opened), None))
-    problems = compare_checkpoints(opened, reference)
-    return CompatReport(reference, problems, list(opened), skipped)

@@ -9,13 +9,12 @@ parameter count and whether a tokenizer and chat template come with it. Problems
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from mergetui.checkpoints.files import index_shard_paths, open_regular
 from mergetui.checkpoints.layers import (
     BLOCK_KINDS,
     BlockKind,
@@ -24,14 +23,12 @@ from mergetui.checkpoints.layers import (
     layer_index,
 )
 from mergetui.checkpoints.safetensors_io import TensorInfo, read_header
-from mergetui.dtypes import dtype_from_torch
+from mergetui.checkpoints.weights import BIN_INDEX, SAFETENSORS_INDEX, read_weights
 from mergetui.errors import UserError
 
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-BIN_INDEX = "pytorch_model.bin.index.json"
-# Files that are safetensors but not a full model's weights.
-_NOT_MODEL_WEIGHTS = {"adapter_model.safetensors"}
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+# Any one of these, and the checkpoint comes with a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 _LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
 # Token embeddings, as opposed to position or type embeddings.
@@ -132,6 +129,15 @@ class Checkpoint:
         """Every tensor name of one layer, grouped by block kind."""
         return [name for kind in BLOCK_KINDS for name in self.layers[index].get(kind, [])]
 
+    @classmethod
+    def from_tensors(cls, raw: dict[str, TensorInfo], **fields: Any) -> Self:
+        """A checkpoint of the tensors `raw`, put in layer order (embeddings, each layer grouped by
+        block kind, then the rest) with their layer map; `fields` give everything else."""
+        tensors, layers, pre_layer, post_layer = _layer_map(raw)
+        return cls(
+            tensors=tensors, layers=layers, pre_layer=pre_layer, post_layer=post_layer, **fields
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Everything above as plain JSON types (for `mergetui inspect --json` and the app)."""
         return {
@@ -188,29 +194,15 @@ def open_checkpoint(path: str | Path, *, allow_bin: bool = False) -> Checkpoint:
     warnings: list[str] = []
     config = _read_config(folder, warnings)
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-
-    weight_files, raw_tensors, fmt = _read_weights(folder, allow_bin, warnings)
-    tensors, layers, pre_layer, post_layer = _layer_map(raw_tensors)
-
+    weight_files, raw_tensors, fmt = read_weights(folder, allow_bin, warnings)
+    checkpoint = _local_checkpoint(folder, raw_tensors, config, weight_files, files, fmt, warnings)
     configured = _config_layer_count(config)
-    if configured is not None and configured != len(layers):
+    if configured is not None and configured != len(checkpoint.layers):
         warnings.append(
-            f"config.json says {configured} layers but the tensors number {len(layers)} layers"
+            f"config.json says {configured} layers but the tensors number "
+            f"{len(checkpoint.layers)} layers"
         )
-    return Checkpoint(
-        path=folder,
-        config=config,
-        tensors=tensors,
-        weight_files=weight_files,
-        files=files,
-        format=fmt,
-        layers=layers,
-        pre_layer=pre_layer,
-        post_layer=post_layer,
-        has_tokenizer=any((folder / name).is_file() for name in _TOKENIZER_FILES),
-        has_chat_template=_has_chat_template(folder),
-        warnings=warnings,
-    )
+    return checkpoint
 
 
 def open_weight_file(path: str | Path) -> Checkpoint:
@@ -240,21 +232,43 @@ def open_weight_file(path: str | Path) -> Checkpoint:
             + (" ..." if len(others) > 3 else "")
             + f"; inspect {folder} for the whole checkpoint"
         )
-    tensors, layers, pre_layer, post_layer = _layer_map(raw)
-    return Checkpoint(
-        path=file,
+    return _local_checkpoint(file, raw, config, [file], [file.name], "safetensors", warnings)
+
+
+def _local_checkpoint(
+    path: Path,
+    raw: dict[str, TensorInfo],
+    config: dict[str, Any],
+    weight_files: list[Path],
+    files: list[str],
+    fmt: str,
+    warnings: list[str],
+) -> Checkpoint:
+    """A checkpoint on disk: its tokenizer and chat template are looked for beside its weights."""
+    folder = path if path.is_dir() else path.parent
+    return Checkpoint.from_tensors(
+        raw,
+        path=path,
         config=config,
-        tensors=tensors,
-        weight_files=[file],
-        files=[file.name],
-        format="safetensors",
-        layers=layers,
-        pre_layer=pre_layer,
-        post_layer=post_layer,
-        has_tokenizer=any((folder / name).is_file() for name in _TOKENIZER_FILES),
-        has_chat_template=_has_chat_template(folder),
+        weight_files=weight_files,
+        files=files,
+        format=fmt,
+        has_tokenizer=any((folder / name).is_file() for name in TOKENIZER_FILES),
+        has_chat_template=has_chat_template(
+            _FolderFiles(folder), lambda name: (folder / name).read_text(encoding="utf-8")
+        ),
         warnings=warnings,
     )
+
+
+class _FolderFiles:
+    """The names of the regular files in a folder, as a container (`name in files`)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (self.folder / name).is_file()
 
 
 def _read_config(folder: Path, warnings: list[str]) -> dict[str, Any]:
@@ -277,178 +291,6 @@ def _read_config(folder: Path, warnings: list[str]) -> dict[str, Any]:
             fix="restore config.json from the model's source",
         )
     return config
-
-
-def _read_weights(
-    folder: Path, allow_bin: bool, warnings: list[str]
-) -> tuple[list[Path], dict[str, TensorInfo], str]:
-    index_path = folder / SAFETENSORS_INDEX
-    if index_path.is_file():
-        files, tensors = _read_safetensors_index(index_path, warnings)
-        return files, tensors, "safetensors"
-    safetensors_files = sorted(
-        p for p in folder.glob("*.safetensors") if p.name not in _NOT_MODEL_WEIGHTS
-    )
-    if safetensors_files:
-        tensors: dict[str, TensorInfo] = {}
-        for file in safetensors_files:
-            _merge_tensors(tensors, read_header(file)[0], file)
-        return safetensors_files, tensors, "safetensors"
-
-    bin_files = _bin_files(folder)
-    if bin_files:
-        if not allow_bin:
-            raise UserError(
-                "checkpoint is in pytorch_model.bin (pickle) format, which mergetui does not open "
-                "by default: loading a pickle can run code and loads every tensor into memory",
-                where=str(folder),
-                fix="convert it to safetensors (e.g. save_pretrained in transformers), "
-                "or pass --allow-bin if you trust it",
-            )
-        return bin_files, _read_bin(bin_files), "bin"
-
-    if (folder / "adapter_model.safetensors").is_file():
-        raise UserError(
-            "this is a LoRA/PEFT adapter, not a full checkpoint",
-            where=str(folder),
-            fix="merge the adapter into its base model first (peft's merge_and_unload)",
-        )
-    raise UserError(
-        "no model weights found (no *.safetensors, model.safetensors.index.json or "
-        "pytorch_model.bin)",
-        where=str(folder),
-        fix="point at the folder that holds the model's weight files",
-    )
-
-
-def _read_safetensors_index(
-    index_path: Path, warnings: list[str]
-) -> tuple[list[Path], dict[str, TensorInfo]]:
-    folder = index_path.parent
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        weight_map = index["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError("weight_map is not an object")
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UserError(
-            f"broken shard index ({exc})",
-            where=str(index_path),
-            fix="restore model.safetensors.index.json from the model's source",
-        ) from None
-    shard_paths = index_shard_paths(folder, weight_map, index_path)
-    shard_names = [str(path.relative_to(folder)) for path in shard_paths]
-    headers: dict[str, dict[str, TensorInfo]] = {}
-    for shard, shard_path in zip(shard_names, shard_paths, strict=True):
-        if _is_missing(shard_path):
-            raise UserError(
-                f"shard {shard} listed in {SAFETENSORS_INDEX} is missing",
-                where=str(folder),
-                fix="download the missing shard (the checkpoint is incomplete)",
-            )
-        headers[shard] = read_header(shard_path)[0]
-    tensors: dict[str, TensorInfo] = {}
-    for name, shard in weight_map.items():
-        info = headers[shard].get(name)
-        if info is None:
-            raise UserError(
-                f"{SAFETENSORS_INDEX} places tensor {name} in {shard}, which does not contain it",
-                where=str(folder),
-                fix="the index and the shards come from different versions; download them again",
-            )
-        tensors[name] = info
-    for shard, header in headers.items():
-        extra = sorted(set(header) - set(weight_map))
-        if extra:
-            warnings.append(
-                f"{shard} holds {len(extra)} tensors missing from the index: {extra[:3]}"
-            )
-            _merge_tensors(tensors, {name: header[name] for name in extra}, folder / shard)
-    return shard_paths, tensors
-
-
-def _is_missing(path: Path) -> bool:
-    """Missing, or a link to nothing (an unfinished download); a link that loops, a FIFO or an
-    unreadable file is not missing: reading it says what it is."""
-    try:
-        os.stat(path)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return False
-
-
-def _merge_tensors(tensors: dict[str, TensorInfo], new: dict[str, TensorInfo], file: Path) -> None:
-    for name, info in new.items():
-        if name in tensors:
-            raise UserError(
-                f"tensor {name} appears in both {tensors[name].file.name} and {file.name}",
-                where=str(file.parent),
-                fix="remove the stray weight file (two copies of the model in one folder?)",
-            )
-        tensors[name] = info
-
-
-def _bin_files(folder: Path) -> list[Path]:
-    index_path = folder / BIN_INDEX
-    if index_path.is_file():
-        try:
-            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-            if not isinstance(weight_map, dict):
-                raise TypeError("weight_map is not an object")
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise UserError(f"broken shard index ({exc})", where=str(index_path)) from None
-        return index_shard_paths(folder, weight_map, index_path)
-    return sorted(folder.glob("pytorch_model*.bin"))
-
-
-def _read_bin(files: list[Path]) -> dict[str, TensorInfo]:
-    import pickle
-
-    import torch
-
-    tensors: dict[str, TensorInfo] = {}
-    for file in files:
-        if _is_missing(file):
-            raise UserError(
-                f"shard {file.name} is missing",
-                where=str(file.parent),
-                fix="download the missing shard (the checkpoint is incomplete)",
-            )
-        os.close(open_regular(file))  # torch opens it by name: a FIFO would block, a loop crash
-        try:
-            try:
-                state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                # Files in torch's legacy (pre-1.6, non-zip) format cannot be memory-mapped.
-                if "mmap" not in str(exc):
-                    raise
-                state = torch.load(str(file), map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-            raise UserError(
-                f"cannot read this .bin file ({str(exc).splitlines()[0]})",
-                where=str(file),
-                fix="it may be truncated or not a plain state dict; convert it to safetensors",
-            ) from None
-        if not isinstance(state, dict):
-            raise UserError("the .bin file does not hold a state dict", where=str(file))
-        found: dict[str, TensorInfo] = {}
-        for name, tensor in state.items():
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            try:
-                dtype = dtype_from_torch(tensor.dtype)
-            except ValueError:
-                raise UserError(
-                    f"tensor {name} has dtype {tensor.dtype}, which safetensors cannot hold",
-                    where=str(file),
-                ) from None
-            found[name] = TensorInfo(
-                name, tuple(tensor.shape), dtype, file, -1, tensor.numel() * tensor.element_size()
-            )
-        _merge_tensors(tensors, found, file)
-    return tensors
 
 
 def _layer_map(
@@ -494,14 +336,15 @@ def _config_layer_count(config: dict[str, Any]) -> int | None:
     return int(value) if value is not None else None
 
 
-def _has_chat_template(folder: Path) -> bool:
-    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+def has_chat_template(names: Container[str], read: Callable[[str], str | bytes]) -> bool:
+    """Whether a checkpoint whose files are `names` has a chat template: a template file, or one in
+    tokenizer_config.json (read with `read`; unreadable JSON, or a failed fetch, means no)."""
+    if any(name in names for name in CHAT_TEMPLATE_FILES):
         return True
-    tokenizer_config = folder / "tokenizer_config.json"
-    if tokenizer_config.is_file():
-        try:
-            data = json.loads(tokenizer_config.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return False
-        return isinstance(data, dict) and bool(data.get("chat_template"))
-    return False
+    if "tokenizer_config.json" not in names:
+        return False
+    try:
+        data = json.loads(read("tokenizer_config.json"))
+    except (ValueError, UserError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return False
+    return isinstance(data, dict) and bool(data.get("chat_template"))

@@ -5,7 +5,7 @@ templates); `--include` picks other patterns. Files already cached are skipped, 
 resumes. The first Ctrl-C cancels at once, even while the Hub is silent: the file being fetched is
 dropped, the snapshot stays marked incomplete (never mistaken for a model) until a later pull
 finishes it, and the exit status is 130. Waits are bounded by HF_HUB_ETAG_TIMEOUT and
-HF_HUB_DOWNLOAD_TIMEOUT (see `checkpoints.hub_net`).
+HF_HUB_DOWNLOAD_TIMEOUT (see `checkpoints.hub.net`).
 """
 
 from __future__ import annotations

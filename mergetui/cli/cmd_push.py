@@ -31,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from mergetui.checkpoints.hub import push_folder
     from mergetui.cli.cmd_merge import _install_sigint, _restore_sigint
     from mergetui.cli.output import console, console_err
     from mergetui.errors import CancelledError
+    from mergetui.merge.publish import push_merge
 
     cancel = threading.Event()
     progress = Progress(
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     previous = _install_sigint(cancel)
     try:
         with progress:
-            url = push_folder(
+            url = push_merge(
                 args.folder,
                 args.repo_id,
                 private=args.private,

@@ -681,8 +681,8 @@ class CheckpointsScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="ck-check", exit_on_error=False)
     def _check(self, recipe: Any, base_dir: Path) -> None:
-        from mergetui.checkpoints.compat import check_recipe_models
         from mergetui.checkpoints.hub import is_offline
+        from mergetui.recipe.models_compat import check_recipe_models
 
         report = check_recipe_models(recipe, base_dir, remote=not is_offline())
         self._reply(self._checked, report)

@@ -2,7 +2,7 @@
 
 Opened from the palette ("Push a folder to the Hub…") or by the Run screen after a merge
 (`app.action_push_to_hub(folder)`). The upload runs in a worker through the core
-(`checkpoints.hub.push_folder`: one commit, so a cancel changes nothing on the Hub); the token comes
+(`merge.publish.push_merge`: one commit, so a cancel changes nothing on the Hub); the token comes
 from HF_TOKEN and is never shown.
 """
 
@@ -123,10 +123,10 @@ class PushDialog(DialogScreen):
 
     @work(thread=True, exclusive=True, group="push", exit_on_error=False)
     def _push(self, folder: str, repo_id: str, private: bool, cancel: threading.Event) -> None:
-        from mergetui.checkpoints.hub import push_folder
+        from mergetui.merge.publish import push_merge
 
         try:
-            url = push_folder(
+            url = push_merge(
                 folder,
                 repo_id,
                 private=private,

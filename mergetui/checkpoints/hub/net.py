@@ -94,7 +94,8 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def _httpx() -> Any:
+def httpx_module() -> Any:
+    """The HTTP library huggingface_hub sends requests with (httpx2, or httpx on older stacks)."""
     try:
         import httpx2 as httpx  # the HTTP library huggingface_hub 1.x+ uses
     except ImportError:  # pragma: no cover - older stacks
@@ -104,13 +105,13 @@ def _httpx() -> Any:
 
 def is_timeout(exc: BaseException) -> bool:
     """The request (or something it waited on) timed out."""
-    httpx = _httpx()
+    httpx = httpx_module()
     return any(isinstance(e, (httpx.TimeoutException, TimeoutError)) for e in _chain(exc))
 
 
 def is_transient(exc: BaseException) -> bool:
     """Worth asking again: a timeout, a dropped or refused connection, a 5xx answer (never 4xx)."""
-    httpx = _httpx()
+    httpx = httpx_module()
     if isinstance(exc, (CancelledError, UserError)):
         return False
     status = getattr(getattr(exc, "response", None), "status_code", None)
