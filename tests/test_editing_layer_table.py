@@ -1,4 +1,4 @@
-"""The grid's value model without a terminal: what cells show, every operation, and write-back.
+"""The grid's value model without a terminal: what cells show, and write-back.
 
 Cells must equal what the core's resolution gives the merge; edits must land in the recipe in the
 documented forms (explicit per-layer lists, filter-split lists) and leave untouched columns alone.
@@ -6,120 +6,24 @@ documented forms (explicit per-layer lists, filter-split lists) and leave untouc
 
 from __future__ import annotations
 
-import math
-
 import pytest
-
-from mergetui.editing.document import RecipeDocument
-from mergetui.editing.layer_table import (
-    ALL,
-    ATTENTION,
-    MLP,
-    NA,
-    REST,
-    Block,
-    CellRange,
-    GridError,
-    GridModel,
-    TensorNames,
-    format_number,
-    next_step,
-    preset_values,
-    round_value,
+from editing_helpers import (
+    SLERP_FILTERS,
+    STACK,
+    TIES,
+    column,
+    core_values,
+    layer_row,
+    layer_values,
+    model_for,
 )
-from mergetui.recipe.io import dumps_toml, loads_toml
+
+from mergetui.editing.cells import ATTENTION, MLP, NA, REST, CellRange
+from mergetui.editing.document import RecipeDocument
+from mergetui.editing.layer_table import GridModel
 from mergetui.recipe.model import Conditional
-from mergetui.recipe.resolve import resolve_layer_values
-
-TIES = """
-[merge]
-method = "ties"
-base = "base"
-
-[models.base]
-source = "/models/base"
-
-[models.a]
-source = "/models/a"
-
-[models.a.parameters]
-weight = [0.2, 0.8]
-density = 0.5
-
-[models.b]
-source = "/models/b"
-
-[models.b.parameters]
-weight = 0.5
-density = 0.7
-"""
-
-SLERP_FILTERS = """
-[merge]
-method = "slerp"
-base = "a"
-
-[models.a]
-source = "/models/a"
-
-[models.b]
-source = "/models/b"
-
-[parameters]
-t = [
-  { filter = "self_attn", value = [0, 1] },
-  { filter = "mlp", value = [1, 0] },
-  { value = 0.5 },
-]
-"""
-
-STACK = """
-[merge]
-method = "passthrough"
-
-[models.x]
-source = "/models/x"
-
-[models.y]
-source = "/models/y"
-
-[[slices]]
-sources = [{ model = "x", layers = [0, 3] }]
-
-[[slices]]
-sources = [{ model = "y", layers = [1, 4] }]
-"""
-
-
-def model_for(text: str, layers: int = 5, **kwargs) -> GridModel:
-    recipe = loads_toml(text)
-    document = RecipeDocument(recipe)
-    counts = {name: layers for name in recipe.models}
-    return GridModel(document, layer_counts=counts, **kwargs)
-
-
-def column(grid: GridModel, param: str, model: str | None, group: str = ALL) -> int:
-    for index, item in enumerate(grid.columns):
-        if (item.param, item.model, item.group) == (param, model, group):
-            return index
-    raise AssertionError(f"no column {param}/{model}/{group} in {grid.columns}")
-
-
-def layer_row(grid: GridModel, layer: int) -> int:
-    return next(r for r, row in enumerate(grid.rows) if row.layer == layer)
-
-
-def layer_values(grid: GridModel, col: int) -> list:
-    return [grid.value(r, col) for r, row in enumerate(grid.rows) if row.kind == "layer"]
-
-
-def core_values(grid: GridModel, param: str, model: str | None, template: str) -> list:
-    counts = {name: 5 for name in grid.recipe.models}
-    found = resolve_layer_values(grid.recipe, counts, param, model, template)
-    return found.layers
-
-
-# -- reading -------------------------------------------------------------------------------------
+from mergetui.recipe.toml_read import loads_toml
+from mergetui.recipe.toml_write import dumps_toml
 
 
 def test_rows_are_embeddings_layers_and_head() -> None:
@@ -216,26 +120,6 @@ def test_custom_filters_make_a_column_read_only() -> None:
     assert grid.set_value(CellRange(2, col, 2, col), 0.1) == 0
 
 
-def test_tensor_names_from_a_gpt2_style_checkpoint() -> None:
-    names = TensorNames.from_names(
-        [
-            "transformer.wte.weight",
-            "transformer.h.0.attn.c_attn.weight",
-            "transformer.h.0.mlp.c_fc.weight",
-            "transformer.h.0.ln_1.weight",
-            "transformer.h.1.attn.c_attn.weight",
-            "transformer.ln_f.weight",
-        ]
-    )
-    assert names.embed == "transformer.wte.weight"
-    assert names.head == "transformer.ln_f.weight"  # tied: no lm_head, the final norm stands in
-    assert names.layer_name(ATTENTION, 7) == "transformer.h.7.attn.c_attn.weight"
-    assert names.template(MLP) == "transformer.h.{i}.mlp.c_fc.weight"
-
-
-# -- editing and write-back ----------------------------------------------------------------------
-
-
 def test_set_writes_an_explicit_per_layer_list() -> None:
     grid = model_for(TIES)
     col = column(grid, "weight", "b")
@@ -247,108 +131,6 @@ def test_set_writes_an_explicit_per_layer_list() -> None:
     assert grid.recipe.models["a"].parameters["weight"] == [0.2, 0.8]
     assert grid.recipe.models["b"].parameters["density"] == 0.7
     assert grid.document.modified
-
-
-def test_add_multiply_nudge_and_clamp() -> None:
-    grid = model_for(TIES)
-    col = column(grid, "density", "a")
-    area = CellRange(layer_row(grid, 0), col, layer_row(grid, 4), col)
-    grid.add(area, 0.1)
-    assert layer_values(grid, col) == pytest.approx([0.6] * 5)
-    grid.multiply(area, 0.5)
-    assert layer_values(grid, col) == pytest.approx([0.3] * 5)
-    grid.step = 0.05
-    grid.nudge(CellRange(layer_row(grid, 0), col, layer_row(grid, 0), col), -1)
-    assert layer_values(grid, col)[0] == pytest.approx(0.25)
-    # density is at most 1: adding past it clamps
-    grid.add(area, 5)
-    assert layer_values(grid, col) == pytest.approx([1.0] * 5)
-
-
-def test_weights_can_go_negative_but_stay_readable() -> None:
-    grid = model_for(TIES)
-    col = column(grid, "weight", "b")
-    grid.add(CellRange(layer_row(grid, 0), col, layer_row(grid, 0), col), -0.6)
-    assert grid.recipe.models["b"].parameters["weight"][0] == -0.1  # not -0.09999999999999998
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("flat", [1, 1, 1, 1, 1]),
-        ("ramp_up", [0, 0.25, 0.5, 0.75, 1]),
-        ("ramp_down", [1, 0.75, 0.5, 0.25, 0]),
-        ("v", [1, 0.5, 0, 0.5, 1]),
-        ("lambda", [0, 0.5, 1, 0.5, 0]),
-        (
-            "cosine",
-            [0, (1 - math.cos(math.pi / 4)) / 2, 0.5, (1 - math.cos(3 * math.pi / 4)) / 2, 1],
-        ),
-        ("smoothstep", [0, 0.15625, 0.5, 0.84375, 1]),
-    ],
-)
-def test_preset_curves(name: str, expected: list[float]) -> None:
-    assert preset_values(name, 5, 0.0, 1.0) == pytest.approx(expected, abs=1e-6)
-
-
-def test_step_and_random_presets() -> None:
-    assert preset_values("step", 5, 0.1, 0.9, layers=[10, 11, 12, 13, 14], at_layer=12) == [
-        0.1,
-        0.1,
-        0.9,
-        0.9,
-        0.9,
-    ]
-    with pytest.raises(GridError):
-        preset_values("step", 3, 0, 1)
-    first = preset_values("random", 20, 0.2, 0.4, seed=7)
-    assert first == preset_values("random", 20, 0.2, 0.4, seed=7)
-    assert first != preset_values("random", 20, 0.2, 0.4, seed=8)
-    assert all(0.2 <= v <= 0.4 for v in first) and len(set(first)) > 10
-    assert preset_values("ramp_up", 1, 0.3, 0.9) == [0.3]
-    with pytest.raises(GridError):
-        preset_values("zigzag", 3, 0, 1)
-
-
-def test_preset_over_a_selection_of_columns() -> None:
-    grid = model_for(TIES)
-    left, right = column(grid, "weight", "a"), column(grid, "weight", "b")
-    area = CellRange(0, left, len(grid.rows) - 1, right)  # embeddings and head are skipped
-    grid.preset(area, "ramp_up", 0.0, 1.0)
-    for col in (left, right):
-        assert layer_values(grid, col) == pytest.approx([0, 0.25, 0.5, 0.75, 1])
-    grid.preset(area, "random", 0.0, 1.0, seed=3)
-    # each column draws its own numbers, reproducibly
-    assert layer_values(grid, left) != layer_values(grid, right)
-    assert layer_values(grid, left) == preset_values("random", 5, 0, 1, seed=3)
-
-
-def test_interpolate_between_first_and_last_rows() -> None:
-    grid = model_for(TIES)
-    col = column(grid, "weight", "b")
-    grid.set_value(CellRange(layer_row(grid, 4), col, layer_row(grid, 4), col), 0.9)
-    grid.set_value(CellRange(layer_row(grid, 0), col, layer_row(grid, 0), col), 0.1)
-    grid.interpolate(CellRange(0, col, len(grid.rows) - 1, col))
-    assert layer_values(grid, col) == pytest.approx([0.1, 0.3, 0.5, 0.7, 0.9])
-    with pytest.raises(GridError):
-        grid.interpolate(CellRange(layer_row(grid, 0), col, layer_row(grid, 1), col))
-
-
-def test_copy_and_paste_blocks() -> None:
-    grid = model_for(TIES)
-    a, b = column(grid, "weight", "a"), column(grid, "weight", "b")
-    block = grid.copy(CellRange(layer_row(grid, 0), a, layer_row(grid, 1), a))
-    assert block.values == [[0.2], [pytest.approx(0.35)]]
-    grid.paste(block, (layer_row(grid, 3), b))
-    assert layer_values(grid, b) == pytest.approx([0.5, 0.5, 0.5, 0.2, 0.35])
-    # a block hanging off the bottom edge is cut, not an error
-    grid.paste(block, (layer_row(grid, 4), b))
-    assert layer_values(grid, b)[-1] == pytest.approx(0.2)
-    text = Block([[0.5, 1.0], [0.25, None]]).to_text()
-    assert text == "0.5\t1\n0.25\t"
-    assert Block.from_text("0.1, 0.2\n0.3\t0.4\n").values == [[0.1, 0.2], [0.3, 0.4]]
-    with pytest.raises(GridError):
-        Block.from_text("abc")
 
 
 def test_split_column_writes_filter_entries() -> None:
@@ -420,13 +202,3 @@ def test_nothing_changed_is_no_undo_step() -> None:
     col = column(grid, "weight", "b")
     assert grid.set_value(CellRange(layer_row(grid, 0), col, layer_row(grid, 4), col), 0.5) == 0
     assert not grid.document.can_undo
-
-
-def test_numbers_and_steps() -> None:
-    assert round_value(0.1 + 0.2) == 0.3
-    assert format_number(0.123456789) == "0.1235"
-    assert format_number(1e-5) == "1e-05"
-    assert format_number(-0.25) == "-0.25"
-    assert format_number(0) == "0"
-    assert next_step(0.05, 1) == 0.1 and next_step(0.05, -1) == 0.025
-    assert next_step(1.0, 1) == 1.0 and next_step(0.0001, -1) == 0.0001

@@ -336,7 +336,7 @@ async def test_the_slices_tab_shows_layers_as_the_file_writes_them(
 async def test_the_s_curve_presets_say_they_look_alike(
     tmp_path: Path, llama_family: dict[str, Path]
 ) -> None:
-    from mergetui.editing.layer_table import preset_values
+    from mergetui.editing.presets import preset_values
 
     # The two curves really are within 1% of each other: no picture can tell them apart...
     xs = 1001

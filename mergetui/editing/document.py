@@ -64,7 +64,7 @@ class RecipeDocument:
     # -- state ---------------------------------------------------------------------------------
 
     def _fingerprint(self) -> str:
-        from mergetui.recipe.io import dumps_toml
+        from mergetui.recipe.toml_write import dumps_toml
 
         return dumps_toml(self.recipe)
 
@@ -116,19 +116,21 @@ class RecipeDocument:
 
     def undo(self) -> str | None:
         """Go back one edit; returns its label, or None when there is nothing to undo."""
-        if not self._undo:
-            return None
-        label, before = self._undo.pop()
-        self._redo.append((label, copy.deepcopy(self.recipe)))
-        self._restore(before)
-        return label
+        return self._step(self._undo, self._redo)
 
     def redo(self) -> str | None:
-        if not self._redo:
+        """Make the last undone edit again; returns its label, or None when there is none."""
+        return self._step(self._redo, self._undo)
+
+    def _step(
+        self, source: list[tuple[str, Recipe]], target: list[tuple[str, Recipe]]
+    ) -> str | None:
+        """Restore the newest snapshot of `source`, keeping the current recipe on `target`."""
+        if not source:
             return None
-        label, after = self._redo.pop()
-        self._undo.append((label, copy.deepcopy(self.recipe)))
-        self._restore(after)
+        label, snapshot = source.pop()
+        target.append((label, copy.deepcopy(self.recipe)))
+        self._restore(snapshot)
         return label
 
     def _restore(self, snapshot: Recipe) -> None:
@@ -166,8 +168,9 @@ class RecipeDocument:
 
     def export_yaml(self, path: str | Path) -> Path:
         """Write the recipe as a mergekit YAML config (atomically); the document stays as it was."""
-        from mergetui.recipe.io import dumps_yaml, write_text_atomic
+        from mergetui.recipe.io import write_text_atomic
         from mergetui.recipe.paths import folder_of, rebase_paths
+        from mergetui.recipe.yaml_export import dumps_yaml
 
         target = Path(path).expanduser()
         if target.suffix == "":

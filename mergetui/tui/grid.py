@@ -19,17 +19,9 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from mergetui.editing.layer_table import (
-    ALL,
-    GROUP_LABELS,
-    NA,
-    Block,
-    CellRange,
-    GridError,
-    GridModel,
-    format_number,
-    next_step,
-)
+from mergetui.editing.cells import ALL, GROUP_LABELS, NA, Block, CellRange, GridError, format_number
+from mergetui.editing.layer_table import GridModel
+from mergetui.editing.operations import next_step
 from mergetui.merge.analysis import METRIC_TITLES
 from mergetui.tui.themes import Heatmap
 

@@ -36,16 +36,10 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
-from mergetui.editing.layer_table import (
-    GROUP_LABELS,
-    SUGGEST_STRENGTH,
-    GridError,
-    GridModel,
-    Suggestion,
-    TensorNames,
-    format_number,
-    suggest_rule_lines,
-)
+from mergetui.editing.cells import GROUP_LABELS, GridError, format_number
+from mergetui.editing.layer_table import GridModel
+from mergetui.editing.suggest import SUGGEST_STRENGTH, Suggestion, suggest_rule_lines
+from mergetui.editing.tensor_names import TensorNames
 from mergetui.errors import CancelledError, UserError
 from mergetui.merge.analysis import METRIC_DESCRIPTIONS, METRIC_TITLES, Analysis
 from mergetui.recipe.methods import METHODS, REQUIRED, ParamSpec

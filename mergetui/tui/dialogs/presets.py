@@ -10,7 +10,7 @@ from textual.containers import Grid
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from mergetui.editing.layer_table import PRESET_TITLES, PRESETS, preset_values
+from mergetui.editing.presets import PRESET_TITLES, PRESETS, preset_values
 from mergetui.tui.dialogs.base import DialogScreen
 
 
