@@ -85,7 +85,7 @@ def make_text(folder: Path, path: Path) -> Path:
     """The first TEXT_TOKENS tokens of the bundled sample, as text."""
     import transformers
 
-    from mergetui.demo import sample_text
+    from mergetui.resources import sample_text
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     ids = tokenizer(sample_text(), verbose=False)["input_ids"][:TEXT_TOKENS]

@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from mergetui.dtypes import OUTPUT_NAMES
+from mergetui.resources import data_text, sample_text
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma", "gpt2", "phi3")
 
@@ -48,29 +48,6 @@ TOKENIZER_FILES = (
     "chat_template.json",
     "tokenizer.model",
 )
-
-
-def sample_text() -> str:
-    """The bundled English sample: tokenizer training data, demo fine-tuning data, perplexity text."""
-    return (resources.files("mergetui") / "data" / "sample_text.txt").read_text(encoding="utf-8")
-
-
-def sample_sections() -> dict[str, str]:
-    """The sample split at its headings (a line followed by a blank line), keyed by heading."""
-    sections: dict[str, list[str]] = {}
-    current = "preamble"
-    lines = sample_text().splitlines()
-    for index, line in enumerate(lines):
-        next_blank = index + 1 < len(lines) and not lines[index + 1].strip()
-        previous_blank = index == 0 or not lines[index - 1].strip()
-        if line.strip() and previous_blank and next_blank and len(line) < 60:
-            current = line.strip()
-            sections.setdefault(current, [])
-            continue
-        sections.setdefault(current, []).append(line)
-    return {
-        name: "\n".join(body).strip() + "\n" for name, body in sections.items() if "".join(body)
-    }
 
 
 @cache
@@ -296,6 +273,10 @@ _DEMO_FORMAT = 3  # 3: outputs relative to the recipe file (../merges/NAME)
 _DEMO_SHAPE = dict(num_layers=8, hidden_size=128, intermediate_size=256, vocab_size=512)
 # Seeds and noise per fine-tune: different enough that merges visibly differ.
 _DEMO_FINE_TUNES = {"chat": (1, 0.02), "code": (2, 0.03), "math": (3, 0.025)}
+# The recipes that merge them. Every path in a recipe is relative to the recipe file: models
+# (recipes/ -> ../base) and `output` (../merges/NAME), so merges land in the demo's merges/ from
+# wherever they are run.
+DEMO_RECIPES = ("linear-soup", "slerp-gradient", "ties", "dare-ties", "passthrough-stack")
 
 
 @dataclass
@@ -317,126 +298,8 @@ class DemoInfo:
 
 
 def _demo_recipes() -> dict[str, str]:
-    """TOML recipes over the demo models.
-
-    Every path in a recipe is relative to the recipe file: models (recipes/ -> ../base) and
-    `output` (../merges/NAME), so merges land in the demo's merges/ from wherever they are run.
-    """
-    models = {name: f'[models.{name}]\nsource = "../{name}"\n' for name in DEMO_MODELS}
-    return {
-        "linear-soup": f"""# A linear "model soup": the weighted average of the three fine-tunes.
-description = "Linear soup of the chat, code and math fine-tunes"
-
-[merge]
-method = "linear"
-dtype = "bfloat16"
-output = "../merges/linear-soup"
-
-{models["chat"]}
-[models.chat.parameters]
-weight = 0.5
-
-{models["code"]}
-[models.code.parameters]
-weight = 0.3
-
-{models["math"]}
-[models.math.parameters]
-weight = 0.2
-""",
-        "slerp-gradient": f"""# SLERP between two fine-tunes: attention leans to chat in the first layers and to code in the
-# last; the MLPs do the opposite; everything else sits half-way.
-description = "SLERP with attention/mlp gradients across layers"
-
-[merge]
-method = "slerp"
-base = "chat"
-dtype = "bfloat16"
-output = "../merges/slerp-gradient"
-
-{models["chat"]}
-{models["code"]}
-[parameters]
-t = [
-  {{ filter = "self_attn", value = [0, 0.5, 0.3, 0.7, 1] }},
-  {{ filter = "mlp", value = [1, 0.5, 0.7, 0.3, 0] }},
-  {{ value = 0.5 }},
-]
-""",
-        "ties": f"""# TIES: keep each fine-tune's largest changes from the base, elect a sign per entry, and add
-# the agreeing changes back onto the base.
-description = "TIES of three fine-tunes onto their base"
-
-[merge]
-method = "ties"
-base = "base"
-dtype = "bfloat16"
-output = "../merges/ties"
-
-{models["base"]}
-{models["chat"]}
-[models.chat.parameters]
-density = 0.5
-weight = 1.0
-
-{models["code"]}
-[models.code.parameters]
-density = [1, 0.7, 0.3]
-weight = 0.7
-
-{models["math"]}
-[models.math.parameters]
-density = 0.4
-weight = [{{ filter = "mlp", value = 0.8 }}, {{ value = 0.4 }}]
-
-[parameters]
-normalize = true
-""",
-        "dare-ties": f"""# DARE-TIES: each fine-tune keeps a random half of its changes (rescaled to make up for the
-# dropped ones) before sign election. The seed makes the random draw reproducible.
-description = "DARE-TIES with a fixed seed"
-
-[merge]
-method = "dare_ties"
-base = "base"
-dtype = "bfloat16"
-seed = 42
-output = "../merges/dare-ties"
-
-{models["base"]}
-{models["chat"]}
-[models.chat.parameters]
-density = 0.5
-weight = 0.5
-
-{models["code"]}
-[models.code.parameters]
-density = 0.5
-weight = 0.3
-
-{models["math"]}
-[models.math.parameters]
-density = 0.5
-weight = 0.2
-""",
-        "passthrough-stack": f"""# A passthrough "frankenmerge": the base's first six layers, then the chat fine-tune's last
-# six, stacked into a 12-layer model (layers renumbered, config rewritten).
-description = "Passthrough layer stack, 8 + 8 -> 12 layers"
-
-[merge]
-method = "passthrough"
-dtype = "bfloat16"
-output = "../merges/passthrough-stack"
-
-{models["base"]}
-{models["chat"]}
-[[slices]]
-sources = [{{ model = "base", layers = [0, 6] }}]
-
-[[slices]]
-sources = [{{ model = "chat", layers = [2, 8] }}]
-""",
-    }
+    """The demo's TOML recipes (mergetui/data/demo_recipes/NAME.toml), in DEMO_RECIPES order."""
+    return {name: data_text("demo_recipes", f"{name}.toml") for name in DEMO_RECIPES}
 
 
 def _existing_demo(directory: Path) -> DemoInfo | None:
@@ -545,7 +408,5 @@ __all__ = [
     "make_demo",
     "CHAT_TEMPLATE",
     "make_tiny_model",
-    "sample_sections",
-    "sample_text",
     "train_tokenizer",
 ]

@@ -16,10 +16,9 @@ from mergetui.demo import (
     EOS_ID,
     PAD_ID,
     make_tiny_model,
-    sample_sections,
-    sample_text,
     train_tokenizer,
 )
+from mergetui.resources import sample_sections, sample_text
 
 
 def _all_tensors(folder: Path) -> dict[str, torch.Tensor]:

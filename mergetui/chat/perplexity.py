@@ -37,7 +37,7 @@ class PerplexityResult:
 
 def sample_text() -> tuple[str, str]:
     """The bundled English sample (what `mergetui eval` scores by default) and its name."""
-    from mergetui.demo import sample_text as bundled
+    from mergetui.resources import sample_text as bundled
 
     return bundled(), "bundled sample"
 

@@ -138,7 +138,7 @@ def missing_hub_models(recipe: Any, recipe_dir: Path) -> dict[str, Any]:
 def download_missing_models(recipe: Any, recipe_dir: Path, *, err: Any) -> None:
     """Pull each missing Hub model (progress on `err`); offline, stop with a clear message."""
     from mergetui.checkpoints.hub import HubOffline, is_offline
-    from mergetui.cli.cmd_pull import pull_with_progress
+    from mergetui.cli.transfers import pull_with_progress
     from mergetui.errors import UserError
 
     missing = missing_hub_models(recipe, recipe_dir)
@@ -219,6 +219,7 @@ def _print_plan(plan: Any, *, force: bool) -> None:
 def _run_with_progress(plan: Any, *, force: bool, out: Any, err: Any) -> int:
     from rich.markup import escape
 
+    from mergetui.cli.interrupts import install_stop_signals, restore_signals
     from mergetui.cli.output import bytes_progress
     from mergetui.errors import CancelledError
     from mergetui.formatting import human_bytes
@@ -247,7 +248,7 @@ def _run_with_progress(plan: Any, *, force: bool, out: Any, err: Any) -> int:
             progress.console.print(f"[yellow]note:[/] {escape(event.message)}", soft_wrap=True)
 
     received: list[int] = []
-    previous = _install_stop_signals(cancel, received)
+    previous = install_stop_signals(cancel, received)
     try:
         with progress:
             result = run_merge(plan, on_event=on_event, cancel=cancel, force=force)
@@ -258,55 +259,10 @@ def _run_with_progress(plan: Any, *, force: bool, out: Any, err: Any) -> int:
             pass
         return 128 + (received[0] if received else signal.SIGINT)
     finally:
-        _restore_signals(previous)
+        restore_signals(previous)
     out.print(
         f"[green]Merged[/] {result.tensor_count} tensors ({human_bytes(result.total_bytes)}) "
         f"into {escape(str(result.output_dir))} in {result.seconds:.1f} s",
         soft_wrap=True,
     )
     return 0
-
-
-# Signals that stop a merge the way Ctrl-C does (those this platform has).
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
-
-
-def _install_stop_signals(cancel: threading.Event, received: list[int]) -> dict[int, Any]:
-    """Ctrl-C (SIGINT), SIGTERM and SIGHUP ask the engine to stop at the next chunk; it removes
-    its temporary folder and the command exits with 128 + the signal's number (130, 143, 129).
-    A second signal while it stops changes nothing: interrupting the clean-up would leave the
-    temporary folder behind. (Only kill -9 does; the next merge into that output removes it.)"""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def handler(signum: int, frame: Any) -> None:
-        if not received:
-            received.append(signum)
-        cancel.set()
-
-    return {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
-
-
-def _restore_signals(previous: dict[int, Any]) -> None:
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
-
-
-def _install_sigint(cancel: threading.Event) -> Any:
-    """First Ctrl-C sets `cancel`; a second one interrupts at once (`mergetui push` uses it)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum: int, frame: Any) -> None:
-        if cancel.is_set():
-            raise KeyboardInterrupt
-        cancel.set()
-
-    return signal.signal(signal.SIGINT, handler)
-
-
-def _restore_sigint(previous: Any) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGINT, previous)

@@ -11,10 +11,6 @@ HF_HUB_DOWNLOAD_TIMEOUT (see `checkpoints.hub.net`).
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
-from collections.abc import Callable
-from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from mergetui.cli.output import console, console_err
+    from mergetui.cli.transfers import pull_with_progress
     from mergetui.errors import CancelledError
 
     try:
@@ -53,57 +50,3 @@ def run(args: argparse.Namespace) -> int:
         f"[green]Downloaded[/] {escape(args.repo_id)} to {escape(str(path))}", soft_wrap=True
     )
     return 0
-
-
-def pull_with_progress(
-    repo_id: str, *, revision: str | None = None, include: list[str] | None = None, err: Any = None
-) -> Any:
-    """Download with a Rich progress bar (bytes, files, speed). The first Ctrl-C stops it at once
-    (`CancelledError`), whatever it is waiting on: the downloader removes its partial file."""
-    from mergetui.checkpoints.hub import download_repo
-    from mergetui.cli.output import bytes_progress, console_err
-    from mergetui.errors import CancelledError
-
-    cancel = threading.Event()
-    progress = bytes_progress("files", err or console_err())
-    task = progress.add_task(f"pulling {repo_id}", total=None, files="")
-
-    def on_progress(event: Any) -> None:
-        progress.update(
-            task,
-            total=event.bytes_total or None,
-            completed=event.bytes_done,
-            files=f"{event.files_done}/{event.file_count} files",
-        )
-
-    restore = _interrupt_at_once(cancel)
-    try:
-        with progress:
-            return download_repo(
-                repo_id, revision=revision, include=include, on_progress=on_progress, cancel=cancel
-            )
-    except KeyboardInterrupt:
-        raise CancelledError("download cancelled") from None
-    finally:
-        restore()
-
-
-def _interrupt_at_once(cancel: threading.Event) -> Callable[[], None]:
-    """Ctrl-C interrupts the download where it is (a socket read included), not at the next
-    chunk: a silent server would otherwise keep the first Ctrl-C waiting for its timeout.
-    Returns what puts the previous handler back (nothing to do off the main thread, where
-    signals do not arrive)."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum: int, frame: Any) -> None:
-        cancel.set()
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, handler)
-
-    def restore() -> None:
-        # None: the previous handler was not set from Python; Python's own is the closest.
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
-
-    return restore

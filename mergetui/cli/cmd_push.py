@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from mergetui.cli.cmd_merge import _install_sigint, _restore_sigint
+    from mergetui.cli.interrupts import install_sigint, restore_sigint
     from mergetui.cli.output import console, console_err
     from mergetui.errors import CancelledError
     from mergetui.merge.publish import push_merge
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             files=f"{event.files} files · {event.stage}",
         )
 
-    previous = _install_sigint(cancel)
+    previous = install_sigint(cancel)
     try:
         with progress:
             url = push_merge(
@@ -70,6 +70,6 @@ def run(args: argparse.Namespace) -> int:
         console_err().print("[yellow]Cancelled:[/] nothing was committed to the Hub.")
         return 130
     finally:
-        _restore_sigint(previous)
+        restore_sigint(previous)
     console().print(f"[green]Pushed[/] {escape(str(args.folder))} to {escape(url)}", soft_wrap=True)
     return 0
