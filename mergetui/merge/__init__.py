@@ -14,8 +14,8 @@ from typing import Any
 _EXPORTS = {
     "make_plan": "mergetui.merge.plan",
     "Plan": "mergetui.merge.plan",
-    "PlannedTensor": "mergetui.merge.plan",
-    "PlannedInput": "mergetui.merge.plan",
+    "PlannedTensor": "mergetui.merge.plan_tensors",
+    "PlannedInput": "mergetui.merge.plan_tensors",
     "run_merge": "mergetui.merge.runner",
     "MergeResult": "mergetui.merge.events",
     "PlanReady": "mergetui.merge.events",

@@ -90,7 +90,7 @@ class FileSource(_Source):
     def __init__(
         self,
         reader: TensorReader,
-        source: Any,  # mergetui.merge.plan.PlannedInput
+        source: Any,  # mergetui.merge.plan_tensors.PlannedInput
         compute_dtype: torch.dtype,
         device: torch.device,
     ) -> None:

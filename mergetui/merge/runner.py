@@ -62,7 +62,8 @@ from mergetui.merge.target import (  # noqa: F401 - TEMP_MARKER, OLD_MARKER: pub
 if TYPE_CHECKING:
     import torch
 
-    from mergetui.merge.plan import Plan, PlannedTensor
+    from mergetui.merge.plan import Plan
+    from mergetui.merge.plan_tensors import PlannedTensor
 
 _POLL_SECONDS = 0.05
 # How far past the largest input set the reader may prefetch.
