@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mergetui.cli import main
+from mergetui.merge import pipeline as pipeline_module
 from mergetui.merge import runner as runner_module
 
 
@@ -168,7 +169,7 @@ def test_ctrl_c_cancels_cleanly(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    real_compute = runner_module._compute
+    real_compute = pipeline_module.compute_piece
     calls = {"n": 0}
 
     def interrupting_compute(*args: object, **kwargs: object) -> object:
@@ -177,7 +178,7 @@ def test_ctrl_c_cancels_cleanly(
             os.kill(os.getpid(), signal.SIGINT)  # what a Ctrl-C in the terminal sends
         return real_compute(*args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "_compute", interrupting_compute)
+    monkeypatch.setattr(pipeline_module, "compute_piece", interrupting_compute)
     recipe = tmp_path / "r.toml"
     out = tmp_path / "merged"
     recipe.write_text(_toml(llama_family, output=out))

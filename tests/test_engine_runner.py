@@ -15,8 +15,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mergetui.errors import CancelledError, UserError
+from mergetui.merge import budgets as budgets_module
+from mergetui.merge import pipeline as pipeline_module
 from mergetui.merge import plan as plan_module
 from mergetui.merge import runner as runner_module
+from mergetui.merge import work as work_module
 from mergetui.merge import writer as writer_module
 from mergetui.merge.events import (
     Cancelled,
@@ -125,12 +128,12 @@ def test_big_tensors_stream_in_pieces(
     llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Element-wise methods split big tensors into pieces; the result must not change."""
-    monkeypatch.setattr(runner_module, "PIECE_ELEMENTS", 1000)
+    monkeypatch.setattr(work_module, "PIECE_ELEMENTS", 1000)
     recipe = _linear(
         {"base": (llama_family["base"], 0.25), "a": (llama_family["a"], 0.75)}, out_dtype="bfloat16"
     )
     plan = make_plan(recipe, out=tmp_path / "merged")
-    assert len(runner_module._pieces(plan)) > 2 * len(plan.tensors)
+    assert len(work_module.split_pieces(plan.tensors, plan.method)) > 2 * len(plan.tensors)
     run_merge(plan)
     merged = _load_output(tmp_path / "merged")
     base = load_file(str(llama_family["base"] / "model.safetensors"))
@@ -248,7 +251,7 @@ def test_existing_output_needs_force_and_survives_a_failed_replace(
         raise UserError("simulated failure")
 
     with monkeypatch.context() as patch:
-        patch.setattr(runner_module, "_compute", broken_compute)
+        patch.setattr(pipeline_module, "compute_piece", broken_compute)
         with pytest.raises(UserError):
             run_merge(make_plan(recipe, out=out), force=True)
     assert (out / "README.md").read_text() == "old result"  # replaced only once complete
@@ -287,7 +290,7 @@ def test_differing_integer_buffers_are_refused(
 
 
 def test_prefetch_budget_bounds_inputs_held() -> None:
-    budget = runner_module._ByteBudget(100)
+    budget = budgets_module.ByteBudget(100)
     assert budget.acquire(80)
     holder: list[bool] = []
     thread = threading.Thread(target=lambda: holder.append(budget.acquire(50)), daemon=True)
@@ -359,7 +362,7 @@ def test_chunk_reading_methods_give_the_same_tensors_from_every_source(
     for label, threshold in (("stored", 1 << 40), ("file", 0)):
         seen.clear()
         sinks.clear()
-        monkeypatch.setattr(runner_module, "CHUNKS_FROM_FILE_BYTES", threshold)
+        monkeypatch.setattr(work_module, "CHUNKS_FROM_FILE_BYTES", threshold)
         run_merge(make_plan(recipe, out=tmp_path / label))
         wanted = chunked.FileSource if label == "file" else chunked.StoredSource
         if method == "linear":
@@ -396,7 +399,7 @@ def test_pickle_checkpoints_only_with_allow_bin(
     with pytest.raises(UserError) as info:
         make_plan(recipe, out=tmp_path / "out")
     assert "--allow-bin" in (info.value.fix or "")
-    monkeypatch.setattr(runner_module, "PIECE_ELEMENTS", 1000)  # .bin tensors sliced into pieces
+    monkeypatch.setattr(work_module, "PIECE_ELEMENTS", 1000)  # .bin tensors sliced into pieces
     run_merge(make_plan(recipe, out=tmp_path / "out", allow_bin=True))
     merged = _load_output(tmp_path / "out")
     base = load_file(str(llama_family["base"] / "model.safetensors"))
@@ -407,7 +410,7 @@ def test_pickle_checkpoints_only_with_allow_bin(
 def test_compute_gate_runs_small_pieces_side_by_side_and_big_ones_alone() -> None:
     """Up to `workers` shared pieces at once, each on cores // workers threads; a piece over
     budget / workers waits for the others, runs alone on every core, and blocks later ones."""
-    gate = runner_module._ComputeGate(budget=100, workers=2, cores=4)
+    gate = budgets_module.ComputeGate(budget=100, workers=2, cores=4)
     assert not gate.is_exclusive(50) and gate.is_exclusive(51)
     assert gate.enter(0, 40) == 2
     assert gate.enter(1, 50) == 2  # shared: starts beside piece 0
@@ -459,7 +462,7 @@ def test_pieces_compute_side_by_side_on_two_cores(
         },
         parameters={"weight": 0.5},
     )
-    real = runner_module._compute
+    real = pipeline_module.compute_piece
     running = {"now": 0, "most": 0}
     lock = threading.Lock()
 
@@ -474,7 +477,7 @@ def test_pieces_compute_side_by_side_on_two_cores(
             with lock:
                 running["now"] -= 1
 
-    monkeypatch.setattr(runner_module, "_compute", counting)
+    monkeypatch.setattr(pipeline_module, "compute_piece", counting)
     outputs = {}
     for cores in (1, 2):
         running["most"] = 0

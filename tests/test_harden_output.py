@@ -22,6 +22,7 @@ from mergetui.cli import main
 from mergetui.errors import UserError
 from mergetui.merge import plan as plan_module
 from mergetui.merge import runner as runner_module
+from mergetui.merge import work as work_module
 from mergetui.merge.plan import make_plan
 from mergetui.merge.runner import run_merge
 from mergetui.merge.target import LOCK_FILE, TEMP_MARKER, remove_stale_temps
@@ -501,7 +502,7 @@ def test_the_peak_estimate_covers_what_the_engine_holds_on_any_core_count(
     (runner's `_Ledger`), whatever the number of workers: it assumed two workers and left out the
     reader's whole budget, each worker's retained working set, the pool and the writer's queue,
     and was 10-16% under the real peak for ties on four or more cores."""
-    monkeypatch.setattr(runner_module, "PIECE_ELEMENTS", 1 << 18)  # linear streams pieces
+    monkeypatch.setattr(work_module, "PIECE_ELEMENTS", 1 << 18)  # linear streams pieces
     recipe = load_recipe(_recipe(wide_family, tmp_path / "r.toml", method=method))
     for cores in (1, 2, 4, 16):
         monkeypatch.setattr(runner_module, "_core_count", lambda cores=cores: cores)
