@@ -20,7 +20,7 @@ from mergetui.paths import CONFIG_ENV, DATA_ENV
 from mergetui.settings import AppConfig
 from mergetui.tui import run_screen
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.checkpoints_screen import CheckpointsScreen
+from mergetui.tui.checkpoints.screen import CheckpointsScreen
 from mergetui.tui.dialogs.confirm import ConfirmDialog
 from mergetui.tui.dialogs.models import AddModelDialog, model_source
 from mergetui.tui.dialogs.presets import PresetDialog

@@ -17,7 +17,8 @@ from mergetui.checkpoints.locate import find_local
 from mergetui.paths import CONFIG_ENV
 from mergetui.settings import AppConfig
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.checkpoints_screen import CheckpointsScreen, details_text
+from mergetui.tui.checkpoints.screen import CheckpointsScreen
+from mergetui.tui.checkpoints.text import details_text
 from mergetui.tui.push_dialog import PushDialog
 from mergetui.tui.recipe_screen import RecipeScreen
 

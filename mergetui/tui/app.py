@@ -21,7 +21,7 @@ from mergetui.paths import user_themes_dir
 from mergetui.resources import themes_dir
 from mergetui.settings import DEFAULT_THEME, AppConfig
 from mergetui.tui.chat_screen import ChatScreen
-from mergetui.tui.checkpoints_screen import CheckpointsScreen
+from mergetui.tui.checkpoints.screen import CheckpointsScreen
 from mergetui.tui.commands import MergeTuiCommands, PaletteCommand
 from mergetui.tui.dialogs.confirm import ConfirmDialog, ConfirmQuit
 from mergetui.tui.dialogs.paths import TextPrompt

@@ -15,11 +15,12 @@ from typing import Any
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Static
 
 from mergetui.errors import CancelledError, UserError
 from mergetui.tui.dialogs.base import DialogScreen
+from mergetui.tui.workers import reply
 
 
 def suggested_repo_id(folder: str) -> str:
@@ -32,6 +33,7 @@ class PushDialog(DialogScreen):
     """Folder, repo id, private; enter pushes; escape cancels a running upload, then closes."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel / close")]
+    title_text = "Push a merged model to the Hub"
     DEFAULT_CSS = """
     PushDialog #push-progress { width: 1fr; }
     PushDialog #push-progress-row { height: 1; }
@@ -49,35 +51,33 @@ class PushDialog(DialogScreen):
     def running(self) -> bool:
         return self.cancel_event is not None
 
-    def compose(self) -> ComposeResult:
+    def compose_body(self) -> ComposeResult:
         from mergetui.checkpoints.hub import hub_endpoint, hub_token, offline_reason
 
-        with Vertical(classes="dialog"):
-            yield Label("Push a merged model to the Hub", classes="dialog-title")
-            yield Label("Folder")
-            yield Input(self.folder, placeholder="merges/my-merge", id="push-folder", compact=True)
-            yield Label("Repo id (created if it does not exist)")
-            yield Input(
-                placeholder=suggested_repo_id(self.folder) or "your-name/my-merge",
-                id="push-repo",
-                compact=True,
+        yield Label("Folder")
+        yield Input(self.folder, placeholder="merges/my-merge", id="push-folder", compact=True)
+        yield Label("Repo id (created if it does not exist)")
+        yield Input(
+            placeholder=suggested_repo_id(self.folder) or "your-name/my-merge",
+            id="push-repo",
+            compact=True,
+        )
+        yield Checkbox("private", id="push-private", compact=True)
+        reason = offline_reason()
+        if reason:
+            hint = f"[b $warning]{reason}[/]"
+        elif not hub_token():
+            hint = (
+                f"[b $warning]No token:[/] export HF_TOKEN=<a write token from "
+                f"{hub_endpoint()}/settings/tokens> and restart mergetui"
             )
-            yield Checkbox("private", id="push-private", compact=True)
-            reason = offline_reason()
-            if reason:
-                hint = f"[b $warning]{reason}[/]"
-            elif not hub_token():
-                hint = (
-                    f"[b $warning]No token:[/] export HF_TOKEN=<a write token from "
-                    f"{hub_endpoint()}/settings/tokens> and restart mergetui"
-                )
-            else:
-                hint = f"to {hub_endpoint()} with the token in HF_TOKEN · enter pushes"
-            yield Static(hint, id="push-message", classes="hint")
-            with Horizontal(id="push-progress-row"):
-                yield ProgressBar(id="push-progress", show_eta=False)
-            with Horizontal(classes="buttons"):
-                yield Button("Push", id="push-go", variant="primary", compact=True)
+        else:
+            hint = f"to {hub_endpoint()} with the token in HF_TOKEN · enter pushes"
+        yield Static(hint, id="push-message", classes="hint")
+        with Horizontal(id="push-progress-row"):
+            yield ProgressBar(id="push-progress", show_eta=False)
+        with Horizontal(classes="buttons"):
+            yield Button("Push", id="push-go", variant="primary", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#push-progress-row").display = False
@@ -131,23 +131,17 @@ class PushDialog(DialogScreen):
                 repo_id,
                 private=private,
                 cancel=cancel,
-                on_progress=lambda event: self._reply(self._progress, event),
+                on_progress=lambda event: reply(self, self._progress, event),
             )
-            self._reply(self._done, url, None)
+            reply(self, self._done, url, None)
         except CancelledError:
-            self._reply(self._done, None, "cancelled: nothing was committed to the Hub")
+            reply(self, self._done, None, "cancelled: nothing was committed to the Hub")
         except UserError as exc:
-            self._reply(self._done, None, str(exc))
+            reply(self, self._done, None, str(exc))
         except Exception as exc:
             from mergetui.checkpoints.hub import redact
 
-            self._reply(self._done, None, redact(f"push failed: {exc}"))
-
-    def _reply(self, callback: Any, *args: Any) -> None:
-        try:
-            self.app.call_from_thread(callback, *args)
-        except RuntimeError:
-            pass
+            reply(self, self._done, None, redact(f"push failed: {exc}"))
 
     def _progress(self, event: Any) -> None:
         if not self.is_mounted:
