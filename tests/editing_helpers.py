@@ -5,8 +5,8 @@ from __future__ import annotations
 from mergetui.editing.cells import ALL
 from mergetui.editing.document import RecipeDocument
 from mergetui.editing.layer_table import GridModel
-from mergetui.recipe.io import loads_toml
 from mergetui.recipe.resolve import resolve_layer_values
+from mergetui.recipe.toml_read import loads_toml
 
 TIES = """
 [merge]

@@ -15,7 +15,8 @@ from mergetui.editing.document import RecipeDocument
 from mergetui.editing.layer_table import GridModel
 from mergetui.editing.suggest import suggest_rule_lines
 from mergetui.merge.analysis import Analysis, TensorSums
-from mergetui.recipe.io import dumps_toml, loads_toml
+from mergetui.recipe.toml_read import loads_toml
+from mergetui.recipe.toml_write import dumps_toml
 
 TIES = """
 [merge]

@@ -9,8 +9,9 @@ import pytest
 
 from mergetui.editing.document import RecipeDocument
 from mergetui.errors import UserError
-from mergetui.recipe.io import load_recipe, loads_yaml
+from mergetui.recipe.io import load_recipe
 from mergetui.recipe.model import ModelEntry
+from mergetui.recipe.yaml_import import loads_yaml
 
 YAML = """\
 merge_method: slerp

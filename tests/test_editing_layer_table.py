@@ -21,8 +21,9 @@ from editing_helpers import (
 from mergetui.editing.cells import ATTENTION, MLP, NA, REST, CellRange
 from mergetui.editing.document import RecipeDocument
 from mergetui.editing.layer_table import GridModel
-from mergetui.recipe.io import dumps_toml, loads_toml
 from mergetui.recipe.model import Conditional
+from mergetui.recipe.toml_read import loads_toml
+from mergetui.recipe.toml_write import dumps_toml
 
 
 def test_rows_are_embeddings_layers_and_head() -> None:

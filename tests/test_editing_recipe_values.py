@@ -18,9 +18,9 @@ from mergetui.editing.recipe_values import (
     write_filters,
 )
 from mergetui.editing.tensor_names import LLAMA_NAMES, TensorNames
-from mergetui.recipe.io import loads_toml
 from mergetui.recipe.methods import METHODS
 from mergetui.recipe.model import Conditional
+from mergetui.recipe.toml_read import loads_toml
 
 GPT2 = TensorNames.from_names(
     [

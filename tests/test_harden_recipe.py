@@ -28,11 +28,15 @@ import yaml
 from mergetui.cli import main
 from mergetui.errors import UserError
 from mergetui.recipe import resolve
-from mergetui.recipe.io import dumps_toml, dumps_yaml, load_recipe, loads_toml, loads_yaml
+from mergetui.recipe.io import load_recipe
 from mergetui.recipe.limits import MAX_ENTRIES
 from mergetui.recipe.methods import METHODS
 from mergetui.recipe.model import Recipe
+from mergetui.recipe.toml_read import loads_toml
+from mergetui.recipe.toml_write import dumps_toml
 from mergetui.recipe.validate import validate_recipe
+from mergetui.recipe.yaml_export import dumps_yaml
+from mergetui.recipe.yaml_import import loads_yaml
 
 TESTS = Path(__file__).resolve().parent
 SAMPLES = TESTS.parent / "sample_recipes"

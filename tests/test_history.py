@@ -11,7 +11,8 @@ import pytest
 from mergetui.merge import history
 from mergetui.merge.history import RunRecord, append_run, history_path, load_history
 from mergetui.paths import DATA_ENV, data_dir
-from mergetui.recipe.io import dumps_toml, loads_toml
+from mergetui.recipe.toml_read import loads_toml
+from mergetui.recipe.toml_write import dumps_toml
 
 RECIPE = """\
 [merge]

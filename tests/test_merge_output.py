@@ -15,9 +15,10 @@ from mergetui.merge.chat_templates import NAMED_TEMPLATES
 from mergetui.merge.output import build_output_config, dtype_config_key
 from mergetui.merge.plan import make_plan
 from mergetui.merge.runner import run_merge
-from mergetui.recipe.io import load_recipe, loads_yaml
+from mergetui.recipe.io import load_recipe
 from mergetui.recipe.methods import METHODS
 from mergetui.recipe.model import ModelEntry, Recipe, Slice, SliceSource
+from mergetui.recipe.yaml_import import loads_yaml
 
 
 def _ties(family: dict[str, Path], **kwargs: object) -> Recipe:

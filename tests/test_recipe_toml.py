@@ -7,14 +7,10 @@ from pathlib import Path
 import pytest
 
 from mergetui.errors import UserError
-from mergetui.recipe.io import (
-    dumps_toml,
-    load_recipe,
-    loads_toml,
-    save_recipe,
-    toml_locations,
-)
+from mergetui.recipe.io import load_recipe, save_recipe
 from mergetui.recipe.model import Conditional, ModelEntry, Recipe, Slice, SliceSource
+from mergetui.recipe.toml_read import loads_toml, toml_locations
+from mergetui.recipe.toml_write import dumps_toml
 from mergetui.resources import sample_recipes_dir
 
 FULL = """\

@@ -9,15 +9,12 @@ import yaml
 from mergekit.config import MergeConfiguration
 
 from mergetui.errors import UserError
-from mergetui.recipe.io import (
-    derive_model_name,
-    dumps_toml,
-    dumps_yaml,
-    load_recipe,
-    loads_toml,
-    loads_yaml,
-)
+from mergetui.recipe.io import load_recipe
 from mergetui.recipe.model import Conditional, ModelEntry, Recipe, Slice, SliceSource
+from mergetui.recipe.toml_read import loads_toml
+from mergetui.recipe.toml_write import dumps_toml
+from mergetui.recipe.yaml_export import dumps_yaml
+from mergetui.recipe.yaml_import import derive_model_name, loads_yaml
 
 SAMPLES = sorted(Path(__file__).resolve().parent.parent.joinpath("sample_recipes").glob("*.toml"))
 

@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mergetui.errors import UserError
-from mergetui.recipe.io import dumps_yaml, loads_toml
 from mergetui.recipe.methods import METHODS, ParamSpec
 from mergetui.recipe.model import Conditional, ModelEntry, Recipe, Slice, SliceSource
 from mergetui.recipe.resolve import (
@@ -32,6 +31,8 @@ from mergetui.recipe.resolve import (
     resolve_layer_values,
     resolve_tensor_params,
 )
+from mergetui.recipe.toml_read import loads_toml
+from mergetui.recipe.yaml_export import dumps_yaml
 
 Q_PROJ = "model.layers.{i}.self_attn.q_proj.weight"
 

@@ -15,8 +15,9 @@ from rich.color import ColorType
 
 from mergetui.editing.document import RecipeDocument
 from mergetui.paths import CONFIG_ENV
-from mergetui.recipe.io import load_recipe, loads_yaml
+from mergetui.recipe.io import load_recipe
 from mergetui.recipe.model import Conditional
+from mergetui.recipe.yaml_import import loads_yaml
 from mergetui.settings import AppConfig
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.dialogs.confirm import ConfirmQuit

@@ -14,7 +14,7 @@ from tui_helpers import gate_the_engine, wait_reached
 from mergetui.editing.document import RecipeDocument
 from mergetui.merge.history import load_history
 from mergetui.paths import CONFIG_ENV, DATA_ENV
-from mergetui.recipe.io import dumps_toml
+from mergetui.recipe.toml_write import dumps_toml
 from mergetui.tui import run_screen
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.dialogs.confirm import ConfirmDialog, ConfirmQuit

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from mergetui.recipe.io import load_recipe, loads_toml, loads_yaml
+from mergetui.recipe.io import load_recipe
 from mergetui.recipe.model import ModelEntry, Recipe, Slice, SliceSource
+from mergetui.recipe.toml_read import loads_toml
 from mergetui.recipe.validate import Problem, has_errors, validate_recipe
+from mergetui.recipe.yaml_import import loads_yaml
 
 SAMPLES = sorted(Path(__file__).resolve().parent.parent.joinpath("sample_recipes").glob("*.toml"))
 

@@ -64,7 +64,7 @@ class RecipeDocument:
     # -- state ---------------------------------------------------------------------------------
 
     def _fingerprint(self) -> str:
-        from mergetui.recipe.io import dumps_toml
+        from mergetui.recipe.toml_write import dumps_toml
 
         return dumps_toml(self.recipe)
 
@@ -168,8 +168,9 @@ class RecipeDocument:
 
     def export_yaml(self, path: str | Path) -> Path:
         """Write the recipe as a mergekit YAML config (atomically); the document stays as it was."""
-        from mergetui.recipe.io import dumps_yaml, write_text_atomic
+        from mergetui.recipe.io import write_text_atomic
         from mergetui.recipe.paths import folder_of, rebase_paths
+        from mergetui.recipe.yaml_export import dumps_yaml
 
         target = Path(path).expanduser()
         if target.suffix == "":

@@ -80,7 +80,7 @@ class RunRecord:
 
     def recipe(self) -> Any:
         """The recipe as it was run (a `Recipe`)."""
-        from mergetui.recipe.io import loads_toml
+        from mergetui.recipe.toml_read import loads_toml
 
         return loads_toml(self.recipe_toml, source=self.recipe_path or "history")
 

@@ -276,7 +276,8 @@ def recipe_texts(plan: Plan) -> tuple[str, str | None]:
     would name a folder inside this one, and a stale one (the recipe's, after `--out`) would mislead;
     a rerun says where with `--out`.
     """
-    from mergetui.recipe import io as recipe_io
+    from mergetui.recipe.toml_write import dumps_toml
+    from mergetui.recipe.yaml_export import dumps_yaml
 
     recipe = dataclasses.replace(plan.recipe, seed=plan.seed, output=None)
     models = {}
@@ -286,9 +287,9 @@ def recipe_texts(plan: Plan) -> tuple[str, str | None]:
             entry = dataclasses.replace(entry, source=str(planned.local_source))
         models[name] = entry
     recipe = dataclasses.replace(recipe, models=models)
-    toml_text = recipe_io.dumps_toml(recipe)
+    toml_text = dumps_toml(recipe)
     try:
-        yaml_text: str | None = recipe_io.dumps_yaml(recipe)
+        yaml_text: str | None = dumps_yaml(recipe)
     except (UserError, ValueError, TypeError):
         yaml_text = None
     return toml_text, yaml_text

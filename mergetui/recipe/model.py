@@ -28,6 +28,23 @@ ParamValue = Scalar | list[Scalar] | list[Conditional] | Conditional
 Parameters = dict[str, ParamValue]
 
 
+def plain_value(value: ParamValue) -> Any:
+    """A parameter value as the plain data a file holds: a `{filter, value}` entry becomes a dict
+    (no `filter` key when it applies to every tensor). TOML and YAML write the same data."""
+    if isinstance(value, Conditional):
+        item: dict[str, Any] = {} if value.filter is None else {"filter": value.filter}
+        item["value"] = list(value.value) if isinstance(value.value, list) else value.value
+        return item
+    if isinstance(value, list):
+        return [plain_value(item) for item in value]
+    return value
+
+
+def plain_parameters(parameters: Parameters) -> dict[str, Any]:
+    """`plain_value` of every parameter."""
+    return {name: plain_value(value) for name, value in parameters.items()}
+
+
 @dataclass
 class ModelEntry:
     """A model the recipe uses: a local folder or a Hub id, with optional revision and parameters."""

@@ -17,11 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from mergetui.dtypes import ALIASES, MERGEKIT_NAMES
-from mergetui.recipe.io import TOKENIZER_KEYWORDS, did_you_mean
 from mergetui.recipe.limits import MAX_LAYER
 from mergetui.recipe.methods import METHODS, MethodSpec
 from mergetui.recipe.model import Recipe
 from mergetui.recipe.problems import Level, Problem, Problems
+from mergetui.recipe.reader import TOKENIZER_KEYWORDS, did_you_mean
 from mergetui.recipe.validate_models import check_checkpoints, check_paths
 from mergetui.recipe.validate_params import check_parameters, required_coverage
 from mergetui.recipe.walk import input_groups

@@ -12,11 +12,11 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from mergetui.recipe.io import did_you_mean
 from mergetui.recipe.limits import MAX_PARAMETER
 from mergetui.recipe.methods import MethodSpec, ParamSpec
 from mergetui.recipe.model import Conditional, Parameters, ParamValue, Recipe, Slice
 from mergetui.recipe.problems import Level, Problems
+from mergetui.recipe.reader import did_you_mean
 from mergetui.recipe.resolve import ParameterValueError, coerce
 from mergetui.recipe.walk import input_groups
 

@@ -576,7 +576,7 @@ class RunScreen(ModeScreen):
         from mergetui.merge.history import RunRecord, append_run
         from mergetui.merge.plan import make_plan
         from mergetui.merge.runner import run_merge
-        from mergetui.recipe.io import dumps_toml
+        from mergetui.recipe.toml_write import dumps_toml
         from mergetui.recipe.validate import validate_recipe
 
         _lower_priority()

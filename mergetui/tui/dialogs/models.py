@@ -107,7 +107,7 @@ def model_source(text: str) -> tuple[str | None, str]:
 
 def suggest_model_name(source: str, taken: set[str]) -> str:
     """The recipe's short name for a path or Hub id (the core's rule), made unique."""
-    from mergetui.recipe.io import derive_model_name
+    from mergetui.recipe.yaml_import import derive_model_name
 
     if not source.strip():
         return ""
