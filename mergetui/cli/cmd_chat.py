@@ -13,14 +13,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mergetui.cli.options import add_load_options, checked_device_and_dtype
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "chat",
-        help="chat with a checkpoint (a merge, or any local model)",
-        description="Chat with a checkpoint folder (or a downloaded Hub id): in the app, or one "
-        "reply on the command line with --prompt.",
-    )
+HELP = "chat with a checkpoint (a merge, or any local model)"
+DESCRIPTION = (
+    "Chat with a checkpoint folder (or a downloaded Hub id): in the app, or one "
+    "reply on the command line with --prompt."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="checkpoint folder, or a Hub id in the Hugging Face cache")
     parser.add_argument("--prompt", help="send this message, print the reply and exit")
     parser.add_argument(
@@ -41,30 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="allow Python code shipped with the model (only for models you trust)",
     )
-    parser.set_defaults(func=run)
-
-
-def add_load_options(parser: argparse.ArgumentParser) -> None:
-    """--dtype and --allow-bin, shared by `chat` and `eval`."""
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        help="auto (on a CPU: float32 unless it has fast bf16 kernels; on a GPU: the "
-        "checkpoint's own), float32, bfloat16 or float16",
-    )
-    parser.add_argument(
-        "--allow-bin",
-        action="store_true",
-        help="also load pytorch_model.bin (pickle) checkpoints; only for files you trust",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergetui.chat.dtype import check_dtype_name
-    from mergetui.merge.device import check_device_name
 
-    device = check_device_name(args.device)
-    dtype = check_dtype_name(args.dtype)
+    device, dtype = checked_device_and_dtype(args)
     if args.prompt is None:
         from mergetui.chat.loader import resolve_checkpoint
         from mergetui.tui.app import run_app

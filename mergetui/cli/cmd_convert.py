@@ -11,18 +11,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+HELP = "convert a recipe between mergetui TOML and mergekit YAML"
+DESCRIPTION = (
+    "Read IN and write OUT, each as mergetui TOML (.toml) or mergekit YAML "
+    "(.yaml/.yml) by extension."
+)
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "convert",
-        help="convert a recipe between mergetui TOML and mergekit YAML",
-        description="Read IN and write OUT, each as mergetui TOML (.toml) or mergekit YAML "
-        "(.yaml/.yml) by extension.",
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="IN", help="recipe to read (.toml, .yaml, .yml)")
     parser.add_argument("output", metavar="OUT", help="recipe to write (.toml, .yaml, .yml)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

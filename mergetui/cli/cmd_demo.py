@@ -17,13 +17,14 @@ DEFAULT_DIR = "mergetui-demo"
 APP_RECIPE = "slerp-gradient"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="write tiny demo checkpoints and recipes, then open them",
-        description="Build (offline, in seconds) a base model, three fine-tunes of it and recipes "
-        "that merge them, to try mergetui without downloading anything.",
-    )
+HELP = "write tiny demo checkpoints and recipes, then open them"
+DESCRIPTION = (
+    "Build (offline, in seconds) a base model, three fine-tunes of it and recipes "
+    "that merge them, to try mergetui without downloading anything."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dir",
         type=Path,
@@ -36,7 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--force", action="store_true", help="rebuild the demo even if one is already there"
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

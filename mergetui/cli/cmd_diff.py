@@ -16,20 +16,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mergetui.cli.options import add_allow_bin_option, add_json_option
+
 SPARK = "▁▂▃▄▅▆▇█"
 KIND_CHOICES = ("embedding", "attention", "mlp", "norm", "head", "other")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+HELP = "compare checkpoints layer by layer (cosine, distance, sign agreement)"
+DESCRIPTION = (
+    "Compare checkpoints tensor by tensor and show, per layer, how far each model "
+    "is from the reference (the base, or the first model): cosine similarity, relative "
+    "distance |x - ref| / |ref| and, for two or more task vectors, their sign agreement."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mergetui.merge.device import DEVICE_CHOICES_HELP
 
-    parser = subparsers.add_parser(
-        "diff",
-        help="compare checkpoints layer by layer (cosine, distance, sign agreement)",
-        description="Compare checkpoints tensor by tensor and show, per layer, how far each model "
-        "is from the reference (the base, or the first model): cosine similarity, relative "
-        "distance |x - ref| / |ref| and, for two or more task vectors, their sign agreement.",
-    )
     parser.add_argument("model_a", metavar="MODEL_A", help="checkpoint folder or cached Hub id")
     parser.add_argument("model_b", metavar="MODEL_B", help="checkpoint folder or cached Hub id")
     parser.add_argument("more", metavar="MODEL", nargs="*", help="more models to compare")
@@ -41,15 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=KIND_CHOICES,
         help="only tensors of this block kind, in the table and the JSON (default: whole layers)",
     )
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    add_json_option(parser)
     parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_CHOICES_HELP}")
     parser.add_argument("--no-cache", action="store_true", help="recompute even if cached")
-    parser.add_argument(
-        "--allow-bin",
-        action="store_true",
-        help="also read pytorch_model.bin (pickle) checkpoints; only for files you trust",
-    )
-    parser.set_defaults(func=run)
+    add_allow_bin_option(parser)
 
 
 def _locate(source: str) -> Path:

@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mergetui.cli.cmd_chat import add_load_options
+from mergetui.cli.options import add_load_options, checked_device_and_dtype
+
+HELP = "perplexity of one or more checkpoints on a text (a quick merge check)"
+DESCRIPTION = (
+    "Score each model's perplexity on a text (the bundled sample by default) and "
+    "print a table: a broken merge shows at a glance."
+)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "eval",
-        help="perplexity of one or more checkpoints on a text (a quick merge check)",
-        description="Score each model's perplexity on a text (the bundled sample by default) and "
-        "print a table: a broken merge shows at a glance.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="+", help="checkpoint folders (or downloaded Hub ids)")
     parser.add_argument(
         "--text", type=Path, help="a UTF-8 text file to score instead of the sample"
@@ -34,22 +34,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="allow Python code shipped with the models (only for models you trust)",
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from mergetui.chat.dtype import check_dtype_name
     from mergetui.chat.loader import load_for_chat
     from mergetui.chat.perplexity import perplexity, read_text, sample_text
     from mergetui.cli.output import console, console_err, report_error
     from mergetui.errors import UserError
-    from mergetui.merge.device import check_device_name
 
-    device = check_device_name(args.device)
-    dtype = check_dtype_name(args.dtype)
+    device, dtype = checked_device_and_dtype(args)
     text, text_name = read_text(args.text) if args.text else sample_text()
     err = console_err()
     table = Table(title=f"perplexity on the {escape(text_name)} (lower is better)")

@@ -13,13 +13,13 @@ import argparse
 import json
 import sys
 
+from mergetui.cli.options import add_json_option
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "hub",
-        help="search the Hugging Face Hub, or show one model's details",
-        description="Search the Hugging Face Hub for models, or show one model's details.",
-    )
+HELP = "search the Hugging Face Hub, or show one model's details"
+DESCRIPTION = "Search the Hugging Face Hub for models, or show one model's details."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="hub_command", metavar="ACTION", required=True)
     search = sub.add_parser(
         "search", help="find models by name", description="Find models whose id contains QUERY."
@@ -41,14 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="TAG",
         help="only models with this tag (repeatable), e.g. merge, text-generation",
     )
-    search.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    add_json_option(search)
     search.set_defaults(func=run_search)
     info = sub.add_parser(
         "info", help="one model's details", description="Show a Hub model's details."
     )
     info.add_argument("repo_id", metavar="REPO_ID", help="org/name")
     info.add_argument("--revision", help="branch, tag or commit (default main)")
-    info.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    add_json_option(info)
     info.set_defaults(func=run_info)
 
 

@@ -15,14 +15,16 @@ import json
 import sys
 from typing import Any
 
+from mergetui.cli.options import add_allow_bin_option, add_json_option
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "inspect",
-        help="show what a checkpoint holds (headers only, nothing loaded)",
-        description="Summarise a checkpoint folder or a Hub repo id from its config and "
-        "safetensors headers (a repo not in the local cache is read from the Hub's headers).",
-    )
+HELP = "show what a checkpoint holds (headers only, nothing loaded)"
+DESCRIPTION = (
+    "Summarise a checkpoint folder or a Hub repo id from its config and "
+    "safetensors headers (a repo not in the local cache is read from the Hub's headers)."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "path", metavar="PATH", help="checkpoint folder, .safetensors file, or Hub repo id"
     )
@@ -32,14 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="read a Hub repo's headers from the Hub even when it is in the local cache",
     )
     parser.add_argument("--revision", help="branch, tag or commit of a cached Hub repo")
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    add_json_option(parser)
     parser.add_argument("--layers", action="store_true", help="add the per-layer table")
-    parser.add_argument(
-        "--allow-bin",
-        action="store_true",
-        help="also read pytorch_model.bin (pickle) checkpoints; only for files you trust",
-    )
-    parser.set_defaults(func=run)
+    add_allow_bin_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:

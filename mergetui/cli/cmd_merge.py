@@ -17,15 +17,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from mergetui.cli.options import add_allow_bin_option
+
 DEFAULT_SHARD_SIZE_TEXT = "5GB"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "merge",
-        help="run a merge recipe (mergetui TOML or mergekit YAML)",
-        description="Merge the checkpoints a recipe names into a new model folder.",
-    )
+HELP = "run a merge recipe (mergetui TOML or mergekit YAML)"
+DESCRIPTION = "Merge the checkpoints a recipe names into a new model folder."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", type=Path, help="recipe file (.toml, or mergekit .yaml/.yml)")
     parser.add_argument("--out", type=Path, help="output folder (overrides the recipe's output)")
     parser.add_argument(
@@ -43,11 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
     parser.add_argument("--seed", type=int, help="seed for the random methods (dare, della)")
-    parser.add_argument(
-        "--allow-bin",
-        action="store_true",
-        help="also read pytorch_model.bin (pickle) checkpoints; only for files you trust",
-    )
+    add_allow_bin_option(parser)
     parser.add_argument(
         "--trust-remote-code",
         action="store_true",
@@ -62,7 +59,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="merge models of different architectures (mergekit's --allow-crimes); the output "
         "takes the base's (or first model's) config",
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,14 +161,13 @@ def download_missing_models(recipe: Any, recipe_dir: Path, *, err: Any) -> None:
 
 def _validate(recipe: Any, recipe_path: Path) -> bool:
     """Print the validator's problems as `mergetui validate` does; False when any is an error."""
-    from mergetui.cli import cmd_validate
+    from mergetui.cli.output import print_problems
     from mergetui.recipe.validate import validate_recipe
 
     problems = validate_recipe(recipe, offline=True, base_dir=recipe_path.parent)
     if not problems:
         return True
-    printer = getattr(cmd_validate, "print_problems", None) or cmd_validate._print_problems
-    printer(str(recipe_path), problems)
+    print_problems(str(recipe_path), problems)
     return not any(p.is_error for p in problems)
 
 

@@ -12,13 +12,14 @@ from pathlib import Path
 SCREENS = ("checkpoints", "recipe", "run", "chat")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "open",
-        help="open the app (on a recipe if given)",
-        description="Open the mergetui app: build a recipe, shape per-layer weights, save TOML or "
-        "export mergekit YAML. A .yaml/.yml recipe is read as a mergekit config.",
-    )
+HELP = "open the app (on a recipe if given)"
+DESCRIPTION = (
+    "Open the mergetui app: build a recipe, shape per-layer weights, save TOML or "
+    "export mergekit YAML. A .yaml/.yml recipe is read as a mergekit config."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "recipe", nargs="?", type=Path, help="a recipe to open (.toml, or mergekit .yaml/.yml)"
     )
@@ -28,7 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="recipe",
         help="the screen to start on (default: recipe)",
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "download a Hub model into the local cache (weights, configs, tokenizer)"
+DESCRIPTION = "Download a Hugging Face Hub model into the local Hugging Face cache."
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "pull",
-        help="download a Hub model into the local cache (weights, configs, tokenizer)",
-        description="Download a Hugging Face Hub model into the local Hugging Face cache.",
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("repo_id", metavar="REPO_ID", help="org/name")
     parser.add_argument("--revision", help="branch, tag or commit (default main)")
     parser.add_argument(
@@ -27,7 +25,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATTERN",
         help="file pattern to fetch (repeatable; default: *.safetensors, *.json and the tokenizer)",
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,18 +13,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
+HELP = "upload a merged model folder to the Hub (creates the repo if needed)"
+DESCRIPTION = "Upload a merged model folder, with its model card, to a Hugging Face Hub repo."
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "push",
-        help="upload a merged model folder to the Hub (creates the repo if needed)",
-        description="Upload a merged model folder, with its model card, to a Hugging Face Hub repo.",
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", type=Path, metavar="DIR", help="the merged model's folder")
     parser.add_argument("repo_id", metavar="REPO_ID", help="org/name or user/name")
     parser.add_argument("--private", action="store_true", help="create the repo as private")
     parser.add_argument("--message", help="commit message")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

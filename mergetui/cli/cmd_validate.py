@@ -13,25 +13,27 @@ import argparse
 import json
 import sys
 
+from mergetui.cli.options import add_json_option
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "validate",
-        help="check recipes (TOML or mergekit YAML) and say how to fix them",
-        description="Check merge recipes: method, models, base, slices, parameters and, unless "
-        "--offline, that the checkpoints can be merged. Exits 1 if any recipe has an error.",
-    )
+HELP = "check recipes (TOML or mergekit YAML) and say how to fix them"
+DESCRIPTION = (
+    "Check merge recipes: method, models, base, slices, parameters and, unless "
+    "--offline, that the checkpoints can be merged. Exits 1 if any recipe has an error."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipes", nargs="+", metavar="RECIPE", help=".toml, .yaml or .yml file")
     parser.add_argument(
         "--offline",
         action="store_true",
         help="check the recipe alone: do not open checkpoints or look Hub ids up in the cache",
     )
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
-    parser.set_defaults(func=run)
+    add_json_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from mergetui.cli.output import print_problems
     from mergetui.errors import UserError
     from mergetui.recipe.io import load_recipe
     from mergetui.recipe.validate import Problem, validate_recipe
@@ -54,35 +56,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
         for path, problems in results.items():
-            _print_problems(path, problems)
+            print_problems(path, problems)
     failed = any(problem.is_error for problems in results.values() for problem in problems)
     return 1 if failed else 0
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
-def _print_problems(path: str, problems: list) -> None:
-    from rich.markup import escape
-
-    from mergetui.cli.output import console
-
-    out = console()
-    errors = sum(1 for p in problems if p.is_error)
-    warnings = len(problems) - errors
-    if not problems:
-        out.print(f"[bold]{escape(path)}[/]: [green]ok[/]", soft_wrap=True)
-        return
-    summary = [_plural(errors, "error")] if errors else []
-    summary += [_plural(warnings, "warning")] if warnings else []
-    colour = "red" if errors else "yellow"
-    out.print(f"[bold]{escape(path)}[/]: [{colour}]{', '.join(summary)}[/]", soft_wrap=True)
-    for problem in problems:
-        label = "[bold red]error[/]  " if problem.is_error else "[yellow]warning[/]"
-        out.print(
-            f"  {label} [cyan]{escape(problem.location)}[/]: {escape(problem.message)}",
-            soft_wrap=True,
-        )
-        if problem.fix:
-            out.print(f"           [dim]fix:[/] {escape(problem.fix)}", soft_wrap=True)

@@ -55,3 +55,29 @@ def bytes_progress(count_field: str, target: Console, *, elapsed: bool = False) 
     if elapsed:
         columns.append(TimeElapsedColumn())
     return Progress(*columns, console=target, transient=False)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def print_problems(path: str, problems: list) -> None:
+    """A recipe's problems as `mergetui validate` prints them (`merge` prints its own the same way)."""
+    out = console()
+    errors = sum(1 for p in problems if p.is_error)
+    warnings = len(problems) - errors
+    if not problems:
+        out.print(f"[bold]{escape(path)}[/]: [green]ok[/]", soft_wrap=True)
+        return
+    summary = [_plural(errors, "error")] if errors else []
+    summary += [_plural(warnings, "warning")] if warnings else []
+    colour = "red" if errors else "yellow"
+    out.print(f"[bold]{escape(path)}[/]: [{colour}]{', '.join(summary)}[/]", soft_wrap=True)
+    for problem in problems:
+        label = "[bold red]error[/]  " if problem.is_error else "[yellow]warning[/]"
+        out.print(
+            f"  {label} [cyan]{escape(problem.location)}[/]: {escape(problem.message)}",
+            soft_wrap=True,
+        )
+        if problem.fix:
+            out.print(f"           [dim]fix:[/] {escape(problem.fix)}", soft_wrap=True)
