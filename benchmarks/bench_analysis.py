@@ -48,7 +48,8 @@ from bench_merge import (  # noqa: E402
 
 def analysis_in_process(models: dict[str, Path], device: str) -> float:
     """Plan-to-result seconds of the analysis with torch already imported, cache off."""
-    from mergetui.merge.analysis import plan_analysis, run_analysis
+    from mergetui.merge.analysis_plan import plan_analysis
+    from mergetui.merge.analysis_run import run_analysis
 
     start = time.perf_counter()
     plan = plan_analysis(
@@ -59,7 +60,7 @@ def analysis_in_process(models: dict[str, Path], device: str) -> float:
 
 
 def cached_in_process(models: dict[str, Path]) -> float:
-    from mergetui.merge.analysis import analyze
+    from mergetui.merge.analysis_run import analyze
 
     named = {"base": models["base"], "ft-a": models["ft-a"], "ft-b": models["ft-b"]}
     analyze(named, "base")

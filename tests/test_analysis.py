@@ -20,18 +20,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mergetui.errors import CancelledError, UserError
-from mergetui.merge import analysis as analysis_module
+from mergetui.merge import analysis_run as analysis_module
 from mergetui.merge.analysis import (
     Analysis,
     agreement_from,
-    analyze,
-    cache_path,
     cosine_from,
     distance_from,
     format_metric,
-    plan_analysis,
-    run_analysis,
 )
+from mergetui.merge.analysis_plan import cache_path, plan_analysis
+from mergetui.merge.analysis_run import analyze, run_analysis
 from mergetui.paths import CACHE_ENV
 from mergetui.paths import analysis_cache_dir as cache_dir
 

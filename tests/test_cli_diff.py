@@ -9,7 +9,7 @@ import pytest
 
 from mergetui.cli import main
 from mergetui.cli.cmd_diff import model_names, sparkline
-from mergetui.merge.analysis import analyze
+from mergetui.merge.analysis_run import analyze
 from mergetui.paths import CACHE_ENV
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mergetui.merge.analysis import plan_analysis
+from mergetui.merge.analysis_plan import plan_analysis
 from mergetui.merge.plan import make_plan
 from mergetui.recipe.model import ModelEntry, Recipe
 

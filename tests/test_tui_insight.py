@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from mergetui.editing.document import RecipeDocument
-from mergetui.merge import analysis as analysis_module
-from mergetui.merge.analysis import analyze
+from mergetui.merge import analysis_run as analysis_module
+from mergetui.merge.analysis_run import analyze
 from mergetui.paths import CACHE_ENV, CONFIG_ENV
 from mergetui.recipe.io import load_recipe
 from mergetui.tui.app import MergeTuiApp

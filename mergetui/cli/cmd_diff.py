@@ -90,7 +90,8 @@ def model_names(sources: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from mergetui.errors import UserError
-    from mergetui.merge.analysis import plan_analysis, run_analysis
+    from mergetui.merge.analysis_plan import plan_analysis
+    from mergetui.merge.analysis_run import run_analysis
     from mergetui.merge.device import check_device_name
 
     device = check_device_name(args.device)

@@ -6,6 +6,7 @@ Parsing is plain string work so the CLI and the plan can check a device name wit
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING
 
@@ -75,3 +76,19 @@ def _mps_available() -> bool:
 
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
+
+
+def core_count() -> int:
+    """The cores this process may run on (its CPU affinity, where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS and Windows
+        return os.cpu_count() or 1
+
+
+def use_cores(cores: int) -> None:
+    """Let torch use `cores` threads here and in the threads started from now on."""
+    import torch
+
+    if torch.get_num_threads() != cores:
+        torch.set_num_threads(cores)

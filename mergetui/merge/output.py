@@ -83,14 +83,6 @@ def config_layer_key(config: Mapping[str, Any]) -> tuple[str | None, str | None]
     return None, None
 
 
-def config_layer_count(config: Mapping[str, Any]) -> int | None:
-    section, key = config_layer_key(config)
-    if key is None:
-        return None
-    holder = config if section is None else config[section]
-    return int(holder[key])
-
-
 def config_vocab_size(config: Mapping[str, Any]) -> int | None:
     for holder in (config, config.get("text_config")):
         if isinstance(holder, Mapping):
@@ -300,37 +292,13 @@ def model_card(plan: Plan, recipe_toml: str, recipe_yaml: str | None) -> str:
     from mergetui.recipe.methods import METHODS
 
     spec = METHODS[plan.method]
-    hub_parents = []
-    for name in plan.models:
-        source = plan.models[name].hub_id
-        if source and source not in hub_parents:
-            hub_parents.append(source)
-    front: dict[str, Any] = {}
-    if hub_parents:
-        front["base_model"] = hub_parents
-        front["base_model_relation"] = "merge"
-    front["library_name"] = "transformers"
-    front["tags"] = ["mergetui", "merge"]
     method_md = f"[{spec.pretty_name}]({spec.paper})" if spec.paper else spec.pretty_name
-
-    def describe(name: str) -> str:
-        model = plan.models[name]
-        if model.hub_id:
-            shown = f"[{model.hub_id}](https://huggingface.co/{model.hub_id})"
-            if model.revision:
-                shown += f" (revision `{model.revision}`)"
-        else:
-            # A path means nothing beside the output (`../chat`): name the folder; the recipe
-            # below has its full path.
-            shown = f"local folder `{model.path.name}`"
-        return f"**{name}**: {shown}"
-
     base = plan.base
-    base_text = f", with {describe(base)} as the base" if base else ""
+    base_text = f", with {_describe_model(plan, base)} as the base" if base else ""
     others = [name for name in plan.models if name != base]
     lines = [
         "---",
-        yaml.safe_dump(front, sort_keys=False).rstrip(),
+        yaml.safe_dump(_front_matter(plan), sort_keys=False).rstrip(),
         "---",
         f"# {plan.output_dir.name}",
         "",
@@ -344,8 +312,45 @@ def model_card(plan: Plan, recipe_toml: str, recipe_yaml: str | None) -> str:
         "",
         "### Models merged",
         "",
-        *[f"* {describe(name)}" for name in others],
+        *[f"* {_describe_model(plan, name)}" for name in others],
         "",
+        *_output_lines(plan),
+        *_recipe_lines(recipe_toml, recipe_yaml),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _front_matter(plan: Plan) -> dict[str, Any]:
+    """The Hub's metadata: the parents on the Hub (a merge of them), library and tags."""
+    hub_parents = []
+    for name in plan.models:
+        source = plan.models[name].hub_id
+        if source and source not in hub_parents:
+            hub_parents.append(source)
+    front: dict[str, Any] = {}
+    if hub_parents:
+        front["base_model"] = hub_parents
+        front["base_model_relation"] = "merge"
+    front["library_name"] = "transformers"
+    front["tags"] = ["mergetui", "merge"]
+    return front
+
+
+def _describe_model(plan: Plan, name: str) -> str:
+    model = plan.models[name]
+    if model.hub_id:
+        shown = f"[{model.hub_id}](https://huggingface.co/{model.hub_id})"
+        if model.revision:
+            shown += f" (revision `{model.revision}`)"
+    else:
+        # A path means nothing beside the output (`../chat`): name the folder; the recipe
+        # below has its full path.
+        shown = f"local folder `{model.path.name}`"
+    return f"**{name}**: {shown}"
+
+
+def _output_lines(plan: Plan) -> list[str]:
+    lines = [
         "### Output",
         "",
         f"* {plan.tensor_count} tensors, {plan.total_bytes:,} bytes in {plan.shard_count} file(s)",
@@ -356,7 +361,11 @@ def model_card(plan: Plan, recipe_toml: str, recipe_yaml: str | None) -> str:
         lines.append(f"* dtype {plan.output_dtype}")
     if plan.seed is not None:
         lines.append(f"* random seed {plan.seed}")
-    lines += [
+    return lines
+
+
+def _recipe_lines(recipe_toml: str, recipe_yaml: str | None) -> list[str]:
+    lines = [
         "",
         "### Recipe",
         "",
@@ -376,4 +385,4 @@ def model_card(plan: Plan, recipe_toml: str, recipe_yaml: str | None) -> str:
             recipe_yaml.rstrip(),
             "```",
         ]
-    return "\n".join(lines) + "\n"
+    return lines

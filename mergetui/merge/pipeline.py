@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from mergetui.errors import CancelledError
 from mergetui.merge.budgets import BufferPool, ByteBudget, ComputeGate, Ledger
 from mergetui.merge.compute import compute_dtype, compute_piece
+from mergetui.merge.device import use_cores
 from mergetui.merge.events import MergeEvent, ShardWritten, TensorDone
 from mergetui.merge.work import FROM_FILE, WHOLE, Piece, WorkModel
 
@@ -289,14 +290,6 @@ class Pipeline:
             if not alive:
                 return
             alive[0].join(POLL_SECONDS)
-
-
-def use_cores(cores: int) -> None:
-    """Let torch use `cores` threads in the threads started from now on."""
-    import torch
-
-    if torch.get_num_threads() != cores:
-        torch.set_num_threads(cores)
 
 
 def _next_loaded(loaded: queue.Queue[tuple[int, Any]], stop: threading.Event) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mergetui.checkpoints.files import open_regular
 from mergetui.dtypes import torch_dtype
@@ -20,6 +20,16 @@ if TYPE_CHECKING:
     import torch
 
 _MAX_READ = 1 << 30  # Linux caps one read near 2 GiB; stay well under
+
+
+def close_fds(fds: dict[Any, int]) -> None:
+    """Close every descriptor (one that fails to close is gone all the same) and forget them."""
+    for fd in fds.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
 
 
 class TensorReader:
@@ -117,12 +127,7 @@ class TensorReader:
     def close(self) -> None:
         with self._lock:
             self._bin_files.clear()
-            for fd in self._fds.values():
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._fds.clear()
+            close_fds(self._fds)
 
     def __enter__(self) -> TensorReader:
         return self

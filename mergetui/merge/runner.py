@@ -13,7 +13,6 @@ nothing is left behind; one that a killed merge left is removed by the next merg
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 from mergetui.errors import CancelledError, UserError
 from mergetui.formatting import human_bytes
 from mergetui.merge.budgets import Ledger
+from mergetui.merge.device import core_count, resolve_device, use_cores
 from mergetui.merge.events import (
     Cancelled,
     EventCallback,
@@ -34,7 +34,7 @@ from mergetui.merge.events import (
     Notice,
     PlanReady,
 )
-from mergetui.merge.pipeline import Pipeline, Progress, use_cores
+from mergetui.merge.pipeline import Pipeline, Progress
 from mergetui.merge.target import (  # noqa: F401 - TEMP_MARKER, OLD_MARKER: public names here
     OLD_MARKER,
     TEMP_MARKER,
@@ -142,7 +142,6 @@ def _merge_into(
     progress: Progress,
 ) -> tuple[torch.device, Ledger, list[str]]:
     """Announce the plan, write every tensor and then the extras into `folder`."""
-    from mergetui.merge.device import resolve_device
     from mergetui.merge.output import prepare_extras, write_extras
 
     device = resolve_device(plan.device)
@@ -241,10 +240,8 @@ def _tune_allocator() -> None:
 
 
 def _core_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS and Windows
-        return os.cpu_count() or 1
+    """The cores a merge runs on (tests pin it here)."""
+    return core_count()
 
 
 def _use_all_cores() -> None:

@@ -12,7 +12,7 @@ Plain Python: the planner uses it without torch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mergetui.merge.methods._common import CHUNK_ELEMENTS
@@ -91,8 +91,9 @@ def split_pieces(tensors: Sequence[PlannedTensor], method: str) -> list[Piece]:
 
 @dataclass
 class WorkModel:
-    """How the engine runs a plan's pieces, and the memory limits that follow: the pipeline runs
-    by it, and the plan's peak estimate is the process baseline plus its `bound()`."""
+    """How the engine runs a plan's pieces, and the memory limits that follow from them (set on
+    creation): the pipeline runs by it, and the plan's peak estimate is the process baseline plus
+    its `bound()`."""
 
     pieces: list[Piece]
     modes: list[str]
@@ -102,10 +103,32 @@ class WorkModel:
     streams: bool  # the method hands its output to the writer chunk by chunk
     workers: int
     cores: int
-    gate_budget: int
-    reader_budget: int
-    pool_limit: int
-    queue_items: int
+    gate_budget: int = field(init=False)  # the compute gate's
+    reader_budget: int = field(init=False)  # the reader's byte budget
+    pool_limit: int = field(init=False)  # the buffer pool's
+    queue_items: int = field(init=False)  # the writer queue's length
+
+    def __post_init__(self) -> None:
+        sizes, workers = self.sizes, self.workers
+        # Pieces run side by side while their footprints add up to at most the largest one's, or
+        # SHARED_WORKING_BYTES.
+        self.gate_budget = max(max(self.footprints, default=0), SHARED_WORKING_BYTES)
+        largest = max(sizes, default=0)
+        shared = [
+            n
+            for n, f in zip(sizes, self.footprints, strict=True)
+            if f * workers <= self.gate_budget
+        ]
+        shared = shared if workers > 1 else []
+        # Enough held for every worker's set, then a prefetch margin (streamed pieces always get
+        # one more set in flight, read while the others compute).
+        streamed = max(
+            (n for p, n in zip(self.pieces, sizes, strict=True) if not p.whole), default=0
+        )
+        held_limit = max(largest, workers * max(shared, default=0))
+        self.reader_budget = held_limit + max(streamed, min(PREFETCH_MARGIN_BYTES, largest // 2))
+        self.pool_limit = min(max(2 * held_limit, 8 * 1024 * 1024), 512 * 1024 * 1024)
+        self.queue_items = 4 * workers
 
     def bound(self) -> int:
         """The most the ledger can count in a run by this model: the reader's budget, each
@@ -180,44 +203,7 @@ def work_model(
         for p, size, mode in zip(pieces, sizes, modes, strict=True)
     ]
     workers = min(cores, MAX_WORKERS) if device_type == "cpu" else 1
-    return _with_limits(pieces, modes, early, sizes, footprints, streams, workers, cores)
-
-
-def _with_limits(
-    pieces: list[Piece],
-    modes: list[str],
-    early: list[bool],
-    sizes: list[int],
-    footprints: list[int],
-    streams: bool,
-    workers: int,
-    cores: int,
-) -> WorkModel:
-    """The model, with the gate's, the reader's, the pool's and the queue's limits."""
-    # Pieces run side by side while their footprints add up to at most the largest one's, or
-    # SHARED_WORKING_BYTES.
-    gate_budget = max(max(footprints, default=0), SHARED_WORKING_BYTES)
-    largest = max(sizes, default=0)
-    shared = [n for n, f in zip(sizes, footprints, strict=True) if f * workers <= gate_budget]
-    shared = shared if workers > 1 else []
-    # Enough held for every worker's set, then a prefetch margin (streamed pieces always get
-    # one more set in flight, read while the others compute).
-    streamed = max((n for p, n in zip(pieces, sizes, strict=True) if not p.whole), default=0)
-    held_limit = max(largest, workers * max(shared, default=0))
-    return WorkModel(
-        pieces=pieces,
-        modes=modes,
-        early=early,
-        sizes=sizes,
-        footprints=footprints,
-        streams=streams,
-        workers=workers,
-        cores=cores,
-        gate_budget=gate_budget,
-        reader_budget=held_limit + max(streamed, min(PREFETCH_MARGIN_BYTES, largest // 2)),
-        pool_limit=min(max(2 * held_limit, 8 * 1024 * 1024), 512 * 1024 * 1024),
-        queue_items=4 * workers,
-    )
+    return WorkModel(pieces, modes, early, sizes, footprints, streams, workers, cores)
 
 
 def _input_mode(piece: Piece, chunked: bool) -> str:

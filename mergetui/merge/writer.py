@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from mergetui.dtypes import DTYPE_SIZES
 from mergetui.errors import UserError
 from mergetui.formatting import human_bytes
+from mergetui.merge.reader import close_fds
 
 if TYPE_CHECKING:
     import torch
@@ -308,12 +309,7 @@ class ShardSetWriter:
 
     def close(self) -> None:
         """Release any open file (after an error); finished shards are already closed."""
-        for fd in self._fds.values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._fds.clear()
+        close_fds(self._fds)
 
     def _os_error(self, exc: OSError, filename: str) -> UserError:
         where = str(self.folder / filename)

@@ -1312,7 +1312,7 @@ class RecipeScreen(ModeScreen):
         self, key: tuple, models: dict[str, Path], base: str | None, cancel: threading.Event
     ) -> None:
         """Read every tensor once (or take the cached result), off the UI thread."""
-        from mergetui.merge.analysis import analyze
+        from mergetui.merge.analysis_run import analyze
 
         def progress(event) -> None:
             percent = int(event.fraction * 100)
