@@ -1,8 +1,12 @@
 """Every merge method's contract, as plain data: the single place methods are listed.
 
-The engine registers one tensor function per name here, the validator checks recipes against it and
-the UI builds its grid columns from it. Figures follow mergekit 0.1.5 (`merge_methods/registry.py`).
-Nothing here imports torch, so validation and the app's first frame stay fast.
+Each `MethodSpec` holds every trait of its method that anything reads: its tensor function (as
+"module:attr", imported on first use), the engine's traits (element-wise, chunked reads, streamed
+output, cache size), the validator's (base, input counts, parameters and ranges) and the UI's
+(the parameter the grid and suggest tune). No other module tests a method's name. The
+task-vector family is one generalized method on two axes (`TaskVectorAxes`), as in mergekit.
+Figures follow mergekit 0.1.5 (`merge_methods/registry.py`). Nothing here imports torch, so
+validation and the app's first frame stay fast. Adding a method: one MethodSpec here, one function.
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ class TaskVectorAxes:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """What a method needs from a recipe: base, input counts and parameters."""
+    """A method: what it needs from a recipe (base, input counts, parameters) and the traits the
+    engine, planner and UI read (see the module docstring)."""
 
     name: str
     pretty_name: str
@@ -161,6 +166,11 @@ _EPSILON = ParamSpec(
     0.0,
     1.0,
     step=0.01,
+)
+
+# RAM's threshold: changes from the base smaller than this count as none.
+_RAM_EPSILON = ParamSpec(
+    "epsilon", "float", "shared", 1e-5, "smallest change that counts", minimum=0.0, step=1e-5
 )
 
 _TASK_VECTOR = "task-vector"
@@ -394,17 +404,7 @@ METHODS: dict[str, MethodSpec] = {
             "Keeps each model's unique changes whole and averages the shared ones.",
             "https://arxiv.org/abs/2601.13572",
             "required",
-            (
-                ParamSpec(
-                    "epsilon",
-                    "float",
-                    "shared",
-                    1e-5,
-                    "smallest change that counts",
-                    minimum=0.0,
-                    step=1e-5,
-                ),
-            ),
+            (_RAM_EPSILON,),
             function=_fn("ram"),
             elementwise=True,
         ),
@@ -417,15 +417,7 @@ METHODS: dict[str, MethodSpec] = {
             (
                 ParamSpec("r", "float", "shared", 0.1, "boost strength", minimum=0.0),
                 ParamSpec("alpha", "float", "shared", 0.2, "cap on the ratio", minimum=0.0),
-                ParamSpec(
-                    "epsilon",
-                    "float",
-                    "shared",
-                    1e-5,
-                    "smallest change that counts",
-                    minimum=0.0,
-                    step=1e-5,
-                ),
+                _RAM_EPSILON,
             ),
             function=_fn("ram", "ramplus_tl"),
         ),
@@ -504,11 +496,3 @@ def window_fits(density: float, epsilon: float) -> bool:
     """Whether DELLA's keep probabilities, density - epsilon to density + epsilon, stay inside
     (0, 1), as mergekit requires; the validator and the method both ask."""
     return not (density - epsilon <= 0 or density + epsilon >= 1)
-
-
-def get_method(name: str) -> MethodSpec | None:
-    return METHODS.get(name)
-
-
-def method_names() -> list[str]:
-    return list(METHODS)

@@ -5,16 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mergetui.merge.methods import _random
-from mergetui.merge.methods._common import (
-    check_cancel,
-    flat,
-    output_buffer,
-    require_count,
-    row_spans,
-    spans,
-    split_base,
-    vector_view,
-)
+from mergetui.merge.methods._common import flat, vector_view
 
 if TYPE_CHECKING:
     import torch
@@ -36,19 +27,17 @@ def arcee_fusion(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tenso
     """
     import torch
 
-    require_count(ctx, len(tensors), minimum=2, maximum=2, what="inputs (a base and one model)")
-    base, others = split_base(tensors, ctx, required=True)
+    base, others = ctx.inputs(tensors)
     assert base is not None
     other = tensors[others[0]]
-    out = output_buffer(ctx, base)
+    out = ctx.output_buffer(base)
     if out.numel() == 0:
         return out
     a_rows, _ = vector_view(base, "last")
     b_rows, _ = vector_view(other, "last")
     importance, _ = vector_view(out, "last")
     rows, cols = a_rows.shape
-    for r0, r1 in row_spans(rows, cols):
-        check_cancel(ctx)
+    for r0, r1 in ctx.row_chunks(rows, cols):
         a, b = a_rows[r0:r1], b_rows[r0:r1]
         p = torch.softmax(b, dim=-1).add_(_KL_EPS)
         q = torch.softmax(a, dim=-1).add_(_KL_EPS)
@@ -75,8 +64,7 @@ def arcee_fusion(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tenso
     threshold = median + 1.5 * (q3 - q1)
 
     out_flat, a_flat, b_flat = out.view(-1), flat(base), flat(other)
-    for start, end in spans(out_flat.numel()):
-        check_cancel(ctx)
+    for start, end in ctx.chunks(out_flat.numel()):
         chunk = out_flat[start:end]
         torch.ge(chunk, threshold, out=chunk)  # float 0/1, in place of the importance
         a_chunk = a_flat[start:end]

@@ -5,14 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from mergetui.merge.methods._common import (
-    CHUNK_ELEMENTS,
-    check_cancel,
-    flat,
-    output_buffer,
-    shared_param,
-    spans,
-)
+from mergetui.merge.methods._common import CHUNK_ELEMENTS, flat
 
 if TYPE_CHECKING:
     import torch
@@ -34,8 +27,8 @@ def karcher(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     count = len(tensors)
     if count == 1:
         return tensors[0]
-    max_iter = int(shared_param(ctx, "max_iter"))
-    tol = float(shared_param(ctx, "tol"))
+    max_iter = int(ctx.shared_param("max_iter"))
+    tol = float(ctx.shared_param("tol"))
     xs = [flat(t) for t in tensors]
     first = tensors[0]
     numel = xs[0].numel()
@@ -44,8 +37,7 @@ def karcher(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     block = torch.empty(
         (count, min(numel, CHUNK_ELEMENTS)), dtype=torch.float64, device=first.device
     )
-    for start, end in spans(numel):
-        check_cancel(ctx)
+    for start, end in ctx.chunks(numel):
         rows = block[:, : end - start]
         for row, x in zip(rows, xs, strict=True):
             row.copy_(x[start:end])
@@ -60,10 +52,9 @@ def karcher(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
         scale * b / n if n != 0.0 and b != 0.0 else 0.0 for b, n in zip(beta, norms, strict=True)
     ]
 
-    out = output_buffer(ctx, first)
+    out = ctx.output_buffer(first)
     out_flat = out.view(-1)
-    for start, end in spans(numel):
-        check_cancel(ctx)
+    for start, end in ctx.chunks(numel):
         target = out_flat[start:end]
         torch.mul(xs[0][start:end], coefficients[0], out=target)
         for x, c in zip(xs[1:], coefficients[1:], strict=True):

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mergetui.errors import UserError
-from mergetui.merge.methods._common import (
-    CHUNK_ELEMENTS,
-    check_cancel,
-    flat,
-    model_param,
-    output_buffer,
-    shared_param,
-    spans,
-)
+from mergetui.merge.methods._common import CHUNK_ELEMENTS, flat, normalized_weights
 
 if TYPE_CHECKING:
     import torch
@@ -31,19 +22,13 @@ def linear(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     """
     import torch
 
-    weights = [float(model_param(ctx, i, "weight")) for i in range(len(tensors))]
-    if bool(shared_param(ctx, "normalize")):
-        total = sum(weights)
-        if abs(total) < 1e-8:
-            raise UserError(
-                f"the linear weights sum to {total:g}, so normalising divides by zero",
-                where=ctx.tensor_name,
-                fix="change the weights so they do not cancel out, or set normalize = false",
-            )
-        weights = [w / total for w in weights]
+    weights = [float(ctx.model_param(i, "weight")) for i in range(len(tensors))]
+    if bool(ctx.shared_param("normalize")):
+        fix = "change the weights so they do not cancel out, or set normalize = false"
+        weights = normalized_weights(ctx, weights, 1e-8, "normalising divides by zero", fix)
 
     first = tensors[0]
-    out = output_buffer(ctx, first)
+    out = ctx.output_buffer(first)
     out_flat, inputs = out.view(-1), [flat(t) for t in tensors]
     numel = out_flat.numel()
     # In the output dtype (the engine's ctx.out_dtype) each chunk is summed in the compute dtype
@@ -51,8 +36,7 @@ def linear(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     scratch = None
     if out.dtype != first.dtype:
         scratch = torch.empty(min(numel, CHUNK_ELEMENTS), dtype=first.dtype, device=first.device)
-    for start, end in spans(numel):
-        check_cancel(ctx)
+    for start, end in ctx.chunks(numel):
         chunk = out_flat[start:end] if scratch is None else scratch[: end - start]
         torch.mul(inputs[0][start:end], weights[0], out=chunk)
         for x, w in zip(inputs[1:], weights[1:], strict=True):

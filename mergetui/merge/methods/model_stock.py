@@ -4,16 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mergetui.merge.methods._common import (
-    CHUNK_ELEMENTS,
-    check_cancel,
-    output_buffer,
-    require_count,
-    row_spans,
-    shared_param,
-    split_base,
-    vector_view,
-)
+from mergetui.merge.methods._common import CHUNK_ELEMENTS, vector_view
 
 if TYPE_CHECKING:
     import torch
@@ -30,10 +21,9 @@ def model_stock(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor
     """
     import torch
 
-    base, others = split_base(tensors, ctx, required=True)
+    base, others = ctx.inputs(tensors)
     assert base is not None
-    require_count(ctx, len(others), minimum=2, maximum=None, what="models besides the base")
-    mode = "last" if bool(shared_param(ctx, "filter_wise")) else "flat"
+    mode = "last" if bool(ctx.shared_param("filter_wise")) else "flat"
     b, along = vector_view(base, mode)
     xs = [vector_view(tensors[i], mode)[0] for i in others]
     count = len(xs)
@@ -50,8 +40,7 @@ def model_stock(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor
             torch.sub(x[r0:r1], b[r0:r1], out=row)
         return deltas
 
-    for r0, r1 in row_spans(rows, cols):
-        check_cancel(ctx)
+    for r0, r1 in ctx.row_chunks(rows, cols):
         deltas = load(r0, r1)
         if along == 1:  # [r, N, C] @ [r, C, N]: each row's Gram matrix
             gram[r0:r1] = torch.matmul(deltas.transpose(0, 1), deltas.permute(1, 2, 0))
@@ -74,10 +63,9 @@ def model_stock(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor
     t = torch.where(singular, torch.zeros_like(cos), (count * cos) / safe)
     step = t / count  # out = base + (t / N) sum_i d_i
 
-    out = output_buffer(ctx, base)
+    out = ctx.output_buffer(base)
     out_view, _ = vector_view(out, mode)
-    for r0, r1 in row_spans(rows, cols):
-        check_cancel(ctx)
+    for r0, r1 in ctx.row_chunks(rows, cols):
         deltas = load(r0, r1)
         target = out_view[r0:r1]
         torch.sum(deltas, dim=0, out=target)

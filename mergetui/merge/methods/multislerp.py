@@ -6,17 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 from mergetui.errors import UserError
-from mergetui.merge.methods._common import (
-    CHUNK_ELEMENTS,
-    check_cancel,
-    flat,
-    model_param,
-    output_buffer,
-    require_count,
-    shared_param,
-    spans,
-    split_base,
-)
+from mergetui.merge.methods._common import CHUNK_ELEMENTS, flat, normalized_weights
 
 if TYPE_CHECKING:
     import torch
@@ -38,21 +28,14 @@ def multislerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     """
     import torch
 
-    base, others = split_base(tensors, ctx, required=False)
-    require_count(ctx, len(others), minimum=1, maximum=None, what="models besides the base")
+    base, others = ctx.inputs(tensors)
     if len(others) == 1:
         return tensors[others[0]]
-    weights = [float(model_param(ctx, i, "weight")) for i in others]
-    eps = float(shared_param(ctx, "eps"))
-    if bool(shared_param(ctx, "normalize_weights")):
-        total = sum(weights)
-        if abs(total) < 1e-12:
-            raise UserError(
-                f"the multislerp weights sum to {total:g}, so they cannot be normalised",
-                where=ctx.tensor_name,
-                fix="change the weights, or set normalize_weights = false",
-            )
-        weights = [w / total for w in weights]
+    weights = [float(ctx.model_param(i, "weight")) for i in others]
+    eps = float(ctx.shared_param("eps"))
+    if bool(ctx.shared_param("normalize_weights")):
+        fix = "change the weights, or set normalize_weights = false"
+        weights = normalized_weights(ctx, weights, 1e-12, "they cannot be normalised", fix)
 
     xs = [flat(tensors[i]) for i in others]
     base_flat = flat(base) if base is not None else None
@@ -70,8 +53,7 @@ def multislerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
         return rows
 
     gram = torch.zeros((count, count), dtype=torch.float64, device=first.device)
-    for start, end in spans(numel):
-        check_cancel(ctx)
+    for start, end in ctx.chunks(numel):
         rows = load(start, end)
         gram += (rows @ rows.T).double()
     gram_list = gram.tolist()
@@ -92,11 +74,10 @@ def multislerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
         avg_norm = sum(w * n for w, n in zip(weights, norms, strict=True))
         coefficients = [c * avg_norm / mean_norm for c in unit]
 
-    out = output_buffer(ctx, first)
+    out = ctx.output_buffer(first)
     out_flat = out.view(-1)
     coef = torch.tensor(coefficients, dtype=first.dtype, device=first.device)
-    for start, end in spans(numel):
-        check_cancel(ctx)
+    for start, end in ctx.chunks(numel):
         rows = load(start, end)
         target = out_flat[start:end]
         torch.mv(rows.t(), coef, out=target)

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mergetui.merge.methods._common import (
-    check_cancel,
-    flat,
-    output_buffer,
-    require_count,
-    shared_param,
-    spans,
-    split_base,
-)
+from mergetui.merge.methods._common import flat
 
 if TYPE_CHECKING:
     import torch
@@ -24,15 +16,13 @@ def nearswap(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     """w = clamp(t / max(|a - b|, 1e-6), 0, 1) per entry; out = w b + (1 - w) a, a the base."""
     import torch
 
-    require_count(ctx, len(tensors), minimum=2, maximum=2, what="inputs (a base and one model)")
-    base, others = split_base(tensors, ctx, required=True)
+    base, others = ctx.inputs(tensors)
     assert base is not None
     a, b = flat(base), flat(tensors[others[0]])
-    t = float(shared_param(ctx, "t"))
-    out = output_buffer(ctx, base)
+    t = float(ctx.shared_param("t"))
+    out = ctx.output_buffer(base)
     out_flat = out.view(-1)
-    for start, end in spans(a.numel()):
-        check_cancel(ctx)
+    for start, end in ctx.chunks(a.numel()):
         x, y = a[start:end], b[start:end]
         diff = torch.sub(y, x)
         weight = diff.abs().clamp_(min=1e-6).reciprocal_().mul_(t).clamp_(0, 1)

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mergetui.merge.methods._common import (
-    check_cancel,
-    model_param,
-    output_buffer,
-    require_count,
-    row_spans,
-    shared_param,
-    split_base,
-    vector_sums,
-    vector_view,
-)
+from mergetui.merge.methods._common import vector_sums, vector_view
 
 if TYPE_CHECKING:
     import torch
@@ -35,15 +25,14 @@ def nuslerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     """
     import torch
 
-    base, others = split_base(tensors, ctx, required=False)
-    require_count(ctx, len(others), minimum=2, maximum=2, what="models besides the base")
-    weights = [float(model_param(ctx, i, "weight")) for i in others]
+    base, others = ctx.inputs(tensors)
+    weights = [float(ctx.model_param(i, "weight")) for i in others]
     total = sum(weights)
     t = 0.5 if abs(total) < 1e-6 else weights[1] / total
-    if bool(shared_param(ctx, "nuslerp_flatten")):
+    if bool(ctx.shared_param("nuslerp_flatten")):
         mode = "flat"
     else:
-        mode = "first" if bool(shared_param(ctx, "nuslerp_row_wise")) else "last"
+        mode = "first" if bool(ctx.shared_param("nuslerp_row_wise")) else "last"
 
     first = tensors[others[0]]
     v0, along = vector_view(first, mode)
@@ -58,8 +47,7 @@ def nuslerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
 
     stats_shape = (rows, 1) if along == 1 else (1, cols)
     stats = torch.zeros((3, *stats_shape), dtype=first.dtype, device=first.device)
-    for r0, r1 in row_spans(rows, cols):
-        check_cancel(ctx)
+    for r0, r1 in ctx.row_chunks(rows, cols):
         x, y = deltas(r0, r1)
         parts = (vector_sums(x * x, along), vector_sums(y * y, along), vector_sums(x * y, along))
         if along == 1:
@@ -78,10 +66,9 @@ def nuslerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     coef0 = torch.where(colinear, 1 - t, torch.sin((1 - t) * theta) / sin_theta)
     coef1 = torch.where(colinear, t, torch.sin(t * theta) / sin_theta)
 
-    out = output_buffer(ctx, first)
+    out = ctx.output_buffer(first)
     out_view, _ = vector_view(out, mode)
-    for r0, r1 in row_spans(rows, cols):
-        check_cancel(ctx)
+    for r0, r1 in ctx.row_chunks(rows, cols):
         c0 = coef0[r0:r1] if along == 1 else coef0
         c1 = coef1[r0:r1] if along == 1 else coef1
         x, y = deltas(r0, r1)

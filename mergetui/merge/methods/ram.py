@@ -4,15 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mergetui.merge.methods._common import (
-    CHUNK_ELEMENTS,
-    check_cancel,
-    flat,
-    output_buffer,
-    shared_param,
-    spans,
-    split_base,
-)
+from mergetui.merge.methods._common import CHUNK_ELEMENTS, flat
 
 if TYPE_CHECKING:
     import torch
@@ -26,13 +18,13 @@ class _Deltas:
     def __init__(self, tensors: list[torch.Tensor], ctx: MethodContext) -> None:
         import torch
 
-        base, others = split_base(tensors, ctx, required=True)
+        base, others = ctx.inputs(tensors)
         assert base is not None
         self.base = base
         self.base_flat = flat(base)
         self.xs = [flat(tensors[i]) for i in others]
         self.numel = self.base_flat.numel()
-        self.epsilon = float(shared_param(ctx, "epsilon"))
+        self.epsilon = float(ctx.shared_param("epsilon"))
         self._block = torch.empty(
             (len(self.xs), min(self.numel, CHUNK_ELEMENTS)), dtype=base.dtype, device=base.device
         )
@@ -62,10 +54,9 @@ def ram(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     if len(tensors) == 1:
         return tensors[0]
     data = _Deltas(tensors, ctx)
-    out = output_buffer(ctx, data.base)
+    out = ctx.output_buffer(data.base)
     out_flat = out.view(-1)
-    for start, end in spans(data.numel):
-        check_cancel(ctx)
+    for start, end in ctx.chunks(data.numel):
         deltas, _, counts = data.load(start, end)
         merged = deltas.sum(dim=0).div_(counts.clamp_(min=1))
         torch.add(data.base_flat[start:end], merged, out=out_flat[start:end])
@@ -83,13 +74,12 @@ def ramplus_tl(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     if len(tensors) == 1:
         return tensors[0]
     data = _Deltas(tensors, ctx)
-    r = float(shared_param(ctx, "r"))
-    alpha = float(shared_param(ctx, "alpha"))
+    r = float(ctx.shared_param("r"))
+    alpha = float(ctx.shared_param("alpha"))
     count = len(data.xs)
     shared_counts = torch.zeros(count, dtype=torch.float64, device=data.base.device)
     unique_counts = torch.zeros(count, dtype=torch.float64, device=data.base.device)
-    for start, end in spans(data.numel):
-        check_cancel(ctx)
+    for start, end in ctx.chunks(data.numel):
         _, changed, counts = data.load(start, end)
         unique = torch.eq(counts, 1, out=torch.empty_like(counts))
         in_unique = changed @ unique
@@ -98,10 +88,9 @@ def ramplus_tl(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     rho = (shared_counts / unique_counts.clamp(min=data.epsilon)).float()
     lambdas = (1 + r * rho.clamp(min=0, max=alpha)).to(data.base.dtype).unsqueeze(1)
 
-    out = output_buffer(ctx, data.base)
+    out = ctx.output_buffer(data.base)
     out_flat = out.view(-1)
-    for start, end in spans(data.numel):
-        check_cancel(ctx)
+    for start, end in ctx.chunks(data.numel):
         deltas, _, counts = data.load(start, end)
         unique = torch.eq(counts, 1, out=torch.empty_like(counts))
         averaged = deltas.sum(dim=0).div_(counts.clamp_(min=1))

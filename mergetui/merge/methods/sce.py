@@ -4,15 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mergetui.merge.methods._common import (
-    CHUNK_ELEMENTS,
-    check_cancel,
-    flat,
-    output_buffer,
-    shared_param,
-    spans,
-    split_base,
-)
+from mergetui.merge.methods._common import CHUNK_ELEMENTS, flat
 from mergetui.merge.methods._select import KeepRule, RankSelector, top_k_rule
 
 if TYPE_CHECKING:
@@ -32,11 +24,11 @@ def sce(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     """
     import torch
 
-    base, others = split_base(tensors, ctx, required=True)
+    base, others = ctx.inputs(tensors)
     assert base is not None
     if not others:
         return base
-    select_topk = float(shared_param(ctx, "select_topk"))
+    select_topk = float(ctx.shared_param("select_topk"))
     base_flat = flat(base)
     xs = [flat(tensors[i]) for i in others]
     count, numel = len(xs), base_flat.numel()
@@ -54,16 +46,14 @@ def sce(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     elif select_topk < 1:
         selector = RankSelector(base.device)
         nonzero = 0
-        for start, end in spans(numel):
-            check_cancel(ctx)
+        for start, end in ctx.chunks(numel):
             variance = _variance(load(start, end))
             selector.add(variance)
             nonzero += int(torch.gt(variance, 0, out=torch.empty_like(variance)).sum())
         k = int(nonzero * select_topk)
         selector.prepare([numel - k])
         if selector.needs_second_pass:
-            for start, end in spans(numel):
-                check_cancel(ctx)
+            for start, end in ctx.chunks(numel):
                 selector.refine(_variance(load(start, end)))
         rule = top_k_rule(selector, k)
 
@@ -76,8 +66,7 @@ def sce(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
         return deltas
 
     energy = torch.zeros(count, dtype=torch.float64, device=base.device)
-    for start, end in spans(numel):
-        check_cancel(ctx)
+    for start, end in ctx.chunks(numel):
         deltas = masked(start, end)
         energy += (deltas * deltas).sum(dim=1).double()
     energy /= max(numel, 1)
@@ -89,10 +78,9 @@ def sce(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
 
     if rule is not None:
         rule.restart()  # the output pass walks the chunks again from the start
-    out = output_buffer(ctx, base)
+    out = ctx.output_buffer(base)
     out_flat = out.view(-1)
-    for start, end in spans(numel):
-        check_cancel(ctx)
+    for start, end in ctx.chunks(numel):
         deltas = masked(start, end)
         # Elected sign s; relu(s * tau) keeps the agreeing magnitudes (zeros never agree).
         sign = deltas.sum(dim=0)

@@ -5,15 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from mergetui.merge.methods._common import (
-    OutputChunks,
-    check_cancel,
-    flat,
-    require_count,
-    shared_param,
-    spans,
-    split_base,
-)
+from mergetui.merge.methods._common import OutputChunks, flat
 
 if TYPE_CHECKING:
     import torch
@@ -44,15 +36,13 @@ def slerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     """
     import torch
 
-    require_count(ctx, len(tensors), minimum=2, maximum=2, what="inputs (a base and one model)")
-    base, others = split_base(tensors, ctx, required=True)
+    base, others = ctx.inputs(tensors)
     assert base is not None
     a, b = flat(base), flat(tensors[others[0]])
-    t = float(shared_param(ctx, "t"))
+    t = float(ctx.shared_param("t"))
 
     sums = torch.zeros(3, dtype=torch.float64, device=a.device)
-    for start, end in spans(a.numel()):
-        check_cancel(ctx)
+    for start, end in ctx.chunks(a.numel()):
         x, y = a[start:end], b[start:end]
         sums += torch.stack((torch.dot(x, x), torch.dot(y, y), torch.dot(x, y))).double()
     aa, bb, ab = sums.tolist()
@@ -61,8 +51,7 @@ def slerp(tensors: list[torch.Tensor], ctx: MethodContext) -> torch.Tensor:
     coef_a, coef_b = slerp_coefficients(t, ab / (norm_a * norm_b))
 
     out = OutputChunks(ctx, base)
-    for start, end in spans(a.numel()):
-        check_cancel(ctx)
+    for start, end in ctx.chunks(a.numel()):
         target = out.chunk(start, end)
         if target.dtype == a.dtype:
             torch.mul(a[start:end], coef_a, out=target)

@@ -27,18 +27,7 @@ from typing import TYPE_CHECKING, Any
 from mergetui.errors import UserError
 from mergetui.merge.chunked import is_chunked, raw_slice, whole
 from mergetui.merge.methods import _random
-from mergetui.merge.methods._common import (
-    CHUNK_ELEMENTS,
-    OutputChunks,
-    check_cancel,
-    flat,
-    input_label,
-    model_param,
-    row_spans,
-    shared_param,
-    spans,
-    split_base,
-)
+from mergetui.merge.methods._common import CHUNK_ELEMENTS, OutputChunks, flat
 from mergetui.merge.methods._select import (
     KeepRule,
     RankSelector,
@@ -89,13 +78,13 @@ def generalized_task_arithmetic(tensors: list[torch.Tensor], ctx: MethodContext)
     """base + lambda * (the weighted, sparsified task vectors, summed or sign-elected), the
     method's place on the two axes read from its spec (see the module docstring)."""
     axes = _axes(ctx)
-    base, others = split_base(tensors, ctx, required=True)
+    base, others = ctx.inputs(tensors)
     assert base is not None
     if not others or base.numel() == 0:
         return whole(base)
-    normalize = bool(shared_param(ctx, "normalize"))
-    rescale = bool(shared_param(ctx, "rescale"))
-    lam = float(shared_param(ctx, "lambda"))
+    normalize = bool(ctx.shared_param("normalize"))
+    rescale = bool(ctx.shared_param("rescale"))
+    lam = float(ctx.shared_param("lambda"))
     base_flat = flat(base)
     numel = base_flat.numel()
     inputs = [
@@ -170,8 +159,7 @@ class _OutputPass:
     def run(self, base_flat: torch.Tensor) -> torch.Tensor:
         import torch
 
-        for chunk_index, (start, end) in enumerate(spans(base_flat.numel())):
-            check_cancel(self.ctx)
+        for chunk_index, (start, end) in enumerate(self.ctx.chunks(base_flat.numel())):
             length = end - start
             block = self.deltas[:, :length]
             base_chunk = _read_into(base_flat, start, end, self.base_buffer)
@@ -292,12 +280,12 @@ def _plan_input(
         index=index,
         slot=slot,
         tensor=flat(tensors[index]),
-        weight=float(model_param(ctx, index, "weight")),
+        weight=float(ctx.model_param(index, "weight")),
         kind=None,
     )
     if sparsification == "none":
         return item
-    item.density = float(model_param(ctx, index, "density"))
+    item.density = float(ctx.model_param(index, "density"))
     if item.density >= 1:
         return item  # density >= 1: nothing is dropped and nothing rescaled
     if sparsification == "magnitude":
@@ -306,7 +294,7 @@ def _plan_input(
         item.window = (numel - k, numel)
     elif sparsification == "breadcrumbs":
         item.kind = "breadcrumbs"
-        item.gamma = float(model_param(ctx, index, "gamma"))
+        item.gamma = float(ctx.model_param(index, "gamma"))
         target = int(item.density * numel)
         top = int(item.gamma * numel)
         bottom = max(0, numel - target - top)
@@ -319,11 +307,11 @@ def _plan_input(
             item.kind = "zero"
             return item
         item.kind = "della"
-        item.epsilon = float(model_param(ctx, index, "epsilon"))
+        item.epsilon = float(ctx.model_param(index, "epsilon"))
         if not window_fits(item.density, item.epsilon):
             raise UserError(
                 f"epsilon must be chosen such that density +/- epsilon is in (0, 1); "
-                f"{input_label(ctx, index)} has density {item.density:g} and epsilon "
+                f"{ctx.input_label(index)} has density {item.density:g} and epsilon "
                 f"{item.epsilon:g}",
                 where=ctx.tensor_name,
                 fix=f"use an epsilon below {min(item.density, 1 - item.density):g} for that model",
@@ -361,8 +349,7 @@ def _gather_statistics(
             if numel <= TAU_CACHE_ELEMENTS:
                 item.tau = torch.empty(numel, dtype=base_flat.dtype, device=base.device)
         base_buffer, magnitude_buffer = _scratch(base_flat, 2)
-        for chunk_index, (start, end) in enumerate(spans(numel)):
-            check_cancel(ctx)
+        for chunk_index, (start, end) in enumerate(ctx.chunks(numel)):
             base_chunk = _read_into(base_flat, start, end, base_buffer)
             magnitudes = magnitude_buffer[: end - start]
             for item in flat_stats:
@@ -392,8 +379,7 @@ def _gather_statistics(
     refine = [item for item in selections if item.selector.needs_second_pass]
     if refine:
         base_buffer, magnitude_buffer = _scratch(base_flat, 2)
-        for start, end in spans(base_flat.numel()):
-            check_cancel(ctx)
+        for start, end in ctx.chunks(base_flat.numel()):
             base_chunk = _read_into(base_flat, start, end, base_buffer)
             magnitudes = magnitude_buffer[: end - start]
             for item in refine:
@@ -437,8 +423,7 @@ def _della_mask(item: _Input, base: torch.Tensor, ctx: MethodContext, rescale: b
     if cols > 1:
         steps = torch.arange(cols, dtype=torch.float32, device=base.device)
         steps = steps.mul_(2 * item.epsilon / (cols - 1)).add_(low)
-    for chunk_index, (r0, r1) in enumerate(row_spans(rows, cols)):
-        check_cancel(ctx)
+    for chunk_index, (r0, r1) in enumerate(ctx.row_chunks(rows, cols)):
         magnitudes = torch.sub(x_rows[r0:r1], base_rows[r0:r1]).abs_()
         draws = _random.uniform(item.stream, chunk_index, magnitudes.numel(), base.device)
         draws = draws.view(magnitudes.shape)
