@@ -13,7 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mergetui.cli.options import add_load_options, checked_device_and_dtype
+from mergetui.cli.options import (
+    add_load_options,
+    add_trust_remote_code_option,
+    checked_device_and_dtype,
+)
 
 HELP = "chat with a checkpoint (a merge, or any local model)"
 DESCRIPTION = (
@@ -38,11 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
     parser.add_argument("--seed", type=int, help="seed for sampling (reproducible replies)")
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow Python code shipped with the model (only for models you trust)",
-    )
+    add_trust_remote_code_option(parser, "the model")
 
 
 def run(args: argparse.Namespace) -> int:

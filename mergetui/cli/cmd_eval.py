@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mergetui.cli.options import add_load_options, checked_device_and_dtype
+from mergetui.cli.options import (
+    add_load_options,
+    add_trust_remote_code_option,
+    checked_device_and_dtype,
+)
 
 HELP = "perplexity of one or more checkpoints on a text (a quick merge check)"
 DESCRIPTION = (
@@ -29,11 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--window", type=int, help="tokens per window (default: the model's context, at most 1024)"
     )
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow Python code shipped with the models (only for models you trust)",
-    )
+    add_trust_remote_code_option(parser, "the models")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,6 +30,15 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     add_allow_bin_option(parser, "load")
 
 
+def add_trust_remote_code_option(parser: argparse.ArgumentParser, shipped_with: str) -> None:
+    """--trust-remote-code for a command that loads models (`shipped_with`: "the model(s)")."""
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help=f"allow Python code shipped with {shipped_with} (only for models you trust)",
+    )
+
+
 def checked_device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
     """The --device and --dtype of a command that loads a model, checked before anything is
     loaded (a `UserError` names a bad one)."""
