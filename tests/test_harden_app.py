@@ -25,7 +25,7 @@ from mergetui.tui.dialogs.confirm import ConfirmDialog
 from mergetui.tui.dialogs.models import AddModelDialog, model_source
 from mergetui.tui.dialogs.presets import PresetDialog
 from mergetui.tui.eta import RateEstimate
-from mergetui.tui.recipe_screen import RecipeScreen
+from mergetui.tui.recipe.screen import RecipeScreen
 from mergetui.tui.run_screen import ProgressState, RunProgress, RunScreen
 from mergetui.tui.status_line import StatusLine, fit_parts
 

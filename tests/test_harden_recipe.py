@@ -637,7 +637,7 @@ async def test_the_untitled_recipe_shows_one_problem(
 
     from mergetui.paths import CONFIG_ENV
     from mergetui.tui.app import MergeTuiApp
-    from mergetui.tui.recipe_screen import RecipeScreen
+    from mergetui.tui.recipe.screen import RecipeScreen
 
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
     monkeypatch.chdir(tmp_path)

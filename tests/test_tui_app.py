@@ -27,9 +27,11 @@ from mergetui.tui.dialogs.paths import TextPrompt
 from mergetui.tui.dialogs.presets import PresetDialog
 from mergetui.tui.dialogs.slices import SliceDialog
 from mergetui.tui.footer import KeyFooter
-from mergetui.tui.grid import LayerGrid
 from mergetui.tui.help import HelpScreen
-from mergetui.tui.recipe_screen import RecipeScreen, SetupPane, SlicesPane
+from mergetui.tui.recipe.grid import LayerGrid
+from mergetui.tui.recipe.screen import RecipeScreen
+from mergetui.tui.recipe.setup import SetupPane
+from mergetui.tui.recipe.slices import SlicesPane
 
 
 @pytest.fixture(autouse=True)

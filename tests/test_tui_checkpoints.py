@@ -20,7 +20,7 @@ from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.checkpoints.screen import CheckpointsScreen
 from mergetui.tui.checkpoints.text import details_text
 from mergetui.tui.push_dialog import PushDialog
-from mergetui.tui.recipe_screen import RecipeScreen
+from mergetui.tui.recipe.screen import RecipeScreen
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ from mergetui.merge.analysis_run import analyze
 from mergetui.paths import CACHE_ENV, CONFIG_ENV
 from mergetui.recipe.io import load_recipe
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.grid import LayerGrid
-from mergetui.tui.recipe_screen import MetricPicker, RecipeScreen, SuggestPreview
+from mergetui.tui.recipe.grid import LayerGrid
+from mergetui.tui.recipe.insight_dialogs import MetricPicker, SuggestPreview
+from mergetui.tui.recipe.screen import RecipeScreen
 
 
 @pytest.fixture(autouse=True)

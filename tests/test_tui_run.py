@@ -19,7 +19,7 @@ from mergetui.tui import run_screen
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.dialogs.confirm import ConfirmDialog, ConfirmQuit
 from mergetui.tui.dialogs.paths import TextPrompt
-from mergetui.tui.recipe_screen import RecipeScreen
+from mergetui.tui.recipe.screen import RecipeScreen
 from mergetui.tui.run_screen import RunScreen, _Relay
 
 

@@ -26,7 +26,7 @@ from mergetui.tui.commands import MergeTuiCommands, PaletteCommand
 from mergetui.tui.dialogs.confirm import ConfirmDialog, ConfirmQuit
 from mergetui.tui.dialogs.paths import TextPrompt
 from mergetui.tui.help import HelpScreen, active_sections
-from mergetui.tui.recipe_screen import RecipeScreen
+from mergetui.tui.recipe.screen import RecipeScreen
 from mergetui.tui.run_screen import RunScreen, app_palette_commands
 from mergetui.tui.themes import Heatmap, LoadedTheme, default_heatmap, load_themes
 

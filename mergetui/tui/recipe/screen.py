@@ -1,0 +1,259 @@
+"""The Recipe screen: method, models, parameters, the per-layer grid, slices and problems.
+
+Four tabs (F6..F9) so it fits 80x24, a pane each: Setup (`setup.py`: method, models, shared
+parameters, output), Layers (`layers.py`: the grid), Slices (`slices.py`: layer stacks) and Problems
+(`problems.py`: the validator's findings, refreshed on every edit). Every change goes through the
+document (`with pane.edit(...)`), which gives undo/redo for free and posts `RecipeEdited`; the screen
+then refreshes the panes, the validation and the title (`recipe_changed`). The screen itself reads
+the checkpoints' headers (in a worker; the panes share what it learns), switches tabs, undoes, and
+lists its keys for the help screen and the palette.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import Header, TabbedContent
+
+from mergetui.editing.cells import format_number
+from mergetui.editing.layer_table import GridModel
+from mergetui.tui.commands import PaletteCommand, PaletteEntry, binding_commands
+from mergetui.tui.footer import KeyFooter
+from mergetui.tui.help import HelpSection, binding_rows
+from mergetui.tui.mode_screen import ModeScreen
+from mergetui.tui.recipe.base import RecipeEdited, RecipePart
+from mergetui.tui.recipe.facts import CheckpointFacts, read_checkpoint_facts
+from mergetui.tui.recipe.grid import LayerGrid
+from mergetui.tui.recipe.layers import LayersPane
+from mergetui.tui.recipe.problems import ProblemsPane, severity_of
+from mergetui.tui.recipe.setup import SetupPane
+from mergetui.tui.recipe.slices import SlicesPane
+from mergetui.tui.status_line import StatusLine
+from mergetui.tui.workers import reply
+
+# Where each tab puts the focus when it is chosen with its key.
+TAB_FOCUS = {
+    "setup": "#method-button",
+    "layers": "#grid",
+    "slices": "#slices-table",
+    "problems": "#problems-table",
+}
+
+
+class RecipeScreen(RecipePart, ModeScreen):
+    """Build a recipe: method, models, parameters, the per-layer grid, slices, problems."""
+
+    BINDINGS = [
+        Binding("ctrl+s", "app.save", "Save"),  # the app's key, shown in this footer only
+        Binding("f6", "tab('setup')", "Setup tab", show=False),
+        Binding("f7", "tab('layers')", "Layers tab", show=False),
+        Binding("f8", "tab('slices')", "Slices tab", show=False),
+        Binding("f9", "tab('problems')", "Problems tab", show=False),
+        Binding("ctrl+z", "undo", "Undo", show=False),
+        Binding("ctrl+y", "redo", "Redo", show=False),
+    ]
+    PALETTE = (
+        PaletteEntry(
+            "tab('setup')", "Recipe: Setup tab", "method, models, shared parameters, output"
+        ),
+        PaletteEntry("tab('layers')", "Recipe: Layers tab", "the per-layer grid"),
+        PaletteEntry("tab('slices')", "Recipe: Slices tab", "layer stacks for passthrough merges"),
+        PaletteEntry("tab('problems')", "Recipe: Problems tab", "what the validator found"),
+        PaletteEntry("undo", "Undo", "undo the last recipe edit"),
+        PaletteEntry("redo", "Redo", "redo what was undone"),
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.facts: dict[str, CheckpointFacts] = {}  # shared with the panes, which read it
+        self._facts_key: tuple = ()
+        config = self.app.config
+        self.grid_model = GridModel(
+            self.app.document, split=config.split_filters, step=config.nudge_step or 0.05
+        )
+
+    # -- layout --------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        initial = "layers" if self.recipe.models else "setup"
+        with TabbedContent(id="recipe-tabs", initial=initial):
+            yield SetupPane("Setup [dim]F6[/]", self.facts, id="setup")
+            yield LayersPane("Layers [dim]F7[/]", self.grid_model, self.facts, id="layers")
+            yield SlicesPane("Slices [dim]F8[/]", self.facts, id="slices")
+            yield ProblemsPane(id="problems")
+        yield StatusLine(id="status")
+        yield KeyFooter()
+
+    def on_mount(self) -> None:
+        self.recipe_changed(initial=True)
+
+    def on_screen_resume(self) -> None:
+        self.app.refresh_title()
+
+    @property
+    def layers_pane(self) -> LayersPane:
+        return self.query_one(LayersPane)
+
+    # What tests and the app read of the panes' state.
+    @property
+    def problems(self) -> list[Any]:
+        return self.query_one(ProblemsPane).problems
+
+    @property
+    def prompt_kind(self) -> str | None:
+        return self.layers_pane.grid.prompt.kind
+
+    @property
+    def overlay_on(self) -> bool:
+        return self.layers_pane.insight.overlay_on
+
+    @property
+    def _insight_running(self) -> tuple | None:
+        return self.layers_pane.insight.running
+
+    @property
+    def layer_override(self) -> int | None:
+        return self.layers_pane.layer_override
+
+    @layer_override.setter
+    def layer_override(self, count: int | None) -> None:
+        self.layers_pane.layer_override = count
+
+    def _refresh_grid(self) -> None:
+        self.layers_pane.refresh_grid()
+
+    # -- refresh after any change --------------------------------------------------------------
+
+    def reload_document(self) -> None:
+        """The app opened another recipe: start the panes over on it."""
+        self.grid_model.document = self.app.document
+        self.facts.clear()
+        self._facts_key = ()
+        self.recipe_changed(initial=True)
+        self.query_one(TabbedContent).active = "layers" if self.recipe.models else "setup"
+
+    def recipe_changed(self, initial: bool = False) -> None:
+        """Refresh everything that shows the recipe (after an edit, undo, redo or open)."""
+        self.query_one(SetupPane).show_recipe()
+        self.layers_pane.refresh_grid()
+        self.query_one(SlicesPane).show_recipe()
+        self.query_one(ProblemsPane).validate()
+        self._maybe_load_checkpoints()
+        self.app.refresh_title()
+
+    @on(RecipeEdited)
+    def _edited(self) -> None:
+        self.recipe_changed()
+
+    @on(ProblemsPane.Checked)
+    @on(LayerGrid.CursorMoved)
+    def _refresh_status(self) -> None:
+        """The status line: valid or how many problems, the grid's cell and selection, the step."""
+        errors = sum(1 for p in self.problems if severity_of(p) == "error")
+        warnings = len(self.problems) - errors
+        if errors:
+            state = f"[b $error]✗ {errors} error(s)[/]" + (
+                f" {warnings} warning(s)" if warnings else ""
+            )
+        elif warnings:
+            state = f"[b $warning]! {warnings} warning(s)[/]"
+        else:
+            state = "[b $success]✓ valid[/]"
+        model = self.grid_model
+        grid = self.layers_pane.grid
+        parts = [state]
+        if model.columns and model.rows:
+            parts.append(model.describe(*grid.cursor))
+            if grid.anchor is not None:
+                parts.append(f"{grid.selection.size} selected")
+        parts.append(f"step {format_number(model.step, precise=True)}")
+        self.query_one("#status", StatusLine).show(parts)
+
+    # -- checkpoints (headers, in a worker) ----------------------------------------------------
+
+    def _maybe_load_checkpoints(self) -> None:
+        key = tuple((n, e.source, e.revision) for n, e in self.recipe.models.items())
+        missing = [n for n in self.recipe.models if n not in self.facts]
+        if key == self._facts_key and not missing:
+            return
+        self._facts_key = key
+        sources = {n: (e.source, e.revision) for n, e in self.recipe.models.items()}
+        self._load_checkpoints(sources, self.base_dir)
+
+    @work(thread=True, exclusive=True, group="checkpoints", exit_on_error=False)
+    def _load_checkpoints(self, sources: dict[str, tuple[str, str | None]], base_dir: Path) -> None:
+        facts = {
+            name: read_checkpoint_facts(source, revision, base_dir)
+            for name, (source, revision) in sources.items()
+        }
+        reply(self, self._checkpoints_loaded, facts)
+
+    def _checkpoints_loaded(self, facts: dict[str, CheckpointFacts]) -> None:
+        if not self.is_mounted:
+            return
+        self.facts.update(facts)
+        self.query_one(SetupPane).show_models()
+        self.layers_pane.refresh_grid()
+        self.query_one(SlicesPane).show_recipe()
+
+    # -- tabs, undo ----------------------------------------------------------------------------
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+        self.query_one(TAB_FOCUS[tab]).focus()
+
+    @on(TabbedContent.TabActivated)
+    def tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "layers":
+            self.layers_pane.grid.focus()
+
+    def action_undo(self) -> None:
+        self._history(self.document.undo(), "undid", "nothing to undo")
+
+    def action_redo(self) -> None:
+        self._history(self.document.redo(), "redid", "nothing to redo")
+
+    def _history(self, label: str | None, done: str, nothing: str) -> None:
+        if label is None:
+            self.notify(nothing, timeout=2)
+            return
+        self.recipe_changed()
+        self.notify(f"{done}: {label}", timeout=2)
+
+    # -- help and palette ----------------------------------------------------------------------
+
+    def help_sections(self) -> list[HelpSection]:
+        app = self.app
+        return [
+            ("Recipe screen", binding_rows(app, self.BINDINGS)),
+            ("Layers tab: the grid", LayerGrid.help_rows(app)),
+            ("Setup tab: models", binding_rows(app, SetupPane.BINDINGS)),
+            ("Slices tab", binding_rows(app, SlicesPane.BINDINGS)),
+        ]
+
+    def palette_commands(self) -> list[PaletteCommand]:
+        """Every action of this screen (tabs, models, slices, the grid's keys) for the palette;
+        the keys each names are read from the bindings of the pane that runs it."""
+        setup, slices, layers = (self.query_one(p) for p in (SetupPane, SlicesPane, LayersPane))
+        return [
+            *binding_commands(self, self.PALETTE, self.BINDINGS),
+            *binding_commands(setup, setup.PALETTE, setup.BINDINGS, where="models list"),
+            *binding_commands(slices, slices.PALETTE, slices.BINDINGS, where="slices list"),
+            *binding_commands(layers, layers.PALETTE),
+            *binding_commands(
+                layers.grid,
+                LayerGrid.PALETTE,
+                LayerGrid.BINDINGS,
+                where="Layers tab",
+                run=self._grid_action,
+            ),
+        ]
+
+    def _grid_action(self, action: str) -> None:
+        self.action_tab("layers")
+        self.call_later(self.layers_pane.grid.run_action, action)
