@@ -81,7 +81,7 @@ def test_chat_without_prompt_opens_the_app_on_the_chat_screen(
 
 async def test_the_app_started_for_a_chat_loads_the_model(llama_family: dict[str, Path]) -> None:
     from mergetui.tui.app import MergeTuiApp
-    from mergetui.tui.chat_screen import ChatScreen
+    from mergetui.tui.chat.screen import ChatScreen
 
     app = MergeTuiApp(initial_screen="chat")
     app.pending_chat_model = str(llama_family["a"])

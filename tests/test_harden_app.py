@@ -18,7 +18,6 @@ from tui_helpers import gate_the_engine, wait_reached
 from mergetui.editing.document import RecipeDocument
 from mergetui.paths import CONFIG_ENV, DATA_ENV
 from mergetui.settings import AppConfig
-from mergetui.tui import run_screen
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.checkpoints.screen import CheckpointsScreen
 from mergetui.tui.dialogs.confirm import ConfirmDialog
@@ -26,7 +25,9 @@ from mergetui.tui.dialogs.models import AddModelDialog, model_source
 from mergetui.tui.dialogs.presets import PresetDialog
 from mergetui.tui.eta import RateEstimate
 from mergetui.tui.recipe.screen import RecipeScreen
-from mergetui.tui.run_screen import ProgressState, RunProgress, RunScreen
+from mergetui.tui.run import clocks
+from mergetui.tui.run.messages import ProgressState, RunProgress
+from mergetui.tui.run.screen import RunScreen
 from mergetui.tui.status_line import StatusLine, fit_parts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -383,7 +384,7 @@ async def test_the_first_eta_on_the_run_screen_is_sane(
     """Found as a new user: the first ETA was five times the real time, because the start-up
     (planning, opening the checkpoints, the first tensor) counted as merging time."""
     now = [1000.0]
-    monkeypatch.setattr(run_screen, "CLOCK", lambda: now[0])
+    monkeypatch.setattr(clocks, "CLOCK", lambda: now[0])
     reached, release = gate_the_engine(monkeypatch)
     app = MergeTuiApp(RecipeDocument.open(soup(tmp_path, llama_family)))
     async with app.run_test(size=(100, 30)) as pilot:

@@ -20,7 +20,8 @@ from mergetui.cli import main
 from mergetui.errors import UserError
 from mergetui.paths import CONFIG_ENV, DATA_ENV
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.chat_screen import ChatScreen, LoadModelDialog, open_chat
+from mergetui.tui.chat.load_dialog import LoadModelDialog
+from mergetui.tui.chat.screen import ChatScreen, open_chat
 
 GB = 1000**3
 NO_BF16 = frozenset({"fpu", "sse2", "avx", "avx2", "fma", "avx512f"})

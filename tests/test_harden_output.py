@@ -263,7 +263,7 @@ async def test_the_run_screen_does_not_offer_to_replace_a_foreign_folder(
     from mergetui.paths import CONFIG_ENV, DATA_ENV
     from mergetui.tui.app import MergeTuiApp
     from mergetui.tui.dialogs.confirm import ConfirmDialog
-    from mergetui.tui.run_screen import RunScreen
+    from mergetui.tui.run.screen import RunScreen
 
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
     monkeypatch.setenv(DATA_ENV, str(tmp_path / "data"))

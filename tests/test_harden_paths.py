@@ -24,7 +24,7 @@ from mergetui.recipe.paths import output_folder, recipe_folder
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.recipe.insight_dialogs import MetricPicker
 from mergetui.tui.recipe.screen import RecipeScreen
-from mergetui.tui.run_screen import RunScreen
+from mergetui.tui.run.screen import RunScreen
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -185,7 +185,7 @@ async def test_the_run_screen_merges_without_trust(
     from mergetui.editing.document import RecipeDocument
     from mergetui.paths import CONFIG_ENV, DATA_ENV
     from mergetui.tui.app import MergeTuiApp
-    from mergetui.tui.run_screen import RunScreen
+    from mergetui.tui.run.screen import RunScreen
 
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
     monkeypatch.setenv(DATA_ENV, str(tmp_path / "data"))

@@ -177,9 +177,9 @@ async def test_screens_have_one_key_each_and_are_in_the_footer(ties_recipe: Path
         footer_keys = footer_fits(app, 80)
         assert footer_keys[:6] == ["ctrl+s", "f1", "f2", "f3", "f4", "f5"]
         assert "ctrl+q" not in footer_keys  # Quit is in F1 and the palette: no room at 80
-        from mergetui.tui.chat_screen import ChatScreen
+        from mergetui.tui.chat.screen import ChatScreen
         from mergetui.tui.checkpoints.screen import CheckpointsScreen
-        from mergetui.tui.run_screen import RunScreen
+        from mergetui.tui.run.screen import RunScreen
 
         for key, mode, screen_class in (
             ("f2", "checkpoints", CheckpointsScreen),

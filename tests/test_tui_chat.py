@@ -20,9 +20,10 @@ from mergetui.chat.loader import load_for_chat
 from mergetui.chat.prompt import conversation
 from mergetui.editing.document import RecipeDocument
 from mergetui.paths import CONFIG_ENV, DATA_ENV
-from mergetui.tui import chat_screen
 from mergetui.tui.app import MergeTuiApp
-from mergetui.tui.chat_screen import ChatScreen, LoadModelDialog, open_chat
+from mergetui.tui.chat import stream
+from mergetui.tui.chat.load_dialog import LoadModelDialog
+from mergetui.tui.chat.screen import ChatScreen, open_chat
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +100,7 @@ async def test_load_shows_progress_then_the_model(llama_family: dict[str, Path])
 async def test_a_reply_streams_and_matches_the_core(
     llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(chat_screen, "STREAM_INTERVAL", 0.0)
+    monkeypatch.setattr(stream, "STREAM_INTERVAL", 0.0)
     app = MergeTuiApp()
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await loaded_chat(app, pilot, llama_family["a"])
@@ -176,7 +177,7 @@ async def test_esc_stops_a_reply(
 async def test_compare_sends_one_prompt_to_the_model_and_its_parents(
     family_recipe: Path, llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(chat_screen, "STREAM_INTERVAL", 0.0)
+    monkeypatch.setattr(stream, "STREAM_INTERVAL", 0.0)
     app = MergeTuiApp(RecipeDocument.open(family_recipe))
     async with app.run_test(size=(120, 30)) as pilot:
         screen = await loaded_chat(app, pilot, llama_family["base"])
@@ -205,7 +206,7 @@ async def test_compare_sends_one_prompt_to_the_model_and_its_parents(
             assert shown == (expected.text or "*(no visible text)*")
             status = str(screen.query_one(f"#compare-status-{index}").render())
             assert "12 tokens" in status
-            assert status.endswith(chat_screen.COMPARE_NOTES[expected.finish])  # words, not codes
+            assert status.endswith(stream.COMPARE_NOTES[expected.finish])  # words, not codes
         # The parents stay loaded (they fit) and are reused by the quick check.
         assert set(screen.extra) == {
             str(llama_family["a"].resolve()),
@@ -363,10 +364,10 @@ async def test_every_reply_says_why_it_ended(
     llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found in the walkthrough: a reply that ended at its end of turn gave no reason."""
-    monkeypatch.setattr(chat_screen, "STREAM_INTERVAL", 0.0)
-    assert set(chat_screen.FINISH_NOTES) == {"end", "length", "context", "stopped"}
-    assert all(note.strip(" ·") for note in chat_screen.FINISH_NOTES.values())
-    assert chat_screen.FINISH_NOTES["end"] == "end of turn"
+    monkeypatch.setattr(stream, "STREAM_INTERVAL", 0.0)
+    assert set(stream.FINISH_NOTES) == {"end", "length", "context", "stopped"}
+    assert all(note.strip(" ·") for note in stream.FINISH_NOTES.values())
+    assert stream.FINISH_NOTES["end"] == "end of turn"
     app = MergeTuiApp()
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await loaded_chat(app, pilot, llama_family["a"])
@@ -376,7 +377,7 @@ async def test_every_reply_says_why_it_ended(
         await pilot.press("enter")
         await wait_for(pilot, lambda: screen.busy is None and screen.last_reply is not None)
         status = str(screen.query_one("#chat-status").render())
-        assert status.endswith(chat_screen.FINISH_NOTES[screen.last_reply.finish].strip())
+        assert status.endswith(stream.FINISH_NOTES[screen.last_reply.finish].strip())
 
 
 async def test_loading_shows_its_progress_bar_not_a_spinner_over_the_screen(
@@ -497,7 +498,7 @@ async def test_the_chat_status_line_fits_80_columns(
 ) -> None:
     """At 80 columns the reply's figures and why it ended did not fit and were cut mid-word: the
     status line drops or shortens its last part instead, and keeps every part for a wider one."""
-    monkeypatch.setattr(chat_screen, "STREAM_INTERVAL", 0.0)
+    monkeypatch.setattr(stream, "STREAM_INTERVAL", 0.0)
     app = MergeTuiApp()
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await loaded_chat(app, pilot, llama_family["a"])
@@ -510,5 +511,5 @@ async def test_the_chat_status_line_fits_80_columns(
         shown = str(status.render())
         assert len(shown) <= status.content_size.width
         assert shown.startswith(f"{screen.last_reply.tokens} tokens in")
-        note = chat_screen.FINISH_NOTES[screen.last_reply.finish]
+        note = stream.FINISH_NOTES[screen.last_reply.finish]
         assert status.full_text.endswith(note)

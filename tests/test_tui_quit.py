@@ -18,7 +18,7 @@ from mergetui.editing.document import RecipeDocument
 from mergetui.paths import CONFIG_ENV, DATA_ENV
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.dialogs.confirm import ConfirmDialog, ConfirmQuit
-from mergetui.tui.run_screen import RunScreen
+from mergetui.tui.run.screen import RunScreen
 
 
 @pytest.fixture(autouse=True)

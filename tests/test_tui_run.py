@@ -15,12 +15,14 @@ from mergetui.editing.document import RecipeDocument
 from mergetui.merge.history import load_history
 from mergetui.paths import CONFIG_ENV, DATA_ENV
 from mergetui.recipe.toml_write import dumps_toml
-from mergetui.tui import run_screen
 from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.dialogs.confirm import ConfirmDialog, ConfirmQuit
 from mergetui.tui.dialogs.paths import TextPrompt
 from mergetui.tui.recipe.screen import RecipeScreen
-from mergetui.tui.run_screen import RunScreen, _Relay
+from mergetui.tui.run import clocks, worker
+from mergetui.tui.run.messages import ProgressState, RunProgress
+from mergetui.tui.run.screen import RunScreen
+from mergetui.tui.run.worker import Relay as _Relay
 
 
 @pytest.fixture(autouse=True)
@@ -93,8 +95,8 @@ async def test_merge_from_the_app_with_progress_and_history(
     tmp_path: Path, llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recipe_path = write_recipe(tmp_path, llama_family)
-    monkeypatch.setattr(run_screen, "PROGRESS_HZ", 10**6)  # every tensor becomes a message
-    seen: list[run_screen.ProgressState] = []
+    monkeypatch.setattr(worker, "PROGRESS_HZ", 10**6)  # every tensor becomes a message
+    seen: list[ProgressState] = []
     original = RunScreen._show_progress
 
     def spy(self, state):
@@ -384,7 +386,7 @@ def test_progress_is_coalesced(llama_family: dict[str, Path], tmp_path: Path) ->
             done += tensor.nbytes
             relay(TensorDone(tensor.index, plan.tensor_count, tensor.name, done, 0, tensor.layer))
     relay.flush()
-    progress = [m for m in collector.messages if isinstance(m, run_screen.RunProgress)]
+    progress = [m for m in collector.messages if isinstance(m, RunProgress)]
     assert 1 <= len(progress) < 20 * plan.tensor_count / 10
     assert progress[-1].state.tensors_done == 20 * plan.tensor_count
     assert progress[-1].state.bytes_done == done
@@ -457,7 +459,7 @@ async def test_a_cancelled_merge_shows_no_eta_and_no_current_tensor(
     tmp_path: Path, llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reached, release = gate_the_engine(monkeypatch)
-    monkeypatch.setattr(run_screen, "PROGRESS_HZ", 10**6)  # the held tensor is drawn at once
+    monkeypatch.setattr(worker, "PROGRESS_HZ", 10**6)  # the held tensor is drawn at once
     app = MergeTuiApp(RecipeDocument.open(write_recipe(tmp_path, llama_family)))
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await on_run_screen(app, pilot)
@@ -588,7 +590,7 @@ async def test_elapsed_keeps_counting_while_no_tensor_finishes(
 ) -> None:
     """Found in the walkthrough: a slow first tensor left "elapsed 0.2 s" on screen for seconds."""
     now = [1000.0]
-    monkeypatch.setattr(run_screen, "CLOCK", lambda: now[0])
+    monkeypatch.setattr(clocks, "CLOCK", lambda: now[0])
     reached, release = gate_the_engine(monkeypatch)
     app = MergeTuiApp(RecipeDocument.open(write_recipe(tmp_path, llama_family)))
     async with app.run_test(size=(100, 30)) as pilot:

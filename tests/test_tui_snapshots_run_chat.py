@@ -14,8 +14,9 @@ import pytest
 
 from mergetui.editing.document import RecipeDocument
 from mergetui.paths import CONFIG_ENV, DATA_ENV
-from mergetui.tui import chat_screen, run_screen
 from mergetui.tui.app import MergeTuiApp
+from mergetui.tui.chat import stream
+from mergetui.tui.run import clocks
 
 FROZEN = types.SimpleNamespace(perf_counter=lambda: 0.0, monotonic=lambda: 0.0)
 
@@ -28,9 +29,9 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(run_screen, "CLOCK", lambda: 100.0)
-    monkeypatch.setattr(run_screen, "WALL_CLOCK", lambda: 1_767_225_600.0)  # 2026-01-01 00:00
-    monkeypatch.setattr(chat_screen, "STREAM_INTERVAL", 0.0)
+    monkeypatch.setattr(clocks, "CLOCK", lambda: 100.0)
+    monkeypatch.setattr(clocks, "WALL_CLOCK", lambda: 1_767_225_600.0)  # 2026-01-01 00:00
+    monkeypatch.setattr(stream, "STREAM_INTERVAL", 0.0)
     # The peak estimate counts one working set per engine worker, one per core: pin the cores so
     # the figure on screen is the same on every machine.
     import mergetui.merge.runner as runner
@@ -129,7 +130,7 @@ def test_run_screen_history_100x30(snap_compare, recipe: Path) -> None:
 
 
 async def chatted(pilot) -> None:
-    from mergetui.tui.chat_screen import open_chat
+    from mergetui.tui.chat.screen import open_chat
 
     app = pilot.app
     await pilot.pause()

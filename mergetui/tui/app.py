@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from textual import on
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -20,14 +21,21 @@ from mergetui.errors import UserError
 from mergetui.paths import user_themes_dir
 from mergetui.resources import themes_dir
 from mergetui.settings import DEFAULT_THEME, AppConfig
-from mergetui.tui.chat_screen import ChatScreen
+from mergetui.tui.chat.screen import ChatScreen, ask_load_model, open_chat
 from mergetui.tui.checkpoints.screen import CheckpointsScreen
-from mergetui.tui.commands import MergeTuiCommands, PaletteCommand
+from mergetui.tui.commands import (
+    MergeTuiCommands,
+    PaletteCommand,
+    PaletteEntry,
+    binding_commands,
+    binding_keys,
+)
 from mergetui.tui.dialogs.confirm import ConfirmDialog, ConfirmQuit
 from mergetui.tui.dialogs.paths import TextPrompt
 from mergetui.tui.help import HelpScreen, active_sections
 from mergetui.tui.recipe.screen import RecipeScreen
-from mergetui.tui.run_screen import RunScreen, app_palette_commands
+from mergetui.tui.run.messages import ChatWith
+from mergetui.tui.run.screen import RunScreen, start_merge
 from mergetui.tui.themes import Heatmap, LoadedTheme, default_heatmap, load_themes
 
 SCREENS: dict[str, tuple[str, str]] = {
@@ -38,6 +46,7 @@ SCREENS: dict[str, tuple[str, str]] = {
     "chat": ("f5", "Chat"),
 }
 MODIFIED_MARK = "[modified]"
+T = TypeVar("T")
 
 
 class MergeTuiApp(App):
@@ -53,6 +62,24 @@ class MergeTuiApp(App):
     }
     DEFAULT_MODE = "recipe"
     COMMANDS = App.COMMANDS | {MergeTuiCommands}
+    # The palette's entries for the app's actions: (action, title, what it does); the keys come
+    # from BINDINGS.
+    PALETTE = [
+        PaletteEntry("save", "Save recipe", "write the recipe as TOML"),
+        PaletteEntry("save_as", "Save recipe as…", "write the recipe to another TOML file"),
+        PaletteEntry("open", "Open recipe…", "a TOML recipe or a mergekit YAML config"),
+        PaletteEntry("new_recipe", "New recipe", "start from an empty recipe"),
+        PaletteEntry("export_yaml", "Export mergekit YAML…", "write a config for mergekit-yaml"),
+        PaletteEntry(
+            "push_to_hub",
+            "Push a folder to the Hub…",
+            "upload a merged model with its card (needs HF_TOKEN)",
+        ),
+        PaletteEntry("help", "Help: keys of this screen", ""),
+        PaletteEntry(
+            "quit", "Quit", "asks first if there are unsaved changes or a merge is running"
+        ),
+    ]
     BINDINGS = [
         Binding("f1", "help", "Help"),
         Binding("question_mark", "help", "Help", show=False),
@@ -87,6 +114,7 @@ class MergeTuiApp(App):
         # Run and Chat: the last finished merge, and a checkpoint the Chat screen should load.
         self.last_merge_output: str | None = None
         self.pending_chat_model: str | None = None
+        self.pending_chat_options: dict[str, Any] | None = None  # `mergetui chat`'s flags
         self._quit_merge_dialog: ConfirmDialog | None = None  # open while asking
         self.theme_errors: list[str] = []
         self._load_themes()
@@ -211,6 +239,11 @@ class MergeTuiApp(App):
             return
         self._quit_unless_unsaved()
 
+    @on(ChatWith)
+    def _chat_with(self, message: ChatWith) -> None:
+        """The Run screen's "chat with it": the Chat screen loads the finished merge."""
+        open_chat(self, message.source)
+
     def merge_ended(self, outcome: str) -> None:
         """The Run screen's merge ended: "Quit and cancel the merge?" no longer asks anything, so
         it closes (as the cancel question does), and ctrl+q now quits without it."""
@@ -264,15 +297,21 @@ class MergeTuiApp(App):
     def _save_to(self, path: str | None, then: Callable[[], Any] | None = None) -> None:
         if path is None and self.document.path is None:
             return
-        try:
-            saved = self.document.save(path)
-        except (UserError, OSError) as exc:
-            self.notify(str(exc), title="Not saved", severity="error", timeout=8)
+        saved = self._attempt("Not saved", partial(self.document.save, path))
+        if saved is None:
             return
         self.notify(f"saved {saved}", timeout=3)
         self.refresh_title()
         if then is not None:
             then()
+
+    def _attempt(self, title: str, do: Callable[[], T]) -> T | None:
+        """`do()`, or None after saying why it failed (a file that could not be read or written)."""
+        try:
+            return do()
+        except (UserError, OSError) as exc:
+            self.notify(str(exc), title=title, severity="error", timeout=8)
+            return None
 
     def action_export_yaml(self) -> None:
         suggestion = self.document.suggested_path().with_suffix(".yaml")
@@ -283,10 +322,8 @@ class MergeTuiApp(App):
     def _export_to(self, path: str | None) -> None:
         if path is None:
             return
-        try:
-            written = self.document.export_yaml(path)
-        except (UserError, OSError) as exc:
-            self.notify(str(exc), title="Not exported", severity="error", timeout=8)
+        written = self._attempt("Not exported", partial(self.document.export_yaml, path))
+        if written is None:
             return
         self.notify(f"exported {written} (mergekit-yaml {written.name} OUT)", timeout=5)
 
@@ -303,10 +340,8 @@ class MergeTuiApp(App):
     def _open_path(self, path: str | None) -> None:
         if path is None:
             return
-        try:
-            document = RecipeDocument.open(path)
-        except (UserError, OSError) as exc:
-            self.notify(str(exc), title="Not opened", severity="error", timeout=8)
+        document = self._attempt("Not opened", partial(RecipeDocument.open, path))
+        if document is None:
             return
         self.document = document
         self.document_replaced()
@@ -350,51 +385,14 @@ class MergeTuiApp(App):
         commands = [
             PaletteCommand(
                 f"Go to {title}",
-                f"{key} · the {title} screen",
+                f"{binding_keys(self.BINDINGS, action)} · the {title} screen",
                 partial(self.switch_mode, mode),
-                f"switch_mode('{mode}')",
+                action,
             )
-            for mode, (key, title) in SCREENS.items()
+            for mode, (_key, title) in SCREENS.items()
+            for action in [f"switch_mode('{mode}')"]
         ]
-        commands += [
-            PaletteCommand(
-                "Save recipe", "ctrl+s · write the recipe as TOML", self.action_save, "save"
-            ),
-            PaletteCommand(
-                "Save recipe as…",
-                "write the recipe to another TOML file",
-                self.action_save_as,
-                "save_as",
-            ),
-            PaletteCommand(
-                "Open recipe…",
-                "ctrl+o · a TOML recipe or a mergekit YAML config",
-                self.action_open,
-                "open",
-            ),
-            PaletteCommand(
-                "New recipe", "start from an empty recipe", self.action_new_recipe, "new_recipe"
-            ),
-            PaletteCommand(
-                "Export mergekit YAML…",
-                "write a config for mergekit-yaml",
-                self.action_export_yaml,
-                "export_yaml",
-            ),
-            PaletteCommand(
-                "Push a folder to the Hub…",
-                "upload a merged model with its card (needs HF_TOKEN)",
-                self.action_push_to_hub,
-                "push_to_hub",
-            ),
-            PaletteCommand("Help: keys of this screen", "f1 or ?", self.action_help, "help"),
-            PaletteCommand(
-                "Quit",
-                "ctrl+q · asks first if there are unsaved changes or a merge is running",
-                self.action_quit,
-                "quit",
-            ),
-        ]
+        commands += binding_commands(self, self.PALETTE, self.BINDINGS, run=self._run_action_now)
         for name in sorted(self.available_themes):
             loaded = self.themes.get(name)
             description = loaded.description if loaded else "Textual built-in theme"
@@ -406,10 +404,39 @@ class MergeTuiApp(App):
                     f"theme('{name}')",
                 )
             )
-        commands += app_palette_commands(self)
+        commands += self._run_and_chat_commands()
         if hasattr(screen, "palette_commands"):
             commands += screen.palette_commands()
         return commands
+
+    def _run_action_now(self, action: str) -> Any:
+        """A palette entry of the app's: run its action method at once."""
+        return getattr(self, f"action_{action}")()
+
+    def _run_and_chat_commands(self) -> list[PaletteCommand]:
+        """Run and chat entries every screen's palette has (their keys work on those screens)."""
+        return [
+            *binding_commands(
+                self,
+                [PaletteEntry("run_merge", "Run merge", "merge the open recipe now")],
+                RunScreen.BINDINGS,
+                where="Run screen",
+                run=lambda _action: start_merge(self),
+            ),
+            *binding_commands(
+                self,
+                [
+                    PaletteEntry(
+                        "load_model",
+                        "Chat: load a model…",
+                        "a merge, a parent or any checkpoint folder",
+                    )
+                ],
+                ChatScreen.BINDINGS,
+                where="Chat screen",
+                run=lambda _action: ask_load_model(self),
+            ),
+        ]
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         # Our provider covers quitting and themes; keep Textual's extras (keys panel, screenshot).
