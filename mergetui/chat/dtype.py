@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
-from mergetui.dtypes import ALIASES
+from mergetui.dtypes import ALIASES, COMPUTE_CODES, dtype_name
 from mergetui.errors import UserError
 from mergetui.formatting import human_bytes
 
@@ -64,11 +64,11 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
 
 def stored_dtype(codes: Iterable[tuple[str, int]]) -> str | None:
     """The floating dtype holding most of a checkpoint's entries, from (safetensors code, numel)."""
-    names = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
     totals: dict[str, int] = {}
     for code, numel in codes:
-        if code in names:
-            totals[names[code]] = totals.get(names[code], 0) + numel
+        name = dtype_name(code) if code in COMPUTE_CODES else None
+        if name is not None:
+            totals[name] = totals.get(name, 0) + numel
     return max(totals, key=lambda name: totals[name]) if totals else None
 
 
