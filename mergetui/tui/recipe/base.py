@@ -1,5 +1,5 @@
-"""What every part of the Recipe screen shares: the open document, one message for an edit, and
-the keys of its lists.
+"""What every part of the Recipe screen shares: the open document, one message for an edit, the
+tabs' base class and the keys of its lists.
 
 A pane changes the recipe inside `with self.edit(label):` (one undo step); when the block ends it
 posts `RecipeEdited`, and the screen refreshes every pane, the validation and the title.
@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from textual.binding import Binding
 from textual.message import Message
+from textual.widgets import TabPane
 
 from mergetui.tui.paths_text import document_folder
+from mergetui.tui.recipe.facts import Facts
 
 if TYPE_CHECKING:
     from mergetui.editing.document import RecipeDocument
@@ -58,6 +60,15 @@ class RecipePart:
         with self.document.edit(label) as recipe:
             yield recipe
         self.post_message(RecipeEdited(label))
+
+
+class RecipePane(RecipePart, TabPane):
+    """A tab of the Recipe screen. `facts` is the screen's dict of what each model's checkpoint
+    headers say, filled in by its worker and read by the panes."""
+
+    def __init__(self, title: str, facts: Facts, *, id: str) -> None:
+        super().__init__(title, id=id)
+        self.facts = facts
 
 
 def move_bindings(action: str, noun: str) -> list[Binding]:

@@ -11,13 +11,13 @@ from __future__ import annotations
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal
-from textual.widgets import Sparkline, Static, TabPane
+from textual.widgets import Sparkline, Static
 
 from mergetui.editing.cells import GROUP_LABELS, format_number
 from mergetui.editing.layer_table import GridModel
 from mergetui.tui.commands import PaletteEntry
 from mergetui.tui.dialogs.paths import TextPrompt
-from mergetui.tui.recipe.base import RecipePart
+from mergetui.tui.recipe.base import RecipePane
 from mergetui.tui.recipe.facts import Facts, layer_counts, tensor_names
 from mergetui.tui.recipe.grid import LayerGrid
 from mergetui.tui.recipe.insight import InsightNote
@@ -28,7 +28,7 @@ GRID_KEYS_HINT = (
 )
 
 
-class LayersPane(RecipePart, TabPane):
+class LayersPane(RecipePane):
     """The Layers tab (F7)."""
 
     PALETTE = (
@@ -39,9 +39,8 @@ class LayersPane(RecipePart, TabPane):
         ),
     )
 
-    def __init__(self, title: str, model: GridModel, facts: Facts, *, id: str) -> None:
-        super().__init__(title, id=id)
-        self.facts = facts
+    def __init__(self, title: str, facts: Facts, model: GridModel, *, id: str) -> None:
+        super().__init__(title, facts, id=id)
         self.layer_override: int | None = None  # a layer count typed in (set_layer_count)
         self.grid = LayerGrid(model, id="grid")
         self.insight = InsightNote(self.grid, facts, self.refresh_grid, id="insight-note")

@@ -8,6 +8,7 @@ counts the errors).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,14 +55,11 @@ class ProblemsPane(RecipePart, TabPane):
 
         problems: list[Any]
 
-    def __init__(self, *, id: str) -> None:
-        super().__init__(self._label(0), id=id)
+    def __init__(self, title: Callable[[str], str], *, id: str) -> None:
+        super().__init__(title(""), id=id)
+        self._tab_title = title  # the tab's title, given what to add to its name (the count)
         self.problems: list[Any] = []
         self._check_timer: Timer | None = None
-
-    @staticmethod
-    def _label(count: int) -> str:
-        return f"Problems ({count}) [dim]F9[/]" if count else "Problems [dim]F9[/]"
 
     def compose(self) -> ComposeResult:
         yield Static(id="problems-summary")
@@ -114,5 +112,5 @@ class ProblemsPane(RecipePart, TabPane):
                 f"[b]{errors} error(s), {len(problems) - errors} warning(s)[/] · updated on every edit"
             )
         tabs = self.query_ancestor(TabbedContent)
-        tabs.get_tab(self).label = self._label(len(problems))
+        tabs.get_tab(self).label = self._tab_title(f" ({len(problems)})" if problems else "")
         self.post_message(self.Checked(problems))

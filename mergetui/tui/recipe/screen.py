@@ -12,7 +12,7 @@ lists its keys for the help screen and the palette.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -35,12 +35,25 @@ from mergetui.tui.recipe.slices import SlicesPane
 from mergetui.tui.status_line import StatusLine
 from mergetui.tui.workers import reply
 
-# Where each tab puts the focus when it is chosen with its key.
-TAB_FOCUS = {
-    "setup": "#method-button",
-    "layers": "#grid",
-    "slices": "#slices-table",
-    "problems": "#problems-table",
+
+class Tab(NamedTuple):
+    """One tab: its key (shown in its title), its name, what the palette says of it, and what
+    has the focus when the key chooses it."""
+
+    key: str
+    name: str
+    detail: str
+    focus: str
+
+    def title(self, count: str = "") -> str:
+        return f"{self.name}{count} [dim]{self.key.upper()}[/]"
+
+
+TABS = {
+    "setup": Tab("f6", "Setup", "method, models, shared parameters, output", "#method-button"),
+    "layers": Tab("f7", "Layers", "the per-layer grid", "#grid"),
+    "slices": Tab("f8", "Slices", "layer stacks for passthrough merges", "#slices-table"),
+    "problems": Tab("f9", "Problems", "what the validator found", "#problems-table"),
 }
 
 
@@ -49,20 +62,12 @@ class RecipeScreen(RecipePart, ModeScreen):
 
     BINDINGS = [
         Binding("ctrl+s", "app.save", "Save"),  # the app's key, shown in this footer only
-        Binding("f6", "tab('setup')", "Setup tab", show=False),
-        Binding("f7", "tab('layers')", "Layers tab", show=False),
-        Binding("f8", "tab('slices')", "Slices tab", show=False),
-        Binding("f9", "tab('problems')", "Problems tab", show=False),
+        *(Binding(t.key, f"tab('{n}')", f"{t.name} tab", show=False) for n, t in TABS.items()),
         Binding("ctrl+z", "undo", "Undo", show=False),
         Binding("ctrl+y", "redo", "Redo", show=False),
     ]
     PALETTE = (
-        PaletteEntry(
-            "tab('setup')", "Recipe: Setup tab", "method, models, shared parameters, output"
-        ),
-        PaletteEntry("tab('layers')", "Recipe: Layers tab", "the per-layer grid"),
-        PaletteEntry("tab('slices')", "Recipe: Slices tab", "layer stacks for passthrough merges"),
-        PaletteEntry("tab('problems')", "Recipe: Problems tab", "what the validator found"),
+        *(PaletteEntry(f"tab('{n}')", f"Recipe: {t.name} tab", t.detail) for n, t in TABS.items()),
         PaletteEntry("undo", "Undo", "undo the last recipe edit"),
         PaletteEntry("redo", "Redo", "redo what was undone"),
     )
@@ -82,10 +87,10 @@ class RecipeScreen(RecipePart, ModeScreen):
         yield Header()
         initial = "layers" if self.recipe.models else "setup"
         with TabbedContent(id="recipe-tabs", initial=initial):
-            yield SetupPane("Setup [dim]F6[/]", self.facts, id="setup")
-            yield LayersPane("Layers [dim]F7[/]", self.grid_model, self.facts, id="layers")
-            yield SlicesPane("Slices [dim]F8[/]", self.facts, id="slices")
-            yield ProblemsPane(id="problems")
+            yield SetupPane(TABS["setup"].title(), self.facts, id="setup")
+            yield LayersPane(TABS["layers"].title(), self.facts, self.grid_model, id="layers")
+            yield SlicesPane(TABS["slices"].title(), self.facts, id="slices")
+            yield ProblemsPane(TABS["problems"].title, id="problems")
         yield StatusLine(id="status")
         yield KeyFooter()
 
@@ -205,7 +210,7 @@ class RecipeScreen(RecipePart, ModeScreen):
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
-        self.query_one(TAB_FOCUS[tab]).focus()
+        self.query_one(TABS[tab].focus).focus()
 
     @on(TabbedContent.TabActivated)
     def tab_activated(self, event: TabbedContent.TabActivated) -> None:

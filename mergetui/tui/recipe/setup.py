@@ -11,7 +11,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select, Static, TabPane
+from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select, Static
 
 from mergetui.dtypes import OUTPUT_NAMES
 from mergetui.errors import UserError
@@ -20,14 +20,13 @@ from mergetui.recipe.model import ModelEntry
 from mergetui.tui.commands import PaletteEntry
 from mergetui.tui.dialogs.methods import MethodPicker
 from mergetui.tui.dialogs.models import AddModelDialog, ModelChoice
-from mergetui.tui.recipe.base import RecipePart, move_bindings, swap
-from mergetui.tui.recipe.facts import Facts
+from mergetui.tui.recipe.base import RecipePane, move_bindings, swap
 from mergetui.tui.recipe.params import ParamField, bool_label, parse_param_text, value_text
 
 BASE_POLICY = {"required": "needs a base", "optional": "base optional", "ignored": "no base"}
 
 
-class SetupPane(RecipePart, TabPane):
+class SetupPane(RecipePane):
     """The Setup tab (F6): method, models, shared parameters, output."""
 
     BINDINGS = [
@@ -44,10 +43,6 @@ class SetupPane(RecipePart, TabPane):
         PaletteEntry("move_model(-1)", "Move model up", "earlier in the input order"),
         PaletteEntry("move_model(1)", "Move model down", "later in the input order"),
     )
-
-    def __init__(self, title: str, facts: Facts, *, id: str) -> None:
-        super().__init__(title, id=id)
-        self.facts = facts
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="setup-scroll"):

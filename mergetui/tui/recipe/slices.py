@@ -6,14 +6,14 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import DataTable, Static, TabPane
+from textual.widgets import DataTable, Static
 
 from mergetui.formatting import human_count
 from mergetui.recipe.model import Slice, SliceSource
 from mergetui.tui.commands import PaletteEntry
 from mergetui.tui.dialogs.slices import SliceChoice, SliceDialog
-from mergetui.tui.recipe.base import RecipePart, move_bindings, swap
-from mergetui.tui.recipe.facts import Facts, layer_counts
+from mergetui.tui.recipe.base import RecipePane, move_bindings, swap
+from mergetui.tui.recipe.facts import layer_counts
 
 SLICE_KEYS_HINT = (
     "[dim]a add slice · s add a source to a slice · e edit · x remove · shift+↑↓ move[/]"
@@ -27,7 +27,7 @@ STACK = "Output layers, top to bottom: each slice takes layers \\[first, end) of
 Where = tuple[int, int | None]  # (slice, source), or (slice, None) for a new source of a slice
 
 
-class SlicesPane(RecipePart, TabPane):
+class SlicesPane(RecipePane):
     """The Slices tab (F8): one row per slice source, the layer stack top to bottom."""
 
     BINDINGS = [
@@ -45,10 +45,6 @@ class SlicesPane(RecipePart, TabPane):
         PaletteEntry("move_slice(-1)", "Move slice up", "earlier in the stack"),
         PaletteEntry("move_slice(1)", "Move slice down", "later in the stack"),
     )
-
-    def __init__(self, title: str, facts: Facts, *, id: str) -> None:
-        super().__init__(title, id=id)
-        self.facts = facts
 
     def compose(self) -> ComposeResult:
         with Vertical(id="slices-pane"):
