@@ -457,6 +457,17 @@ def test_the_readme_set_up_names_the_cpu_torch_build_and_keeps_two_commands() ->
     assert "--kind mlp" in example
 
 
+def test_ci_runs_the_readmes_test_command_exactly() -> None:
+    """CI must run what a developer is told to run: the README's second set-up command."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    test_command = re.findall(r"```bash\n(.*?)\n```", setup, flags=re.S)[1]
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    flags = "--quiet --disable-pip-version-check "
+    assert test_command.replace("pip install ", f"python -m pip install {flags}") in ci
+    assert "lint-imports" in test_command
+
+
 def test_the_default_demo_folder_is_ignored_by_git() -> None:
     from mergetui.cli.cmd_demo import DEFAULT_DIR
 

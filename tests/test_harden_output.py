@@ -456,7 +456,7 @@ def test_a_running_merges_temporary_folder_is_left_alone(
 def test_dry_run_shows_the_device_a_run_would_use(
     llama_family: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mergetui.merge.device import resolve_device
+    from mergetui.device import resolve_device
 
     recipe = _recipe(llama_family, tmp_path / "r.toml")
     assert main(["merge", str(recipe), "--out", str(tmp_path / "x"), "--dry-run"]) == 0

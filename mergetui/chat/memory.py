@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mergetui.device import check_device_name
 from mergetui.dtypes import COMPUTE_CODES, DTYPE_SIZES
 from mergetui.errors import UserError
 from mergetui.formatting import human_bytes
-from mergetui.merge.device import check_device_name
 
 if TYPE_CHECKING:
     from mergetui.checkpoints.safetensors_io import TensorInfo
@@ -103,7 +103,7 @@ def choose_device(
 
     Raises UserError, with both numbers and what to do, when nothing has room.
     """
-    from mergetui.merge.device import resolve_device
+    from mergetui.device import resolve_device
 
     normalised = check_device_name(name)
     report = dict(free or {})

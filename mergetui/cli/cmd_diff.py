@@ -31,7 +31,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mergetui.merge.device import DEVICE_CHOICES_HELP
+    from mergetui.device import DEVICE_CHOICES_HELP
 
     parser.add_argument("model_a", metavar="MODEL_A", help="checkpoint folder or cached Hub id")
     parser.add_argument("model_b", metavar="MODEL_B", help="checkpoint folder or cached Hub id")
@@ -89,10 +89,10 @@ def model_names(sources: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mergetui.device import check_device_name
     from mergetui.errors import UserError
     from mergetui.merge.analysis_plan import plan_analysis
     from mergetui.merge.analysis_run import run_analysis
-    from mergetui.merge.device import check_device_name
 
     device = check_device_name(args.device)
     sources = [args.model_a, args.model_b, *args.more]

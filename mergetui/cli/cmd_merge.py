@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from mergetui.cli.output import console, console_err
-    from mergetui.merge.device import check_device_name
+    from mergetui.device import check_device_name
     from mergetui.merge.plan import make_plan
     from mergetui.merge.target import check_output, output_guard
     from mergetui.merge.writer import parse_size
@@ -180,7 +180,7 @@ def _print_plan(plan: Any, *, force: bool) -> None:
     from rich.table import Table
 
     from mergetui.cli.output import console
-    from mergetui.merge.device import resolve_device
+    from mergetui.device import resolve_device
     from mergetui.merge.plan import estimate_peak_bytes
     from mergetui.merge.target import output_guard, replace_refusal
 

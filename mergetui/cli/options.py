@@ -43,6 +43,6 @@ def checked_device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
     """The --device and --dtype of a command that loads a model, checked before anything is
     loaded (a `UserError` names a bad one)."""
     from mergetui.chat.dtype import check_dtype_name
-    from mergetui.merge.device import check_device_name
+    from mergetui.device import check_device_name
 
     return check_device_name(args.device), check_dtype_name(args.dtype)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mergetui.device import core_count, resolve_device, use_cores
 from mergetui.errors import CancelledError
 from mergetui.merge.analysis import Analysis, AnalysisProgress, Sums, TensorSums
 from mergetui.merge.analysis_plan import (
@@ -26,7 +27,6 @@ from mergetui.merge.analysis_plan import (
     plan_analysis,
     store_cached,
 )
-from mergetui.merge.device import core_count, resolve_device, use_cores
 
 CHUNK_ELEMENTS = 1 << 21  # must stay below 2**24 (exact float32 sign counts)
 

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mergetui.device import use_cores
 from mergetui.errors import CancelledError
 from mergetui.merge.budgets import BufferPool, ByteBudget, ComputeGate, Ledger
 from mergetui.merge.compute import compute_dtype, compute_piece
-from mergetui.merge.device import use_cores
 from mergetui.merge.events import MergeEvent, ShardWritten, TensorDone
 from mergetui.merge.work import FROM_FILE, WHOLE, Piece, WorkModel
 

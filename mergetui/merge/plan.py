@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergetui.checkpoints.compat import check_architectures
+from mergetui.device import check_device_name
 from mergetui.dtypes import dtype_name
 from mergetui.errors import UserError
 from mergetui.formatting import human_bytes
-from mergetui.merge.device import check_device_name
 from mergetui.merge.output import build_output_config
 from mergetui.merge.plan_models import (
     PlannedModel,

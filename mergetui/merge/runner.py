@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mergetui.device import core_count, resolve_device, use_cores
 from mergetui.errors import CancelledError, UserError
 from mergetui.formatting import human_bytes
 from mergetui.merge.budgets import Ledger
-from mergetui.merge.device import core_count, resolve_device, use_cores
 from mergetui.merge.events import (
     Cancelled,
     EventCallback,
