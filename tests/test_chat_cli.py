@@ -65,6 +65,23 @@ def test_chat_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert "unknown device" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--temperature", "nan"],
+        ["--temperature", "inf"],
+        ["--top-p", "nan"],
+        ["--max-new-tokens", "100000000"],
+    ],
+)
+def test_chat_refuses_non_finite_and_absurd_settings(
+    llama_family: dict[str, Path], capsys, flags: list[str]
+) -> None:
+    assert main(["chat", str(llama_family["a"]), "--prompt", "hi", *flags]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and flags[0].lstrip("-").replace("-", "_") in err
+
+
 def test_chat_without_prompt_opens_the_app_on_the_chat_screen(
     llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

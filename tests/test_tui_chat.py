@@ -328,6 +328,13 @@ async def test_invalid_settings_keep_the_last_good_value(llama_family: dict[str,
         field.value = "0.5"
         await pilot.pause()
         assert screen.settings.top_p == 0.5 and screen.settings.system_prompt == "Be brief."
+        # Every number is finite and in range: NaN and inf are refused like any bad value.
+        temperature = screen.query_one("#setting-temperature")
+        for bad in ("nan", "inf", "1e9"):
+            temperature.value = bad
+            await pilot.pause()
+            assert screen.settings.temperature == 0.7, bad
+            assert "temperature" in str(screen.query_one("#settings-message").render())
 
 
 def test_first_chat_frame_imports_no_torch(tmp_path: Path) -> None:

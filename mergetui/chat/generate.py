@@ -20,6 +20,28 @@ from mergetui.errors import UserError
 
 TextCallback = Callable[[str], None]
 
+MAX_TEMPERATURE = 100.0  # far past where sampling is already uniform noise
+MAX_NEW_TOKENS = 1_000_000
+# Each numeric setting: whether a value is in range (NaN is in none), and the range in words. The
+# CLI flags and the Chat screen's Settings tab both check against this.
+SETTING_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "temperature": (
+        lambda v: 0 <= v <= MAX_TEMPERATURE,
+        f"a number from 0 to {MAX_TEMPERATURE:g} (0 = greedy)",
+    ),
+    "top_p": (lambda v: 0 < v <= 1, "a number above 0, at most 1"),
+    "max_new_tokens": (
+        lambda v: 1 <= v <= MAX_NEW_TOKENS,
+        f"a whole number from 1 to {MAX_NEW_TOKENS:,}",
+    ),
+}
+
+
+def setting_problem(name: str, value: float) -> str | None:
+    """The range `value` should be in, in words, when it is outside it (or NaN); None when fine."""
+    in_range, words = SETTING_RANGES[name]
+    return None if in_range(value) else words
+
 
 @dataclass
 class GenerationSettings:
@@ -32,12 +54,11 @@ class GenerationSettings:
     seed: int | None = None
 
     def check(self) -> None:
-        if self.temperature < 0:
-            raise UserError("temperature must be 0 or more", where="temperature")
-        if not 0 < self.top_p <= 1:
-            raise UserError("top_p must be in (0, 1]", where="top_p")
-        if self.max_new_tokens < 1:
-            raise UserError("max_new_tokens must be at least 1", where="max_new_tokens")
+        for name in SETTING_RANGES:
+            value = getattr(self, name)
+            words = setting_problem(name, value)
+            if words is not None:
+                raise UserError(f"{name} must be {words}; got {value}", where=name)
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,15 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Input, Label, Select, Static
 
 from mergetui.chat.dtype import DTYPES
+from mergetui.chat.generate import SETTING_RANGES, setting_problem
 from mergetui.tui.chat.tab import SessionTab
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-# The numeric settings: how a value is read, when it is out of range (as GenerationSettings.check
-# says), and the range in words.
-NUMBERS: dict[str, tuple[Callable[[str], float], Callable[[float], bool], str]] = {
-    "temperature": (float, lambda n: n < 0, "a number, 0 or more (0 = greedy)"),
-    "top_p": (float, lambda n: not 0 < n <= 1, "a number above 0, at most 1"),
-    "max_new_tokens": (int, lambda n: n < 1, "a whole number, 1 or more"),
+# How each numeric setting's text is read; its range is GenerationSettings' (chat.generate).
+NUMBERS: dict[str, Callable[[str], float]] = {
+    "temperature": float,
+    "top_p": float,
+    "max_new_tokens": int,
 }
 
 
@@ -73,12 +73,12 @@ class SettingsTab(SessionTab):
         if key == "system":
             self.settings.system_prompt = event.value
         elif key in NUMBERS:
-            read, out_of_range, words = NUMBERS[key]
             try:
-                number = read(event.value.strip())
+                number = NUMBERS[key](event.value.strip())
             except ValueError:
                 number = None
-            if number is None or out_of_range(number):
+            words = SETTING_RANGES[key][1] if number is None else setting_problem(key, number)
+            if words is not None:
                 message.update(f"[b $error]{key}[/]: {words}; the last good value stays")
                 return
             setattr(self.settings, key, number)
