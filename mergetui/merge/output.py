@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from mergetui.checkpoints.hub.card import CARD_FILE  # the model card, where the Hub reads it
 from mergetui.errors import UserError
 
 if TYPE_CHECKING:
@@ -49,7 +50,6 @@ CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 RECIPE_FILE = "mergetui.toml"
 MERGEKIT_FILE = "mergekit_config.yml"
-CARD_FILE = "README.md"
 PROJECT_URL = "https://github.com/mergetui/mergetui"
 
 
@@ -321,7 +321,11 @@ def model_card(plan: Plan, recipe_toml: str, recipe_yaml: str | None) -> str:
 
 
 def _front_matter(plan: Plan) -> dict[str, Any]:
-    """The Hub's metadata: the parents on the Hub (a merge of them), library and tags."""
+    """The Hub's metadata: the parents on the Hub (a merge of them), library and tags.
+
+    Plain YAML rather than huggingface_hub's `ModelCardData`: these four keys need none of its
+    validation, and importing it (~0.1 s) would land on every merge, which otherwise never loads
+    huggingface_hub."""
     hub_parents = []
     for name in plan.models:
         source = plan.models[name].hub_id

@@ -15,7 +15,6 @@ No torch import here: a dry run and the app's recipe screen stay fast.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -286,8 +285,3 @@ def chunk_working_bytes(tensor: PlannedTensor, numel: int, cache_elements: int =
     temporaries = 4 * min(numel, CHUNK_ELEMENTS) * (len(tensor.inputs) + 4)
     cached = 4 * numel * (len(tensor.inputs) - 1) if numel <= cache_elements else 0
     return temporaries + cached
-
-
-def replace_output(plan: Plan, output_dir: str | Path) -> Plan:
-    """The same plan writing somewhere else (the app's "save as")."""
-    return dataclasses.replace(plan, output_dir=Path(output_dir).absolute())
