@@ -121,13 +121,13 @@ def _run(args: argparse.Namespace) -> int:
 def missing_hub_models(recipe: Any, recipe_dir: Path) -> dict[str, Any]:
     """The recipe's models that are Hub ids with no folder or cached snapshot on this machine."""
     from mergetui.checkpoints.locate import looks_like_hub_id
-    from mergetui.merge.plan_models import resolve_model_path
+    from mergetui.recipe.paths import locate_model
 
     return {
         name: entry
         for name, entry in recipe.models.items()
         if looks_like_hub_id(entry.source)
-        and resolve_model_path(entry.source, entry.revision, recipe_dir) is None
+        and locate_model(entry.source, entry.revision, recipe_dir) is None
     }
 
 

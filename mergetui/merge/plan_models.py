@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from mergetui.checkpoints.locate import looks_like_hub_id
 from mergetui.errors import UserError
-from mergetui.recipe.paths import local_model_path, output_folder
+from mergetui.recipe.paths import locate_model, output_folder
 
 if TYPE_CHECKING:
     from mergetui.checkpoints.inspect import Checkpoint
@@ -38,26 +38,11 @@ class PlannedModel:
         return self.checkpoint.config
 
 
-def resolve_model_path(
-    source: str, revision: str | None, recipe_dir: Path | None
-) -> tuple[Path, bool] | None:
-    """(folder, is_local_path) for a model source, or None when it is nowhere on this machine."""
-    from mergetui.checkpoints.locate import find_local
-
-    candidate = local_model_path(source, recipe_dir if recipe_dir is not None else Path.cwd())
-    if candidate.is_dir():
-        return candidate.resolve(), True
-    found = find_local(source, revision)
-    if found is not None:
-        return Path(found), False
-    return None
-
-
 def open_model(recipe: Recipe, name: str, recipe_dir: Path | None, allow_bin: bool) -> PlannedModel:
     from mergetui.checkpoints.inspect import open_checkpoint
 
     entry = recipe.models[name]
-    resolved = resolve_model_path(entry.source, entry.revision, recipe_dir)
+    resolved = locate_model(entry.source, entry.revision, recipe_dir)
     if resolved is None:
         hub = looks_like_hub_id(entry.source)
         raise UserError(

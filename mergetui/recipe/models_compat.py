@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from mergetui.checkpoints.compat import CompatReport, compare_checkpoints
 from mergetui.errors import UserError
-from mergetui.recipe.paths import local_model_path
+from mergetui.recipe.paths import locate_model
 
 if TYPE_CHECKING:
     from mergetui.recipe.model import Recipe
@@ -21,15 +21,11 @@ if TYPE_CHECKING:
 def open_model(source: str, revision: str | None, base_dir: Path | None, remote: bool) -> Any:
     """A local checkpoint for `source`, else (with `remote`) its headers read from the Hub."""
     from mergetui.checkpoints.inspect import open_checkpoint
-    from mergetui.checkpoints.locate import find_local, looks_like_hub_id
+    from mergetui.checkpoints.locate import looks_like_hub_id
 
-    if base_dir is not None:  # the recipe path rule
-        candidate = local_model_path(source, base_dir)
-        if candidate.is_dir():
-            return open_checkpoint(candidate)
-    found = find_local(source, revision)
-    if found is not None:
-        return open_checkpoint(found)
+    located = locate_model(source, revision, base_dir)
+    if located is not None:
+        return open_checkpoint(located[0])
     if remote and looks_like_hub_id(source):
         from mergetui.checkpoints.hub import read_remote_checkpoint
 

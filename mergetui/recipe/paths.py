@@ -112,3 +112,20 @@ def rebase_paths(
             changes.append(("output", recipe.output, new))
             recipe.output = new
     return changes
+
+
+def locate_model(
+    source: str, revision: str | None, folder: str | Path | None
+) -> tuple[Path, bool] | None:
+    """Where a model source is on this machine, as (folder, is_local_path): a local folder by the
+    rule (`local_model_path`; from the working folder when `folder` is None), else a snapshot in
+    the Hugging Face cache; None when it is nowhere here. Nothing is downloaded."""
+    from mergetui.checkpoints.locate import find_local
+
+    candidate = local_model_path(source, folder if folder is not None else Path.cwd())
+    if candidate.is_dir():
+        return candidate.resolve(), True
+    found = find_local(source, revision)
+    if found is not None:
+        return Path(found), False
+    return None
