@@ -1,10 +1,11 @@
-"""The per-layer grid widget: draws a `GridModel` as a heat map and turns keys into its operations.
+"""The per-layer grid of the Layers tab: the shared heat map, and keys that edit it.
 
-Kept thin on purpose: every rule about values lives in `mergetui/editing/`. The widget owns the
-cursor, the selection, the clipboard and its own prompts: the number prompt under it (`prompt`,
-which the Layers tab places) and the preset dialog (`prompt.py`). Drawing is `drawing.py`. It tells the screen
-what happened with messages: `RecipeEdited` after an edit, `CursorMoved`, `SettingsChanged`, and
-`InsightRequested` for the metric overlay's keys.
+Kept thin on purpose: every rule about values lives in `mergetui/editing/`. The heat map itself
+(geometry, cursor, selection, drawing) is `tui/heat_grid.py`'s `HeatGrid`, which the Search screen
+shows too; this subclass adds the editing: the clipboard and its own prompts, the number prompt
+under it (`prompt`, which the Layers tab places) and the preset dialog (`prompt.py`). It tells the
+screen what happened with messages: `RecipeEdited` after an edit, `CursorMoved` (the heat map's),
+`SettingsChanged`, and `InsightRequested` for the metric overlay's keys.
 """
 
 from __future__ import annotations
@@ -14,46 +15,27 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from rich.style import Style
 from textual import events
 from textual.app import App
 from textual.binding import Binding
-from textual.geometry import Region, Size, Spacing
 from textual.message import Message
-from textual.scroll_view import ScrollView
 
-from mergetui.editing.cells import ALL, NA, Block, CellRange, GridError, format_number
+from mergetui.editing.cells import NA, Block, CellRange, GridError, format_number
 from mergetui.editing.layer_table import GridModel
 from mergetui.editing.operations import next_step
 from mergetui.tui.commands import PaletteEntry
+from mergetui.tui.heat_grid import MOVE_BINDINGS, HeatGrid
 from mergetui.tui.help import binding_rows
 from mergetui.tui.recipe.base import RecipeEdited
-from mergetui.tui.recipe.drawing import GridDrawing
 from mergetui.tui.recipe.prompt import NumberPrompt, ask_preset
 
-CELL_WIDTH = 8  # seven characters of value and a gap
-MAX_CELL_WIDTH = 14  # wider when a model name needs it
 TYPING_KEYS = set("0123456789.")
 # Keys the help lists that are not bindings: typing starts the number prompt; the mouse.
 TYPING_HELP = ("0-9 .", "Type a number: sets the selection")
 MOUSE_HELP = ("mouse", "Click a cell to move there, shift+click to select")
 
 _key = partial(Binding, show=False)
-_ARROWS = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
-MOVE_BINDINGS = [
-    *(_key(k, f"move{d}", "Move the cursor", key_display="arrows") for k, d in _ARROWS.items()),
-    *(
-        _key(f"shift+{k}", f"extend{d}", "Select a block", key_display="shift+arrows")
-        for k, d in _ARROWS.items()
-    ),
-    _key("pageup", "page(-1)", "Page up / down"),
-    _key("pagedown", "page(1)", "Page up / down"),
-    _key("home", "jump('home')", "First / last column"),
-    _key("end", "jump('end')", "First / last column"),
-    _key("ctrl+home", "jump('top')", "First / last row"),
-    _key("ctrl+end", "jump('bottom')", "First / last row"),
-]
-# Every other key is a command, in the palette too (as "Grid: <description>").
+# Every key beyond the heat map's moves is a command, in the palette too (as "Grid: <description>").
 COMMAND_BINDINGS = [
     _key("enter", "edit", "Edit cell / set selection"),
     _key("plus,equals_sign", "nudge(1)", "Nudge up by the step"),
@@ -76,44 +58,11 @@ COMMAND_BINDINGS = [
 ]
 
 
-class LayerGrid(GridDrawing, ScrollView, can_focus=True):
-    """Rows of layers, columns of per-model parameters, cells coloured by value."""
-
-    COMPONENT_CLASSES = {
-        "layer-grid--header",
-        "layer-grid--label",
-        "layer-grid--label-cursor",
-        "layer-grid--cursor",
-        "layer-grid--na",
-    }
-
-    DEFAULT_CSS = """
-    LayerGrid {
-        height: 1fr;
-        background: $surface;
-    }
-    LayerGrid > .layer-grid--header { color: $text-accent; text-style: bold; background: $panel; }
-    LayerGrid > .layer-grid--label { color: $text-muted; background: $panel; }
-    LayerGrid > .layer-grid--label-cursor { color: $text; background: $panel; text-style: bold reverse; }
-    LayerGrid > .layer-grid--cursor {
-        background: $block-cursor-blurred-background;
-        color: $block-cursor-blurred-foreground;
-        text-style: bold underline;
-    }
-    LayerGrid:focus > .layer-grid--cursor {
-        background: $block-cursor-background;
-        color: $block-cursor-foreground;
-        text-style: bold;
-    }
-    LayerGrid > .layer-grid--na { color: $text-disabled; }
-    """
+class LayerGrid(HeatGrid):
+    """The heat map of the Layers tab, with the keys that edit the recipe through it."""
 
     BINDINGS = [*MOVE_BINDINGS, *COMMAND_BINDINGS]
     PALETTE = tuple(PaletteEntry(b.action, f"Grid: {b.description}") for b in COMMAND_BINDINGS)
-
-    @dataclass
-    class CursorMoved(Message):
-        """The cursor or the selection changed (the screen updates its status and curve preview)."""
 
     @dataclass
     class SettingsChanged(Message):
@@ -126,93 +75,14 @@ class LayerGrid(GridDrawing, ScrollView, can_focus=True):
         kind: str
 
     def __init__(self, model: GridModel, *, id: str | None = None) -> None:
-        super().__init__(id=id)
-        self.model = model
-        self.cursor: tuple[int, int] = (1, 0)
-        self.anchor: tuple[int, int] | None = None
+        super().__init__(model, id=id)
         self.clipboard: Block | None = None
         self.prompt = NumberPrompt(self)
-        self._style_cache: dict[float, Style] = {}
-        self._widths: list[int] = []
-        self._offsets: list[int] = [0]
-        self.label_width = 8
-        self._cursor_key: tuple | None = None
 
     @classmethod
     def help_rows(cls, app: App) -> list[tuple[str, str]]:
         """The grid's keys for the help screen, typing and the mouse included."""
         return [TYPING_HELP, *binding_rows(app, cls.BINDINGS), MOUSE_HELP]
-
-    # -- geometry ------------------------------------------------------------------------------
-
-    def _column_width(self, col: int) -> int:
-        """Room for the value, or for the model's name when the column is not split."""
-        column = self.model.columns[col]
-        if column.group != ALL:
-            return CELL_WIDTH
-        name = column.model or "shared"
-        return max(CELL_WIDTH, min(MAX_CELL_WIDTH, len(name) + 1))
-
-    @property
-    def header_height(self) -> int:
-        return 3 if any(c.group != ALL for c in self.model.columns) else 2
-
-    def refresh_model(self) -> None:
-        """Call after the model changed: resize, keep the cursor inside, redraw."""
-        rows, cols = self.model.shape
-        row, col = self.cursor
-        col = self._column_for(self._cursor_key, col)
-        self.cursor = (min(max(row, 0), max(rows - 1, 0)), min(max(col, 0), max(cols - 1, 0)))
-        self._remember_cursor()
-        labels = [self.model.row_label(r) for r in range(rows)]
-        self.label_width = max([6, *(len(label) for label in labels)]) + 2
-        if self.anchor is not None:
-            self.anchor = (
-                min(self.anchor[0], max(rows - 1, 0)),
-                min(self.anchor[1], max(cols - 1, 0)),
-            )
-        self._widths = [self._column_width(c) for c in range(cols)]
-        self._offsets = [sum(self._widths[:c]) for c in range(cols + 1)]
-        self.virtual_size = Size(self.label_width + self._offsets[-1], self.header_height + rows)
-        self._style_cache.clear()
-        self.refresh()
-        self.post_message(self.CursorMoved())
-
-    def on_mount(self) -> None:
-        self.refresh_model()
-        # Start on layer 0 rather than the embeddings row.
-        if len(self.model.rows) > 1:
-            self.cursor = (1, 0)
-            self._remember_cursor()
-
-    def _remember_cursor(self) -> None:
-        columns = self.model.columns
-        col = self.cursor[1]
-        self._cursor_key = (
-            (columns[col].param, columns[col].model, columns[col].group)
-            if col < len(columns)
-            else None
-        )
-
-    def _column_for(self, key: tuple | None, fallback: int) -> int:
-        """Where the cursor's column went after a rebuild (split, method change), if it still exists."""
-        if key is None:
-            return fallback
-        columns = self.model.columns
-        for index, column in enumerate(columns):
-            if (column.param, column.model, column.group) == key:
-                return index
-        for index, column in enumerate(columns):
-            if (column.param, column.model) == key[:2]:
-                return index
-        return fallback
-
-    # -- selection -----------------------------------------------------------------------------
-
-    @property
-    def selection(self) -> CellRange:
-        """The selected block, or the cursor's cell when nothing is selected."""
-        return CellRange.spanning(self.anchor or self.cursor, self.cursor)
 
     def column_area(self) -> CellRange:
         """For curve operations: the selection, or every layer of the cursor's column."""
@@ -220,59 +90,6 @@ class LayerGrid(GridDrawing, ScrollView, can_focus=True):
             return self.selection
         col = self.cursor[1]
         return CellRange(0, col, len(self.model.rows) - 1, col)
-
-    def _moved(self) -> None:
-        self.refresh()
-        self.post_message(self.CursorMoved())
-
-    def _move_to(self, row: int, col: int, extend: bool) -> None:
-        rows, cols = self.model.shape
-        if not rows or not cols:
-            return
-        row = min(max(row, 0), rows - 1)
-        col = min(max(col, 0), cols - 1)
-        if extend:
-            if self.anchor is None:
-                self.anchor = self.cursor
-        else:
-            self.anchor = None
-        self.cursor = (row, col)
-        self._remember_cursor()
-        self._scroll_to_cursor()
-        self._moved()
-
-    def _scroll_to_cursor(self) -> None:
-        row, col = self.cursor
-        region = Region(
-            self.label_width + self._offsets[col], self.header_height + row, self._widths[col], 1
-        )
-        self.scroll_to_region(
-            region,
-            spacing=Spacing(self.header_height, 0, 0, self.label_width),
-            animate=False,
-            force=True,
-            immediate=True,
-        )
-
-    def action_move(self, rows: int, cols: int) -> None:
-        self._move_to(self.cursor[0] + rows, self.cursor[1] + cols, extend=False)
-
-    def action_extend(self, rows: int, cols: int) -> None:
-        self._move_to(self.cursor[0] + rows, self.cursor[1] + cols, extend=True)
-
-    def action_page(self, direction: int) -> None:
-        page = max(1, self.scrollable_content_region.height - self.header_height - 1)
-        self._move_to(self.cursor[0] + direction * page, self.cursor[1], extend=False)
-
-    def action_jump(self, where: str) -> None:
-        row, col = self.cursor
-        target = {
-            "home": (row, 0),
-            "end": (row, self.model.shape[1] - 1),
-            "top": (0, col),
-            "bottom": (self.model.shape[0] - 1, col),
-        }[where]
-        self._move_to(*target, extend=False)
 
     def action_select_all(self) -> None:
         rows, cols = self.model.shape
@@ -401,16 +218,3 @@ class LayerGrid(GridDrawing, ScrollView, can_focus=True):
             event.stop()
             event.prevent_default()
             self.prompt.open("set", event.character, typed=True)
-
-    def on_click(self, event: events.Click) -> None:
-        offset = event.get_content_offset(self)
-        if offset is None:
-            return
-        x, y = offset
-        if y < self.header_height or x < self.label_width:
-            return
-        row = int(self.scroll_y) + y - self.header_height
-        position = int(self.scroll_x) + x - self.label_width
-        col = next((c for c in range(len(self._widths)) if position < self._offsets[c + 1]), -1)
-        if 0 <= row < self.model.shape[0] and 0 <= col < self.model.shape[1]:
-            self._move_to(row, col, extend=event.shift)
