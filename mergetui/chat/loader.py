@@ -170,7 +170,7 @@ def load_for_chat(
 
     report(f"loading {human_bytes(plan.size)} of weights on {target}", 0.1)
     model = _load_weights(folder, plan, trust_remote_code, allow_bin, report)
-    context = _context_length(model, tokenizer)
+    context = context_length_of(model, tokenizer)
     loaded_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     report("ready", 1.0)
     return LoadedModel(
@@ -262,7 +262,8 @@ def _load_weights(
     return model
 
 
-def _context_length(model: Any, tokenizer: Any) -> int:
+def context_length_of(model: Any, tokenizer: Any) -> int:
+    """The longest input the model takes: its config's position limit, else the tokenizer's."""
     config = getattr(model, "config", None)
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, key, None)

@@ -71,6 +71,47 @@ def compute_piece(
     return _run_method(plan.method, method, inputs, ctx, expected, output)
 
 
+def method_output(
+    plan: Plan,
+    tensor: PlannedTensor,
+    values: list[torch.Tensor],
+    method: Callable[..., torch.Tensor],
+    device: torch.device,
+    *,
+    mode: str = WHOLE,
+    out: torch.Tensor | None = None,
+    cancel: threading.Event | None = None,
+) -> torch.Tensor:
+    """One whole output tensor as `compute_piece` computes it, left on the device in the output
+    dtype: for a search, which merges candidates in memory into a resident model.
+
+    `values` are the inputs as stored, on the device (a method that reads chunks gets them as
+    chunk sources with `mode=STORED`, as the engine does); `out`, the place the result should
+    land (a resident parameter), is used when the method can write there directly. The result
+    is the same tensor, bit for bit, that the merge writes to disk.
+    """
+    import torch
+
+    from mergetui.dtypes import torch_dtype
+
+    if tensor.copy_only:
+        _check_buffers_agree(tensor, values)
+        return values[0]
+    dtype = torch_dtype(tensor.dtype)
+    inputs = _method_inputs(list(values), tensor, mode, device)
+    ctx = _context(plan, tensor, cancel, device, None if mode == WHOLE else dtype, None)
+    ctx.out = out
+    with torch.inference_mode():
+        result = method(inputs, ctx)
+    inputs.clear()
+    if tuple(result.shape) != tuple(tensor.shape):
+        raise RuntimeError(
+            f"method {plan.method} returned shape {tuple(result.shape)} for {tensor.name}, "
+            f"expected {tuple(tensor.shape)}"
+        )
+    return result if result.dtype == dtype else result.to(dtype)
+
+
 class _Output:
     """The piece's input buffers, and how its result lands in the output dtype on the CPU."""
 

@@ -1,0 +1,110 @@
+"""One search's scoring: the parents loaded once, each candidate merged in memory and scored.
+
+`CandidateEvaluator(spec, device)` reads every objective's data first (a bad file fails before
+anything heavy is loaded), then loads the parents and builds the resident model and tokenizer
+(`inmemory.ResidentMerge`), then binds each objective to it (`objectives`). `evaluate(recipe)`
+merges the candidate into the resident model with the same method functions as `mergetui merge`
+and returns each objective's score (lower is better), writing nothing. One evaluator serves one
+thread at a time: the local backend owns one, each Ray actor owns one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mergetui.errors import UserError
+
+if TYPE_CHECKING:
+    from mergetui.chat.loader import LoadedModel
+    from mergetui.recipe.model import Recipe
+    from mergetui.search.inmemory import MergeReport
+    from mergetui.search.objectives import Scorer
+
+
+class CandidateEvaluator:
+    """Parents resident on one device; `evaluate(recipe)` -> {objective label: score}."""
+
+    def __init__(self, spec: Any, device: str = "auto") -> None:
+        from mergetui.search.inmemory import ResidentMerge
+        from mergetui.search.objectives import load_scorer
+
+        self.spec = spec
+        self._scorers: list[Scorer] = [load_scorer(o) for o in spec.objectives]
+        if not self._scorers:
+            raise UserError(
+                "the search has no objective", where="search.objective", fix="add an objective"
+            )
+        started = time.perf_counter()
+        self._merge: ResidentMerge | None = ResidentMerge(
+            spec.recipe, device=device, seed=spec.seed
+        )
+        self.device = str(self._merge.device)
+        self._loaded = _loaded_model(self._merge, started)
+        for scorer in self._scorers:
+            scorer.prepare(self._loaded)
+        self.load_seconds = time.perf_counter() - started
+        # Of the last `evaluate`: seconds merging and scoring, tensors computed and reused.
+        self.last_merge: MergeReport | None = None
+        self.last_score_seconds = 0.0
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(scorer.label for scorer in self._scorers)
+
+    @property
+    def model(self) -> Any:
+        """The resident transformers model (it holds the last candidate evaluated)."""
+        return self._require().model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._require().tokenizer
+
+    def evaluate(self, recipe: Recipe) -> dict[str, float]:
+        """Merge the candidate into the resident model and score it: {label: score}, each lower
+        is better. Raises UserError for a candidate the merge would refuse."""
+        merge = self._require()
+        self.last_merge = merge.apply(recipe)
+        started = time.perf_counter()
+        scores = {scorer.label: scorer.score(self._loaded) for scorer in self._scorers}
+        self.last_score_seconds = time.perf_counter() - started
+        return scores
+
+    def close(self) -> None:
+        """Give back the memory of the parents and the model; the evaluator is done."""
+        if self._merge is not None:
+            self._loaded.model = None
+            self._merge.close()
+            self._merge = None
+
+    def _require(self) -> Any:
+        if self._merge is None:
+            raise UserError("the evaluator is closed")
+        return self._merge
+
+    def __enter__(self) -> CandidateEvaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _loaded_model(merge: Any, started: float) -> LoadedModel:
+    """The resident model as chat's `LoadedModel`, which `chat.perplexity` scores."""
+    from mergetui.chat.loader import LoadedModel, context_length_of
+
+    plan = merge.plan
+    numel = sum(t.numel for t in plan.tensors)
+    return LoadedModel(
+        name="candidate",
+        path=Path(plan.models[plan.donor].path),
+        model=merge.model,
+        tokenizer=merge.tokenizer,
+        device=str(merge.device),
+        dtype=str(merge.dtype).removeprefix("torch."),
+        weights_bytes=numel * merge.dtype.itemsize,
+        context_length=context_length_of(merge.model, merge.tokenizer),
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,377 @@
+"""Candidates merged in memory: the parents read once, each candidate's tensors computed into one
+resident model by the merge's own method path, nothing written.
+
+`ResidentMerge(recipe)` plans the search's recipe as `mergetui merge` would (`merge.plan.make_plan`:
+the same checks, tensors, parameters, output config and tokenizer choice), reads every input tensor
+the plan names once onto the device (as stored: bf16 stays bf16), builds the merged model's
+transformers model from the plan's output config (the architecture `mergetui merge` writes, loaded
+as `mergetui chat` would load it: the dtype `chat.dtype.choose_dtype` picks for the device), and the
+tokenizer the merge would copy. `apply(candidate)` then re-plans the candidate (for a candidate
+shaped like the search's recipe only its parameters are resolved again: `plan_tensors` on the models
+already opened) and computes each output tensor with `merge.compute.method_output`, the engine's own
+method call, straight into the resident parameter. A tensor whose inputs and resolved parameters are
+those of the value it already holds is left as it is, so what a search does not change is never
+recomputed.
+
+Why this equals the merge on disk: the same plan, the same method function and context, the same
+compute dtype, and the result rounded once to the output dtype, then cast to the parameter's dtype
+exactly as transformers casts the stored tensor when `mergetui chat` loads the merged folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mergetui.device import resolve_device
+from mergetui.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from mergetui.merge.plan import Plan
+    from mergetui.merge.plan_tensors import PlannedTensor
+    from mergetui.recipe.model import Recipe
+
+# make_plan needs an output folder; nothing is ever written there (it only has to stay apart
+# from the inputs, which a folder under the temporary directory does).
+UNUSED_OUTPUT = Path(tempfile.gettempdir()) / "mergetui-in-memory-candidate"
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """What one `apply` did: tensors computed, tensors left as they were, and the time it took."""
+
+    computed: int
+    reused: int
+    seconds: float
+
+
+class ResidentMerge:
+    """The parents and the merged model, resident on one device; candidates merged into it."""
+
+    def __init__(self, recipe: Recipe, *, device: str = "auto", seed: int | None = None) -> None:
+        from mergetui.merge.methods import get_method_function
+        from mergetui.merge.work import STORED, WHOLE
+        from mergetui.recipe.methods import METHODS
+
+        self.device = resolve_device(device)
+        self._seed = seed
+        self.plan = self._full_plan(recipe)
+        self._structure = _structure(recipe)
+        self.dtype = scoring_dtype(self.plan, self.device)
+        self._parents = _load_parents(self.plan, self.device)
+        self.model = _resident_model(self.plan, self.device, self.dtype)
+        self.tokenizer = _load_tokenizer(self.plan)
+        self._targets, self._aliases = _targets(self.model, self.plan)
+        self._method = get_method_function(self.plan.method)
+        self._mode = STORED if METHODS[self.plan.method].reads_chunks else WHOLE
+        self._holds: dict[str, Hashable] = {}  # tensor name -> key of the value it holds
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def _seed_for(self, recipe: Recipe) -> int | None:
+        """The recipe's seed, else the search's: a random method's candidates must not each
+        draw their own (the same values would score differently)."""
+        return recipe.seed if recipe.seed is not None else self._seed
+
+    def _full_plan(self, recipe: Recipe) -> Plan:
+        from mergetui.merge.plan import make_plan
+
+        return make_plan(
+            recipe,
+            out=UNUSED_OUTPUT,
+            device=str(self.device),
+            seed=self._seed_for(recipe),
+            allow_bin=False,
+            trust_remote_code=False,
+        )
+
+    def plan_for(self, recipe: Recipe) -> Plan:
+        """The candidate's plan, as `mergetui merge` would make it. A candidate shaped like the
+        search's recipe (same method, models, slices, dtypes: only parameter values differ) gets
+        its tensors' parameters resolved again on the models already opened; any other is
+        planned from scratch and must read the same parent tensors."""
+        from mergetui.merge.plan_tensors import plan_tensors
+        from mergetui.recipe.validate import check_recipe
+
+        if _structure(recipe) != self._structure:
+            plan = self._full_plan(recipe)
+            self._check_same_parents(plan)
+            return plan
+        problems, spec = check_recipe(recipe)
+        problems.raise_blocking()
+        assert spec is not None
+        template = self.plan
+        slices = recipe.effective_slices({n: m.num_layers for n, m in template.models.items()})
+        tensors = plan_tensors(recipe, spec, template.models, slices)
+        return dataclasses.replace(
+            template, recipe=recipe, tensors=tensors, seed=self._seed_for(recipe)
+        )
+
+    def _check_same_parents(self, plan: Plan) -> None:
+        for tensor in plan.tensors:
+            if tensor.name not in self._targets and tensor.name not in self._aliases:
+                raise UserError(
+                    f"a candidate merges tensor {tensor.name}, which the search's model lacks",
+                    where=tensor.name,
+                    fix="search over parameter values only; keep the recipe's models and slices",
+                )
+            for source in tensor.inputs:
+                if (source.model, source.tensor) not in self._parents:
+                    raise UserError(
+                        f"a candidate reads {source.tensor} of {source.model!r}, which the "
+                        "search did not load",
+                        where=tensor.name,
+                        fix="search over parameter values only; keep the recipe's models and slices",
+                    )
+
+    # -- merging -----------------------------------------------------------------------------
+
+    def apply(self, recipe: Recipe) -> MergeReport:
+        """Merge the candidate into the resident model (in place); nothing is written."""
+        import torch
+
+        from mergetui.dtypes import torch_dtype
+        from mergetui.merge.compute import method_output
+
+        started = time.perf_counter()
+        plan = self.plan_for(recipe)
+        computed = reused = 0
+        with torch.no_grad():
+            for tensor in plan.tensors:
+                if tensor.name in self._aliases:
+                    continue
+                key = _tensor_key(plan, tensor)
+                if self._holds.get(tensor.name) == key:
+                    reused += 1
+                    continue
+                self._holds.pop(tensor.name, None)  # half-written if anything below fails
+                target = self._targets[tensor.name]
+                values = [self._parents[(s.model, s.tensor)] for s in tensor.inputs]
+                fits = target.dtype == torch_dtype(tensor.dtype) and target.is_contiguous()
+                result = method_output(
+                    plan,
+                    tensor,
+                    values,
+                    self._method,
+                    self.device,
+                    mode=self._mode,
+                    out=target if fits else None,
+                )
+                if result.data_ptr() != target.data_ptr():
+                    target.copy_(result)
+                del result, values
+                self._holds[tensor.name] = key
+                computed += 1
+        return MergeReport(computed, reused, time.perf_counter() - started)
+
+    def close(self) -> None:
+        """Drop the parents and the model (GPU memory is given back at once)."""
+        self._parents = {}
+        self._targets = {}
+        self._holds = {}
+        self.model = None
+        import gc
+
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001 - nothing to give back
+            pass
+
+
+def _structure(recipe: Recipe) -> Recipe:
+    """The recipe without its parameter values: candidates that agree here differ only in the
+    values the planner resolves per tensor."""
+    models = {n: dataclasses.replace(m, parameters={}) for n, m in recipe.models.items()}
+    slices = None
+    if recipe.slices is not None:
+        slices = [
+            dataclasses.replace(
+                s,
+                parameters={},
+                sources=[dataclasses.replace(src, parameters={}) for src in s.sources],
+            )
+            for s in recipe.slices
+        ]
+    return dataclasses.replace(
+        recipe,
+        models=models,
+        slices=slices,
+        parameters={},
+        seed=None,
+        output=None,
+        description=None,
+    )
+
+
+def _frozen(values: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(values.items()))
+
+
+def _tensor_key(plan: Plan, tensor: PlannedTensor) -> Hashable:
+    """Everything a tensor's merged value depends on (random methods: the seed too)."""
+    from mergetui.recipe.methods import METHODS
+
+    return (
+        plan.method,
+        tensor.inputs,
+        tensor.base_index,
+        tensor.dtype,
+        _frozen(tensor.shared),
+        tuple(_frozen(p) for p in tensor.per_model),
+        plan.seed if METHODS[plan.method].random else None,
+    )
+
+
+# -- building the resident parts -----------------------------------------------------------------
+
+
+def scoring_dtype(plan: Plan, device: torch.device) -> torch.dtype:
+    """The dtype `mergetui chat` (dtype auto) would load the merged model in on this device."""
+    import torch
+
+    from mergetui.chat.dtype import choose_dtype, stored_dtype
+
+    stored = stored_dtype((t.dtype, t.numel) for t in plan.tensors)
+    float32_need = sum(4 * t.numel for t in plan.tensors)
+    choice = choose_dtype("auto", device.type, stored, float32_need=float32_need, free=None)
+    name = choice.name or stored or "float32"
+    return getattr(torch, name)
+
+
+def _load_parents(plan: Plan, device: torch.device) -> dict[tuple[str, str], torch.Tensor]:
+    """Every input tensor the plan names, read once (pread, as the merge reads) onto the device
+    as stored."""
+    from mergetui.merge.reader import TensorReader
+
+    parents: dict[tuple[str, str], torch.Tensor] = {}
+    with TensorReader() as reader:
+        for tensor in plan.tensors:
+            for source in tensor.inputs:
+                key = (source.model, source.tensor)
+                if key in parents:
+                    continue
+                value = reader.read(
+                    source.file,
+                    source.offset,
+                    source.nbytes,
+                    source.dtype,
+                    source.shape,
+                    source.tensor,
+                )
+                parents[key] = value.to(device)
+    return parents
+
+
+def _resident_model(plan: Plan, device: torch.device, dtype: torch.dtype) -> Any:
+    """The merged model's transformers model, from the config the merge would write, on the
+    device, in eval mode, without gradients; its weights are filled by `apply`."""
+    import torch
+    import transformers
+
+    config_data = dict(plan.output_config)
+    model_type = config_data.get("model_type")
+    if model_type not in transformers.CONFIG_MAPPING:
+        raise UserError(
+            f"the merged model's architecture ({model_type or 'no model_type'}) needs its own "
+            "Python code, which a search never runs",
+            where=str(plan.models[plan.donor].path),
+            fix="search over models of an architecture transformers knows",
+        )
+    config = transformers.CONFIG_MAPPING[model_type].from_dict(config_data)
+    try:
+        with _no_weight_init(), torch.device(device):
+            model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except torch.OutOfMemoryError as exc:
+        raise UserError(
+            f"out of memory building the merged model on {device}",
+            fix="free some memory or search on another device",
+        ) from exc
+    except (ValueError, KeyError) as exc:
+        raise UserError(
+            f"the merged model cannot be built for scoring: {exc}",
+            where=str(plan.models[plan.donor].path),
+        ) from exc
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _no_weight_init() -> Any:
+    """transformers' context that skips random initialisation (the merge fills every weight)."""
+    import contextlib
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - transformers 4
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            return contextlib.nullcontext()
+    return no_init_weights()
+
+
+def _load_tokenizer(plan: Plan) -> Any:
+    """The tokenizer the merge would copy into its output (the recipe's tokenizer source),
+    without running any code of its own."""
+    from transformers import AutoTokenizer
+
+    from mergetui.merge.remote_code import no_stdin_prompts
+
+    name = plan.tokenizer_donor
+    folder = plan.models[name].path
+    try:
+        with no_stdin_prompts():
+            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - any failure means the files are unusable
+        first = str(exc).strip().splitlines()
+        raise UserError(
+            f"the tokenizer of model {name!r} could not be loaded: "
+            f"{first[0][:300] if first else type(exc).__name__}",
+            where=str(folder),
+            fix="a search scores text, so the tokenizer's model needs its tokenizer files "
+            "(tokenizer.json or tokenizer.model)",
+        ) from exc
+
+
+def _targets(model: Any, plan: Plan) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The resident tensor each output tensor lands in, and the planned names left out: of names
+    transformers ties together (a head tied to the embeddings) only the first the model lists
+    is filled, as loading the merged folder ties the others to it. Every weight of the model
+    must come from the plan."""
+    state = model.state_dict()  # detached tensors sharing the parameters' storage
+    planned = {t.name for t in plan.tensors}
+    missing = [n for n in planned if n not in state]
+    if missing:
+        raise UserError(
+            f"the merged model's {model.config.model_type} architecture has no tensor "
+            f"{missing[0]} ({len(missing)} such)",
+            where=missing[0],
+            fix="search over checkpoints whose tensor names match their architecture",
+        )
+    groups: dict[int, list[str]] = {}
+    for name, value in state.items():
+        groups.setdefault(value.untyped_storage().data_ptr(), []).append(name)
+    targets: dict[str, torch.Tensor] = {}
+    aliases: set[str] = set()
+    for names in groups.values():
+        filled = [n for n in names if n in planned]
+        if not filled:
+            raise UserError(
+                f"the merge would leave {names[0]} of the merged model unset",
+                where=names[0],
+                fix="merge checkpoints that hold every weight of their architecture",
+            )
+        targets[filled[0]] = state[filled[0]]
+        aliases.update(filled[1:])
+    return targets, aliases
