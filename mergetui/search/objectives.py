@@ -21,9 +21,13 @@ imported inside the functions that need them.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import math
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -37,6 +41,7 @@ LM_EVAL_FIX = "pip install 'mergetui[lm-eval]'"
 # Logits of one completions batch stay near this many bytes (tokens x vocabulary x float32).
 _BATCH_LOGIT_BYTES = 256 * 1024 * 1024
 _BATCH_LINES = 32
+_LM_EVAL_LOCK = threading.Lock()
 
 
 class Scorer(Protocol):
@@ -293,6 +298,7 @@ class LmEvalScorer:
     num_fewshot: int | None = None
     _lm: Any = None
     _tasks: Any = None
+    _task_list: list[Any] = field(default_factory=list)
 
     @classmethod
     def load(cls, objective: Any) -> LmEvalScorer:
@@ -323,11 +329,10 @@ class LmEvalScorer:
         """The task manager (custom tasks from `task_path`) and HFLM around the resident model,
         built once: the model's weights change in place between candidates."""
         from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
 
-        manager = TaskManager(
-            verbosity="ERROR", include_path=str(self.task_path) if self.task_path else None
-        )
+        manager = task_manager(self.task_path, defaults=False) if self.task_path else None
+        if manager is None or self.task not in manager.all_tasks:
+            manager = task_manager(self.task_path, defaults=True)
         if self.task not in manager.all_tasks:
             raise UserError(
                 f"lm-eval knows no task {self.task!r}",
@@ -336,6 +341,11 @@ class LmEvalScorer:
                 + ("" if self.task_path else ", or give task_path for a custom task"),
             )
         self._tasks = manager
+        # A single task is built once (its dataset read once) and handed to every run; a group
+        # is loaded by name each time.
+        built = manager.load_task_or_group([self.task])
+        single = list(built.values()) if len(built) == 1 else []
+        self._task_list = single if single and _is_task(single[0]) else [self.task]
         self._lm = HFLM(
             pretrained=loaded.model,
             tokenizer=loaded.tokenizer,
@@ -348,45 +358,83 @@ class LmEvalScorer:
 
         if self._lm is None:
             self.prepare(loaded)
-        results = simple_evaluate(
-            model=self._lm,
-            tasks=[self.task],
-            limit=self.limit,
-            num_fewshot=self.num_fewshot,
-            task_manager=self._tasks,
-            log_samples=False,
-            bootstrap_iters=0,
-            verbosity="ERROR",
-        )
+        with _quiet_lm_eval():
+            results = simple_evaluate(
+                model=self._lm,
+                tasks=list(self._task_list),
+                limit=self.limit,
+                num_fewshot=self.num_fewshot,
+                task_manager=self._tasks,
+                log_samples=False,
+                bootstrap_iters=0,
+            )
         if results is None:  # only on non-zero ranks of a distributed run
             raise UserError("lm-eval returned no results", where=self.label)
         return oriented_metric(results, self.task, self.metric, self.label)
 
 
+@contextlib.contextmanager
+def _quiet_lm_eval() -> Iterator[None]:
+    """simple_evaluate without its description of the environment (pip list, GPU queries:
+    seconds of subprocesses on every call, 3.5 s on the development machine, added to results a
+    search throws away): it would be paid per candidate."""
+    from lm_eval import evaluator
+
+    with _LM_EVAL_LOCK:
+        original = getattr(evaluator, "add_env_info", None)
+        if original is not None:
+            evaluator.add_env_info = lambda *args, **kwargs: None
+        try:
+            yield
+        finally:
+            if original is not None:
+                evaluator.add_env_info = original
+
+
+def _is_task(value: Any) -> bool:
+    from lm_eval.api.task import Task
+
+    return isinstance(value, Task)
+
+
+@functools.cache
+def task_manager(task_path: Path | None, *, defaults: bool) -> Any:
+    """lm-eval's task index, once per folder: indexing its own thousands of tasks takes tens of
+    seconds, so a folder of custom tasks is first indexed alone (`defaults=False`)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(
+        verbosity="ERROR",
+        include_path=str(task_path) if task_path is not None else None,
+        include_defaults=defaults,
+    )
+
+
 def oriented_metric(results: dict[str, Any], task: str, metric: str | None, where: str) -> float:
     """The task's metric from simple_evaluate's results, lower is better: negated when lm-eval
-    says higher is better. No metric named: the task's first."""
+    says higher is better. `metric` as "acc" or with its filter, "acc,none"; None: the task's
+    first metric."""
     values = results.get("results", {}).get(task, {})
-    names = {
-        key.split(",")[0]: key
-        for key in values
-        if key != "alias" and "_stderr" not in key.split(",")[0]
-    }
-    chosen = metric or next(iter(names), None)
-    if chosen in values and chosen not in names:  # written with its filter: "acc,none"
-        names[chosen.split(",")[0]] = chosen
-        chosen = chosen.split(",")[0]
-    if chosen not in names:
+    orientation = results.get("higher_is_better", {}).get(task, {})
+    keys = {}  # metric name -> its key in the results ("acc" -> "acc,none")
+    for key in values:
+        name = key.split(",")[0]
+        if "," in key and not name.endswith("_stderr"):
+            keys.setdefault(name, key)
+    if metric is not None and metric in values:
+        name, key = metric.split(",")[0], metric
+    else:
+        name = metric or next((m for m in orientation if m in keys), next(iter(keys), None))
+        key = keys.get(name) if name is not None else None
+    if key is None:
         raise UserError(
-            f"task {task!r} reports no metric {chosen!r}"
-            + (f" (it has {', '.join(names)})" if names else ""),
+            f"task {task!r} reports no metric {name!r}"
+            + (f" (it has {', '.join(keys)})" if keys else ""),
             where=where,
             fix="name one of the task's metrics",
         )
-    value = values[names[chosen]]
+    value = values[key]
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise UserError(
-            f"metric {chosen!r} of task {task!r} is {value!r}, not a number", where=where
-        )
-    higher = results.get("higher_is_better", {}).get(task, {}).get(chosen, True)
+        raise UserError(f"metric {key!r} of task {task!r} is {value!r}, not a number", where=where)
+    higher = bool(orientation.get(name, True))
     return finite_or_inf(-float(value) if higher else float(value))
