@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "push",
     "chat",
     "eval",
+    "evolve",
 )
 
 

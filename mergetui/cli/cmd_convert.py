@@ -3,7 +3,8 @@
 Model names, seed, output and description survive a trip through YAML (kept in a `# mergetui:`
 comment that mergekit ignores). Relative model folders and a relative output (paths in a recipe are
 relative to its file) are rewritten so they still point at the same place from OUT's folder. OUT is
-never overwritten without `--force`, and is written atomically.
+never overwritten without `--force`, and is written atomically. A `[search]` table (`mergetui evolve`)
+is left out: OUT is the merge recipe.
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ def run(args: argparse.Namespace) -> int:
             "output file already exists", where=str(target), fix="pass --force to overwrite it"
         )
     recipe = load_recipe(args.input)
+    searched, recipe.search = recipe.search is not None, None
     moved = rebase_paths(recipe, Path(args.input).parent, target.parent)
     text = dumps_recipe(recipe, out_format)
     write_text_atomic(target, text)
     out = console()
     out.print(f"wrote {target}", soft_wrap=True, markup=False)
+    if searched:
+        out.print(f"  the [search] table is not converted (it stays in {args.input})", markup=False)
     for what, old, new in moved:
         out.print(f"  {what}: {old} -> {new} (relative to {target.parent or '.'})", markup=False)
     return 0

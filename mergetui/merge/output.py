@@ -266,12 +266,12 @@ def recipe_texts(plan: Plan) -> tuple[str, str | None]:
     The seed that was used is included and local model paths are made absolute, so the copy reruns
     from anywhere. `output` is left out: the copy lives inside the output, where a relative output
     would name a folder inside this one, and a stale one (the recipe's, after `--out`) would mislead;
-    a rerun says where with `--out`.
+    a rerun says where with `--out`. A `[search]` table is left out: the copy says what was merged.
     """
     from mergetui.recipe.toml_write import dumps_toml
     from mergetui.recipe.yaml_export import dumps_yaml
 
-    recipe = dataclasses.replace(plan.recipe, seed=plan.seed, output=None)
+    recipe = dataclasses.replace(plan.recipe, seed=plan.seed, output=None, search=None)
     models = {}
     for name, entry in recipe.models.items():
         planned = plan.models.get(name)

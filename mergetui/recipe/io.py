@@ -50,16 +50,21 @@ def dumps_recipe(recipe: Recipe, fmt: str) -> str:
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read a recipe file: .toml is mergetui's form, .yaml/.yml mergekit's."""
     fmt = recipe_format(path)
+    return loads_recipe(read_recipe_text(path), fmt, str(path))
+
+
+def read_recipe_text(path: str | os.PathLike[str]) -> str:
+    """The text of a recipe file, refused (UserError) when it is missing, not a plain file of
+    recipe size, or not UTF-8. `mergetui evolve` reads its spec through it too."""
     _check_recipe_file(Path(path))
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError("recipe file not found", where=str(path), fix="check the path") from None
     except IsADirectoryError:
         raise UserError("expected a recipe file, got a folder", where=str(path)) from None
     except UnicodeDecodeError:
         raise UserError("the recipe is not UTF-8 text", where=str(path)) from None
-    return loads_recipe(text, fmt, str(path))
 
 
 def _check_recipe_file(path: Path) -> None:

@@ -38,6 +38,8 @@ class ParamSpec:
     exclusive_minimum: bool = False
     nullable: bool = False
     step: float = 0.05
+    # What a search (`mergetui evolve`) explores when the spec gives no bounds and there is no range.
+    search_bounds: tuple[float, float] | None = None
 
     @property
     def required(self) -> bool:
@@ -121,7 +123,7 @@ class MethodSpec:
 
 
 def _weight(scope: Scope, description: str = "how much this model contributes") -> ParamSpec:
-    return ParamSpec("weight", "float", scope, description=description, step=0.05)
+    return ParamSpec("weight", "float", scope, description=description, search_bounds=(0.0, 1.0))
 
 
 def _task_vector_params(

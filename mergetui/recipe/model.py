@@ -109,6 +109,9 @@ class Recipe:
     parameters: Parameters = field(default_factory=dict)
     slices: list[Slice] | None = None
     description: str | None = None
+    # The `[search]` table (`mergetui evolve`, the app's Search screen) as the file wrote it: plain
+    # data, read and checked by `mergetui.search.spec`. The merge ignores it; saving keeps it.
+    search: dict[str, Any] | None = None
     # Where each key was written (dotted recipe path -> 1-based line), so problems can point at it.
     # Bookkeeping only: it takes no part in equality, so a recipe read from TOML equals one from YAML.
     locations: dict[str, int] = field(default_factory=dict, compare=False, repr=False)

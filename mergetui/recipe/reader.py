@@ -31,7 +31,7 @@ MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # `tokenizer_source` words that are not model names (mergekit's meaning).
 TOKENIZER_KEYWORDS = ("base", "union")
 
-TOP_KEYS = ("description", "merge", "models", "parameters", "slices")
+TOP_KEYS = ("description", "merge", "models", "parameters", "slices", "search")
 MERGE_KEYS = (
     "method",
     "base",
@@ -250,6 +250,9 @@ def build_recipe(data: dict[str, Any], reader: RecipeReader) -> Recipe:
         tokenizer = _tokenizer_block(tokenizer, ("merge", "tokenizer"), reader)
 
     description = reader.string(data.get("description"), ("description",))
+    search = None
+    if "search" in data:  # its keys are `mergetui.search.spec`'s to check
+        search = reader.table(data["search"], ("search",), "the search settings: docs/evolve.md")
 
     def merge_string(key: str) -> str | None:
         return reader.string(merge.get(key), ("merge", key))
@@ -268,6 +271,7 @@ def build_recipe(data: dict[str, Any], reader: RecipeReader) -> Recipe:
         parameters=reader.parameters(data.get("parameters"), ("parameters",)),
         slices=slices,
         description=description,
+        search=search,
     )
 
 

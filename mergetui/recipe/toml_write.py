@@ -44,6 +44,8 @@ def toml_data(recipe: Recipe) -> dict[str, Any]:
         data["parameters"] = plain_parameters(recipe.parameters)
     if recipe.slices:
         data["slices"] = [_slice_data(slice_) for slice_ in recipe.slices]
+    if recipe.search is not None:
+        data["search"] = recipe.search
     return data
 
 
@@ -80,7 +82,7 @@ def dumps_toml(recipe: Recipe) -> str:
 
 
 def render_toml(data: Mapping[str, Any]) -> str:
-    """`toml_data` laid out: [merge], then [models.<name>], [parameters], and [[slices]]."""
+    """`toml_data` laid out: [merge], then [models.<name>], [parameters], [[slices]], [search]."""
     lines: list[str] = []
     if "description" in data:
         lines.extend(toml_assignment("description", data["description"], "description"))
@@ -112,7 +114,27 @@ def render_toml(data: Mapping[str, Any]) -> str:
         if "parameters" in slice_:
             path = f"slices.{index}.parameters"
             _assignments("slices.parameters", slice_["parameters"], lines, path)
+    if "search" in data:
+        _search_table(data["search"], lines)
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _search_table(search: Mapping[str, Any], lines: list[str]) -> None:
+    """[search]: its values (tables inline), then each list of tables as [[search.<key>]]."""
+    lines += ["", "[search]"]
+    for key, value in search.items():
+        if not _is_list_of_tables(value):
+            lines.extend(toml_assignment(key, value, f"search.{key}"))
+    for key, value in search.items():
+        if _is_list_of_tables(value):
+            for index, table in enumerate(value):
+                lines += ["", f"[[search.{toml_key(key)}]]"]
+                for name, item in table.items():
+                    lines.extend(toml_assignment(name, item, f"search.{key}.{index}.{name}"))
+
+
+def _is_list_of_tables(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
 def _assignments(

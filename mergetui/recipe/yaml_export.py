@@ -3,6 +3,7 @@
 mergekit YAML cannot name models or hold `seed`, `output` and `description`: they go into one
 `# mergetui: {...}` JSON comment, which mergekit ignores and `yaml_import` reads back, so
 TOML -> YAML -> TOML gives the same recipe. `yaml_problems` says what YAML cannot express at all.
+A `[search]` table is not written: it is mergetui's (`mergetui evolve`), and mergekit-yaml merges.
 """
 
 from __future__ import annotations

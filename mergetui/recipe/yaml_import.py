@@ -36,6 +36,7 @@ _TOP_KEYS = (
     "tokenizer",
     "chat_template",
     "parameters",
+    "search",  # mergetui's search settings (docs/evolve.md); mergekit ignores the key
 )
 _UNSUPPORTED = {
     "modules": (
@@ -66,10 +67,21 @@ Reference = tuple[str, str | None]
 def loads_yaml(text: str, source: str | None = None) -> Recipe:
     """A recipe from a mergekit YAML config (as `mergekit-yaml` reads it)."""
     config, raw_locations = yaml_compose(text, source)
+    return recipe_from_config(config, raw_locations, source, _meta(text, source))
+
+
+def recipe_from_config(
+    config: Any,
+    raw_locations: dict[str, int],
+    source: str | None,
+    meta: dict[str, Any] | None = None,
+) -> Recipe:
+    """A recipe from mergekit config data (what `yaml_compose` read, with the line of each key):
+    `loads_yaml`, and the mergekit-evolve import, whose genome is such a config."""
     reader = RecipeReader(source, raw_locations)
     if not isinstance(config, dict):
         raise reader.fail((), "a mergekit config must be a mapping (merge_method:, models: ...)")
-    importer = _YamlImport(reader, _meta(text, source))
+    importer = _YamlImport(reader, meta or {})
     data = importer.translate(config)
     recipe = build_recipe(data, RecipeReader(source, raw_locations, importer.origins))
     recipe.locations = importer.lines
@@ -138,6 +150,7 @@ class _YamlImport:
         self.origins: dict[KeyPath, KeyPath] = {}
         self.models: dict[str, dict[str, Any]] = {}
         self.by_reference: dict[Reference, str] = {}
+        self.search: Any = None
         self.meta_names: dict[Reference, str] = {}
         self.meta_order: list[Reference] = []
         meta_models = meta.get("models") if isinstance(meta.get("models"), list) else []
@@ -198,6 +211,8 @@ class _YamlImport:
         if slices is not None:
             self.apply_meta_order()
         self.tokenizer_settings(merge)
+        self.search = config.get("search")
+        self.relocate(("search",), ("search",))
         return self.recipe_data(merge, config.get("parameters"), slices)
 
     def check_top_level(self, config: dict[str, Any]) -> None:
@@ -229,6 +244,8 @@ class _YamlImport:
             data["description"] = meta["description"]
         if parameters is not None:
             data["parameters"] = parameters
+        if self.search is not None:
+            data["search"] = self.search
         if slices is not None:
             data["slices"] = slices
         return data
