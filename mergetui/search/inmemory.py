@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import torch
 
     from mergetui.merge.plan import Plan
-    from mergetui.merge.plan_tensors import PlannedTensor
+    from mergetui.merge.plan_tensors import PlannedInput, PlannedTensor
     from mergetui.recipe.model import Recipe
 
 # make_plan needs an output folder; nothing is ever written there (it only has to stay apart
@@ -56,10 +56,6 @@ class ResidentMerge:
     """The parents and the merged model, resident on one device; candidates merged into it."""
 
     def __init__(self, recipe: Recipe, *, device: str = "auto", seed: int | None = None) -> None:
-        from mergetui.merge.methods import get_method_function
-        from mergetui.merge.work import STORED, WHOLE
-        from mergetui.recipe.methods import METHODS
-
         self.device = resolve_device(device)
         self._seed = seed
         self.plan = self._full_plan(recipe)
@@ -69,8 +65,6 @@ class ResidentMerge:
         self.model = _resident_model(self.plan, self.device, self.dtype)
         self.tokenizer = _load_tokenizer(self.plan)
         self._targets, self._aliases = _targets(self.model, self.plan)
-        self._method = get_method_function(self.plan.method)
-        self._mode = STORED if METHODS[self.plan.method].reads_chunks else WHOLE
         self._holds: dict[str, Hashable] = {}  # tensor name -> key of the value it holds
 
     # -- planning ----------------------------------------------------------------------------
@@ -123,7 +117,7 @@ class ResidentMerge:
                     fix="search over parameter values only; keep the recipe's models and slices",
                 )
             for source in tensor.inputs:
-                if (source.model, source.tensor) not in self._parents:
+                if _parent_key(source) not in self._parents:
                     raise UserError(
                         f"a candidate reads {source.tensor} of {source.model!r}, which the "
                         "search did not load",
@@ -139,9 +133,15 @@ class ResidentMerge:
 
         from mergetui.dtypes import torch_dtype
         from mergetui.merge.compute import method_output
+        from mergetui.merge.methods import get_method_function
+        from mergetui.merge.work import STORED, WHOLE
+        from mergetui.recipe.methods import METHODS
 
         started = time.perf_counter()
         plan = self.plan_for(recipe)
+        method = get_method_function(plan.method)
+        # A method that reads chunks gets its inputs as stored, as the engine hands them over.
+        mode = STORED if METHODS[plan.method].reads_chunks else WHOLE
         computed = reused = 0
         with torch.no_grad():
             for tensor in plan.tensors:
@@ -153,15 +153,15 @@ class ResidentMerge:
                     continue
                 self._holds.pop(tensor.name, None)  # half-written if anything below fails
                 target = self._targets[tensor.name]
-                values = [self._parents[(s.model, s.tensor)] for s in tensor.inputs]
+                values = [self._parents[_parent_key(s)] for s in tensor.inputs]
                 fits = target.dtype == torch_dtype(tensor.dtype) and target.is_contiguous()
                 result = method_output(
                     plan,
                     tensor,
                     values,
-                    self._method,
+                    method,
                     self.device,
-                    mode=self._mode,
+                    mode=mode,
                     out=target if fits else None,
                 )
                 if result.data_ptr() != target.data_ptr():
@@ -249,6 +249,11 @@ def scoring_dtype(plan: Plan, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+def _parent_key(source: PlannedInput) -> tuple[str, str]:
+    """A parent tensor by where it is stored (a model's name may point elsewhere next time)."""
+    return str(source.file), source.tensor
+
+
 def _load_parents(plan: Plan, device: torch.device) -> dict[tuple[str, str], torch.Tensor]:
     """Every input tensor the plan names, read once (pread, as the merge reads) onto the device
     as stored."""
@@ -258,7 +263,7 @@ def _load_parents(plan: Plan, device: torch.device) -> dict[tuple[str, str], tor
     with TensorReader() as reader:
         for tensor in plan.tensors:
             for source in tensor.inputs:
-                key = (source.model, source.tensor)
+                key = _parent_key(source)
                 if key in parents:
                     continue
                 value = reader.read(

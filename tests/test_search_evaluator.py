@@ -1,0 +1,254 @@
+"""Candidates merged in memory: the resident model equals `mergetui merge`'s output, tensor for
+tensor, and scores as `mergetui eval` scores that output; what does not change is not recomputed;
+the local backend; errors before anything heavy is loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mergetui.chat.loader import load_for_chat
+from mergetui.chat.perplexity import perplexity
+from mergetui.errors import UserError
+from mergetui.merge import runner as runner_module
+from mergetui.merge.plan import make_plan
+from mergetui.merge.runner import run_merge
+from mergetui.recipe.model import ModelEntry, Recipe
+from mergetui.resources import sample_text
+from mergetui.search.backend_local import LocalBackend
+from mergetui.search.backends import make_backend
+from mergetui.search.evaluator import CandidateEvaluator
+from mergetui.search.inmemory import ResidentMerge
+from mergetui.search.spec import Objective, SearchSpec
+
+LABEL = "perplexity:calib.txt"
+
+
+def _recipe(family: dict[str, Path], method: str, a: object, b: object, **kwargs: object) -> Recipe:
+    """base + a + b; `a` and `b` are the two fine-tunes' parameters."""
+    return Recipe(
+        method=method,
+        base="base",
+        models={
+            "base": ModelEntry("base", str(family["base"])),
+            "a": ModelEntry("a", str(family["a"]), parameters=dict(a)),  # type: ignore[call-overload]
+            "b": ModelEntry("b", str(family["b"]), parameters=dict(b)),  # type: ignore[call-overload]
+        },
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _spec(recipe: Recipe, objectives: tuple[Objective, ...], seed: int = 7) -> SearchSpec:
+    return SearchSpec(
+        recipe=recipe,
+        parameters=("weight",),
+        layer_groups=2,
+        smooth=True,
+        bounds={},
+        budget=8,
+        population=None,
+        seed=seed,
+        objectives=objectives,
+        source_path=None,
+    )
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("calib") / "calib.txt"
+    path.write_text(sample_text()[:1500], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def template(llama_family: dict[str, Path]) -> Recipe:
+    return _recipe(llama_family, "task_arithmetic", {"weight": 0.5}, {"weight": 0.5})
+
+
+@pytest.fixture(scope="module")
+def evaluator(template: Recipe, calib: Path) -> CandidateEvaluator:
+    spec = _spec(template, (Objective("perplexity", LABEL, 1.0, path=calib),))
+    with CandidateEvaluator(spec, device="cpu") as evaluator:
+        yield evaluator
+
+
+def _candidates(family: dict[str, Path]) -> dict[str, Recipe]:
+    return {
+        # the search's own shape: per-layer gradients, only the values differ
+        "task_arithmetic gradients": _recipe(
+            family, "task_arithmetic", {"weight": [0.2, 0.9, 0.4]}, {"weight": [0.7, 0.1]}
+        ),
+        # not element-wise (a whole-tensor top-k), written in bfloat16: rounded once, then cast
+        # to float32 as chat loads it
+        "ties bfloat16": _recipe(
+            family,
+            "ties",
+            {"weight": [0.3, 1.0], "density": 0.5},
+            {"weight": 0.6, "density": [0.9, 0.3]},
+            out_dtype="bfloat16",
+        ),
+        # random: the candidate has no seed, so the search's (7) is used, as the merge is told
+        "dare_ties seeded": _recipe(
+            family, "dare_ties", {"weight": 0.8, "density": 0.6}, {"weight": [0.2, 0.5]}
+        ),
+        # every model an input, the base included
+        "linear": Recipe(
+            method="linear",
+            models={
+                name: ModelEntry(name, str(family[name]), parameters={"weight": weight})
+                for name, weight in (("base", [1.0, 0.2]), ("a", 0.3), ("b", [0.1, 0.9]))
+            },
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["task_arithmetic gradients", "ties bfloat16", "dare_ties seeded", "linear"]
+)
+def test_the_in_memory_candidate_is_the_merge_on_disk(
+    case: str,
+    evaluator: CandidateEvaluator,
+    llama_family: dict[str, Path],
+    calib: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    candidate = _candidates(llama_family)[case]
+    # Float reductions (DARE's L1 rescale) round by torch's thread count, in the engine as here:
+    # both merge on one thread, so even those agree bit for bit.
+    monkeypatch.setattr(runner_module, "_core_count", lambda: 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        scores = evaluator.evaluate(candidate)
+    finally:
+        torch.set_num_threads(threads)
+
+    out = tmp_path / "merged"
+    run_merge(make_plan(candidate, out=out, seed=7))
+    on_disk = load_file(str(out / "model.safetensors"))
+    resident = evaluator.model.state_dict()
+    assert set(on_disk) == set(resident)
+    for name, stored in on_disk.items():
+        # bit for bit: the same method call, rounded once to the output dtype, cast as loaded
+        assert torch.equal(resident[name], stored.to(resident[name].dtype)), name
+
+    loaded = load_for_chat(out, device="cpu", dtype="float32")
+    expected = perplexity(loaded, calib.read_text(encoding="utf-8"))
+    assert scores == {LABEL: pytest.approx(expected.mean_nll, rel=1e-4)}
+
+
+def test_a_candidate_changes_the_score(
+    evaluator: CandidateEvaluator, llama_family: dict[str, Path], template: Recipe
+) -> None:
+    near = evaluator.evaluate(template)[LABEL]
+    far = evaluator.evaluate(
+        _recipe(llama_family, "task_arithmetic", {"weight": 3.0}, {"weight": -2.0})
+    )[LABEL]
+    assert abs(far - near) > 1e-3
+    assert evaluator.evaluate(template)[LABEL] == near  # deterministic, nothing left behind
+
+
+def test_unchanged_tensors_are_kept_and_the_rest_recomputed(
+    evaluator: CandidateEvaluator, llama_family: dict[str, Path], template: Recipe
+) -> None:
+    first = _recipe(llama_family, "task_arithmetic", {"weight": [0.2, 0.9]}, {"weight": 0.4})
+    evaluator.evaluate(first)
+    evaluator.evaluate(first)
+    report = evaluator.last_merge
+    assert report is not None and report.computed == 0 and report.reused > 0
+    total = report.reused
+
+    # only b's last layers change: the embeddings (t = 0) and early layers are kept
+    second = _recipe(
+        llama_family, "task_arithmetic", {"weight": [0.2, 0.9]}, {"weight": [0.4, 0.8]}
+    )
+    evaluator.evaluate(second)
+    report = evaluator.last_merge
+    assert report is not None
+    assert 0 < report.computed < total and report.computed + report.reused == total
+
+    # and the result is that of merging `second` from scratch
+    fresh = ResidentMerge(template, device="cpu", seed=7)
+    try:
+        fresh.apply(second)
+        expected = fresh.model.state_dict()
+        for name, value in evaluator.model.state_dict().items():
+            assert torch.equal(value, expected[name]), name
+    finally:
+        fresh.close()
+
+
+def test_a_candidate_that_reads_other_models_is_refused(
+    evaluator: CandidateEvaluator, llama_family: dict[str, Path]
+) -> None:
+    stranger = _recipe(llama_family, "task_arithmetic", {"weight": 0.5}, {"weight": 0.5})
+    stranger.models["b"] = dataclasses.replace(stranger.models["b"], source=str(llama_family["c"]))
+    with pytest.raises(UserError, match="did not load"):
+        evaluator.evaluate(stranger)
+
+
+def test_a_bad_objective_fails_before_any_model_is_read(tmp_path: Path) -> None:
+    nowhere = _recipe(
+        {"base": tmp_path / "x", "a": tmp_path / "y", "b": tmp_path / "z"},
+        "task_arithmetic",
+        {"weight": 1.0},
+        {"weight": 1.0},
+    )
+    text = Objective("perplexity", "perplexity:missing.txt", 1.0, path=tmp_path / "missing.txt")
+    with pytest.raises(UserError, match="no such text file"):
+        CandidateEvaluator(_spec(nowhere, (text,)), device="cpu")
+    (tmp_path / "ok.txt").write_text("Some text to score.", encoding="utf-8")
+    fine = Objective("perplexity", "perplexity:ok.txt", 1.0, path=tmp_path / "ok.txt")
+    with pytest.raises(UserError, match="not on this machine"):
+        CandidateEvaluator(_spec(nowhere, (fine,)), device="cpu")
+
+
+def test_a_closed_evaluator_says_so(template: Recipe, calib: Path) -> None:
+    spec = _spec(template, (Objective("perplexity", LABEL, 1.0, path=calib),))
+    evaluator = CandidateEvaluator(spec, device="cpu")
+    assert evaluator.device == "cpu" and evaluator.labels == (LABEL,)
+    evaluator.close()
+    with pytest.raises(UserError, match="closed"):
+        evaluator.evaluate(template)
+
+
+def test_the_local_backend_scores_in_order_and_stops_on_cancel(
+    template: Recipe, calib: Path, llama_family: dict[str, Path]
+) -> None:
+    spec = _spec(template, (Objective("perplexity", LABEL, 1.0, path=calib),))
+    backend = make_backend("local", spec, device="cpu", workers=None, address=None)
+    try:
+        assert isinstance(backend, LocalBackend)
+        assert backend.describe() == "local (cpu)"
+        batch = [
+            (5, _recipe(llama_family, "task_arithmetic", {"weight": w}, {"weight": 0.5}))
+            for w in (0.1, 0.5, 0.9)
+        ]
+        batch = [(index + i, recipe) for i, (index, recipe) in enumerate(batch)]
+        results = list(backend.evaluate(batch, threading.Event()))
+        assert [index for index, _, _ in results] == [5, 6, 7]
+        assert all(set(scores) == {LABEL} and seconds > 0 for _, scores, seconds in results)
+        assert results[1][1] == backend.evaluator.evaluate(template)  # weight 0.5: the template
+
+        cancel = threading.Event()
+        done = []
+        for index, _, _ in backend.evaluate(batch, cancel):
+            done.append(index)
+            cancel.set()  # after the first: the rest are not started
+        assert done == [5]
+    finally:
+        backend.close()
+
+
+def test_make_backend_refuses_what_it_does_not_know(template: Recipe, calib: Path) -> None:
+    spec = _spec(template, (Objective("perplexity", LABEL, 1.0, path=calib),))
+    with pytest.raises(UserError, match="unknown backend 'slurm'"):
+        make_backend("slurm", spec)
+    with pytest.raises(UserError, match="--ray-address is for the ray backend"):
+        make_backend("local", spec, address="ray://head:10001")
