@@ -23,8 +23,8 @@ LAYER_TENSOR = "model.layers.{i}.mlp.up_proj.weight"
 LABEL = "perplexity:prose.txt"
 PROSE = (
     "The river ran slowly past the old mill, and the miller's daughter watched the boats go by. "
-    "In the evening the lamps were lit along the bank, and the water carried their light away. "
-) * 8
+    "In the evening the lamps were lit along the bank, and the water carried their light away."
+)
 
 
 def write_spec(

@@ -220,7 +220,7 @@ def test_fitness_is_the_weighted_sum() -> None:
     assert math.isinf(fitness(spec, {"p": math.inf, "l": 0.0}))
 
 
-def load_search_spec_like(objectives: tuple[Objective, ...]):  # noqa: ANN201
+def load_search_spec_like(objectives: tuple[Objective, ...]):
     import dataclasses
 
     recipe = loads_toml('[merge]\nmethod = "linear"\n\n[models.a]\nsource = "a"\n')

@@ -68,9 +68,12 @@ class Genome:
             return group / (self.groups - 1)
         if self.layer_count == 1:
             return 0.0
-        start = group * self.layer_count // self.groups
-        end = (group + 1) * self.layer_count // self.groups
-        return (start + end - 1) / 2 / (self.layer_count - 1)
+        layers = [i for i in range(self.layer_count) if self.group_of(i) == group]
+        return (layers[0] + layers[-1]) / 2 / (self.layer_count - 1)
+
+    def group_of(self, layer: int) -> int:
+        """The group a layer's value comes from, stepped (groups as even as the count allows)."""
+        return layer * self.groups // self.layer_count
 
     def clip(self, values: Sequence[float]) -> list[float]:
         """`values` as floats within the bounds; ValueError for a wrong length or a NaN."""
@@ -118,8 +121,7 @@ class Genome:
             return group_values[0]
         if self.spec.smooth:
             return list(group_values)
-        n, groups = self.layer_count, self.groups
-        return [group_values[layer * groups // n] for layer in range(n)]
+        return [group_values[self.group_of(layer)] for layer in range(self.layer_count)]
 
     def recipe_for(self, values: Sequence[float]) -> Recipe:
         """A plain recipe (no search table) with `values` written as parameters: a model's own

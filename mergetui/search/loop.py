@@ -77,7 +77,7 @@ def run_search(
     written for what is wrong with the spec, the models or the out folder."""
     spec = with_overrides(spec, budget=budget, population=population, seed=seed)
     out_dir = Path(out_dir)
-    genome = Genome(spec, check_models(spec, out_dir, device))
+    genome = prepare_genome(spec, out_dir, device)
     cancel = cancel or threading.Event()
     emit: OnSearchEvent = on_event or (lambda event: None)
     search = _Search(spec, genome, out_dir, emit)
@@ -102,7 +102,7 @@ def run_search(
                 labels=tuple(genome.labels),
                 resumed=len(search.records),
                 out_dir=out_dir,
-                device=str(getattr(backend, "device", None) or device),
+                device=_device_of(backend, device),
                 backend=backend_name,
             )
         )
@@ -115,9 +115,10 @@ def run_search(
     return search.finish(stopped=cancel.is_set() and len(search.records) < spec.budget)
 
 
-def check_models(spec: SearchSpec, out_dir: Path, device: str) -> int:
-    """The models' layer count, once the planner (the validator's checks, then the headers) says
-    the template recipe, and the recipe at the search's start, can be merged. No weight is read."""
+def prepare_genome(spec: SearchSpec, out_dir: Path, device: str) -> Genome:
+    """The genome for the models' layer count, once the planner (the validator's checks, then the
+    headers) says the template recipe, and the recipe at the search's start, can be merged. No
+    weight is read."""
     from mergetui.merge.plan import make_plan
 
     folder = spec_folder(spec)
@@ -129,10 +130,19 @@ def check_models(spec: SearchSpec, out_dir: Path, device: str) -> int:
             fix="a search tunes values per layer: merge models with transformer layers",
         )
     genome = Genome(spec, plan.layer_count)
-    make_plan(
-        genome.recipe_for(genome.x0), recipe_dir=folder, out=out_dir / BEST_OUTPUT, device=device
-    )
-    return plan.layer_count
+    start = genome.recipe_for(genome.x0)
+    make_plan(start, recipe_dir=folder, out=out_dir / BEST_OUTPUT, device=device)
+    return genome
+
+
+def _device_of(backend: Any, requested: str) -> str:
+    """The device the backend scores on, where it says (the local backend's evaluator resolves
+    `auto`), else the one asked for. The Backend protocol has no `device`: see describe()."""
+    for owner in (backend, getattr(backend, "evaluator", None)):
+        device = getattr(owner, "device", None)
+        if device:
+            return str(device)
+    return requested
 
 
 def estimate_eta(started: float, done_here: int, remaining: int) -> float | None:

@@ -1,6 +1,7 @@
 """The search spec: a recipe's `[search]` table (or a mergekit-evolve config) read and checked.
 
-Every number, parameter, bound and objective is checked here, before any model is loaded, with the
+Every number, parameter, bound and objective is checked when the spec is read (the table by
+`spec_table`, a mergekit-evolve config by `evolve_config`), before any model is loaded, with the
 recipe reader's located errors (`spec.toml:14: ...`). What is checked later, once the checkpoints'
 headers are read (`loop.run_search`): the layer groups against the layer count, and that the models
 can be merged at all (the validator and the planner).
@@ -294,5 +295,11 @@ def with_overrides(
         population=spec.population if population is None else population,
         seed=spec.seed if seed is None else seed,
     )
-    check_sizes(changed)
+    try:
+        check_sizes(changed)
+    except UserError as exc:
+        given = "--budget" if budget is not None else "--population" if population else None
+        if given is None:
+            raise
+        raise UserError(exc.message, where=given, fix=exc.fix) from None
     return changed
