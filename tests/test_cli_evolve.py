@@ -195,7 +195,7 @@ def _closed_port() -> int:
         ("empty-text", "is empty"),
         ("budget", "below the population"),
         ("models", "different shapes"),
-        ("workers", "--workers is 0"),
+        ("workers", "--workers is for the ray backend"),
         ("ray", "127.0.0.1"),
     ],
 )

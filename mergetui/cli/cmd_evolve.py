@@ -25,26 +25,31 @@ DESCRIPTION = (
     "Search the values a recipe's [search] table names (or a mergekit-evolve config's genome), "
     "scoring each candidate merged in memory; the best is written as best.toml and best.yaml."
 )
-MAX_WORKERS = 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "spec",
         type=Path,
+        metavar="SPEC",
         help="recipe with a [search] table (.toml/.yaml), or mergekit-evolve config",
     )
     parser.add_argument(
-        "--out", type=Path, help="results folder (default: SPEC_STEM-evolve beside the spec)"
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="results folder (default: SPEC_STEM-evolve beside the spec)",
     )
-    parser.add_argument("--budget", type=int, help="evaluations in all (default: the spec's)")
+    number = {"type": int, "metavar": "N"}
+    parser.add_argument("--budget", **number, help="evaluations in all (default: the spec's)")
     parser.add_argument(
-        "--population", type=int, help="candidates per generation (default: the spec's, or cma's)"
+        "--population", **number, help="candidates per generation (default: the spec's, or cma's)"
     )
-    parser.add_argument("--seed", type=int, help="seed of the search (default: the spec's, or 0)")
+    parser.add_argument("--seed", **number, help="seed of the search (default: the spec's, or 0)")
     parser.add_argument(
         "--device",
         default="auto",
+        metavar="D",
         help="where candidates are merged and scored: auto, cpu, cuda, cuda:N or mps",
     )
     parser.add_argument(
@@ -54,17 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score here (local, default) or on a Ray cluster (the optional `ray` extra)",
     )
     parser.add_argument(
-        "--ray-address", help="join this Ray cluster (default: start a local Ray instance)"
+        "--ray-address",
+        metavar="ADDR",
+        help="join this Ray cluster (default: start a local Ray instance)",
     )
     parser.add_argument(
-        "--workers", type=int, help="Ray actors (default: one per GPU, else one per CPU share)"
+        "--workers", **number, help="Ray actors (default: one per GPU, else one per CPU share)"
     )
     add_json_option(parser)
-
-
-def default_out(spec_path: Path) -> Path:
-    """`SPEC_STEM-evolve` beside the spec."""
-    return spec_path.parent / f"{spec_path.stem}-evolve"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,17 +75,19 @@ def run(args: argparse.Namespace) -> int:
     from mergetui.device import check_device_name
     from mergetui.errors import UserError
     from mergetui.search.loop import run_search
+    from mergetui.search.outputs import default_out_dir
     from mergetui.search.spec import load_search_spec, with_overrides
 
     device = check_device_name(args.device)
-    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+    if args.workers is not None and args.backend != "ray":
         raise UserError(
-            f"--workers is {args.workers}; it must be 1 to {MAX_WORKERS}",
-            fix="pass another --workers",
+            "--workers is for the ray backend (the local one scores one candidate at a time)",
+            where="--workers",
+            fix="add --backend ray, or drop --workers",
         )
     spec = load_search_spec(args.spec)
     spec = with_overrides(spec, budget=args.budget, population=args.population, seed=args.seed)
-    out_dir: Path = args.out if args.out is not None else default_out(args.spec)
+    out_dir: Path = args.out if args.out is not None else default_out_dir(args.spec)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(
             "the results folder is a file", where=str(out_dir), fix="pass another --out"
