@@ -55,7 +55,11 @@ def test_reads_a_search_table(tmp_path: Path) -> None:
 
 
 def test_defaults_and_the_population(tmp_path: Path) -> None:
-    import cma
+    import warnings
+
+    with warnings.catch_warnings():  # cma warns that matplotlib is missing (plots only)
+        warnings.simplefilter("ignore")
+        import cma
 
     spec = load_search_spec(write_spec(tmp_path, FAMILY, search="budget = 20\n"))
     assert spec.parameters == ("weight",)  # the method's tuned parameter
