@@ -1,4 +1,4 @@
-"""Sizes and counts for people, one spelling everywhere (CLI tables, screens, errors, events)."""
+"""Sizes, counts and durations for people, one spelling everywhere (CLI tables, screens, events)."""
 
 from __future__ import annotations
 
@@ -26,3 +26,16 @@ def human_count(count: float | None, spec: str = ".3g") -> str:
         if count >= threshold:
             return f"{count / threshold:{spec}}{suffix}"
     return str(int(count))
+
+
+def format_duration(seconds: float | None) -> str:
+    """12.3 s, 4:05 or 1:02:03; "—" when there is no figure."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}:{secs:02d}"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"

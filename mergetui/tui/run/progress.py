@@ -16,24 +16,11 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import ProgressBar, Static
 
-from mergetui.formatting import human_bytes
+from mergetui.formatting import format_duration, human_bytes
 from mergetui.tui.eta import RateEstimate
 from mergetui.tui.paths_text import short_path
 from mergetui.tui.run import clocks
 from mergetui.tui.run.messages import ProgressState
-
-
-def format_duration(seconds: float | None) -> str:
-    """12.3 s, 4:05 or 1:02:03; "—" when there is no figure."""
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "—"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes}:{secs:02d}"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def layer_strip(done: set[int], active: int | None, count: int, width: int) -> Text:

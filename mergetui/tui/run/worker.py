@@ -8,7 +8,6 @@ stay quick. The merge threads run at a lower CPU priority than the UI.
 from __future__ import annotations
 
 import copy
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -29,11 +28,9 @@ from mergetui.tui.run.messages import (
     RunProgress,
     RunStarted,
 )
+from mergetui.tui.workers import lower_priority
 
 PROGRESS_HZ = 20
-# The merge threads run at a lower CPU priority than the UI (Linux: nice is per thread and
-# inherited by the threads they start), so keys stay quick even when the merge has every core.
-MERGE_NICENESS = 10
 
 
 class Poster(Protocol):
@@ -227,11 +224,3 @@ def _record(job: MergeJob, plan: Any, outcome: str, message: str, seconds: float
         total_bytes=plan.total_bytes if plan is not None else 0,
         tensor_count=plan.tensor_count if plan is not None else 0,
     )
-
-
-def lower_priority() -> None:
-    """Give the calling (merge) thread, and every thread it starts, a lower CPU priority."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MERGE_NICENESS)
-    except (AttributeError, OSError):  # not Linux, or not allowed: merge at normal priority
-        pass
