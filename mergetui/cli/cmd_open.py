@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-SCREENS = ("checkpoints", "recipe", "run", "chat")
+SCREENS = ("checkpoints", "recipe", "run", "chat", "search")
 
 
 HELP = "open the app (on a recipe if given)"

@@ -1,4 +1,4 @@
-"""The mergetui app: four screens on F2..F5, the recipe document, files, themes and settings.
+"""The mergetui app: five screens (F2..F5, F10), the recipe document, files, themes and settings.
 
 Start-up stays light: nothing here imports torch or transformers (the checkpoint headers are read
 without them, in a worker), so the first frame appears at once.
@@ -36,6 +36,9 @@ from mergetui.tui.help import HelpScreen, active_sections
 from mergetui.tui.recipe.screen import RecipeScreen
 from mergetui.tui.run.messages import ChatWith
 from mergetui.tui.run.screen import RunScreen, start_merge
+from mergetui.tui.search.apply import apply_best
+from mergetui.tui.search.messages import ApplyBest
+from mergetui.tui.search.screen import SearchScreen
 from mergetui.tui.themes import Heatmap, LoadedTheme, default_heatmap, load_themes
 
 SCREENS: dict[str, tuple[str, str]] = {
@@ -44,13 +47,17 @@ SCREENS: dict[str, tuple[str, str]] = {
     "recipe": ("f3", "Recipe"),
     "run": ("f4", "Run"),
     "chat": ("f5", "Chat"),
+    "search": ("f10", "Search"),
 }
+# Screens whose key the footer leaves out: at 80 columns there is no room for it after the other
+# four (F1 and the palette list it, as they list every key).
+FOOTER_HIDDEN = {"search"}
 MODIFIED_MARK = "[modified]"
 T = TypeVar("T")
 
 
 class MergeTuiApp(App):
-    """Build merge recipes in a terminal: checkpoints, recipe and layer grid, run, chat."""
+    """Build merge recipes in a terminal: checkpoints, recipe and layer grid, run, chat, search."""
 
     TITLE = "mergetui"
     CSS_PATH = "app.tcss"
@@ -59,6 +66,7 @@ class MergeTuiApp(App):
         "recipe": RecipeScreen,
         "run": RunScreen,
         "chat": ChatScreen,
+        "search": SearchScreen,
     }
     DEFAULT_MODE = "recipe"
     COMMANDS = App.COMMANDS | {MergeTuiCommands}
@@ -83,7 +91,10 @@ class MergeTuiApp(App):
     BINDINGS = [
         Binding("f1", "help", "Help"),
         Binding("question_mark", "help", "Help", show=False),
-        *(Binding(key, f"switch_mode('{mode}')", title) for mode, (key, title) in SCREENS.items()),
+        *(
+            Binding(key, f"switch_mode('{mode}')", title, show=mode not in FOOTER_HIDDEN)
+            for mode, (key, title) in SCREENS.items()
+        ),
         Binding("ctrl+s", "save", "Save", show=False),  # shown by the Recipe screen's footer
         Binding("ctrl+o", "open", "Open recipe", show=False),
         # Quit stays out of the footer (F1 and the palette list it): at 80 columns the screens'
@@ -219,6 +230,8 @@ class MergeTuiApp(App):
             for screen in stack:
                 if isinstance(screen, ChatScreen):
                     screen.stop_work()
+                elif isinstance(screen, SearchScreen):
+                    screen.stop_search()  # after its candidate; a later start resumes it
         self.exit()
 
     async def action_quit(self) -> None:
@@ -243,6 +256,24 @@ class MergeTuiApp(App):
     def _chat_with(self, message: ChatWith) -> None:
         """The Run screen's "chat with it": the Chat screen loads the finished merge."""
         open_chat(self, message.source)
+
+    @on(ApplyBest)
+    def _apply_best(self, message: ApplyBest) -> None:
+        """The Search screen's "apply the best": its values into the recipe, one undo step."""
+        changed = self._attempt(
+            "Not applied",
+            partial(apply_best, self.document, message.recipe, message.parameters, message.label),
+        )
+        if changed is None:
+            return
+        if not changed:
+            self.notify("the recipe already has the best values", timeout=4)
+            return
+        self.recipe_edited()
+        self.notify(
+            f"{message.label}: {changed} setting(s) changed · ctrl+z undoes · F4 then r merges",
+            timeout=6,
+        )
 
     def merge_ended(self, outcome: str) -> None:
         """The Run screen's merge ended: "Quit and cancel the merge?" no longer asks anything, so
