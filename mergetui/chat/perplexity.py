@@ -20,6 +20,10 @@ from mergetui.chat.loader import LoadedModel
 from mergetui.errors import CancelledError, UserError
 
 MAX_WINDOW = 1024
+# Windows run side by side up to this many tokens in all, and logits of this many bytes
+# (tokens x vocabulary x 4): the activations and the logits of a batch stay small.
+BATCH_TOKENS = 4096
+BATCH_LOGIT_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -75,34 +79,27 @@ def perplexity(
         raise UserError("the text is too short to score (it needs at least two tokens)")
     size = window or min(loaded.context_length, MAX_WINDOW)
     size = max(2, min(size, total))
-    stride = max(1, size // 2)
+    vocab = int(getattr(loaded.model.config, "vocab_size", 0) or 1)
+    per_batch = max(1, min(BATCH_TOKENS // size, BATCH_LOGIT_BYTES // (4 * size * vocab)))
     started = time.perf_counter()
     nll_sum = 0.0
     scored = 0
-    previous_end = 0
-    begin = 0
     with torch.inference_mode():
-        while True:
+        for batch in _batches(windows(total, size), per_batch):
             if cancel is not None and cancel.is_set():
                 raise CancelledError("perplexity cancelled")
-            end = min(begin + size, total)
-            target_len = end - previous_end
-            chunk = ids[begin:end].unsqueeze(0).to(loaded.device)
-            logits = loaded.model(chunk).logits[0].float()
-            log_probs = torch.log_softmax(logits[:-1], dim=-1)
-            targets = chunk[0, 1:]
-            token_nll = -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
-            # Score only the tokens this window adds (the first token of the text has no context).
-            first = max(0, (end - begin) - target_len - 1)
-            counted = token_nll[first:]
-            nll_sum += float(counted.double().sum())
-            scored += int(counted.numel())
-            previous_end = end
+            chunk = torch.stack([ids[begin:end] for begin, end, _ in batch]).to(loaded.device)
+            logits = loaded.model(chunk).logits
+            for row, (begin, end, first) in enumerate(batch):
+                # Predictions first .. last-1 score the tokens this window adds.
+                log_probs = torch.log_softmax(logits[row, first : end - begin - 1].float(), dim=-1)
+                targets = chunk[row, first + 1 : end - begin]
+                counted = -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
+                nll_sum += float(counted.double().sum())
+                scored += int(counted.numel())
+            del logits
             if on_progress is not None:
-                on_progress(end / total)
-            if end >= total:
-                break
-            begin += stride
+                on_progress(batch[-1][1] / total)
     value = math.exp(nll_sum / scored) if scored else float("nan")
     return PerplexityResult(
         model=loaded.name,
@@ -111,3 +108,33 @@ def perplexity(
         seconds=time.perf_counter() - started,
         text_name=text_name,
     )
+
+
+def windows(total: int, size: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first) of each window over `total` tokens: windows of `size` tokens, stride
+    half a window, and `first`, the window position whose prediction is the first one scored
+    (each token is scored once, in the first window that has it; the text's first token never)."""
+    stride = max(1, size // 2)
+    spans = []
+    begin = previous_end = 0
+    while True:
+        end = min(begin + size, total)
+        spans.append((begin, end, max(0, (end - begin) - (end - previous_end) - 1)))
+        previous_end = end
+        if end >= total:
+            return spans
+        begin += stride
+
+
+def _batches(spans: list[tuple[int, int, int]], per_batch: int) -> list[list[tuple[int, int, int]]]:
+    """Windows of the same length run side by side, `per_batch` at a time (one forward pass:
+    about twice as fast as one by one on a CPU); a shorter last window runs alone."""
+    batches: list[list[tuple[int, int, int]]] = []
+    for span in spans:
+        last = batches[-1] if batches else None
+        same = last is not None and last[0][1] - last[0][0] == span[1] - span[0]
+        if last is not None and same and len(last) < per_batch:
+            last.append(span)
+        else:
+            batches.append([span])
+    return batches
