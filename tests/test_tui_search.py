@@ -288,6 +288,21 @@ async def test_a_bad_form_says_why_and_starts_nothing(
         assert not screen.running
         assert "below the population" in str(screen.query_one("#search-state").render())
         assert not (recipe_path.parent / "soup-evolve").exists()
+        # Another search's results in the folder: refused, with what to do here.
+        out = recipe_path.parent / "soup-evolve"
+        out.mkdir()
+        foreign = (
+            '{"evaluation": 0, "generation": 0, "candidate": 0, "values": {"x[0]": 0.5}, '
+            '"scores": {"perplexity:prose.txt": 1.0}, "fitness": 1.0, "seconds": 0.1}\n'
+        )
+        (out / "evaluations.jsonl").write_text(foreign)
+        screen.query_one("#search-budget").value = "8"
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: not screen.running)
+        state = str(screen.query_one("#search-state").render())
+        assert screen.outcome == "failed" and "from another search" in state
+        assert "move soup-evolve away" in state and "--out" not in state
+        assert (out / "evaluations.jsonl").read_text() == foreign
 
 
 async def test_palette_help_and_reaching_the_screen(

@@ -140,7 +140,8 @@ class FitnessCurve(Widget, can_focus=False):
                 cell = row * plot_width + col
                 best, median = masks[0][cell], masks[1][cell]
                 style: Style | None = styles[0] if best else styles[1] if median else None
-                text.append(chr(BRAILLE | best | median), style=style)
+                mask = best | median
+                text.append(chr(BRAILLE | mask) if mask else " ", style=style)
             if row < height - 1:
                 text.append("\n")
         return text

@@ -52,10 +52,24 @@ def run_job(target: Poster, job: SearchJob) -> None:
             job.spec, out_dir=job.out_dir, device=job.device, on_event=relay, cancel=job.cancel
         )
     except UserError as exc:
-        target.post_message(SearchEnded("failed", str(exc)))
+        target.post_message(SearchEnded("failed", str(in_app_words(exc, job.out_dir))))
         return
     except Exception as exc:  # a bug: say so, keep the app alive
         target.post_message(SearchEnded("failed", f"internal error: {exc!r}"))
         return
     outcome = "stopped" if finished.stopped else "finished"
     target.post_message(SearchEnded(outcome, finished=finished))
+
+
+def in_app_words(error: UserError, out_dir: Path) -> UserError:
+    """The error with a fix the app can follow: the out folder's results being another search's,
+    the command's "pass another --out" becomes what to do here (the folder is the recipe's)."""
+    from mergetui.search.outputs import EVALUATIONS_FILE
+
+    if error.where != str(out_dir / EVALUATIONS_FILE):
+        return error
+    return UserError(
+        error.message,
+        where=error.where,
+        fix=f"set the form back as it was, or move {out_dir.name} away to start over",
+    )
