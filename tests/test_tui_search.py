@@ -359,6 +359,10 @@ async def test_another_recipe_fills_the_form_again(
         assert screen.out_dir == tmp_path / "other-evolve"
         title = str(screen.query_one("#best-title").render())
         assert title.startswith("start")
+        screen.query_one("#search-budget").value = "12"
+        await pilot.pause()
+        state = str(screen.query_one("#search-state").render())
+        assert "scores 12 candidates → other-evolve" in state
 
 
 # -- the plain parts ---------------------------------------------------------------------------

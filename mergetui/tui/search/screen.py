@@ -23,7 +23,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import Checkbox, Header, Static
+from textual.widgets import Checkbox, Header, Input, Static
 
 from mergetui.errors import UserError
 from mergetui.tui.commands import PaletteCommand, PaletteEntry, binding_commands
@@ -186,15 +186,22 @@ class SearchScreen(ModeScreen):
     def _state(self, markup: str) -> None:
         self.query_one("#search-state", Static).update(markup)
 
+    @on(Input.Changed, "#search-budget")
     def _show_idle(self) -> None:
-        if self.outcome is not None:
+        """The ready line: how many candidates, where the results go, whether it resumes."""
+        from mergetui.search.outputs import EVALUATIONS_FILE
+
+        if self.outcome is not None or self.running:
             return
         settings = self.form.settings
-        budget = settings.budget if settings else 0
+        try:
+            budget: int | str = self.form.read().budget
+        except UserError:
+            budget = settings.budget if settings else "?"
         others = other_objectives(settings) if settings else []
         extra = f" (+ {', '.join(others)} from the recipe)" if others else ""
         resume = ""
-        if self.out_dir is not None and (self.out_dir / "evaluations.jsonl").is_file():
+        if self.out_dir is not None and (self.out_dir / EVALUATIONS_FILE).is_file():
             resume = " · resumes what it holds"
         where = escape(short_path(self.out_dir)) if self.out_dir is not None else "?"
         self._state(f"[b]ready[/]: ctrl+r scores {budget} candidates{extra} → {where}{resume}")
