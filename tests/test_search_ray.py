@@ -9,6 +9,7 @@ The tests that need no Ray session (sizing, addresses, Ray missing) run first.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -31,6 +32,7 @@ from mergetui.errors import UserError
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline and quiet
 ray = pytest.importorskip("ray", reason="the Ray backend needs the optional ray extra")
 
+from mergetui.search import backend_ray  # noqa: E402
 from mergetui.search.backend_ray import RayBackend  # noqa: E402
 from mergetui.search.backends import make_backend  # noqa: E402
 from mergetui.search.ray_cluster import (  # noqa: E402
@@ -316,6 +318,12 @@ class TestLocalRay:
         assert sum(w["scored"] for w in backend.workers()) == len(VALUES)
         assert local_backend.take_notices() == []
 
+    def test_workers_that_cannot_be_placed_are_an_error(self, local_backend: Shared) -> None:
+        # One worker asks for both CPUs, which the class's backend holds: it never starts.
+        with pytest.raises(UserError, match="no Ray worker started within 1 s"):
+            RayBackend(local_backend.spec, device="cpu", workers=1, start_timeout=1)
+        assert len(local_backend.backend.workers()) == 2  # the other backend is untouched
+
     def test_cancel_stops_after_the_candidates_in_progress(self, local_backend: Shared) -> None:
         backend, batch = local_backend.backend, local_backend.batch()
         cancel = threading.Event()
@@ -396,6 +404,42 @@ class TestLocalRay:
         assert any("re-dispatched" in n for n in notices), notices
         assert any("could not start" in n for n in notices), notices
         assert backend.workers() == []
+
+    def test_a_candidate_that_kills_every_worker_is_an_error(
+        self, local_backend: Shared, spec, batch, local_scores, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        local_backend.backend.close()  # its CPUs go back for this test's workers
+        monkeypatch.setattr(backend_ray, "MAX_ATTEMPTS", 2)  # not 3: no wait for a new worker
+
+        def crashing(spec, device):  # the real evaluator, but one candidate kills the process
+            import os
+
+            from mergetui.search.evaluator import CandidateEvaluator
+
+            evaluator = CandidateEvaluator(spec, device)
+
+            class Crashing:
+                def evaluate(self, recipe):
+                    if recipe.description == "too big":
+                        os._exit(1)  # as the kernel's OOM killer would
+                    return evaluator.evaluate(recipe)
+
+                def close(self):
+                    evaluator.close()
+
+            return Crashing()
+
+        notices: list[str] = []
+        fatal = (0, dataclasses.replace(batch[0][1], description="too big"))
+        with RayBackend(
+            spec, device="cpu", workers=2, on_notice=notices.append, evaluator_factory=crashing
+        ) as backend:
+            scored = _score_all(backend, batch[1:3])  # the others score as ever
+            assert scored == {i: local_scores[i] for i in (1, 2)}
+            with pytest.raises(UserError, match="candidate 0 was lost with 2 Ray workers"):
+                list(backend.evaluate([fatal], threading.Event()))
+        died = [n for n in notices if "died" in n and "candidate 0 re-dispatched" in n]
+        assert len(died) == 1, notices
 
 
 # ----------------------------------------------------------------------------------------------
