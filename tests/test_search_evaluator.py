@@ -5,7 +5,10 @@ the local backend; errors before anything heavy is loaded."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -247,3 +250,50 @@ def test_make_backend_refuses_what_it_does_not_know(template: Recipe, calib: Pat
         make_backend("slurm", spec)
     with pytest.raises(UserError, match="--ray-address is for the ray backend"):
         make_backend("local", spec, address="ray://head:10001")
+
+
+def _resident_equals_loaded_merge(recipe: Recipe, text: Path, out: Path) -> None:
+    """The resident model after `recipe` equals the merge on disk as the chat loader loads it,
+    every tensor of its state (tied ones included)."""
+    spec = _spec(recipe, (Objective("perplexity", LABEL, 1.0, path=text),))
+    with CandidateEvaluator(spec, device="cpu") as evaluator:
+        evaluator.evaluate(recipe)
+        resident = evaluator.model.state_dict()
+        run_merge(make_plan(recipe, out=out, seed=7))
+        loaded = load_for_chat(out, device="cpu", dtype="float32").model.state_dict()
+        assert set(resident) == set(loaded)
+        for name, value in loaded.items():
+            assert torch.equal(resident[name], value), name
+
+
+@pytest.mark.parametrize("arch", ["gemma", "gpt2", "phi3"])
+def test_other_architectures_are_merged_as_on_disk(
+    arch: str, tiny_model_factory: Callable[..., Path], calib: Path, tmp_path: Path
+) -> None:
+    """gemma and gpt2 tie the head to the embeddings (no head stored); gpt2 names its layers
+    transformer.h.N; phi3 fuses qkv_proj and gate_up_proj."""
+    base = tiny_model_factory(arch, seed=0)
+    family = {
+        "base": base,
+        "a": tiny_model_factory(arch, seed=1, base=base),
+        "b": tiny_model_factory(arch, seed=2, base=base),
+    }
+    recipe = _recipe(family, "task_arithmetic", {"weight": [0.2, 0.9]}, {"weight": 0.6})
+    _resident_equals_loaded_merge(recipe, calib, tmp_path / "merged")
+
+
+def test_a_head_tied_in_the_config_but_stored_is_untied_as_transformers_does(
+    llama_family: dict[str, Path], calib: Path, tmp_path: Path
+) -> None:
+    """A config that ties the head while the files store both: transformers unties them on
+    load when they differ, and so does the resident model."""
+    family = {}
+    for name in ("base", "a", "b"):
+        folder = tmp_path / name
+        shutil.copytree(llama_family[name], folder)
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config["tie_word_embeddings"] = True
+        (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        family[name] = folder
+    recipe = _recipe(family, "task_arithmetic", {"weight": 0.7}, {"weight": [0.1, 0.4]})
+    _resident_equals_loaded_merge(recipe, calib, tmp_path / "merged")

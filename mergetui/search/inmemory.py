@@ -66,7 +66,7 @@ class ResidentMerge:
         self._parents = _load_parents(self.plan, self.device)
         self.model = _resident_model(self.plan, self.device, self.dtype)
         self.tokenizer = _load_tokenizer(self.plan)
-        self._targets, self._aliases = _targets(self.model, self.plan)
+        self._targets = _targets(self.model, self.plan)
         self._holds: dict[str, Hashable] = {}  # tensor name -> key of the value it holds
         self._pool: ThreadPoolExecutor | None = None
 
@@ -113,7 +113,7 @@ class ResidentMerge:
 
     def _check_same_parents(self, plan: Plan) -> None:
         for tensor in plan.tensors:
-            if tensor.name not in self._targets and tensor.name not in self._aliases:
+            if tensor.name not in self._targets:
                 raise UserError(
                     f"a candidate merges tensor {tensor.name}, which the search's model lacks",
                     where=tensor.name,
@@ -144,8 +144,6 @@ class ResidentMerge:
         todo: list[tuple[PlannedTensor, Hashable]] = []
         reused = 0
         for tensor in plan.tensors:
-            if tensor.name in self._aliases:
-                continue
             key = _tensor_key(plan, tensor)
             if self._holds.get(tensor.name) == key:
                 reused += 1
@@ -333,6 +331,7 @@ def _resident_model(plan: Plan, device: torch.device, dtype: torch.dtype) -> Any
     try:
         with _no_weight_init(), torch.device(device):
             model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model.tie_weights()  # skipped with the initialisation; loading a folder ties them
     except torch.OutOfMemoryError as exc:
         raise UserError(
             f"out of memory building the merged model on {device}",
@@ -385,11 +384,11 @@ def _load_tokenizer(plan: Plan) -> Any:
         ) from exc
 
 
-def _targets(model: Any, plan: Plan) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """The resident tensor each output tensor lands in, and the planned names left out: of names
-    transformers ties together (a head tied to the embeddings) only the first the model lists
-    is filled, as loading the merged folder ties the others to it. Every weight of the model
-    must come from the plan."""
+def _targets(model: Any, plan: Plan) -> dict[str, torch.Tensor]:
+    """The resident tensor each output tensor lands in. Names transformers ties together (a
+    head tied to the embeddings) share one tensor; when the plan fills more than one of them,
+    they are untied, as transformers unties them when it loads a folder that stores both. Every
+    weight of the model must come from the plan."""
     state = model.state_dict()  # detached tensors sharing the parameters' storage
     planned = {t.name for t in plan.tensors}
     missing = [n for n in planned if n not in state]
@@ -403,8 +402,6 @@ def _targets(model: Any, plan: Plan) -> tuple[dict[str, torch.Tensor], set[str]]
     groups: dict[int, list[str]] = {}
     for name, value in state.items():
         groups.setdefault(value.untyped_storage().data_ptr(), []).append(name)
-    targets: dict[str, torch.Tensor] = {}
-    aliases: set[str] = set()
     for names in groups.values():
         filled = [n for n in names if n in planned]
         if not filled:
@@ -413,6 +410,17 @@ def _targets(model: Any, plan: Plan) -> tuple[dict[str, torch.Tensor], set[str]]
                 where=names[0],
                 fix="merge checkpoints that hold every weight of their architecture",
             )
-        targets[filled[0]] = state[filled[0]]
-        aliases.update(filled[1:])
-    return targets, aliases
+        for name in filled[1:]:
+            _untie(model, name)
+    state = model.state_dict()
+    return {name: state[name] for name in planned}
+
+
+def _untie(model: Any, name: str) -> None:
+    """Give the parameter `name` storage of its own (it shared another's)."""
+    import torch
+
+    owner_name, _, attribute = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    shared = getattr(owner, attribute)
+    setattr(owner, attribute, torch.nn.Parameter(shared.detach().clone(), requires_grad=False))
