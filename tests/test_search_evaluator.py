@@ -297,3 +297,22 @@ def test_a_head_tied_in_the_config_but_stored_is_untied_as_transformers_does(
         family[name] = folder
     recipe = _recipe(family, "task_arithmetic", {"weight": 0.7}, {"weight": [0.1, 0.4]})
     _resident_equals_loaded_merge(recipe, calib, tmp_path / "merged")
+
+
+def test_a_candidate_shaped_like_the_search_recipe_is_not_planned_again(
+    evaluator: CandidateEvaluator,
+    llama_family: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only its parameters are resolved again: no model is reopened, no header read."""
+    from mergetui.merge import plan as plan_module
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("planned from scratch")
+
+    monkeypatch.setattr(plan_module, "make_plan", refuse)
+    candidate = _recipe(llama_family, "task_arithmetic", {"weight": [0.3, 0.6]}, {"weight": 0.2})
+    candidate.description = "another description, the same shape"
+    assert set(evaluator.evaluate(candidate)) == {LABEL}
+    with pytest.raises(AssertionError, match="planned from scratch"):  # another shape: planned
+        evaluator.evaluate(_recipe(llama_family, "ties", {"weight": 0.3}, {"weight": 0.2}))

@@ -58,8 +58,12 @@ class ResidentMerge:
     """The parents and the merged model, resident on one device; candidates merged into it."""
 
     def __init__(self, recipe: Recipe, *, device: str = "auto", seed: int | None = None) -> None:
+        from mergetui.recipe.paths import folder_of
+
         self.device = resolve_device(device)
         self._seed = seed
+        # Relative model paths of every candidate are read from the search recipe's folder.
+        self._recipe_dir = folder_of(recipe)
         self.plan = self._full_plan(recipe)
         self._structure = _structure(recipe)
         self.dtype = scoring_dtype(self.plan, self.device)
@@ -82,6 +86,7 @@ class ResidentMerge:
 
         return make_plan(
             recipe,
+            recipe_dir=self._recipe_dir,
             out=UNUSED_OUTPUT,
             device=str(self.device),
             seed=self._seed_for(recipe),
@@ -245,6 +250,7 @@ def _structure(recipe: Recipe) -> Recipe:
         seed=None,
         output=None,
         description=None,
+        search=None,
     )
 
 
