@@ -294,21 +294,28 @@ class RayBackend:
         return result
 
     def _started(self, worker: _Worker, ref: Any) -> None:
+        """A worker's start call ended: ready, or out. Loading that raised (the parents are not on
+        its node) is not retried; a worker that died while loading (its node lost) is."""
         ray = self._ray
+        retry = False
         try:
             worker.info = ray.get(ref, timeout=CLOSE_TIMEOUT_S)
         except ray.exceptions.RayTaskError as err:
             cause = getattr(err, "cause", None)
             failure: BaseException = cause if isinstance(cause, BaseException) else err
         except Exception as err:  # noqa: BLE001 - the actor died while loading
-            failure = err
+            failure, retry = err, True
         else:
             worker.state = READY
             return
         self._failures.append(failure)
         self._kill(worker)
         worker.state = DEAD
-        self._notice(f"{worker.where} could not start: {first_line(failure)}")
+        message = f"{worker.where} could not start: {first_line(failure)}"
+        if retry and worker.restarts < MAX_RESTARTS:
+            self._replace(worker)
+            message += "; starting a new worker"
+        self._notice(message)
 
     def _lost(
         self,
@@ -338,10 +345,14 @@ class RayBackend:
         elif job is not None:
             message += f"; candidate {job.index} dropped (stopping)"
         if not cancel.is_set() and worker.restarts < MAX_RESTARTS:
-            index = self._workers.index(worker)
-            self._workers[index] = self._spawn(worker.slot, worker.restarts + 1)
+            self._replace(worker)
             message += "; starting a new worker"
         self._notice(message)
+
+    def _replace(self, worker: _Worker) -> None:
+        """A new actor in a dead worker's slot (Ray places it wherever there is room)."""
+        index = self._workers.index(worker)
+        self._workers[index] = self._spawn(worker.slot, worker.restarts + 1)
 
     def _kill(self, worker: _Worker) -> None:
         try:
