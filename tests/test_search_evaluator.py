@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import threading
 from collections.abc import Callable
@@ -316,3 +317,28 @@ def test_a_candidate_shaped_like_the_search_recipe_is_not_planned_again(
     assert set(evaluator.evaluate(candidate)) == {LABEL}
     with pytest.raises(AssertionError, match="planned from scratch"):  # another shape: planned
         evaluator.evaluate(_recipe(llama_family, "ties", {"weight": 0.3}, {"weight": 0.2}))
+
+
+def test_values_the_merge_refuses_score_inf_and_the_search_goes_on(
+    llama_family: dict[str, Path], calib: Path
+) -> None:
+    def linear(weights: tuple[float, float, float]) -> Recipe:
+        models = {
+            name: ModelEntry(name, str(llama_family[name]), parameters={"weight": weight})
+            for name, weight in zip(("base", "a", "b"), weights, strict=True)
+        }
+        return Recipe(method="linear", models=models)
+
+    spec = _spec(linear((1.0, 1.0, 1.0)), (Objective("perplexity", LABEL, 1.0, path=calib),))
+    with CandidateEvaluator(spec, device="cpu") as evaluator:
+        before = evaluator.evaluate(linear((0.2, 0.5, 0.3)))
+        # weights that sum to zero: normalising divides by zero, the merge refuses them
+        assert evaluator.evaluate(linear((0.0, 0.0, 0.0))) == {LABEL: math.inf}
+        assert evaluator.last_error is not None and "sum to 0" in evaluator.last_error
+        assert evaluator.evaluate(linear((0.2, 0.5, 0.3))) == before
+        assert evaluator.last_error is None
+        # a candidate of another shape the merge refuses is an error, not a score
+        with pytest.raises(UserError, match="needs a base model"):
+            evaluator.evaluate(
+                dataclasses.replace(linear((0.2, 0.5, 0.3)), method="task_arithmetic")
+            )

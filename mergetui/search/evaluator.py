@@ -10,6 +10,7 @@ thread at a time: the local backend owns one, each Ray actor owns one.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,7 @@ class CandidateEvaluator:
         # Of the last `evaluate`: seconds merging and scoring, tensors computed and reused.
         self.last_merge: MergeReport | None = None
         self.last_score_seconds = 0.0
+        self.last_error: str | None = None  # why the last candidate scored inf, if it did
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -64,9 +66,19 @@ class CandidateEvaluator:
 
     def evaluate(self, recipe: Recipe) -> dict[str, float]:
         """Merge the candidate into the resident model and score it: {label: score}, each lower
-        is better. Raises UserError for a candidate the merge would refuse."""
+        is better. A candidate of the search's shape whose values the merge refuses (linear
+        weights that sum to zero...) scores `inf` everywhere, the reason in `last_error`: an
+        infeasible point for the optimizer, not the end of the search. Any other refusal
+        raises its UserError."""
         merge = self._require()
-        self.last_merge = merge.apply(recipe)
+        self.last_error = None
+        try:
+            self.last_merge = merge.apply(recipe)
+        except UserError as exc:
+            if not merge.same_shape(recipe):
+                raise
+            self.last_error = str(exc)
+            return {scorer.label: math.inf for scorer in self._scorers}
         started = time.perf_counter()
         scores = {scorer.label: scorer.score(self._loaded) for scorer in self._scorers}
         self.last_score_seconds = time.perf_counter() - started

@@ -94,6 +94,10 @@ class ResidentMerge:
             trust_remote_code=False,
         )
 
+    def same_shape(self, recipe: Recipe) -> bool:
+        """Whether the candidate differs from the search's recipe only in parameter values."""
+        return _structure(recipe) == self._structure
+
     def plan_for(self, recipe: Recipe) -> Plan:
         """The candidate's plan, as `mergetui merge` would make it. A candidate shaped like the
         search's recipe (same method, models, slices, dtypes: only parameter values differ) gets
@@ -102,7 +106,7 @@ class ResidentMerge:
         from mergetui.merge.plan_tensors import plan_tensors
         from mergetui.recipe.validate import check_recipe
 
-        if _structure(recipe) != self._structure:
+        if not self.same_shape(recipe):
             plan = self._full_plan(recipe)
             self._check_same_parents(plan)
             return plan
