@@ -22,7 +22,7 @@ from mergetui.errors import UserError
 from mergetui.merge import runner as runner_module
 from mergetui.merge.plan import make_plan
 from mergetui.merge.runner import run_merge
-from mergetui.recipe.model import ModelEntry, Recipe
+from mergetui.recipe.model import ModelEntry, Recipe, Slice, SliceSource
 from mergetui.resources import sample_text
 from mergetui.search.backend_local import LocalBackend
 from mergetui.search.backends import make_backend
@@ -342,3 +342,20 @@ def test_values_the_merge_refuses_score_inf_and_the_search_goes_on(
             evaluator.evaluate(
                 dataclasses.replace(linear((0.2, 0.5, 0.3)), method="task_arithmetic")
             )
+
+
+def test_a_candidate_with_another_layer_stack_is_refused(
+    evaluator: CandidateEvaluator, llama_family: dict[str, Path]
+) -> None:
+    """Fewer output layers would leave the resident model's last layers from the candidate
+    before: refused, not scored."""
+    stack = Recipe(
+        method="passthrough",
+        models={name: ModelEntry(name, str(llama_family[name])) for name in ("base", "a")},
+        slices=[
+            Slice([SliceSource("base", (0, 2))]),
+            Slice([SliceSource("a", (3, 4))]),
+        ],
+    )
+    with pytest.raises(UserError, match="another configuration"):
+        evaluator.evaluate(stack)

@@ -121,12 +121,26 @@ class ResidentMerge:
         )
 
     def _check_same_parents(self, plan: Plan) -> None:
+        """A candidate planned from scratch must make the resident model's tensors, no more and
+        no fewer, from parent tensors already loaded, into the same architecture."""
+        fix = "search over parameter values only; keep the recipe's models and slices"
+        if _without_dtype(plan.output_config) != _without_dtype(self.plan.output_config):
+            raise UserError("a candidate's merged model has another configuration", fix=fix)
+        names = {tensor.name for tensor in plan.tensors}
+        other = sorted(names ^ set(self._targets))
+        if other:
+            raise UserError(
+                f"a candidate's merged model {'has' if other[0] in names else 'lacks'} tensor "
+                f"{other[0]}, unlike the search's",
+                where=other[0],
+                fix=fix,
+            )
         for tensor in plan.tensors:
-            if tensor.name not in self._targets:
+            if tuple(tensor.shape) != tuple(self._targets[tensor.name].shape):
                 raise UserError(
-                    f"a candidate merges tensor {tensor.name}, which the search's model lacks",
+                    f"a candidate's tensor {tensor.name} has another shape",
                     where=tensor.name,
-                    fix="search over parameter values only; keep the recipe's models and slices",
+                    fix=fix,
                 )
             for source in tensor.inputs:
                 if _parent_key(source) not in self._parents:
@@ -134,7 +148,7 @@ class ResidentMerge:
                         f"a candidate reads {source.tensor} of {source.model!r}, which the "
                         "search did not load",
                         where=tensor.name,
-                        fix="search over parameter values only; keep the recipe's models and slices",
+                        fix=fix,
                     )
 
     # -- merging -----------------------------------------------------------------------------
@@ -256,6 +270,11 @@ def _structure(recipe: Recipe) -> Recipe:
         description=None,
         search=None,
     )
+
+
+def _without_dtype(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config but for its dtype (a candidate may write another; it is scored the same way)."""
+    return {k: v for k, v in config.items() if k not in ("dtype", "torch_dtype")}
 
 
 def _frozen(values: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
