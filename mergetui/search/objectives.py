@@ -38,8 +38,6 @@ if TYPE_CHECKING:
     from mergetui.chat.loader import LoadedModel
 
 LM_EVAL_FIX = "pip install 'mergetui[lm-eval]'"
-# Logits of one completions batch stay near this many bytes (tokens x vocabulary x float32).
-_BATCH_LOGIT_BYTES = 256 * 1024 * 1024
 _BATCH_LINES = 32
 _LM_EVAL_LOCK = threading.Lock()
 
@@ -197,8 +195,10 @@ class CompletionsScorer:
 
         if len(self.encoded) != len(self.items):
             self.prepare(loaded)
+        from mergetui.chat.perplexity import BATCH_LOGIT_BYTES, BATCH_TOKENS
+
         vocab = int(getattr(loaded.model.config, "vocab_size", 0) or 1)
-        budget = max(1, _BATCH_LOGIT_BYTES // (4 * vocab))
+        budget = max(1, min(BATCH_TOKENS, BATCH_LOGIT_BYTES // (4 * vocab)))
         order = sorted(range(len(self.encoded)), key=lambda i: len(self.encoded[i].ids))
         total = 0.0
         with torch.inference_mode():
@@ -226,7 +226,8 @@ def _encode(tokenizer: Any, prompt: str, completion: str, window: int, where: st
         )
     if scored >= window:
         raise UserError(
-            f"the completion is {scored} tokens, longer than the model's window ({window})",
+            f"the completion is {scored} tokens, longer than the model's window of {window} "
+            "leaves room for (one token of prompt at least)",
             where=where,
             fix="shorten the completion",
         )
