@@ -33,6 +33,7 @@ class CandidateEvaluator:
 
         self.spec = spec
         self._scorers: list[Scorer] = [load_scorer(o) for o in spec.objectives]
+        self._labels = tuple(scorer.label for scorer in self._scorers)
         if not self._scorers:
             raise UserError(
                 "the search has no objective", where="search.objective", fix="add an objective"
@@ -43,8 +44,12 @@ class CandidateEvaluator:
         )
         self.device = str(self._merge.device)
         self._loaded = _loaded_model(self._merge, started)
-        for scorer in self._scorers:
-            scorer.prepare(self._loaded)
+        try:
+            for scorer in self._scorers:
+                scorer.prepare(self._loaded)
+        except BaseException:
+            self.close()  # the parents' memory goes back at once (a GPU's too)
+            raise
         self.load_seconds = time.perf_counter() - started
         # Of the last `evaluate`: seconds merging and scoring, tensors computed and reused.
         self.last_merge: MergeReport | None = None
@@ -53,7 +58,7 @@ class CandidateEvaluator:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return tuple(scorer.label for scorer in self._scorers)
+        return self._labels
 
     @property
     def model(self) -> Any:
@@ -87,6 +92,7 @@ class CandidateEvaluator:
     def close(self) -> None:
         """Give back the memory of the parents and the model; the evaluator is done."""
         if self._merge is not None:
+            self._scorers = []  # lm-eval's wrapper holds the model too
             self._loaded.model = None
             self._merge.close()
             self._merge = None
