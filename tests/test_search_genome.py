@@ -138,3 +138,17 @@ def test_the_recipe_is_plain_and_leaves_the_template_alone(tmp_path: Path) -> No
     assert layer_values(recipe, "b") == pytest.approx([0.5, 0.6, 0.7, 0.8])
     problems = validate_recipe(recipe, offline=True, hub_cache=False)
     assert not [p for p in problems if p.is_error and "weight" in p.message]
+
+
+def test_a_random_methods_best_recipe_carries_the_search_seed(tmp_path: Path) -> None:
+    """The evaluator merges a random method's candidates with the search's seed (the recipe has
+    none), so the written recipe must carry it: `mergetui merge best.toml` makes what was scored."""
+    search = "budget = 10\nseed = 7\n"
+    dare = Genome(
+        load_search_spec(write_spec(tmp_path / "dare", FAMILY, search=search, method="dare_ties")),
+        4,
+    )
+    assert dare.spec.recipe.seed is None
+    assert dare.recipe_for(dare.x0).seed == 7
+    plain = _genome(tmp_path / "ta", search)
+    assert plain.recipe_for(plain.x0).seed is None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mergetui.cli.options import add_json_option
+from mergetui.formatting import format_duration
 
 HELP = "search per-layer merge weights automatically (CMA-ES), on this machine or on Ray"
 DESCRIPTION = (
@@ -64,7 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="join this Ray cluster (default: start a local Ray instance)",
     )
     parser.add_argument(
-        "--workers", **number, help="Ray actors (default: one per GPU, else one per CPU share)"
+        "--workers",
+        **number,
+        help="Ray actors (default: one per GPU, else one per node, each with its node's CPUs)",
     )
     add_json_option(parser)
 
@@ -216,18 +219,7 @@ class _Progress:
 
     def _status(self) -> None:
         best = "-" if self.best is None else f"{self.best:.5g}"
-        left = "" if self.eta is None else f" · ETA {_duration(self.eta)}"
+        left = "" if self.eta is None else f" · ETA {format_duration(self.eta)}"
         self.progress.update(
             task_id=self.task, status=f"generation {self.generation} · best {best}{left}"
         )
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"

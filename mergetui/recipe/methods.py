@@ -121,6 +121,11 @@ class MethodSpec:
     def per_model_params(self) -> tuple[ParamSpec, ...]:
         return tuple(p for p in self.params if p.scope != "shared")
 
+    @property
+    def searchable_params(self) -> tuple[str, ...]:
+        """What `mergetui evolve` and the Search screen may set: the method's numbers, in order."""
+        return tuple(p.name for p in self.params if p.type == "float")
+
 
 def _weight(scope: Scope, description: str = "how much this model contributes") -> ParamSpec:
     return ParamSpec("weight", "float", scope, description=description, search_bounds=(0.0, 1.0))

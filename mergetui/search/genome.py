@@ -129,6 +129,10 @@ class Genome:
         recipe = copy.deepcopy(self.spec.recipe)
         recipe.search = None
         recipe.locations = {}
+        if recipe.seed is None and self.spec.method.random:
+            # The evaluator merges a random method's candidates with the search's seed; written
+            # down, `mergetui merge best.toml` makes the model that was scored.
+            recipe.seed = self.spec.seed
         for (name, model), group_values in self.series(values).items():
             target = recipe.models[model].parameters if model else recipe.parameters
             target[name] = self.setting(group_values)

@@ -101,7 +101,7 @@ class SearchTableReader:
 
     def parameters(self, raw: Any, method: MethodSpec) -> tuple[str, ...]:
         path = ("search", "parameters")
-        searchable = [p.name for p in method.params if p.type == "float"]
+        searchable = list(method.searchable_params)
         hint = f"{method.name} can search: {', '.join(searchable)}" if searchable else None
         if raw is None:
             raw = [method.tuned_parameter] if method.tuned_parameter in searchable else []

@@ -48,7 +48,7 @@ def searchable_parameters(method: str) -> tuple[str, ...]:
     from mergetui.recipe.methods import METHODS
 
     spec = METHODS.get(method)
-    return tuple(p.name for p in spec.params if p.type == "float") if spec else ()
+    return spec.searchable_params if spec else ()
 
 
 def demo_texts(recipe_dir: Path) -> tuple[str, ...]:
