@@ -1,8 +1,8 @@
 """Evolve: evaluations per minute against the loop a user scripts by hand, and the search's quality.
 
-Speed. Makes (once, under benchmarks/_work/evolve/) a ~30M-parameter Llama-shaped family: a base
-(random init, hidden 512, 10 layers, 32 heads / 16 KV heads, intermediate 1376) and two "fine-tunes"
-(base + seeded noise), float32, with the demo's offline byte-level BPE tokenizer, and a ~2K-token
+Speed. Makes (once, under benchmarks/_work/evolve/) a ~32M-parameter Llama-shaped family: a base
+(random init, hidden 512, 8 layers, 8 heads / 4 KV heads, intermediate 1408, vocabulary 8192) and
+two "fine-tunes" (base + seeded noise), float32, with the demo's offline byte-level BPE tokenizer, and a ~2K-token
 text. The genome: task_arithmetic of the two fine-tunes over the base, `weight` searched in 4 layer
 groups per model (8 values), one perplexity objective on that text. Then:
 
@@ -46,7 +46,21 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "evolve"
-SHAPE = dict(num_layers=10, hidden_size=512, intermediate_size=1376)
+# A ~32M-parameter Llama: 8 layers of hidden 512 (8 heads of 64, 4 KV heads), intermediate 1408,
+# vocabulary 8192 (the demo tokenizer uses its first ~400 ids), a 2048-token context.
+SHAPE = dict(
+    num_hidden_layers=8,
+    hidden_size=512,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    intermediate_size=1408,
+    vocab_size=8192,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=3,
+)
 GROUPS = 4
 WINDOW, STRIDE = 1024, 512
 
@@ -84,17 +98,25 @@ def run_measured(cmd: list[str], cwd: Path | None = None) -> tuple[float, int, s
 
 
 def make_family(root: Path) -> dict[str, Path]:
-    from mergetui.demo import make_tiny_model
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mergetui.demo import train_tokenizer
 
     paths = {name: root / name for name in ("base", "ft-a", "ft-b")}
     if not all((p / "config.json").exists() for p in paths.values()):
-        make_tiny_model(paths["base"], "llama", seed=0, **SHAPE)
-        make_tiny_model(paths["ft-a"], base=paths["base"], seed=1, noise=0.004)
-        make_tiny_model(paths["ft-b"], base=paths["base"], seed=2, noise=0.004)
-        for path in paths.values():  # a real small Llama's context, not the test models' 128
-            config = json.loads((path / "config.json").read_text())
-            config["max_position_embeddings"] = 2048
-            (path / "config.json").write_text(json.dumps(config, indent=2))
+        config = LlamaConfig(**SHAPE, architectures=["LlamaForCausalLM"])
+        torch.manual_seed(0)
+        base = LlamaForCausalLM(config).eval()
+        state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+        for index, path in enumerate(paths.values()):
+            if index:
+                noise = torch.Generator().manual_seed(index)
+                with torch.no_grad():
+                    for key, param in base.state_dict().items():
+                        param.copy_(state[key] + torch.randn(param.shape, generator=noise) * 0.004)
+            base.save_pretrained(str(path), safe_serialization=True)
+            train_tokenizer(path)
     text = root / "text.txt"
     if not text.exists():
         from mergetui.resources import sample_text
@@ -180,7 +202,7 @@ def hand_loop(root: Path, out_json: Path) -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     spec = load_search_spec(root / "spec.toml")
-    genome = Genome(spec, SHAPE["num_layers"])
+    genome = Genome(spec, SHAPE["num_hidden_layers"])
     records = [
         json.loads(line) for line in (root / "ours" / "evaluations.jsonl").read_text().splitlines()
     ]
@@ -300,6 +322,11 @@ def bench_quality(budget: int) -> dict[str, Any]:
         stdout=subprocess.DEVNULL,
     )
     texts = sorted((demo / "heldout").glob("*.txt"))
+    if not texts or not (demo / "recipes" / "evolve.toml").is_file():
+        raise SystemExit(
+            "the quality run needs the trained demo family (held-out texts and recipes/evolve.toml);"
+            " this mergetui's `mergetui demo` still writes the random family (docs/evolve.md)"
+        )
     spec = demo / "recipes" / "evolve.toml"
     out = root / "search"
     started = time.perf_counter()
@@ -314,8 +341,8 @@ def bench_quality(budget: int) -> dict[str, Any]:
     equal_text = spec.read_text(encoding="utf-8").split("[search]")[0]
     equal.write_text(equal_text, encoding="utf-8")
     rows = {
-        "prose": demo / "models" / "prose",
-        "code": demo / "models" / "code",
+        "prose": demo / "prose",
+        "code": demo / "code",
         "equal-weight merge": merge(equal, root / "equal-out"),
         "best found": merge(out / "best.toml", root / "best-out"),
     }
