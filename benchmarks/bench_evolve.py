@@ -324,8 +324,8 @@ def bench_quality(budget: int) -> dict[str, Any]:
     texts = sorted((demo / "heldout").glob("*.txt"))
     if not texts or not (demo / "recipes" / "evolve.toml").is_file():
         raise SystemExit(
-            "the quality run needs the trained demo family (held-out texts and recipes/evolve.toml);"
-            " this mergetui's `mergetui demo` still writes the random family (docs/evolve.md)"
+            "the quality run needs the trained demo family (held-out texts and recipes/evolve.toml)"
+            f" in {demo}: `mergetui demo` did not write them (docs/evolve.md, 'The demo family')"
         )
     spec = demo / "recipes" / "evolve.toml"
     out = root / "search"

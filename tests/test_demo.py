@@ -187,10 +187,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
 def test_demo_models_are_a_family(demo) -> None:
     from mergetui.checkpoints.inspect import open_checkpoint
 
-    assert demo.created and set(demo.models) == {"base", "chat", "code", "math"}
+    assert demo.created and list(demo.models) == ["base", "prose", "code"]
     checkpoints = {name: open_checkpoint(folder) for name, folder in demo.models.items()}
     base = checkpoints["base"]
-    assert base.num_layers == 8 and base.hidden_size == 128 and base.vocab_size == 512
+    assert base.num_layers == 6 and base.hidden_size == 128 and base.vocab_size == 1024
     assert base.dtypes == {"BF16": len(base.tensors)}
     base_tensors = _all_tensors(demo.models["base"])
     for name, checkpoint in checkpoints.items():
@@ -204,7 +204,13 @@ def test_demo_models_are_a_family(demo) -> None:
                 tuned["model.layers.5.mlp.up_proj.weight"].float()
                 - base_tensors["model.layers.5.mlp.up_proj.weight"].float()
             )
-            assert 0.01 < delta.std().item() < 0.05, name
+            assert 0.001 < delta.std().item() < 0.1, name
+    # The texts to search and to judge on, one per domain (tests/test_demo_family.py: the rest).
+    assert {folder: sorted(texts) for folder, texts in demo.texts.items()} == {
+        "calib": ["code", "prose"],
+        "heldout": ["code", "prose"],
+    }
+    assert all(path.is_file() for texts in demo.texts.values() for path in texts.values())
 
 
 def test_demo_recipes_load_and_point_at_the_models(demo) -> None:
@@ -212,13 +218,6 @@ def test_demo_recipes_load_and_point_at_the_models(demo) -> None:
     from mergetui.recipe.methods import METHODS
     from mergetui.recipe.validate import validate_recipe
 
-    assert set(demo.recipes) == {
-        "linear-soup",
-        "slerp-gradient",
-        "ties",
-        "dare-ties",
-        "passthrough-stack",
-    }
     methods = {}
     for name, path in demo.recipes.items():
         assert path.parent == demo.recipes_dir
@@ -233,28 +232,59 @@ def test_demo_recipes_load_and_point_at_the_models(demo) -> None:
         if recipe.base is not None:
             assert recipe.base in recipe.models
     assert methods == {
+        "task-arithmetic": "task_arithmetic",
         "linear-soup": "linear",
         "slerp-gradient": "slerp",
         "ties": "ties",
         "dare-ties": "dare_ties",
         "passthrough-stack": "passthrough",
+        "evolve": "task_arithmetic",
     }
     assert load_recipe(demo.recipes["dare-ties"]).seed == 42
-    assert len(load_recipe(demo.recipes["ties"]).models) == 4
+    assert set(load_recipe(demo.recipes["ties"]).models) == {"base", "prose", "code"}
     for path in demo.recipes.values():
         # Checked against the checkpoints themselves: tensor names, shapes, layer ranges.
         problems = validate_recipe(load_recipe(path))
         assert problems == [], (path.name, problems)
     stack = load_recipe(demo.recipes["passthrough-stack"])
-    assert [s.sources[0].layer_range for s in stack.slices] == [(0, 6), (2, 8)]
+    assert [s.sources[0].layer_range for s in stack.slices] == [(0, 4), (2, 6)]
     slerp = load_recipe(demo.recipes["slerp-gradient"])
     assert [c.filter for c in slerp.parameters["t"]] == ["self_attn", "mlp", None]
+    assert set(slerp.models) == {"prose", "code"}
+
+
+def test_demo_search_recipe_reads_as_a_search_over_the_calibration_texts(demo) -> None:
+    from mergetui.recipe.io import load_recipe
+    from mergetui.search.spec import load_search_spec
+
+    path = demo.recipes["evolve"]
+    search = load_recipe(path).search
+    assert search is not None
+    assert {k: search[k] for k in ("parameters", "layer_groups", "smooth", "budget", "seed")} == {
+        "parameters": ["weight"],
+        "layer_groups": 4,
+        "smooth": True,
+        "budget": 48,
+        "seed": 0,
+    }
+    spec = load_search_spec(path)
+    assert spec.parameters == ("weight",) and spec.recipe.base == "base"
+    assert [o.kind for o in spec.objectives] == ["perplexity", "perplexity"]
+    assert [o.path for o in spec.objectives] == [
+        demo.texts["calib"]["prose"],
+        demo.texts["calib"]["code"],
+    ]
+    # The search starts from the plain equal-weight merge (recipes/task-arithmetic.toml).
+    plain = load_recipe(demo.recipes["task-arithmetic"])
+    assert {n: m.parameters for n, m in spec.recipe.models.items()} == {
+        n: m.parameters for n, m in plain.models.items()
+    }
 
 
 def test_existing_demo_is_reused(demo) -> None:
     from mergetui.demo import make_demo
 
-    weights = demo.models["chat"] / "model.safetensors"
+    weights = demo.models["prose"] / "model.safetensors"
     before = weights.stat().st_mtime_ns
     again = make_demo(demo.directory)
     assert not again.created
@@ -268,7 +298,7 @@ def test_interrupted_demo_is_rebuilt_and_force_keeps_other_files(tmp_path: Path)
 
     target = tmp_path / "demo"
     first = make_demo(target)
-    weights = first.models["math"] / "model.safetensors"
+    weights = first.models["code"] / "model.safetensors"
     # No marker: a run that stopped half-way. It is rebuilt without --force.
     (target / DEMO_MARKER).unlink()
     weights.write_bytes(b"half-written")
@@ -298,7 +328,8 @@ def test_demo_command_writes_and_prints_next_steps(
     out = capsys.readouterr().out
     assert (tmp_path / "mergetui-demo" / "base" / "model.safetensors").is_file()
     assert "Wrote the demo" in out and "Next, try" in out
-    assert "cd mergetui-demo\n" in out and "mergetui merge recipes/linear-soup.toml\n" in out
+    assert "cd mergetui-demo\n" in out and "mergetui merge recipes/task-arithmetic.toml\n" in out
+    assert "heldout/prose.txt" in out and "recipes/evolve.toml" in out
 
     assert main(["demo", "--no-tui"]) == 0
     assert "Reusing the demo" in capsys.readouterr().out

@@ -146,16 +146,10 @@ async def test_the_demo_folder_is_a_models_folder_from_the_start(demo_with_a_mer
         await settle(pilot)
         screen = app.screen
         assert isinstance(screen, CheckpointsScreen)
-        assert sorted(row.name for row in screen.rows) == [
-            "base",
-            "chat",
-            "code",
-            "linear-soup",
-            "math",
-        ]
+        assert sorted(row.name for row in screen.rows) == ["base", "code", "linear-soup", "prose"]
         status = screen.query_one("#ck-status", StatusLine)
         text = shown(status)
-        assert text.startswith("5 local (1 folder + HF cache)")
+        assert text.startswith("4 local (1 folder + HF cache)")
         assert len(text) <= status.content_size.width  # fits: nothing cut at the edge
         app.theme = "mergetui-light"  # saving a setting does not remember the demo's folder
         await pilot.pause()

@@ -1,8 +1,10 @@
-"""`mergetui demo`: a family of tiny checkpoints and recipes to try everything offline.
+"""`mergetui demo`: a small trained model family, texts and recipes to try everything offline.
 
-Writes `base` and three fine-tunes of it (`chat`, `code`, `math`) plus recipes that merge them, then
-opens the app on one of them (or, with `--no-tui` or before the app exists, prints what to try next).
-An existing demo in the folder is reused unless `--force`.
+Writes `base` (a small Llama trained on English prose and Python code) and its two fine-tunes
+`prose` and `code` (shipped with mergetui, nothing downloaded), calibration and held-out texts for
+each domain, and recipes that merge them (one of them a search, `evolve.toml`), then opens the app on
+one of them (or, with `--no-tui` or before the app exists, prints what to try next). An existing demo
+in the folder is reused unless `--force`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ DEFAULT_DIR = "mergetui-demo"
 APP_RECIPE = "slerp-gradient"
 
 
-HELP = "write tiny demo checkpoints and recipes, then open them"
+HELP = "write a small trained model family, texts and recipes, then open them"
 DESCRIPTION = (
-    "Build (offline, in seconds) a base model, three fine-tunes of it and recipes "
-    "that merge them, to try mergetui without downloading anything."
+    "Write (offline, in a moment) a small base model trained on prose and code, its prose and "
+    "code fine-tunes, held-out texts to judge merges on, and recipes that merge them, to try "
+    "mergetui without downloading anything."
 )
 
 
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             # From the demo folder, paths typed in the app (added models) read as in the demo;
             # the recipes' outputs are relative to their files (../merges/NAME) anyway.
             os.chdir(info.directory)
-            # The demo folder is a models folder from the start: its four checkpoints and the
+            # The demo folder is a models folder from the start: its three checkpoints and the
             # merges made from its recipes are on the Checkpoints screen (for this session).
             return int(run_app(info.recipes[APP_RECIPE], models_dirs=[info.directory]) or 0)
     _print_next_steps(info)
@@ -109,6 +112,14 @@ def _print_demo(info: Any) -> None:
     out.print("[bold]Recipes[/] (model paths are relative to the recipe file):")
     for path in info.recipes.values():
         out.print(f"  {escape(_relative(path))}")
+    purposes = {
+        "calib": "what a search scores on",
+        "heldout": "to judge merges on, never trained on",
+    }
+    out.print("[bold]Texts[/] (English prose and Python code):")
+    for folder, texts in info.texts.items():
+        names = "  ".join(escape(_relative(path)) for path in texts.values())
+        out.print(f"  {names}   [dim]# {purposes.get(folder, folder)}[/]")
 
 
 def _print_next_steps(info: Any) -> None:
@@ -122,10 +133,15 @@ def _print_next_steps(info: Any) -> None:
     if where != ".":
         out.print(f"  cd {escape(where)}")
     out.print("  mergetui inspect base --layers")
-    out.print("  mergetui validate recipes/linear-soup.toml")
-    out.print("  mergetui merge recipes/linear-soup.toml --dry-run")
-    out.print("  mergetui merge recipes/linear-soup.toml")
-    out.print("  mergetui inspect merges/linear-soup")
+    out.print("  mergetui validate recipes/task-arithmetic.toml")
+    out.print("  mergetui merge recipes/task-arithmetic.toml --dry-run")
+    out.print("  mergetui merge recipes/task-arithmetic.toml")
+    out.print(
+        "  mergetui eval merges/task-arithmetic prose code --text heldout/code.txt"
+        "   [dim]# the merge against its parents[/]"
+    )
+    out.print('  mergetui chat merges/task-arithmetic --prompt "def parse(line):" --seed 0')
+    out.print("  mergetui evolve recipes/evolve.toml   [dim]# search per-layer weights[/]")
     out.print("  mergetui --models-dir .   [dim]# the app, the demo's checkpoints remembered[/]")
 
 

@@ -6,7 +6,8 @@ as weights in `mergetui/data/demo_family/`); `corpus` the texts they learned fro
 that trained them (`python -m mergetui.demo.train`); `make` writes a demo folder (`make_demo`).
 """
 
-from mergetui.demo.make import DEMO_MARKER, DEMO_MODELS, DEMO_RECIPES, DemoInfo, make_demo
+from typing import Any
+
 from mergetui.demo.tiny import (
     ARCHITECTURES,
     BOS_ID,
@@ -23,6 +24,19 @@ from mergetui.demo.tiny import (
     make_tiny_model,
     train_tokenizer,
 )
+
+# The demo folder's names load on first use, so `python -m mergetui.demo.corpus` (or .train) runs
+# its module without the package having imported it already.
+_FROM_MAKE = ("DEMO_MARKER", "DEMO_MODELS", "DEMO_RECIPES", "DemoInfo", "make_demo")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_MAKE:
+        from mergetui.demo import make
+
+        return getattr(make, name)
+    raise AttributeError(f"module 'mergetui.demo' has no attribute {name!r}")
+
 
 __all__ = [
     "ARCHITECTURES",

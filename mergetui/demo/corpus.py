@@ -1,15 +1,19 @@
 """The demo family's texts: English prose and Python code that ship with Python itself.
 
-Prose is the language reference's running text as `pydoc` holds it (`pydoc_data.topics`), with its
-grammar rules, headings and indented examples taken out and each paragraph on one line. Code is a
-fixed list of pure-Python standard library modules with their docstrings removed (`ast.unparse`,
-so comments go too and the layout is uniform). Both differ between Python versions, so they were
-extracted once (`python -m mergetui.demo.corpus`) and ship in `mergetui/data/demo_family/corpus/`;
-the family is trained on, and measured with, the shipped files only.
+Prose is the language reference's running text as `pydoc` holds it (`pydoc_data.topics`) and the
+standard library's docstrings, with grammar rules, headings, doctests and indented examples taken
+out and each paragraph on one line. Code is the standard library's own modules with their
+docstrings removed (`ast.unparse`, so comments go too and the layout is uniform). Both differ
+between Python versions, so they were extracted once (`python -m mergetui.demo.corpus`) and ship in
+`mergetui/data/demo_family/corpus/`; the family is trained on, and measured with, those files only.
 
-Each domain is split by document, so no held-out paragraph or function was trained on: `train`
-(fine-tuning and base training), `calib` (what a search scores candidates on), `heldout` (what the
-demo's numbers are measured on, never used for training or calibration).
+Each domain is split by document (a pydoc topic, a module's docstrings, a module's code), so nothing
+is in two splits:
+- `base`: what the base model is trained on (both domains mixed);
+- `tune`: what each fine-tune is trained on (its own domain: text the base never saw, as a real
+  fine-tune's data is);
+- `calib`: what a search scores candidates on (`recipes/evolve.toml`);
+- `heldout`: what the demo's numbers are measured on, never trained or searched on.
 """
 
 from __future__ import annotations
@@ -22,75 +26,53 @@ from pathlib import Path
 from mergetui.resources import data_text
 
 DOMAINS = ("prose", "code")
-SPLITS = ("train", "calib", "heldout")
+SPLITS = ("base", "tune", "calib", "heldout")
+TRAIN_SPLITS = ("base", "tune")
 CORPUS_PARTS = ("demo_family", "corpus")
 
-# Code: pure-Python standard library modules (sorted by name; the split below is by position).
-CODE_MODULES = (
-    "base64",
-    "bisect",
-    "calendar",
-    "cmd",
-    "code",
-    "codeop",
-    "colorsys",
-    "contextlib",
-    "copy",
-    "csv",
-    "fnmatch",
-    "fractions",
-    "getopt",
-    "gettext",
-    "glob",
-    "graphlib",
-    "heapq",
-    "html/parser",
-    "json/decoder",
-    "json/encoder",
-    "linecache",
-    "numbers",
-    "operator",
-    "queue",
-    "quopri",
-    "random",
-    "reprlib",
-    "sched",
-    "shlex",
-    "statistics",
-    "string",
-    "textwrap",
-    "timeit",
-    "tokenize",
-)
-# Which documents (by name) are held out of training. Prose documents are pydoc topics.
-CALIB_DOCS = {
-    "prose": ("calls", "exceptions", "for", "while"),
-    "code": ("csv", "graphlib", "sched"),
+# The documents held out of training, by name (prose: pydoc topics; code: modules).
+HELD_DOCS = {
+    "calib": {
+        "prose": ("calls", "exceptions", "for", "while"),
+        "code": ("csv", "graphlib", "sched"),
+    },
+    "heldout": {
+        "prose": ("class", "import", "return", "slicings", "try", "with", "yield"),
+        "code": ("fnmatch", "queue", "shlex", "textwrap"),
+    },
 }
-HELDOUT_DOCS = {
-    "prose": ("class", "import", "return", "slicings", "try", "with", "yield"),
-    "code": ("fnmatch", "queue", "shlex", "textwrap"),
+# Size caps (characters): a few thousand tokens for the held-out splits, more to train on.
+SPLIT_CHARS = {"base": 300_000, "tune": 300_000, "calib": 9_000, "heldout": 12_000}
+# Standard library folders whose modules are not the library's own prose or code.
+_SKIP_FOLDERS = {
+    "__phello__",
+    "ensurepip",
+    "idlelib",
+    "lib2to3",
+    "site-packages",
+    "test",
+    "tests",
+    "tkinter",
+    "turtledemo",
 }
-# Size caps (characters) for the held-out splits: a few thousand tokens each.
-SPLIT_CHARS = {"calib": 9_000, "heldout": 12_000}
 
 _HEADING_RULE = re.compile(r"^[*=\-~^]{3,}$")
 
 
 def prose_paragraphs(topic_text: str) -> list[str]:
-    """The running text of one pydoc topic: paragraphs reflowed to one line each.
+    """The running text of one pydoc topic or docstring: paragraphs reflowed to one line each.
 
     Left out: headings (a line underlined with *, =, -), indented blocks (grammar and examples),
-    paragraphs with grammar rules (`::=`), and short fragments.
+    paragraphs with grammar rules (`::=`) or doctests (`>>>`), and short fragments.
     """
     paragraphs: list[str] = []
     for block in re.split(r"\n\s*\n", topic_text):
         lines = block.split("\n")
         if not lines or lines[0].startswith((" ", "\t")):
             continue
-        if len(lines) >= 2 and _HEADING_RULE.match(lines[1].strip()):
+        if "::=" in block or ">>>" in block:
             continue
-        if "::=" in block or any(_HEADING_RULE.match(line.strip()) for line in lines):
+        if any(_HEADING_RULE.match(line.strip()) for line in lines):
             continue
         text = " ".join(line.strip() for line in lines)
         text = re.sub(r"^(\* |\d+\. )", "", text)
@@ -100,16 +82,15 @@ def prose_paragraphs(topic_text: str) -> list[str]:
     return paragraphs
 
 
-def extract_prose() -> dict[str, str]:
-    """Every pydoc topic's running text, by topic name (this Python's)."""
-    from pydoc_data.topics import topics
-
-    documents = {}
-    for name in sorted(topics):
-        paragraphs = prose_paragraphs(topics[name])
-        if paragraphs:
-            documents[name] = "\n\n".join(paragraphs) + "\n"
-    return documents
+def _docstrings(source: str) -> list[str]:
+    """The paragraphs of a module's docstrings (module, classes, functions)."""
+    paragraphs = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            text = ast.get_docstring(node, clean=True)
+            if text:
+                paragraphs += prose_paragraphs(text)
+    return paragraphs
 
 
 class _NoDocstrings(ast.NodeTransformer):
@@ -136,42 +117,94 @@ def code_text(source: str) -> str:
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
 
 
-def extract_code() -> dict[str, str]:
-    """CODE_MODULES' code from this Python's standard library, by module name."""
+def stdlib_modules() -> dict[str, Path]:
+    """This Python's standard library modules by dotted name (sorted), tests and tools left out."""
     import sysconfig
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    return {
-        name: code_text((stdlib / f"{name}.py").read_text(encoding="utf-8"))
-        for name in CODE_MODULES
+    modules = {}
+    for path in sorted(stdlib.rglob("*.py")):
+        parts = path.relative_to(stdlib).with_suffix("").parts
+        if _SKIP_FOLDERS & set(parts[:-1]) or any(p.startswith("_") for p in parts[:-1]):
+            continue
+        name = ".".join(p for p in parts if p != "__init__")
+        if not name.startswith("_") or name == "__future__":
+            modules[name] = path
+    return dict(sorted(modules.items()))
+
+
+def _read_all(paths: dict[str, Path], read: object) -> dict[str, object]:
+    results = {}
+    for name, path in paths.items():
+        try:
+            results[name] = read(path.read_text(encoding="utf-8"))  # type: ignore[operator]
+        except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError):
+            continue
+    return results
+
+
+def extract_prose() -> dict[str, str]:
+    """Every pydoc topic's running text by topic name, then each module's docstrings as
+    `doc:MODULE` (this Python's; a paragraph seen before is skipped)."""
+    from pydoc_data.topics import topics
+
+    sources: dict[str, list[str]] = {
+        name: prose_paragraphs(topics[name]) for name in sorted(topics)
     }
+    for name, paragraphs in _read_all(stdlib_modules(), _docstrings).items():
+        sources[f"doc:{name}"] = paragraphs  # type: ignore[assignment]
+    seen: set[str] = set()
+    documents = {}
+    for name, paragraphs in sources.items():
+        fresh = [p for p in paragraphs if p not in seen]
+        seen.update(fresh)
+        if fresh:
+            documents[name] = "\n\n".join(fresh) + "\n"
+    return documents
 
 
-def _cut(text: str, limit: int, separator: str) -> str:
-    """`text` up to `limit` characters, ending at a `separator` (a blank line: whole paragraphs,
-    whole definitions)."""
+def extract_code() -> dict[str, str]:
+    """Each standard library module's code (this Python's), by module name."""
+    return {name: str(text) for name, text in _read_all(stdlib_modules(), code_text).items()}
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` up to `limit` characters, ending at a blank line (whole paragraphs or definitions)."""
     if len(text) <= limit:
         return text
-    end = text.rfind(separator, 0, limit)
+    end = text.rfind("\n\n", 0, limit)
     return text[: end if end > 0 else limit].rstrip() + "\n"
 
 
+def _shuffled(name: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
 def split_documents(domain: str, documents: dict[str, str]) -> dict[str, str]:
-    """The three splits of one domain's documents (see the module docstring)."""
-    held = {
-        "calib": CALIB_DOCS[domain],
-        "heldout": HELDOUT_DOCS[domain],
-    }
+    """The four splits of one domain's documents (see the module docstring).
+
+    The held-out documents are named; the others, in a fixed shuffled order (by a hash of their
+    names), alternate between `base` and `tune` until each is full, so both hold every kind of
+    document from all over the library.
+    """
     splits: dict[str, str] = {}
-    for split, names in held.items():
-        text = "".join(documents[name] for name in names if name in documents)
-        splits[split] = _cut(text, SPLIT_CHARS[split], "\n\n")
-    skipped = {name for names in held.values() for name in names}
-    splits["train"] = "".join(
-        documents[name] + ("\n" if domain == "prose" else "\n\n")
-        for name in sorted(documents)
-        if name not in skipped
-    )
+    held = set()
+    for split, names in HELD_DOCS.items():
+        held.update(names[domain])
+        text = "".join(documents[name] for name in names[domain] if name in documents)
+        splits[split] = _cut(text, SPLIT_CHARS[split])
+    parts: dict[str, list[str]] = {"base": [], "tune": []}
+    sizes = dict.fromkeys(parts, 0)
+    rest = sorted((name for name in documents if name not in held), key=_shuffled)
+    for index, name in enumerate(rest):
+        split = TRAIN_SPLITS[index % 2]
+        if sizes[split] + len(documents[name]) <= SPLIT_CHARS[split]:
+            parts[split].append(documents[name])
+            sizes[split] += len(documents[name]) + 1
+    for split, texts in parts.items():
+        splits[split] = "\n".join(texts)
     return splits
 
 

@@ -36,7 +36,9 @@ class FamilyShape:
     hidden_size: int = 128
     intermediate_size: int = 256
     vocab_size: int = 1024
-    context: int = 256
+    # Positions the model is trained on (and its max_position_embeddings): a chat reply of 256
+    # tokens (the default) still leaves room for the prompt.
+    context: int = 512
 
 
 # What ships: about a million parameters per model, 2 MB in bfloat16.

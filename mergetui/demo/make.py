@@ -1,7 +1,10 @@
-"""`mergetui demo`'s folder: a base and three fine-tunes of it (random tiny Llamas), and recipes.
+"""`mergetui demo`'s folder: the trained family, its texts, and recipes that merge it.
 
-The trained prose/code family of issue 15 (`mergetui.demo.family`, `train`, `corpus`) is not wired
-in yet: its weights are not shipped, so the demo still writes the random family it always did.
+DIR/base, DIR/prose, DIR/code     the family (mergetui.demo.family), ready to merge and chat
+DIR/calib/prose.txt, code.txt     what a search scores candidates on (recipes/evolve.toml)
+DIR/heldout/prose.txt, code.txt   what to judge a merge on: never trained or searched on
+DIR/recipes/NAME.toml             mergetui/data/demo_recipes/, paths relative to the file
+DIR/merges/                       where the recipes' merges land
 """
 
 from __future__ import annotations
@@ -10,27 +13,30 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from mergetui.demo.tiny import _copy_tokenizer, make_tiny_model, train_tokenizer
+from mergetui.demo.corpus import DOMAINS, corpus_text
+from mergetui.demo.family import FAMILY_MODELS, FAMILY_SHAPE, write_family
 from mergetui.resources import data_text
 
-# --------------------------------------------------------------------------------------------------
-# --------------------------------------------------------------------------------------------------
-# The `mergetui demo` family: a base and three fine-tunes of it, plus recipes that merge them.
-
-DEMO_MODELS = ("base", "chat", "code", "math")
+DEMO_MODELS = FAMILY_MODELS
 DEMO_MARKER = "mergetui-demo.json"
-_DEMO_FORMAT = 3  # 3: outputs relative to the recipe file (../merges/NAME)
-# A bit bigger than the test models, so per-layer grids have something to show.
-_DEMO_SHAPE = dict(num_layers=8, hidden_size=128, intermediate_size=256, vocab_size=512)
-# Seeds and noise per fine-tune: different enough that merges visibly differ.
-_DEMO_FINE_TUNES = {"chat": (1, 0.02), "code": (2, 0.03), "math": (3, 0.025)}
+_DEMO_FORMAT = 4  # 4: the trained base/prose/code family and its calib/heldout texts
+# The demo's text folders, each with one DOMAIN.txt per domain, and the corpus split each holds.
+DEMO_TEXTS = {"calib": "calib", "heldout": "heldout"}
 # The recipes that merge them. Every path in a recipe is relative to the recipe file: models
-# (recipes/ -> ../base) and `output` (../merges/NAME), so merges land in the demo's merges/ from
-# wherever they are run.
-DEMO_RECIPES = ("linear-soup", "slerp-gradient", "ties", "dare-ties", "passthrough-stack")
+# (recipes/ -> ../base), `output` (../merges/NAME) and a search's texts (../calib/NAME.txt), so
+# merges land in the demo's merges/ from wherever they are run.
+DEMO_RECIPES = (
+    "task-arithmetic",
+    "linear-soup",
+    "slerp-gradient",
+    "ties",
+    "dare-ties",
+    "passthrough-stack",
+    "evolve",
+)
 
 
 @dataclass
@@ -41,6 +47,8 @@ class DemoInfo:
     models: dict[str, Path]
     recipes: dict[str, Path]
     created: bool
+    # "calib" / "heldout" -> domain -> text file
+    texts: dict[str, dict[str, Path]] = field(default_factory=dict)
 
     @property
     def recipes_dir(self) -> Path:
@@ -56,6 +64,23 @@ def _demo_recipes() -> dict[str, str]:
     return {name: data_text("demo_recipes", f"{name}.toml") for name in DEMO_RECIPES}
 
 
+def _text_paths(root: Path) -> dict[str, dict[str, Path]]:
+    return {
+        folder: {domain: root / folder / f"{domain}.txt" for domain in DOMAINS}
+        for folder in DEMO_TEXTS
+    }
+
+
+def _info(root: Path, recipes: list[str], created: bool) -> DemoInfo:
+    return DemoInfo(
+        root,
+        {name: root / name for name in DEMO_MODELS},
+        {name: root / "recipes" / f"{name}.toml" for name in recipes},
+        created=created,
+        texts=_text_paths(root),
+    )
+
+
 def _existing_demo(directory: Path) -> DemoInfo | None:
     """The demo in `directory` if a complete one is there (the marker is written last)."""
     try:
@@ -64,20 +89,40 @@ def _existing_demo(directory: Path) -> DemoInfo | None:
         return None
     if not isinstance(marker, dict) or marker.get("format") != _DEMO_FORMAT:
         return None
-    models = {name: directory / name for name in marker.get("models", [])}
-    recipes = {name: directory / "recipes" / f"{name}.toml" for name in marker.get("recipes", [])}
-    complete = all((path / "config.json").is_file() for path in models.values()) and all(
-        path.is_file() for path in recipes.values()
-    )
-    if not complete or set(models) != set(DEMO_MODELS):
+    if marker.get("models") != list(DEMO_MODELS) or not isinstance(marker.get("recipes"), list):
         return None
-    return DemoInfo(directory, models, recipes, created=False)
+    info = _info(directory, [str(name) for name in marker["recipes"]], created=False)
+    files = [path / "config.json" for path in info.models.values()]
+    files += list(info.recipes.values())
+    files += [path for texts in info.texts.values() for path in texts.values()]
+    return info if all(path.is_file() for path in files) else None
 
 
 def _ours(entry: Path) -> bool:
-    return entry.name in {*DEMO_MODELS, "recipes", "merges", DEMO_MARKER} or entry.name.startswith(
-        ".demo-build-"
+    names = {*DEMO_MODELS, *DEMO_TEXTS, "recipes", "merges", DEMO_MARKER}
+    return entry.name in names or entry.name.startswith(".demo-build-")
+
+
+def _build(build: Path, report: Callable[[str], None]) -> dict[str, str]:
+    """Everything but merges/ into `build`; the recipes written, by name."""
+    shape = FAMILY_SHAPE
+    report(
+        f"writing the trained family: base (llama, {shape.num_layers} layers, hidden "
+        f"{shape.hidden_size}) and its fine-tunes prose and code"
     )
+    write_family(build)
+    report("writing the calibration and held-out texts")
+    for folder, split in DEMO_TEXTS.items():
+        (build / folder).mkdir()
+        for domain in DOMAINS:
+            (build / folder / f"{domain}.txt").write_text(
+                corpus_text(domain, split), encoding="utf-8"
+            )
+    (build / "recipes").mkdir()
+    recipes = _demo_recipes()
+    for name, text in recipes.items():
+        (build / "recipes" / f"{name}.toml").write_text(text, encoding="utf-8")
+    return recipes
 
 
 def make_demo(
@@ -86,11 +131,11 @@ def make_demo(
     *,
     on_progress: Callable[[str], None] | None = None,
 ) -> DemoInfo:
-    """Write the demo family (offline) into `directory`, or reuse a complete one already there.
+    """Write the demo (offline, from the shipped family) into `directory`, or reuse one there.
 
-    Models are built in a hidden folder and moved into place, and the marker file is written last,
-    so an interrupted run is rebuilt next time instead of being taken for a finished demo. `force`
-    rebuilds the demo's own folders; other files in `directory` are never touched.
+    Everything is written in a hidden folder and moved into place, and the marker file is written
+    last, so an interrupted run is rebuilt next time instead of being taken for a finished demo.
+    `force` rebuilds the demo's own folders; other files in `directory` are never touched.
     """
     from mergetui.errors import UserError
 
@@ -114,32 +159,8 @@ def make_demo(
     (root / DEMO_MARKER).unlink(missing_ok=True)
     build = Path(tempfile.mkdtemp(prefix=".demo-build-", dir=root))
     try:
-        report("training the demo tokenizer")
-        tokenizer_dir = train_tokenizer(build / "tokenizer", _DEMO_SHAPE["vocab_size"])
-        report("building base (llama, 8 layers, hidden 128)")
-        shape = {k: v for k, v in _DEMO_SHAPE.items() if k != "vocab_size"}
-        make_tiny_model(
-            build / "base",
-            "llama",
-            seed=0,
-            vocab_size=_DEMO_SHAPE["vocab_size"],
-            dtype="bfloat16",
-            tokenizer=False,
-            **shape,
-        )
-        _copy_tokenizer(tokenizer_dir, build / "base")
-        for name, (seed, noise) in _DEMO_FINE_TUNES.items():
-            report(f"building {name} (a fine-tune of base)")
-            make_tiny_model(
-                build / name, seed=seed, base=build / "base", noise=noise, dtype="bfloat16"
-            )
-        recipes_build = build / "recipes"
-        recipes_build.mkdir()
-        recipes = _demo_recipes()
-        for name, text in recipes.items():
-            (recipes_build / f"{name}.toml").write_text(text, encoding="utf-8")
-
-        for name in (*DEMO_MODELS, "recipes"):
+        recipes = _build(build, report)
+        for name in (*DEMO_MODELS, *DEMO_TEXTS, "recipes"):
             target = root / name
             if target.exists():
                 shutil.rmtree(target)
@@ -148,9 +169,4 @@ def make_demo(
         (root / DEMO_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     finally:
         shutil.rmtree(build, ignore_errors=True)
-    return DemoInfo(
-        root,
-        {name: root / name for name in DEMO_MODELS},
-        {name: root / "recipes" / f"{name}.toml" for name in recipes},
-        created=True,
-    )
+    return _info(root, list(recipes), created=True)

@@ -3,12 +3,15 @@
 `python -m mergetui.demo.train` trains the family from the shipped corpora (deterministically, on
 the CPU: the same torch gives the same weights) and writes what `mergetui demo` ships:
 `mergetui/data/demo_family/tokenizer.json` and `NAME.safetensors` for base, prose and code. It takes
-a few minutes; `--quick` trains a much smaller family in seconds (what the tests run).
+about half an hour on one core; `--quick` trains a much smaller family in seconds (what the tests run).
 
-Every training sequence is a window of one domain's token stream. The stream holds the domain's
-paragraphs (prose) or definitions (code) one after another, every third one as a chat turn (the
-user writes its first sentence or line, the assistant the whole), so `mergetui chat` replies read
-like the domain instead of continuing the template.
+The base learns from the `base` split of both domains (mixed half and half), each fine-tune from
+the `tune` split of its own domain, text the base never saw (mergetui.demo.corpus). Every training
+sequence is a window of one such token stream. A stream holds the split's paragraphs (prose) or
+definitions (code) one after another, every other one as a chat turn (the user writes a
+paragraph's first sentence and the assistant goes on with the rest; the user writes a definition's
+first line and the assistant writes the definition), so `mergetui chat` replies read like the
+domain instead of continuing the template.
 
 torch, transformers and tokenizers are imported inside the functions that need them.
 """
@@ -21,10 +24,11 @@ import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from mergetui.demo.corpus import DOMAINS, corpus_text
+from mergetui.demo.corpus import DOMAINS, TRAIN_SPLITS, corpus_text
 from mergetui.demo.family import (
     FAMILY_MODELS,
     FAMILY_SHAPE,
@@ -42,26 +46,30 @@ Progress = Callable[[str], None]
 class TrainSettings:
     """How long and how hard each stage trains. Steps are optimizer steps of `batch` sequences."""
 
-    base_steps: int = 1200
-    tune_steps: int = 300
-    batch: int = 16
-    seq_len: int = 128
+    base_steps: int = 1400
+    tune_steps: int = 150
+    batch: int = 4
+    seq_len: int = 512  # the family's whole context: every position is trained
     base_lr: float = 3e-3
-    tune_lr: float = 2e-3
-    warmup: int = 30
-    chat_every: int = 3  # every Nth paragraph or definition is a chat turn
+    tune_lr: float = 1e-3
+    warmup: int = 50
+    chat_every: int = 2  # every Nth paragraph or definition is a chat turn
+    max_chars: int | None = None  # train on the start of each domain's text only
     seed: int = 0
-    threads: int = 2
+    threads: int = 1  # one thread: the same sums in the same order (and no lock-step waits)
 
 
 FULL = TrainSettings()
 # Seconds, for the tests: a family too small to chat, big enough to show each stage worked.
-QUICK = TrainSettings(base_steps=60, tune_steps=40, batch=8, seq_len=64, warmup=5)
-QUICK_SHAPE = FamilyShape(num_layers=2, hidden_size=64, intermediate_size=128, vocab_size=512)
+QUICK = TrainSettings(base_steps=30, tune_steps=20, batch=8, seq_len=64, warmup=5, max_chars=40_000)
+QUICK_SHAPE = FamilyShape(
+    num_layers=2, hidden_size=64, intermediate_size=128, vocab_size=512, context=QUICK.seq_len
+)
 
 
+@cache
 def train_family_tokenizer(vocab_size: int) -> str:
-    """A byte-level BPE trained on both domains' training text (its JSON)."""
+    """A byte-level BPE trained on both domains' training splits (its JSON; once per process)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -73,7 +81,8 @@ def train_family_tokenizer(vocab_size: int) -> str:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator([corpus_text(d, "train") for d in DOMAINS], trainer=trainer)
+    texts = [corpus_text(domain, split) for domain in DOMAINS for split in TRAIN_SPLITS]
+    tokenizer.train_from_iterator(texts, trainer=trainer)
     return tokenizer.to_str()
 
 
@@ -93,25 +102,26 @@ def _units(domain: str, text: str) -> list[str]:
 def _as_chat(domain: str, unit: str) -> str | None:
     """A unit as a chat turn: its first sentence (prose) or first line (code) is the question."""
     if domain == "prose":
-        head, dot, _rest = unit.partition(". ")
-        if not dot or len(head) < 20:
+        head, dot, rest = unit.partition(". ")
+        if not dot or len(head) < 20 or len(rest) < 40:
             return None
-        return chat_turn(head + ".", unit)
+        return chat_turn(head + ".", rest)
     first = unit.split("\n", 1)[0].strip()
     if "\n" not in unit or not first.endswith(":"):
         return None
     return chat_turn(first, unit)
 
 
-def domain_stream(domain: str, tokenizer: Any, settings: TrainSettings) -> Any:
-    """The domain's training text as one 1-D tensor of token ids (documents separated by BOS)."""
+def domain_stream(domain: str, split: str, tokenizer: Any, settings: TrainSettings) -> Any:
+    """A training split as one 1-D tensor of token ids (plain units start with BOS)."""
     import torch
 
+    text = corpus_text(domain, split)[: settings.max_chars]
     pieces = []
-    for index, unit in enumerate(_units(domain, corpus_text(domain, "train"))):
+    for index, unit in enumerate(_units(domain, text)):
         chat = _as_chat(domain, unit) if index % settings.chat_every == 0 else None
         pieces.append(chat if chat is not None else f"{BOS_TOKEN}{unit}\n")
-    ids = tokenizer.encode("".join(pieces)).ids
+    ids = [i for encoding in tokenizer.encode_batch(pieces) for i in encoding.ids]
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -197,13 +207,19 @@ def train_family(
         report(f"training the tokenizer ({shape.vocab_size} tokens)")
         tokenizer_json = train_family_tokenizer(shape.vocab_size)
         tokenizer = Tokenizer.from_str(tokenizer_json)
-        streams = {d: domain_stream(d, tokenizer, settings) for d in DOMAINS}
+        streams = {
+            (domain, split): domain_stream(domain, split, tokenizer, settings)
+            for domain in DOMAINS
+            for split in TRAIN_SPLITS
+        }
+        mixed = [streams[domain, "base"] for domain in DOMAINS]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
             base = transformers.LlamaForCausalLM(family_config(shape))
-            stages = [("base", None, list(streams.values()), settings.base_steps, settings.base_lr)]
+            stages = [("base", None, mixed, settings.base_steps, settings.base_lr)]
             stages += [
-                (d, "base", [streams[d]], settings.tune_steps, settings.tune_lr) for d in DOMAINS
+                (d, "base", [streams[d, "tune"]], settings.tune_steps, settings.tune_lr)
+                for d in DOMAINS
             ]
             models: dict[str, Any] = {}
             for offset, (name, parent, data, steps, lr) in enumerate(stages):
