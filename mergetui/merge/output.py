@@ -25,6 +25,7 @@ from mergetui.errors import UserError
 
 if TYPE_CHECKING:
     from mergetui.merge.plan import Plan
+    from mergetui.recipe.model import Recipe
 
 # Files that make up a tokenizer (and its chat template), copied from the donor as they are.
 TOKENIZER_FILES = (
@@ -271,20 +272,28 @@ def recipe_texts(plan: Plan) -> tuple[str, str | None]:
     from mergetui.recipe.toml_write import dumps_toml
     from mergetui.recipe.yaml_export import dumps_yaml
 
-    recipe = dataclasses.replace(plan.recipe, seed=plan.seed, output=None, search=None)
-    models = {}
-    for name, entry in recipe.models.items():
-        planned = plan.models.get(name)
-        if planned is not None and planned.local_source is not None:
-            entry = dataclasses.replace(entry, source=str(planned.local_source))
-        models[name] = entry
-    recipe = dataclasses.replace(recipe, models=models)
+    local = {name: m.local_source for name, m in plan.models.items() if m.local_source is not None}
+    recipe = recipe_as_run(plan.recipe, plan.seed, local)
     toml_text = dumps_toml(recipe)
     try:
         yaml_text: str | None = dumps_yaml(recipe)
     except (UserError, ValueError, TypeError):
         yaml_text = None
     return toml_text, yaml_text
+
+
+def recipe_as_run(recipe: Recipe, seed: int | None, local_sources: Mapping[str, Path]) -> Recipe:
+    """The recipe a merge copies into its output (`recipe_texts`): this seed, these absolute
+    folders for the local models, no `output` and no `[search]`. A multi-stage run compares a
+    stage's copy with the one in its output folder to skip a stage already merged."""
+    recipe = dataclasses.replace(recipe, seed=seed, output=None, search=None)
+    models = {
+        name: dataclasses.replace(entry, source=str(local_sources[name]))
+        if name in local_sources
+        else entry
+        for name, entry in recipe.models.items()
+    }
+    return dataclasses.replace(recipe, models=models)
 
 
 def model_card(plan: Plan, recipe_toml: str, recipe_yaml: str | None) -> str:

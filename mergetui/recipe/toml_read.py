@@ -11,6 +11,7 @@ import re
 import sys
 from bisect import bisect_right
 from collections.abc import Callable
+from typing import Any
 
 from mergetui import bounded_yaml
 from mergetui.errors import UserError
@@ -26,6 +27,14 @@ else:  # pragma: no cover
 
 def loads_toml(text: str, source: str | None = None) -> Recipe:
     """A recipe from mergetui TOML. `source` (the file name) goes into error messages."""
+    data, locations = read_toml_data(text, source)
+    return recipe_from_toml_data(data, locations, source)
+
+
+def read_toml_data(text: str, source: str | None = None) -> tuple[dict[str, Any], dict[str, int]]:
+    """TOML text as plain data and the line of every key, within the recipe limits: the syntax
+    and limit errors located at a line of `source`. A multi-stage file (`recipe.stages`) is read
+    through it before each stage is built."""
     limits.check_text_size(text, source)
     try:
         limits.check_toml_text(text)
@@ -44,7 +53,14 @@ def loads_toml(text: str, source: str | None = None) -> Recipe:
         ) from None
     except ValueError as exc:  # what the scan above missed (tomllib's int() limits)
         raise UserError(f"not valid TOML: {exc}", where=source or "<recipe>") from None
-    reader = RecipeReader(source, toml_locations(text))
+    return data, toml_locations(text)
+
+
+def recipe_from_toml_data(
+    data: dict[str, Any], locations: dict[str, int], source: str | None
+) -> Recipe:
+    """The recipe the one builder makes of TOML data whose keys were written at `locations`."""
+    reader = RecipeReader(source, locations)
     recipe = build_recipe(data, reader)
     recipe.locations = reader.locations
     recipe.source_path = source
