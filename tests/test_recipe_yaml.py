@@ -191,7 +191,7 @@ merge_method: linear
     ("text", "line", "words"),
     [
         ("merge_method: linear\nmodules:\n  text: {}\n", 2, "per-module merges"),
-        ("models:\n  - model: a+lora\nmerge_method: linear\n", 2, "LoRA"),
+        ("models:\n  - model: a+lora+more\nmerge_method: linear\n", 2, "one '+'"),
         (
             "slices:\n  - sources:\n      - model: a\n        layer_range: [0, 1]\n    residual_weight: 0.1\n"
             "merge_method: passthrough\n",
@@ -213,9 +213,9 @@ merge_method: linear
             "unsupported value",
         ),
         (
-            "models:\n  - model: a\nmerge_method: linear\nbase_model: {model: x, lora: y}\n",
+            "models:\n  - model: a\nmerge_method: linear\nbase_model: {model: x, lora: {path: y, r: 1}}\n",
             4,
-            "LoRA",
+            "base_model.lora.r",
         ),
         (
             "models:\n  - model: a\nmerge_method: linear\ntokenizer_source: a\ntokenizer: {source: a}\n",

@@ -51,13 +51,14 @@ def read_weights(
                 fix="convert it to safetensors (e.g. save_pretrained in transformers), "
                 "or pass --allow-bin if you trust it",
             )
-        return bin_files, _read_bin(bin_files), "bin"
+        return bin_files, read_bin_tensors(bin_files), "bin"
 
     if (folder / "adapter_model.safetensors").is_file():
         raise UserError(
             "this is a LoRA/PEFT adapter, not a full checkpoint",
             where=str(folder),
-            fix="merge the adapter into its base model first (peft's merge_and_unload)",
+            fix='name its base model as the source and this folder as lora (lora = "..." in '
+            "TOML, base+adapter in mergekit YAML; see docs/lora.md)",
         )
     raise UserError(
         "no model weights found (no *.safetensors, model.safetensors.index.json or "
@@ -149,7 +150,8 @@ def _bin_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("pytorch_model*.bin"))
 
 
-def _read_bin(files: list[Path]) -> dict[str, TensorInfo]:
+def read_bin_tensors(files: list[Path]) -> dict[str, TensorInfo]:
+    """The tensors of pytorch .bin files (torch.load, weights only, memory-mapped; offset -1)."""
     import pickle
 
     import torch

@@ -40,16 +40,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from mergetui.checkpoints.files import local_file
     from mergetui.checkpoints.inspect import open_checkpoint, open_weight_file
     from mergetui.checkpoints.locate import find_local, looks_like_hub_id
+    from mergetui.checkpoints.lora import is_adapter_folder, open_adapter
     from mergetui.errors import UserError
 
     if not args.remote:
         file = local_file(args.path)
         if file is not None:  # `inspect path/model.safetensors`: that file's header
             return _show(open_weight_file(file), args)
+        if "+" in args.path and not Path(args.path).expanduser().exists():
+            return _show_with_adapter(args)  # `inspect BASE+ADAPTER`, as a recipe names it
     folder = None if args.remote else find_local(args.path, args.revision)
+    if folder is not None and is_adapter_folder(folder):
+        return _show_adapter(open_adapter(folder, allow_bin=args.allow_bin), args)
     if folder is None:
         if looks_like_hub_id(args.path):
             return _show(_read_remote(args.path, args.revision), args)
@@ -69,6 +76,82 @@ def _show(checkpoint: Any, args: argparse.Namespace) -> int:
     if args.layers:
         _print_layers(checkpoint)
     return 0
+
+
+def _show_adapter(adapter: Any, args: argparse.Namespace) -> int:
+    """An adapter folder: its kind, rank, alpha, scale and targets."""
+    if args.json:
+        sys.stdout.write(json.dumps(adapter.to_dict(), indent=2) + "\n")
+        return 0
+    from mergetui.cli.output import console
+
+    console().print(_adapter_table(adapter))
+    return 0
+
+
+def _show_with_adapter(args: argparse.Namespace) -> int:
+    """`BASE+ADAPTER`: the base's summary, the adapter's facts, and whether it fits the base."""
+    from rich.markup import escape
+
+    from mergetui.checkpoints.inspect import open_checkpoint
+    from mergetui.checkpoints.lora import check_adapter, open_adapter
+    from mergetui.cli.output import console
+    from mergetui.errors import UserError
+    from mergetui.recipe.paths import locate_adapter, locate_model
+
+    source, _, lora = args.path.partition("+")
+    found = locate_model(source, args.revision, None)
+    adapter_found = locate_adapter(lora, None)
+    for what, name, where in (("model", source, found), ("adapter", lora, adapter_found)):
+        if where is None:
+            raise UserError(
+                f"{what} {name} is not a local folder, nor in the Hugging Face cache",
+                where=args.path,
+                fix=f"check the path, or download it first (mergetui pull {name})",
+            )
+    assert found is not None and adapter_found is not None
+    checkpoint = open_checkpoint(found[0], allow_bin=args.allow_bin)
+    adapter = open_adapter(adapter_found[0], allow_bin=args.allow_bin)
+    problem, warnings = check_adapter(adapter, checkpoint, source)
+    if args.json:
+        data = checkpoint.to_dict()
+        data["adapter"] = {**adapter.to_dict(), "fits": not problem, "problem": problem or None}
+        data["warnings"] = [*data.get("warnings", []), *warnings]
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return 0
+    _print_summary(checkpoint, source=source)
+    out = console()
+    out.print(_adapter_table(adapter))
+    for warning in warnings:
+        out.print(f"[yellow]warning:[/] {escape(warning)}")
+    if problem:
+        raise UserError(
+            problem, where=args.path, fix="use the adapter with the base it was made for"
+        )
+    out.print("[green]the adapter fits this model[/] (every target's shape matches)")
+    return 0
+
+
+def _adapter_table(adapter: Any) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mergetui.formatting import human_bytes
+
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    scaling = "alpha / sqrt(r), rsLoRA" if adapter.use_rslora else "alpha / r"
+    ranks = sorted({module.rank for module in adapter.modules.values()})
+    table.add_row("adapter", escape(f"{adapter.path} (LoRA)"))
+    table.add_row("rank", str(adapter.rank) + (f" (per module: {ranks})" if len(ranks) > 1 else ""))
+    table.add_row("alpha", f"{adapter.alpha:g} (scale {adapter.scale:g} = {scaling})")
+    table.add_row("targets", escape(", ".join(adapter.target_modules) or "-"))
+    table.add_row("updated tensors", str(len(adapter.modules)))
+    table.add_row("modules to save", escape(", ".join(adapter.modules_to_save) or "-"))
+    table.add_row("base model", escape(adapter.base_model or "not named"))
+    table.add_row("size on disk", f"{human_bytes(adapter.size_on_disk)} in {adapter.file.name}")
+    return table
 
 
 def _read_remote(repo_id: str, revision: str | None) -> Any:

@@ -114,6 +114,10 @@ class FileSource(_Source):
             (count,),
             source.tensor,
         )
+        if source.lora is not None:  # a LoRA adapter's change, as the elements are read
+            from mergetui.merge.lora_apply import apply_lora
+
+            stored = apply_lora(self._reader, source, stored, start, in_place=True)
         return stored.to(device=self.device)
 
 

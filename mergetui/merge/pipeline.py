@@ -323,6 +323,7 @@ def read_piece(
     """The inputs of one piece on the CPU, each with the pooled buffer behind it (or None):
     in float32 (float64) when converting early, else as stored."""
     from mergetui.dtypes import torch_dtype
+    from mergetui.merge.lora_apply import apply_lora
 
     tensor = piece.tensor
     data: list[tuple[torch.Tensor, torch.Tensor | None]] = []
@@ -346,6 +347,8 @@ def read_piece(
             value = reader.read(
                 source.file, offset, nbytes, source.dtype, shape, source.tensor, out=buffer
             )
+        if source.lora is not None:  # a LoRA adapter's change, as the elements are read
+            value = apply_lora(reader, source, value, piece.start, in_place=buffer is not None)
         if convert_early:
             converted_buffer = pool.take(piece.numel * dtype.itemsize)
             converted = converted_buffer.view(dtype).view(shape)

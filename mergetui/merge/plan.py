@@ -217,7 +217,11 @@ def _open_models(
     """Every model the merge reads, opened, with the notices their checkpoints raised; none of
     them may overlap the output folder."""
     models = {name: open_model(recipe, name, recipe_dir, allow_bin) for name in used_models(recipe)}
-    notices = [f"{m.name}: {w}" for m in models.values() for w in m.checkpoint.warnings]
+    notices = [
+        f"{m.name}: {w}"
+        for m in models.values()
+        for w in (*m.checkpoint.warnings, *m.adapter_warnings)
+    ]
     check_output_apart_from_inputs(output_dir, models)
     return models, notices
 

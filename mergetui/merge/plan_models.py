@@ -14,6 +14,7 @@ from mergetui.recipe.paths import locate_model, output_folder
 
 if TYPE_CHECKING:
     from mergetui.checkpoints.inspect import Checkpoint
+    from mergetui.checkpoints.lora import Adapter
     from mergetui.recipe.model import Recipe
 
 
@@ -28,6 +29,8 @@ class PlannedModel:
     checkpoint: Checkpoint = field(repr=False)
     hub_id: str | None  # the Hub id, when the source is one
     local_source: Path | None  # the resolved folder when the source is a local path
+    adapter: Adapter | None = field(default=None, repr=False)  # its LoRA, applied as read
+    adapter_warnings: tuple[str, ...] = ()  # e.g. the adapter names another base
 
     @property
     def num_layers(self) -> int:
@@ -59,6 +62,11 @@ def open_model(recipe: Recipe, name: str, recipe_dir: Path | None, allow_bin: bo
         )
     path, is_local = resolved
     checkpoint = open_checkpoint(path, allow_bin=allow_bin)
+    adapter, warnings = None, []
+    if entry.lora is not None:
+        adapter, warnings = open_model_adapter(
+            name, entry.lora, checkpoint, entry.source, recipe_dir, allow_bin
+        )
     return PlannedModel(
         name=name,
         source=entry.source,
@@ -67,20 +75,63 @@ def open_model(recipe: Recipe, name: str, recipe_dir: Path | None, allow_bin: bo
         checkpoint=checkpoint,
         hub_id=None if is_local else entry.source,
         local_source=path if is_local else None,
+        adapter=adapter,
+        adapter_warnings=tuple(warnings),
     )
+
+
+def open_model_adapter(
+    name: str,
+    lora: str,
+    checkpoint: Checkpoint,
+    source: str,
+    recipe_dir: Path | None,
+    allow_bin: bool,
+) -> tuple[Adapter, list[str]]:
+    """Model `name`'s adapter, found as models are and checked against its base's headers
+    (located at `models.NAME.lora`), with the warnings the check gave; a shape or architecture that
+    does not fit is a UserError."""
+    from mergetui.checkpoints.lora import check_adapter, open_adapter
+    from mergetui.recipe.paths import locate_adapter
+
+    where = f"models.{name}.lora"
+    found = locate_adapter(lora, recipe_dir)
+    if found is None:
+        hub = looks_like_hub_id(lora.partition("@")[0])
+        raise UserError(
+            f"the adapter of model {name!r} ({lora}) is not on this machine",
+            where=where,
+            fix=f"download it first (mergetui pull {lora.partition('@')[0]})"
+            if hub
+            else "check the path; relative paths are read from the recipe's folder",
+        )
+    adapter = open_adapter(found[0], allow_bin=allow_bin, where=where)
+    problem, warnings = check_adapter(adapter, checkpoint, source)
+    if problem:
+        raise UserError(
+            problem,
+            where=where,
+            fix=f"use the adapter with the base it was trained on ({adapter.base_model or '?'})",
+        )
+    return adapter, warnings
 
 
 def check_output_apart_from_inputs(output_dir: Path, models: Mapping[str, PlannedModel]) -> None:
     """Never write into, or replace, a folder the merge reads from."""
     target = output_dir.resolve()
     for model in models.values():
-        source = model.path.resolve()
-        if target == source or source in target.parents or target in source.parents:
-            raise UserError(
-                f"the output folder overlaps the input model {model.name!r} ({source})",
-                where=str(output_dir),
-                fix="choose an output folder outside every input model",
-            )
+        folders = [model.path] + ([model.adapter.path] if model.adapter is not None else [])
+        for folder in folders:
+            _check_apart(target, output_dir, model.name, folder.resolve())
+
+
+def _check_apart(target: Path, output_dir: Path, name: str, source: Path) -> None:
+    if target == source or source in target.parents or target in source.parents:
+        raise UserError(
+            f"the output folder overlaps the input model {name!r} ({source})",
+            where=str(output_dir),
+            fix="choose an output folder outside every input model",
+        )
 
 
 def choose_output_dir(recipe: Recipe, recipe_dir: Path, out: str | Path | None) -> Path:

@@ -23,6 +23,7 @@ from mergetui.recipe.walk import TensorStep, walk_tensors
 
 if TYPE_CHECKING:
     from mergetui.checkpoints.inspect import Checkpoint
+    from mergetui.checkpoints.lora import Adapter, LoraModule
     from mergetui.checkpoints.safetensors_io import TensorInfo
     from mergetui.merge.plan_models import PlannedModel
     from mergetui.recipe.methods import MethodSpec
@@ -43,6 +44,9 @@ class PlannedInput:
     nbytes: int
     dtype: str
     shape: tuple[int, ...]
+    # The model's LoRA adapter's piece for this tensor, applied as it is read (merge/lora_apply):
+    # a LoraModule (W + scale * B @ A) or the TensorInfo of a modules_to_save replacement.
+    lora: LoraModule | TensorInfo | None = None
 
     @property
     def numel(self) -> int:
@@ -85,9 +89,10 @@ def plan_tensors(
 ) -> list[PlannedTensor]:
     """Every output tensor of the merge, in the walk's order."""
     checkpoints = {name: model.checkpoint for name, model in models.items()}
+    adapters = {name: model.adapter for name, model in models.items()}
     tensors: list[PlannedTensor] = []
     for step in walk_tensors(slices, checkpoints):
-        planned = _plan_tensor(recipe, spec, checkpoints, step, len(tensors))
+        planned = _plan_tensor(recipe, spec, checkpoints, adapters, step, len(tensors))
         if planned is not None:
             tensors.append(planned)
     return tensors
@@ -97,12 +102,13 @@ def _plan_tensor(
     recipe: Recipe,
     spec: MethodSpec,
     checkpoints: Mapping[str, Checkpoint],
+    adapters: Mapping[str, Adapter | None],
     step: TensorStep,
     index: int,
 ) -> PlannedTensor | None:
     """One output tensor, or None for a tied head nobody stores (mergekit skips the optional
     weight)."""
-    present = _present_inputs(checkpoints, step)
+    present = _present_inputs(checkpoints, adapters, step)
     if not present:
         return None
     dtypes = {p.dtype for p in present}
@@ -135,10 +141,17 @@ def _plan_tensor(
     )
 
 
-def _present_inputs(checkpoints: Mapping[str, Checkpoint], step: TensorStep) -> list[PlannedInput]:
+def _present_inputs(
+    checkpoints: Mapping[str, Checkpoint],
+    adapters: Mapping[str, Adapter | None],
+    step: TensorStep,
+) -> list[PlannedInput]:
     """The step's inputs that the models hold (none: a tied head nobody stores); a tensor some
     models lack, or of different shapes, cannot be merged."""
-    planned = [_input(checkpoints[model], model, tensor) for model, tensor in step.inputs]
+    planned = [
+        _input(checkpoints[model], adapters.get(model), model, tensor)
+        for model, tensor in step.inputs
+    ]
     present = [p for p in planned if p is not None]
     if not present:
         return present
@@ -163,12 +176,17 @@ def _present_inputs(checkpoints: Mapping[str, Checkpoint], step: TensorStep) -> 
     return present
 
 
-def _input(checkpoint: Checkpoint, model: str, tensor: str) -> PlannedInput | None:
+def _input(
+    checkpoint: Checkpoint, adapter: Adapter | None, model: str, tensor: str
+) -> PlannedInput | None:
     info: TensorInfo | None = checkpoint.tensors.get(tensor)
     if info is None and block_kind(tensor) == "head" and layer_index(tensor) is None:
         info = _tied_embedding(checkpoint)
     if info is None:
         return None
+    lora = None
+    if adapter is not None:
+        lora = adapter.modules.get(info.name) or adapter.replaced.get(info.name)
     return PlannedInput(
         model=model,
         tensor=info.name,
@@ -177,6 +195,7 @@ def _input(checkpoint: Checkpoint, model: str, tensor: str) -> PlannedInput | No
         nbytes=info.nbytes,
         dtype=info.dtype,
         shape=tuple(info.shape),
+        lora=lora,
     )
 
 

@@ -57,11 +57,15 @@ class ModelEntry:
     # (mergekit then adds it as the last input, as the recipe does). Only YAML export reads it, so
     # that YAML -> TOML -> YAML lists exactly the models the original listed.
     listed: bool = True
+    # A PEFT LoRA adapter applied to this model's tensors as they are read (docs/lora.md): a
+    # folder or a Hub id, optionally `@revision`. mergekit writes it `source+lora`.
+    lora: str | None = None
 
     @property
     def reference(self) -> str:
-        """mergekit's `path@revision` form."""
-        return f"{self.source}@{self.revision}" if self.revision else self.source
+        """mergekit's `path@revision` form, with `+adapter` when the model carries one."""
+        model = f"{self.source}@{self.revision}" if self.revision else self.source
+        return f"{model}+{self.lora}" if self.lora else model
 
 
 @dataclass

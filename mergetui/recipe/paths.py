@@ -95,23 +95,35 @@ def rebase_paths(
     def relative(value: str | None) -> bool:
         return bool(value) and not Path(os.path.expanduser(str(value))).is_absolute()
 
+    def local(value: str | None) -> bool:
+        return relative(value) and not (
+            looks_like_hub_id(str(value)) and not (source_dir / str(value)).exists()
+        )
+
     changes: list[tuple[str, str, str]] = []
     for name, entry in recipe.models.items():
         source = entry.source
-        if not relative(source) or (
-            looks_like_hub_id(source) and not (source_dir / source).exists()
-        ):
-            continue
-        new = moved(source)
-        if new != source:
-            changes.append((f"model {name}", source, new))
-            entry.source = new
+        if local(source) and moved(source) != source:
+            changes.append((f"model {name}", source, moved(source)))
+            entry.source = moved(source)
+        lora = entry.lora
+        if lora is not None and local(lora) and moved(lora) != lora:
+            changes.append((f"model {name}'s adapter", lora, moved(lora)))
+            entry.lora = moved(lora)
     if relative(recipe.output):
         new = moved(recipe.output)
         if new != recipe.output:
             changes.append(("output", recipe.output, new))
             recipe.output = new
     return changes
+
+
+def locate_adapter(lora: str, folder: str | Path | None) -> tuple[Path, bool] | None:
+    """Where a model's `lora` adapter is on this machine, by the rule models follow (a folder
+    beside the recipe or from the working folder, else the Hugging Face cache; `@revision` picks a
+    cached revision); None when it is nowhere here."""
+    path, _, revision = lora.partition("@")
+    return locate_model(path, revision or None, folder)
 
 
 def locate_model(

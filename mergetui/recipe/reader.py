@@ -43,7 +43,7 @@ MERGE_KEYS = (
     "tokenizer",
     "chat_template",
 )
-_MODEL_KEYS = ("source", "revision", "listed", "parameters")
+_MODEL_KEYS = ("source", "revision", "lora", "listed", "parameters")
 _SLICE_KEYS = ("sources", "base", "parameters")
 _SOURCE_KEYS = ("model", "layers", "parameters")
 _CONDITIONAL_KEYS = ("filter", "value")
@@ -283,7 +283,7 @@ def _model(name: str, raw: Any, reader: RecipeReader) -> ModelEntry:
             f"model name '{name}' must start with a letter or digit and use only letters, "
             "digits, '.', '_' and '-'",
         )
-    entry = reader.table(raw, path, "source, revision, parameters")
+    entry = reader.table(raw, path, "source, revision, lora, parameters")
     reader.check_keys(entry, _MODEL_KEYS, path, f"[models.{name}]")
     source = reader.string(entry.get("source"), path + ("source",), required=True)
     assert source is not None
@@ -294,7 +294,22 @@ def _model(name: str, raw: Any, reader: RecipeReader) -> ModelEntry:
         revision=reader.string(entry.get("revision"), path + ("revision",)),
         parameters=reader.parameters(entry.get("parameters"), path + ("parameters",)),
         listed=listed,
+        lora=_lora(entry.get("lora"), path + ("lora",), reader),
     )
+
+
+def _lora(raw: Any, path: KeyPath, reader: RecipeReader) -> str | None:
+    """A model's adapter: a folder or Hub id (`@revision` allowed), never empty nor `+`-joined."""
+    lora = reader.string(raw, path)
+    if lora is None:
+        return None
+    if not lora.strip() or "+" in lora or lora.count("@") > 1:
+        raise reader.fail(
+            path,
+            f"lora must name one adapter (a folder or a Hub id, optionally @revision), not {lora!r}",
+            'write lora = "org/adapter" or lora = "adapters/mine"',
+        )
+    return lora
 
 
 def _slice(raw: Any, path: KeyPath, reader: RecipeReader) -> Slice:

@@ -53,6 +53,8 @@ def _model_data(entry: ModelEntry) -> dict[str, Any]:
     data: dict[str, Any] = {"source": entry.source}
     if entry.revision is not None:
         data["revision"] = entry.revision
+    if entry.lora is not None:
+        data["lora"] = entry.lora
     if not entry.listed:
         data["listed"] = False
     if entry.parameters:

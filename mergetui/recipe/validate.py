@@ -47,7 +47,7 @@ def validate_recipe(
     problems, spec = check_recipe(recipe)
     coverage = required_coverage(recipe, spec) if spec is not None else []
     located = check_paths(problems, folder, hub_cache=hub_cache)
-    exact = not offline and check_checkpoints(problems, spec, located)
+    exact = not offline and check_checkpoints(problems, spec, located, folder)
     if not exact:
         for level, where, message, fix in coverage:
             problems.add(level, where, message, fix)

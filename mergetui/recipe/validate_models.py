@@ -63,7 +63,65 @@ def check_paths(problems: Problems, folder: Path, *, hub_cache: bool) -> dict[st
                     f"'{entry.reference}' is not in the local Hugging Face cache",
                     "it is downloaded when merging; checks that need its files were skipped",
                 )
+        if entry.lora is not None:
+            _check_adapter_path(problems, name, entry.lora, folder, hub_cache)
     return located
+
+
+def _check_adapter_path(
+    problems: Problems, name: str, lora: str, folder: Path, hub_cache: bool
+) -> None:
+    """A model's adapter: a missing local folder is an error, an uncached Hub id a warning."""
+    from mergetui.checkpoints.locate import looks_like_hub_id
+    from mergetui.recipe.paths import locate_adapter
+
+    where = f"models.{name}.lora"
+    path = lora.partition("@")[0]
+    hub = looks_like_hub_id(path)
+    if hub and not hub_cache:
+        return
+    if locate_adapter(lora, folder) is not None:
+        return
+    if not hub:
+        problems.error(
+            where,
+            f"adapter folder not found: {path}",
+            f"check the path (relative paths start from {folder})",
+        )
+    else:
+        problems.warning(
+            where,
+            f"adapter '{lora}' is not in the local Hugging Face cache",
+            f"download it first (mergetui pull {path}); checks that need its files were skipped",
+        )
+
+
+def check_adapters(
+    problems: Problems, folder: Path, checkpoints: dict[str, Checkpoint], allow_bin: bool = False
+) -> None:
+    """Each opened model's adapter (headers only): a kind mergetui cannot apply, a shape or an
+    architecture that does not fit its base are errors; another base's name is a warning."""
+    from mergetui.checkpoints.lora import check_adapter, open_adapter
+    from mergetui.recipe.paths import locate_adapter
+
+    for name, checkpoint in checkpoints.items():
+        entry = problems.recipe.models[name]
+        found = locate_adapter(entry.lora, folder) if entry.lora else None
+        if found is None:
+            continue
+        where = f"models.{name}.lora"
+        try:
+            adapter = open_adapter(found[0], allow_bin=allow_bin, where=where)
+        except UserError as exc:
+            problems.error(where, exc.message, exc.fix)
+            continue
+        problem, warnings = check_adapter(adapter, checkpoint, entry.source)
+        for warning in warnings:
+            problems.warning(where, warning)
+        if problem:
+            problems.error(
+                where, problem, f"use the adapter with its own base ({adapter.base_model or '?'})"
+            )
 
 
 def _comparable(checkpoint: Checkpoint, depth: int) -> dict[str, str]:
@@ -82,7 +140,10 @@ def _comparable(checkpoint: Checkpoint, depth: int) -> dict[str, str]:
 
 
 def check_checkpoints(
-    problems: Problems, spec: MethodSpec | None, located: dict[str, Path]
+    problems: Problems,
+    spec: MethodSpec | None,
+    located: dict[str, Path],
+    folder: Path | None = None,
 ) -> bool:
     """Open the located checkpoints and check they can be merged as the recipe says.
 
@@ -108,6 +169,8 @@ def check_checkpoints(
             problems.error(f"models.{name}.source", f"cannot read '{name}': {exc}", exc.fix)
     if not checkpoints:
         return False
+    if folder is not None:
+        check_adapters(problems, folder, checkpoints)
 
     reference = recipe.base if recipe.base in checkpoints else next(iter(checkpoints))
     ref = checkpoints[reference]

@@ -61,7 +61,8 @@ _MERGE_KEYS = {
 
 _META_RE = re.compile(r"^#\s*mergetui:\s*(.*?)\s*$", re.MULTILINE)
 
-Reference = tuple[str, str | None]
+# (path, revision, lora): mergekit's `path@revision+adapter` reference.
+Reference = tuple[str, str | None, str | None]
 
 
 def loads_yaml(text: str, source: str | None = None) -> Recipe:
@@ -107,7 +108,7 @@ def _meta(text: str, source: str | None) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def split_reference(text: str) -> Reference:
+def split_reference(text: str) -> tuple[str, str | None]:
     """mergekit's `path@revision` (at most one '@')."""
     if text.count("@") > 1:
         raise ValueError(f"invalid model reference '{text}': more than one '@'")
@@ -115,6 +116,24 @@ def split_reference(text: str) -> Reference:
         path, revision = text.split("@")
         return (path, revision or None)
     return (text, None)
+
+
+def parse_reference(text: str) -> Reference:
+    """mergekit's `path@revision+adapter@revision` (at most one '+', at most one '@' each side);
+    the adapter is kept as written (`lora`)."""
+    model, plus, lora = text.partition("+")
+    if plus and ("+" in lora or not lora.strip() or not model.strip()):
+        raise ValueError(f"invalid model reference '{text}': write model+adapter (one '+')")
+    if lora.count("@") > 1:
+        raise ValueError(f"invalid adapter reference '{lora}': more than one '@'")
+    path, revision = split_reference(model)
+    return (path, revision, lora or None)
+
+
+def format_reference(key: Reference) -> str:
+    """A reference as mergekit writes it."""
+    model = f"{key[0]}@{key[1]}" if key[1] else key[0]
+    return f"{model}+{key[2]}" if key[2] else model
 
 
 def derive_model_name(path: str) -> str:
@@ -162,7 +181,7 @@ class _YamlImport:
                 and MODEL_NAME_RE.match(item[0])
             ):
                 try:
-                    key = split_reference(item[1])
+                    key = parse_reference(item[1])
                 except ValueError:
                     continue
                 if key not in self.meta_names and item[0] not in self.meta_names.values():
@@ -255,41 +274,40 @@ class _YamlImport:
     def reference(self, raw: Any, path: KeyPath) -> Reference:
         if isinstance(raw, dict):
             self.reader.check_keys(raw, ("model", "lora", "override_architecture"), path, "a model")
-            if raw.get("lora") is not None:
-                raise self.lora_error(path + ("lora",))
             if raw.get("override_architecture") is not None:
                 raise self.reader.fail(
                     path + ("override_architecture",),
                     "'override_architecture' is not supported",
                     "remove it; mergetui reads the architecture from config.json",
                 )
-            inner = raw.get("model")
-            if isinstance(inner, dict):
-                self.reader.check_keys(
-                    inner, ("path", "revision"), path + ("model",), "a model path"
-                )
-                text = self.reader.string(
-                    inner.get("path"), path + ("model", "path"), required=True
-                )
-                revision = self.reader.string(inner.get("revision"), path + ("model", "revision"))
-                assert text is not None
-                return (text, revision)
-            raw = inner
+            lora = None
+            if raw.get("lora") is not None:
+                lora = format_reference(self.model_path(raw["lora"], path + ("lora",)) + (None,))
+            text, revision = self.model_path(raw.get("model"), path + ("model",))
+            return (text, revision, lora)
         text = self.reader.string(raw, path, required=True)
         assert text is not None
-        if "+" in text:
-            raise self.lora_error(path)
+        try:
+            return parse_reference(text)
+        except ValueError as exc:
+            raise self.reader.fail(
+                path, str(exc), "write path, path@revision or path+adapter"
+            ) from None
+
+    def model_path(self, raw: Any, path: KeyPath) -> tuple[str, str | None]:
+        """mergekit's ModelPath: `path@revision`, or a `{path, revision}` mapping."""
+        if isinstance(raw, dict):
+            self.reader.check_keys(raw, ("path", "revision"), path, "a model path")
+            text = self.reader.string(raw.get("path"), path + ("path",), required=True)
+            revision = self.reader.string(raw.get("revision"), path + ("revision",))
+            assert text is not None
+            return (text, revision)
+        text = self.reader.string(raw, path, required=True)
+        assert text is not None
         try:
             return split_reference(text)
         except ValueError as exc:
             raise self.reader.fail(path, str(exc), "write path or path@revision") from None
-
-    def lora_error(self, path: KeyPath) -> UserError:
-        return self.reader.fail(
-            path,
-            "LoRA references (model+lora) are not supported",
-            "merge the adapter into its model first (peft's merge_and_unload) and use that folder",
-        )
 
     def name_for(self, key: Reference, path: KeyPath) -> str:
         """The recipe name for a model reference, registering the model on first sight."""
@@ -299,11 +317,15 @@ class _YamlImport:
         name = self.meta_names.get(key)
         if name is None or name in taken:
             reserved = [other for ref, other in self.meta_names.items() if ref != key]
-            name = _unique_name(derive_model_name(key[0]), taken | set(reserved))
+            named = derive_model_name(key[2].partition("@")[0]) if key[2] else None
+            name = _unique_name(named or derive_model_name(key[0]), taken | set(reserved))
         self.by_reference[key] = name
         self.models[name] = {"source": key[0]}
         if key[1] is not None:
             self.models[name]["revision"] = key[1]
+        if key[2] is not None:
+            self.models[name]["lora"] = key[2]
+            self.relocate(path, ("models", name, "lora"))
         self.relocate(path, ("models", name))
         self.relocate(path, ("models", name, "source"))
         return name
@@ -404,7 +426,7 @@ class _YamlImport:
         key = self.reference(raw, path)
         if key in self.by_reference:
             return self.by_reference[key]
-        return f"{key[0]}@{key[1]}" if key[1] else key[0]
+        return format_reference(key)
 
     def tokenizer_block(self, raw: dict[str, Any], path: KeyPath) -> dict[str, Any]:
         """The block with its model references as names; its shape is the builder's to check."""
