@@ -30,6 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", type=Path, help="recipe file (.toml, or mergekit .yaml/.yml)")
     parser.add_argument("--out", type=Path, help="output folder (overrides the recipe's output)")
     parser.add_argument(
+        "--intermediate-dir",
+        "-I",
+        type=Path,
+        help="multi-stage files: where the named stages' outputs go, one folder each "
+        "(default: OUT-stages beside --out)",
+    )
+    parser.add_argument(
         "--device",
         default="auto",
         help="where to compute: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
@@ -77,14 +84,27 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from mergetui.cli.output import console, console_err
     from mergetui.device import check_device_name
+    from mergetui.errors import UserError
     from mergetui.merge.plan import make_plan
     from mergetui.merge.target import check_output, output_guard
     from mergetui.merge.writer import parse_size
     from mergetui.recipe.io import load_recipe
+    from mergetui.recipe.stages import load_stages
 
     recipe_path: Path = args.recipe
     shard_size = parse_size(args.shard_size)
     device = check_device_name(args.device)
+    stages = load_stages(recipe_path)
+    if stages is not None:
+        from mergetui.cli.merge_stages import run_stages
+
+        return run_stages(args, stages, shard_size=shard_size, device=device)
+    if args.intermediate_dir is not None:
+        raise UserError(
+            "--intermediate-dir is for multi-stage files, and this one holds one recipe",
+            where=str(recipe_path),
+            fix="drop --intermediate-dir (or name the stages: see docs/multi-stage.md)",
+        )
     recipe = load_recipe(recipe_path)  # a missing file: the same line, fix included, as validate
     if args.seed is not None:
         recipe.seed = args.seed
@@ -111,11 +131,11 @@ def _run(args: argparse.Namespace) -> int:
         allow_mixed_architectures=args.allow_mixed_architectures,
     )
     if args.dry_run:
-        _print_plan(plan, force=args.force)
+        print_plan(plan, force=args.force)
         return 0
     check_output(plan.output_dir, args.force, **output_guard(plan))  # the engine checks again
     # The plan's notices reach the user as the engine's Notice events, printed by on_event.
-    return _run_with_progress(plan, force=args.force, out=console(), err=console_err())
+    return run_with_progress(plan, force=args.force, out=console(), err=console_err())
 
 
 def missing_hub_models(recipe: Any, recipe_dir: Path) -> dict[str, Any]:
@@ -171,9 +191,10 @@ def _validate(recipe: Any, recipe_path: Path) -> bool:
     return not any(p.is_error for p in problems)
 
 
-def _print_plan(plan: Any, *, force: bool) -> None:
+def print_plan(plan: Any, *, force: bool, show_output: bool = True) -> None:
     """The plan as a run would execute it: `auto` resolved to its device (this imports torch),
-    and the peak estimate for that device."""
+    and the peak estimate for that device; with `show_output`, whether its folder exists and
+    what a run would do about it (a multi-stage dry run says that per stage itself)."""
     import dataclasses
 
     from rich.markup import escape
@@ -195,7 +216,7 @@ def _print_plan(plan: Any, *, force: bool) -> None:
         key, _, value = line.partition(": ")
         table.add_row(key, shown if key == "device" else value)
     console().print(table)
-    if plan.output_dir.exists():
+    if show_output and plan.output_dir.exists():
         why = replace_refusal(plan.output_dir, **output_guard(plan)) if force else None
         if not force:
             verdict = " (a run needs --force)"
@@ -211,7 +232,9 @@ def _print_plan(plan: Any, *, force: bool) -> None:
         console().print(f"[yellow]note:[/] {notice}", soft_wrap=True)
 
 
-def _run_with_progress(plan: Any, *, force: bool, out: Any, err: Any) -> int:
+def run_with_progress(plan: Any, *, force: bool, out: Any, err: Any, label: str = "") -> int:
+    """Run the plan under a progress bar (`label` before its description, e.g. a stage's); Ctrl-C,
+    SIGTERM and SIGHUP cancel it cleanly: the exit status 128 + the signal."""
     from rich.markup import escape
 
     from mergetui.cli.interrupts import install_stop_signals, restore_signals
@@ -225,7 +248,7 @@ def _run_with_progress(plan: Any, *, force: bool, out: Any, err: Any) -> int:
     # The elapsed column only where it fits: at 80 columns it would wrap the line.
     progress = bytes_progress("tensors", err, elapsed=err.width >= 100)
     task = progress.add_task(
-        "merging", total=plan.total_bytes, tensors=f"0/{plan.tensor_count} tensors"
+        f"{label}merging", total=plan.total_bytes, tensors=f"0/{plan.tensor_count} tensors"
     )
     done = [0]  # tensors finish in any order: count them (an event's index is its plan position)
 
@@ -238,7 +261,7 @@ def _run_with_progress(plan: Any, *, force: bool, out: Any, err: Any) -> int:
                 tensors=f"{done[0]}/{event.tensor_count} tensors",
             )
         elif isinstance(event, PlanReady):
-            progress.update(task, description=f"merging on {event.device}")
+            progress.update(task, description=f"{label}merging on {event.device}")
         elif isinstance(event, Notice):
             progress.console.print(f"[yellow]note:[/] {escape(event.message)}", soft_wrap=True)
 

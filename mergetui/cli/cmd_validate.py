@@ -4,6 +4,7 @@ Recipes are mergetui TOML or mergekit YAML (by extension). Without `--offline` t
 checkpoints found on disk or in the Hugging Face cache are opened (headers only) to check they can
 be merged as written. With `--offline` the recipe alone is checked (and that its local model
 folders exist): Hub ids are not looked up, so nothing is said about the cache.
+A multi-stage file (mergekit-multi's YAML, or [[stages]] in TOML) is checked stage by stage.
 Exit status: 0 when no recipe has an error (warnings allowed), 1 otherwise.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from mergetui.cli.options import add_json_option
 
@@ -36,11 +38,16 @@ def run(args: argparse.Namespace) -> int:
     from mergetui.cli.output import print_problems
     from mergetui.errors import UserError
     from mergetui.recipe.io import load_recipe
+    from mergetui.recipe.stages import load_stages
     from mergetui.recipe.validate import Problem, validate_recipe
 
     results: dict[str, list[Problem]] = {}
     for path in args.recipes:
         try:
+            stages = load_stages(path)
+            if stages is not None:  # a multi-stage file: each stage under its own heading
+                results.update(_stage_problems(path, stages, args.offline))
+                continue
             recipe = load_recipe(path)
         except UserError as exc:
             file, _, line = (exc.where or path).rpartition(":")
@@ -59,3 +66,13 @@ def run(args: argparse.Namespace) -> int:
             print_problems(path, problems)
     failed = any(problem.is_error for problems in results.values() for problem in problems)
     return 1 if failed else 0
+
+
+def _stage_problems(path: str, stages: list[Any], offline: bool) -> dict[str, list[Any]]:
+    """Every stage's problems, keyed `FILE (stage 'NAME')`: the stages wired as `merge` wires them
+    (an unnamed final stage needs no --out to be checked)."""
+    from mergetui.recipe.stage_order import place_stages, validate_stages
+
+    placed = place_stages(stages, path, need_output=False)
+    found = validate_stages(placed, offline=offline, hub_cache=not offline)
+    return {f"{path} ({s.label})": found[s.number] for s in sorted(placed, key=lambda s: s.number)}
