@@ -274,21 +274,15 @@ def bench_speed(budget: int, population: int | None) -> dict[str, Any]:
 
 
 def heldout_nll(model_dir: Path, texts: list[Path]) -> list[float]:
-    """Mean NLL of `mergetui eval` on each held-out text (log of its perplexity)."""
-    values = []
-    for text in texts:
-        done = subprocess.run(
-            [sys.executable, "-m", "mergetui", "eval", str(model_dir), "--text", str(text)]
-            + ["--device", "cpu", "--json"],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        data = json.loads(done.stdout)
-        row = data[0] if isinstance(data, list) else data
-        row = row.get("results", [row])[0] if "perplexity" not in row else row
-        values.append(math.log(row["perplexity"]))
-    return values
+    """Mean NLL on each held-out text, as `mergetui eval --text` computes it (log perplexity)."""
+    from mergetui.chat.loader import load_for_chat
+    from mergetui.chat.perplexity import perplexity, read_text
+
+    loaded = load_for_chat(model_dir, device="cpu", dtype="float32")
+    try:
+        return [math.log(perplexity(loaded, read_text(text)[0]).perplexity) for text in texts]
+    finally:
+        loaded.unload()
 
 
 def merge(recipe: Path, out: Path) -> Path:
@@ -337,7 +331,7 @@ def bench_quality(budget: int) -> dict[str, Any]:
         stdout=subprocess.DEVNULL,
     )
     seconds = time.perf_counter() - started
-    equal = root / "equal.toml"
+    equal = spec.parent / "equal.toml"  # beside the spec: its model paths are relative to it
     equal_text = spec.read_text(encoding="utf-8").split("[search]")[0]
     equal.write_text(equal_text, encoding="utf-8")
     rows = {
