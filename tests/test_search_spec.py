@@ -438,3 +438,21 @@ def test_where_names_the_file_and_line(tmp_path: Path) -> None:
     path = write_spec(tmp_path, FAMILY, search=SEARCH)
     spec = load_search_spec(path)
     assert re.fullmatch(rf"{re.escape(str(path))}:\d+", spec.where("search.layer_groups"))
+
+
+def test_validate_checks_the_search_table(
+    tmp_path: Path, llama_family: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    family = {"base": llama_family["base"], "a": llama_family["a"], "b": llama_family["b"]}
+    good = write_spec(tmp_path / "good", family, search=SEARCH)
+    assert main(["validate", "--offline", str(good)]) == 0
+    assert f"{good}: ok" in capsys.readouterr().out
+    bad = write_spec(tmp_path / "bad", family, search="layer_groups = 0\n")
+    assert main(["validate", "--offline", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad}:{_line_of(bad, 'layer_groups')}: 'search.layer_groups' is 0" in out
+    assert "fix: set layer_groups" in out
+    # As `mergetui evolve` checks it: the objective's text file must exist (none is written).
+    (tmp_path / "good" / "prose.txt").unlink()
+    assert main(["validate", "--offline", str(good)]) == 1
+    assert "prose.txt does not exist" in capsys.readouterr().out

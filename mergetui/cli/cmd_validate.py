@@ -50,11 +50,11 @@ def run(args: argparse.Namespace) -> int:
                 continue
             recipe = load_recipe(path)
         except UserError as exc:
-            file, _, line = (exc.where or path).rpartition(":")
-            location = (file, int(line)) if file and line.isdigit() else (path, None)
-            results[path] = [Problem("error", None, exc.message, exc.fix, *location)]
+            results[path] = [_problem(exc, path)]
             continue
         results[path] = validate_recipe(recipe, offline=args.offline, hub_cache=not args.offline)
+        if recipe.search is not None:
+            results[path] += _search_problems(recipe, path)
 
     if args.json:
         payload = {
@@ -76,3 +76,25 @@ def _stage_problems(path: str, stages: list[Any], offline: bool) -> dict[str, li
     placed = place_stages(stages, path, need_output=False)
     found = validate_stages(placed, offline=offline, hub_cache=not offline)
     return {f"{path} ({s.label})": found[s.number] for s in sorted(placed, key=lambda s: s.number)}
+
+
+def _problem(exc: Any, path: str) -> Any:
+    """A UserError as the Problem `print_problems` shows, at its file and line when it has one."""
+    from mergetui.recipe.validate import Problem
+
+    file, _, line = (exc.where or path).rpartition(":")
+    location = (file, int(line)) if file and line.isdigit() else (path, None)
+    return Problem("error", None, exc.message, exc.fix, *location)
+
+
+def _search_problems(recipe: Any, path: str) -> list[Any]:
+    """A `[search]` table checked as `mergetui evolve` checks it before loading weights: its
+    parameters, bounds, groups, objectives, text files and budget (the first problem found)."""
+    from mergetui.errors import UserError
+    from mergetui.search.spec import check_sizes, search_spec_from_recipe
+
+    try:
+        check_sizes(search_spec_from_recipe(recipe, recipe.search))
+    except UserError as exc:
+        return [_problem(exc, path)]
+    return []
