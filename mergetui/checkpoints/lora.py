@@ -51,6 +51,9 @@ class LoraModule:
     b: TensorInfo
     scale: float
     transposed: bool
+    # The weight the update is added to, when the adapter saved its own copy (PEFT saves the
+    # embedding layers it adapts: `...embed_tokens.base_layer.weight`); None: the base's.
+    base: TensorInfo | None = None
 
     @property
     def rank(self) -> int:
@@ -254,7 +257,9 @@ def _map_tensors(
         else:
             if ".lora_" in key or "lora_magnitude" in key:
                 raise UserError(f"unsupported adapter tensor {name}", where=where)
-            replaced[key.replace(".modules_to_save.", ".")] = info
+            # modules_to_save keep the module's name; a saved base layer replaces its weight
+            target = key.replace(".modules_to_save.", ".").replace(".base_layer.", ".")
+            replaced[target] = info
     modules: dict[str, LoraModule] = {}
     alpha_pattern = config.get("alpha_pattern") or {}
     for module, pair in pairs.items():
@@ -272,7 +277,8 @@ def _map_tensors(
         module_alpha = float(_pattern_value(alpha_pattern, module, alpha))
         scale = lora_scale(module_alpha, a.shape[0], use_rslora)
         target = f"{module}.weight"
-        modules[target] = LoraModule(target, a, b, scale, transposed[module])
+        base = replaced.pop(target, None)
+        modules[target] = LoraModule(target, a, b, scale, transposed[module], base)
     return modules, replaced
 
 
@@ -298,6 +304,12 @@ def check_adapter(adapter: Adapter, checkpoint: Checkpoint, source: str) -> tupl
         info = tensors.get(name)
         if info is None:
             return _missing(name, checkpoint), warnings
+        if module.base is not None and tuple(module.base.shape) != tuple(info.shape):
+            return (
+                f"the adapter's copy of {name} is {list(module.base.shape)}, but the base's "
+                f"is {list(info.shape)}",
+                warnings,
+            )
         if tuple(info.shape) != module.delta_shape:
             return (
                 f"the adapter changes {name} by a {list(module.delta_shape)} update, but the "

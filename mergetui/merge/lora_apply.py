@@ -57,6 +57,8 @@ def _updated(
     """W + scale * B @ A over the elements [start, stop) of W, rounded once to W's dtype."""
     import torch
 
+    if module.base is not None:  # the adapter's own copy of the weight (saved embeddings)
+        flat = _read_range(reader, module.base, start, stop).to(flat.dtype)
     cols = shape[1]
     first, last = start // cols, -(-stop // cols)
     a = _read_whole(reader, module.a).to(torch.float32)
