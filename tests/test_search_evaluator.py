@@ -245,6 +245,36 @@ def test_the_local_backend_scores_in_order_and_stops_on_cancel(
         backend.close()
 
 
+def test_abandon_drops_the_candidate_in_progress_mid_forward(
+    template: Recipe, calib: Path, llama_family: dict[str, Path]
+) -> None:
+    """Leaving the app sets `abandon`: the next decoder block the forward reaches raises, so the
+    candidate in progress is dropped (a resume scores it again); unset, the hooks change nothing."""
+    from mergetui.errors import CancelledError
+
+    spec = _spec(template, (Objective("perplexity", LABEL, 1.0, path=calib),))
+    abandon = threading.Event()
+    backend = make_backend("local", spec, device="cpu", abandon=abandon)
+    blocks_run: list[int] = []
+    try:
+        model = backend.evaluator.model
+        for number, layer in enumerate(model.model.layers):
+            layer.register_forward_hook(lambda *_, n=number: blocks_run.append(n))
+        plain = backend.evaluator.evaluate(template)
+        with CandidateEvaluator(spec, device="cpu") as unhooked:
+            assert plain == unhooked.evaluate(template)
+        blocks_run.clear()
+        abandon.set()
+        batch = [(0, _recipe(llama_family, "task_arithmetic", {"weight": 0.3}, {"weight": 0.5}))]
+        with pytest.raises(CancelledError):
+            list(backend.evaluate(batch, threading.Event()))
+        assert blocks_run == []  # stopped at the first block, not after the whole forward
+        abandon.clear()
+        assert backend.evaluator.evaluate(template) == plain
+    finally:
+        backend.close()
+
+
 def test_make_backend_refuses_what_it_does_not_know(template: Recipe, calib: Path) -> None:
     spec = _spec(template, (Objective("perplexity", LABEL, 1.0, path=calib),))
     with pytest.raises(UserError, match="unknown backend 'slurm'"):

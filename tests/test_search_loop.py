@@ -179,6 +179,41 @@ def test_cancel_before_the_first_candidate_writes_nothing(spec: SearchSpec, tmp_
     assert not (tmp_path / "out").exists()
 
 
+def test_abandon_mid_candidate_keeps_the_scored_and_resume_finishes(
+    spec: SearchSpec, tmp_path: Path
+) -> None:
+    """The app's leave: abandon (with cancel) set while candidates run, on the real local
+    backend. What was scored stays, the candidate in progress is not written, a rerun resumes and
+    ends with the same file as a search never interrupted."""
+    whole = tmp_path / "whole"
+    run_search(spec, out_dir=whole, device="cpu", budget=6)
+    out = tmp_path / "out"
+    cancel, abandon = threading.Event(), threading.Event()
+
+    def leave_after_three(event: events.SearchEvent) -> None:
+        if isinstance(event, events.CandidateScored) and event.evaluation == 2:
+            abandon.set()  # the next candidate's first block raises; cancel comes later
+
+    stopped = run_search(
+        spec,
+        out_dir=out,
+        device="cpu",
+        budget=6,
+        on_event=leave_after_three,
+        cancel=cancel,
+        abandon=abandon,
+    )
+    assert stopped.stopped and stopped.evaluations == 3
+    assert [line["evaluation"] for line in read_lines(out / "evaluations.jsonl")] == [0, 1, 2]
+    finished = run_search(spec, out_dir=out, device="cpu", budget=6)
+    assert finished.evaluations == 6 and not finished.stopped
+
+    def scored(path: Path) -> list[tuple]:
+        return [(x["evaluation"], x["values"], x["fitness"]) for x in read_lines(path)]
+
+    assert scored(out / "evaluations.jsonl") == scored(whole / "evaluations.jsonl")
+
+
 def test_errors_before_anything_is_written(
     tmp_path: Path, llama_family: dict[str, Path], tiny_model_factory
 ) -> None:

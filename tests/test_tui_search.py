@@ -268,6 +268,45 @@ async def test_search_start_stop_resume_apply_and_undo(
         assert weights() == original and not document.modified
 
 
+async def test_leaving_mid_candidate_drops_it_at_once(
+    tmp_path: Path, llama_family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leaving the app (the screen's stop_search, run on unmount) stops the candidate in progress
+    at its model's next block instead of waiting for its score; esc (stop) lets it finish."""
+    from mergetui.search.evaluator import CandidateEvaluator
+
+    recipe_path = write_recipe(tmp_path, llama_family)
+    out = recipe_path.parent / "soup-evolve"
+    reached, release = threading.Event(), threading.Event()
+    real = CandidateEvaluator.evaluate
+    calls: list[int] = []
+
+    def held_before_the_second(self, recipe):
+        calls.append(1)
+        if len(calls) == 2:  # the second candidate: hold before its merge and scoring
+            reached.set()
+            assert release.wait(60)
+        return real(self, recipe)
+
+    monkeypatch.setattr(CandidateEvaluator, "evaluate", held_before_the_second)
+    app = MergeTuiApp(RecipeDocument.open(recipe_path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await on_search_screen(app, pilot)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, reached.is_set)
+        abandon = screen.abandon_event
+        assert abandon is not None and not abandon.is_set()
+        screen.action_stop()  # esc: the candidate in progress would finish
+        assert not abandon.is_set()
+        screen.stop_search()  # leaving: it is dropped
+        assert abandon.is_set() and screen.cancel_event.is_set()
+        release.set()
+        await wait_for(pilot, lambda: not screen.running)
+        assert screen.outcome == "stopped"
+        assert lines(out) == 1  # the first candidate kept, the second never written
+        assert len(calls) == 2
+
+
 async def test_a_bad_form_says_why_and_starts_nothing(
     tmp_path: Path, llama_family: dict[str, Path]
 ) -> None:

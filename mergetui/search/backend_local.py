@@ -2,7 +2,8 @@
 
 One `CandidateEvaluator` holds the parents and the resident model for the whole search; each
 candidate is merged into it in memory and scored. A cancel is seen between candidates (the one in
-progress finishes, so its score is not lost).
+progress finishes, so its score is not lost); `abandon` (leaving the app) drops the one in
+progress at its next layer instead (CancelledError).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ if TYPE_CHECKING:
 class LocalBackend:
     """Scores candidates in this process with one resident evaluator."""
 
-    def __init__(self, spec: Any, *, device: str = "auto") -> None:
+    def __init__(
+        self, spec: Any, *, device: str = "auto", abandon: threading.Event | None = None
+    ) -> None:
         from mergetui.search.evaluator import CandidateEvaluator
 
-        self.evaluator = CandidateEvaluator(spec, device=device)
+        self.evaluator = CandidateEvaluator(spec, device=device, abandon=abandon)
 
     def evaluate(
         self, batch: Sequence[tuple[int, Recipe]], cancel: threading.Event

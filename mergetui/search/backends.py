@@ -50,9 +50,11 @@ def make_backend(
     workers: int | None = None,
     address: str | None = None,
     on_notice: Callable[[str], Any] | None = None,
+    abandon: threading.Event | None = None,
 ) -> Backend:
     """The backend called `name` ("local" or "ray"), its parents loaded. Ray is imported only
-    for "ray" (missing, or a cluster not reachable: a UserError with the fix)."""
+    for "ray" (missing, or a cluster not reachable: a UserError with the fix). `abandon` stops
+    the local backend's candidate in progress mid-forward; Ray's workers finish theirs."""
     if name == "local":
         from mergetui.search.backend_local import LocalBackend
 
@@ -62,7 +64,7 @@ def make_backend(
                 where="--ray-address",
                 fix="add --backend ray, or drop --ray-address",
             )
-        return LocalBackend(spec, device=device)
+        return LocalBackend(spec, device=device, abandon=abandon)
     if name == "ray":
         from mergetui.search.backend_ray import RayBackend
 

@@ -11,6 +11,7 @@ thread at a time: the local backend owns one, each Ray actor owns one.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,9 @@ if TYPE_CHECKING:
 class CandidateEvaluator:
     """Parents resident on one device; `evaluate(recipe)` -> {objective label: score}."""
 
-    def __init__(self, spec: Any, device: str = "auto") -> None:
+    def __init__(
+        self, spec: Any, device: str = "auto", abandon: threading.Event | None = None
+    ) -> None:
         from mergetui.search.inmemory import ResidentMerge
         from mergetui.search.objectives import load_scorer
 
@@ -44,6 +47,8 @@ class CandidateEvaluator:
         )
         self.device = str(self._merge.device)
         self._loaded = _loaded_model(self._merge, started)
+        if abandon is not None:
+            stop_forward_when(self._loaded.model, abandon)
         try:
             for scorer in self._scorers:
                 scorer.prepare(self._loaded)
@@ -126,3 +131,26 @@ def _loaded_model(merge: Any, started: float) -> LoadedModel:
         context_length=context_length_of(merge.model, merge.tokenizer),
         seconds=time.perf_counter() - started,
     )
+
+
+def stop_forward_when(model: Any, abandon: threading.Event) -> None:
+    """Make a forward pass of `model` raise CancelledError at its next block once `abandon` is
+    set, so leaving the app drops the candidate in progress within one layer's time, whatever
+    objective is scoring it (perplexity, completions, lm-eval). One pre-hook per block of each
+    ModuleList (a transformer's layers), or on the model itself when it has none."""
+    import torch
+
+    from mergetui.errors import CancelledError
+
+    def check(_module: Any, _args: Any) -> None:
+        if abandon.is_set():
+            raise CancelledError("the search was left: the candidate in progress is dropped")
+
+    blocks = [
+        block
+        for module in model.modules()
+        if isinstance(module, torch.nn.ModuleList)
+        for block in module
+    ]
+    for block in blocks or [model]:
+        block.register_forward_pre_hook(check)

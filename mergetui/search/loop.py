@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergetui.errors import UserError
+from mergetui.errors import CancelledError, UserError
 from mergetui.search.events import (
     CandidateScored,
     GenerationDone,
@@ -66,13 +66,15 @@ def run_search(
     ray_address: str | None = None,
     on_event: OnSearchEvent | None = None,
     cancel: threading.Event | None = None,
+    abandon: threading.Event | None = None,
     budget: int | None = None,
     population: int | None = None,
     seed: int | None = None,
     backend: Any = None,
 ) -> SearchFinished:
     """Search until the budget (evaluations in all, a previous run's included) is spent or
-    `cancel` is set (the candidate in progress finishes and is kept). `backend` replaces the
+    `cancel` is set (the candidate in progress finishes and is kept; `abandon`, set with it,
+    drops that candidate mid-forward on the local backend instead). `backend` replaces the
     one `backend_name` would make (the caller then closes it). UserError before anything is
     written for what is wrong with the spec, the models or the out folder."""
     spec = with_overrides(spec, budget=budget, population=population, seed=seed)
@@ -93,6 +95,7 @@ def run_search(
             workers=workers,
             address=ray_address,
             on_notice=lambda message: emit(SearchNotice(message)),
+            abandon=abandon,
         )
     try:
         emit(
@@ -112,7 +115,8 @@ def run_search(
         search.log.close()
         if own:
             backend.close()
-    return search.finish(stopped=cancel.is_set() and len(search.records) < spec.budget)
+    asked_to_stop = cancel.is_set() or (abandon is not None and abandon.is_set())
+    return search.finish(stopped=asked_to_stop and len(search.records) < spec.budget)
 
 
 def prepare_genome(spec: SearchSpec, out_dir: Path, device: str) -> Genome:
@@ -304,9 +308,12 @@ class _Search:
             todo = [i for i in range(self.population) if i not in generation.fitnesses]
             todo = todo[: self.spec.budget - len(self.records)]
             batch = [(i, self.genome.recipe_for(generation.values[i])) for i in todo]
-            for index, scores, seconds in backend.evaluate(batch, cancel):
-                self._score(generation, index, scores, seconds)
-                done_here += 1
+            try:
+                for index, scores, seconds in backend.evaluate(batch, cancel):
+                    self._score(generation, index, scores, seconds)
+                    done_here += 1
+            except CancelledError:
+                return  # abandoned mid-candidate: it is not recorded, a resume scores it again
             if len(generation.fitnesses) < self.population:
                 return  # the budget ends inside this generation, or the run was stopped
             eta = estimate_eta(started, done_here, self.spec.budget - len(self.records))

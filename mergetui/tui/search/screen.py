@@ -82,6 +82,7 @@ class SearchScreen(ModeScreen):
         super().__init__()
         self.running = False
         self.cancel_event: threading.Event | None = None
+        self.abandon_event: threading.Event | None = None
         self.progress = SearchProgress()
         self.outcome: str | None = None  # finished, stopped or failed, once a run ended
         self.parameters: tuple[str, ...] = ()  # of the search shown
@@ -267,12 +268,13 @@ class SearchScreen(ModeScreen):
         self.table.clear()
         self.running = True
         self.cancel_event = threading.Event()
+        self.abandon_event = threading.Event()
         self.form.disabled = True
         self.best_pane.grid.focus()
         self._state(self.progress.running_line())
         self.refresh_bindings()
         self._refresh_status()
-        self._search(SearchJob(spec, self.out_dir, self.cancel_event))
+        self._search(SearchJob(spec, self.out_dir, self.cancel_event, abandon=self.abandon_event))
 
     @work(thread=True, exclusive=True, group="search", exit_on_error=False)
     def _search(self, job: SearchJob) -> None:
@@ -285,9 +287,12 @@ class SearchScreen(ModeScreen):
             self._state("[b $warning]stopping[/] after the candidate in progress…")
 
     def stop_search(self) -> None:
-        """Ask a running search to stop (leaving the app): it keeps what it scored."""
+        """Stop a running search at once (leaving the app): it keeps what it scored and drops the
+        candidate in progress, which a resume scores again."""
         if self.cancel_event is not None:
             self.cancel_event.set()
+        if self.abandon_event is not None:
+            self.abandon_event.set()
 
     def action_apply_best(self) -> None:
         best = self.progress.best
@@ -341,6 +346,7 @@ class SearchScreen(ModeScreen):
     def _ended(self, message: SearchEnded) -> None:
         self.running = False
         self.cancel_event = None
+        self.abandon_event = None
         self.form.disabled = False
         if message.finished is not None:
             self._update(SearchUpdate(message.finished))

@@ -11,7 +11,7 @@ next start resumes from the out folder's evaluations.jsonl.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +36,8 @@ class SearchJob:
     out_dir: Path
     cancel: threading.Event
     device: str = "auto"
+    # Set with `cancel` when the screen goes away: the candidate in progress is dropped.
+    abandon: threading.Event = field(default_factory=threading.Event)
 
 
 def run_job(target: Poster, job: SearchJob) -> None:
@@ -49,7 +51,12 @@ def run_job(target: Poster, job: SearchJob) -> None:
 
     try:
         finished = run_search(
-            job.spec, out_dir=job.out_dir, device=job.device, on_event=relay, cancel=job.cancel
+            job.spec,
+            out_dir=job.out_dir,
+            device=job.device,
+            on_event=relay,
+            cancel=job.cancel,
+            abandon=job.abandon,
         )
     except UserError as exc:
         target.post_message(SearchEnded("failed", str(in_app_words(exc, job.out_dir))))
