@@ -2,12 +2,13 @@
 give mergekit-yaml's tensors, the arithmetic is PEFT's, streaming changes nothing, and the recipe
 round-trips. Errors and `mergetui inspect` are in tests/test_lora_inputs_errors.py.
 
-(Sparsified ties on bfloat16 inputs differs from mergekit's with or without an adapter, where
-top-k meets equal magnitudes; so ties is compared dense on bfloat16 and sparse on float32.) The
-task-vector configs merge in float32, as tests/test_parity_mergekit.py does (mergekit does
-their arithmetic in the config's dtype, mergetui in float32); the adapters are still applied to
-bfloat16 weights, rounded to bfloat16 as mergekit's merged copy is. Tiny bfloat16 Llamas (mergetui.demo.make_tiny_model) and adapters made offline with peft: lora_B
-set to seeded non-zero values (PEFT starts it at zero), saved with safetensors.
+Tiny bfloat16 Llamas (mergetui.demo.make_tiny_model) and adapters made offline with peft
+(tests/lora_helpers.py): lora_B set to seeded non-zero values (PEFT starts it at zero), saved with
+safetensors. The task-vector configs merge in float32, as tests/test_parity_mergekit.py does
+(mergekit does their arithmetic in the config's dtype, mergetui in float32); the adapters are still
+applied to bfloat16 weights, rounded to bfloat16 as mergekit's merged copy is. Sparsified ties on
+bfloat16 inputs differs from mergekit's with or without an adapter (top-k among equal magnitudes),
+so ties is compared dense on bfloat16 and sparse on float32.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 from pathlib import Path
 
 import pytest
+from lora_helpers import make_adapter, tensors
 
 from mergetui.demo import make_tiny_model
 
@@ -25,23 +27,6 @@ pytest.importorskip("peft")
 
 HAS_MERGEKIT = importlib.util.find_spec("mergekit") is not None
 needs_mergekit = pytest.mark.skipif(not HAS_MERGEKIT, reason="mergekit is not installed")
-
-
-def make_adapter(base: Path, out: Path, *, seed: int = 0, **config) -> Path:
-    """A PEFT LoRA adapter for `base` with seeded non-zero lora_B (and modules_to_save changed)."""
-    import transformers
-    from peft import LoraConfig, get_peft_model
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(**config))
-    generator = torch.Generator().manual_seed(seed)
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name or "lora_embedding_B" in name:
-            param.data = torch.randn(param.shape, generator=generator) * 0.1
-        elif "modules_to_save" in name:
-            param.data += torch.randn(param.shape, generator=generator) * 0.1
-    peft_model.save_pretrained(out, safe_serialization=True)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -85,15 +70,6 @@ def family32(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             base, root / "plain", r=4, lora_alpha=4, target_modules=["o_proj", "gate_proj"]
         ),
     }
-
-
-def tensors(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    found: dict[str, torch.Tensor] = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        found.update(load_file(file))
-    return found
 
 
 def merge_with_mergetui(recipe_file: Path, out: Path) -> dict[str, torch.Tensor]:
