@@ -168,23 +168,29 @@ def _run(
 
     from mergetui.cli.cmd_merge import run_with_progress
     from mergetui.cli.output import console, console_err
+    from mergetui.errors import UserError
     from mergetui.merge.target import check_output, output_guard
 
     out, err = console(), console_err()
-    merged = 0
+    merged, code = 0, 0
     for index, (stage, state) in enumerate(zip(stages, states, strict=True), start=1):
         out.print(_heading(stage, index, len(stages)), soft_wrap=True)
         if not state.runs:
             out.print("  up to date (merged from this recipe): skipped", soft_wrap=True)
             continue
         force = args.force or state.state == "stale"
-        plan = _plan(stage, args, shard_size=shard_size, device=device)
-        check_output(plan.output_dir, force, **output_guard(plan))
-        label = f"stage {index}/{len(stages)} "
-        code = run_with_progress(plan, force=force, out=out, err=err, label=label)
+        try:
+            plan = _plan(stage, args, shard_size=shard_size, device=device)
+            check_output(plan.output_dir, force, **output_guard(plan))
+            label = f"stage {index}/{len(stages)} "
+            code = run_with_progress(plan, force=force, out=out, err=err, label=label)
+        except UserError:  # what only its plan can see (its input is an earlier stage's output)
+            code = 1
+            raise
+        finally:
+            if code != 0 and merged:
+                err.print("  the stages merged before it are kept: running again skips them")
         if code != 0:
-            if index > 1:
-                err.print("  the stages before it are kept: running again skips them")
             return code
         merged += 1
     final = next((s for s in stages if s.name is None), stages[-1])

@@ -129,8 +129,10 @@ def _yaml_stages(text: str, source: str) -> list[Stage] | None:
         if name_span is not None:
             key, value = name_span
             name = _name_value(value.value if _is_scalar(value) else [], f"{source}:{key.line}")
-            blanked = blanked[: key.index] + _blank(blanked[key.index : key.end_index])
-            blanked += text[key.end_index : end]
+            stop = key.end_index
+            comma = re.compile(r"\s*,").match(text, stop)  # `{name: x, ...}`: its comma too
+            stop = comma.end() if comma else stop
+            blanked = blanked[: key.index] + _blank(blanked[key.index : stop]) + text[stop:end]
             where = f"{source}:{key.line}"
         try:
             recipe = loads_yaml(blanked, source)
