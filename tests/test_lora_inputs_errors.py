@@ -209,3 +209,39 @@ def test_inspect_a_model_with_its_adapter(cli, kit: dict[str, Path]) -> None:
     assert "the adapter fits this model" in out and "q_proj, v_proj" in out
     code, _, err = cli("inspect", f"{kit['base']}+{kit['small-adapter']}")
     assert code == 1 and "another model size" in err
+
+
+# -- adapters on the Hub -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from hub_server import serve_for_test
+
+    monkeypatch.setenv("MERGETUI_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("COLUMNS", "200")
+    yield from serve_for_test(tmp_path, monkeypatch)
+
+
+def test_a_hub_adapter_is_pulled_then_found_in_the_cache(
+    kit: dict[str, Path], hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mergetui.cli
+    from mergetui.checkpoints.locate import find_local
+
+    hub.add_repo("org/adapter", kit["adapter"])
+    recipe = tmp_path / "hub.toml"
+    recipe.write_text(
+        '[merge]\nmethod = "passthrough"\noutput = "out"\n\n'
+        f'[models.m]\nsource = "{kit["base"]}"\nlora = "org/adapter"\n'
+    )
+    assert mergetui.cli.main(["merge", str(recipe)]) == 0
+    err = capsys.readouterr().err
+    assert "the adapter of model m: org/adapter is not on this machine" in err
+    assert find_local("org/adapter") is not None
+    local = recipe_with(kit, kit["adapter"], "hub-local")
+    assert mergetui.cli.main(["merge", str(local), "--out", str(tmp_path / "local")]) == 0
+    ours, want = tensors(tmp_path / "out"), tensors(tmp_path / "local")
+    assert all(torch.equal(ours[k], want[k]) for k in want)
+    assert mergetui.cli.main(["merge", str(recipe), "--force"]) == 0
+    assert "downloading" not in capsys.readouterr().err

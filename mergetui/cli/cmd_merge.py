@@ -89,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     from mergetui.merge.target import check_output, output_guard
     from mergetui.merge.writer import parse_size
     from mergetui.recipe.io import load_recipe
+    from mergetui.recipe.moe import load_moe
     from mergetui.recipe.stages import load_stages
 
     recipe_path: Path = args.recipe
@@ -99,6 +100,11 @@ def _run(args: argparse.Namespace) -> int:
         from mergetui.cli.merge_stages import run_stages
 
         return run_stages(args, stages, shard_size=shard_size, device=device)
+    moe = load_moe(recipe_path)  # a mergekit-moe config or a [moe] table: docs/moe.md
+    if moe is not None:
+        from mergetui.cli.merge_moe import run_moe_recipe
+
+        return run_moe_recipe(args, moe, shard_size=shard_size, device=device)
     if args.intermediate_dir is not None:
         raise UserError(
             "--intermediate-dir is for multi-stage files, and this one holds one recipe",
@@ -151,30 +157,53 @@ def missing_hub_models(recipe: Any, recipe_dir: Path) -> dict[str, Any]:
     }
 
 
+def missing_hub_adapters(recipe: Any, recipe_dir: Path) -> dict[str, tuple[str, str | None]]:
+    """The recipe's LoRA adapters (by model name) that are Hub ids not on this machine, as
+    (repo id, revision)."""
+    from mergetui.checkpoints.locate import looks_like_hub_id
+    from mergetui.recipe.paths import locate_adapter
+
+    missing = {}
+    for name, entry in recipe.models.items():
+        if entry.lora is None:
+            continue
+        repo, _, revision = entry.lora.partition("@")
+        if looks_like_hub_id(repo) and locate_adapter(entry.lora, recipe_dir) is None:
+            missing[name] = (repo, revision or None)
+    return missing
+
+
 def download_missing_models(recipe: Any, recipe_dir: Path, *, err: Any) -> None:
-    """Pull each missing Hub model (progress on `err`); offline, stop with a clear message."""
+    """Pull each missing Hub model and adapter (progress on `err`); offline, stop with a clear
+    message."""
     from mergetui.checkpoints.hub import HubOffline, is_offline
     from mergetui.cli.transfers import pull_with_progress
     from mergetui.errors import UserError
 
-    missing = missing_hub_models(recipe, recipe_dir)
-    if not missing:
+    pulls = [
+        (f"model {name}", entry.source, entry.revision, f"models.{name}.source")
+        for name, entry in missing_hub_models(recipe, recipe_dir).items()
+    ] + [
+        (f"the adapter of model {name}", repo, revision, f"models.{name}.lora")
+        for name, (repo, revision) in missing_hub_adapters(recipe, recipe_dir).items()
+    ]
+    if not pulls:
         return
-    listed = ", ".join(f"{name} ({entry.source})" for name, entry in missing.items())
+    listed = ", ".join(f"{what} ({repo})" for what, repo, _, _ in pulls)
     if is_offline():
         raise UserError(
-            f"offline mode (HF_HUB_OFFLINE=1) is on and these models are not on this machine: {listed}",
+            f"offline mode (HF_HUB_OFFLINE=1) is on and these are not on this machine: {listed}",
             fix="unset HF_HUB_OFFLINE to download them, or pull them first when online "
             "(mergetui pull REPO_ID)",
         )
-    for name, entry in missing.items():
-        err.print(f"model {name}: {entry.source} is not on this machine; downloading it first")
+    for what, repo, revision, where in pulls:
+        err.print(f"{what}: {repo} is not on this machine; downloading it first")
         try:
-            pull_with_progress(entry.source, revision=entry.revision, err=err)
+            pull_with_progress(repo, revision=revision, err=err)
         except HubOffline as exc:
             raise UserError(
-                f"model {name!r} ({entry.source}) is not on this machine and {exc.message}",
-                where=f"models.{name}.source",
+                f"{what} ({repo}) is not on this machine and {exc.message}",
+                where=where,
                 fix=exc.fix,
             ) from None
 
