@@ -32,7 +32,7 @@ SUPPORTED_KINDS = (
 # PEFT saves an adapter's tensors under the wrapped model's names: `base_model.model.` + the
 # checkpoint's module path, then `lora_A.weight` / `lora_B.weight` (Linear, Conv1D) or
 # `lora_embedding_A` / `lora_embedding_B` (Embedding); a modules_to_save tensor keeps its own name.
-_PEFT_PREFIX = "base_model.model."
+PEFT_PREFIX = "base_model.model."
 _PIECES = {
     ".lora_A.weight": ("A", False),
     ".lora_B.weight": ("B", False),
@@ -115,6 +115,13 @@ class Adapter:
 def lora_scale(alpha: float, rank: int, use_rslora: bool) -> float:
     """PEFT's scaling: alpha / r, or alpha / sqrt(r) for rsLoRA."""
     return alpha / math.sqrt(rank) if use_rslora else alpha / rank
+
+
+def peft_tensor_names(module: str, embedding: bool) -> tuple[str, str]:
+    """The names PEFT saves module `module`'s lora_A and lora_B under (an embedding's pieces have
+    their own names): the inverse of what `open_adapter` reads, for writing an adapter."""
+    pieces = {piece: suffix for suffix, (piece, emb) in _PIECES.items() if emb == embedding}
+    return f"{PEFT_PREFIX}{module}{pieces['A']}", f"{PEFT_PREFIX}{module}{pieces['B']}"
 
 
 def is_adapter_folder(path: str | Path) -> bool:
@@ -247,7 +254,7 @@ def _map_tensors(
     replaced: dict[str, TensorInfo] = {}
     fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
     for name, info in tensors.items():
-        key = name.removeprefix(_PEFT_PREFIX)
+        key = name.removeprefix(PEFT_PREFIX)
         for suffix, (piece, embedding) in _PIECES.items():
             if key.endswith(suffix):
                 module = key[: -len(suffix)]

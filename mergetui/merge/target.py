@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,12 +61,17 @@ _FORCE_FIX = "choose another --out (or, if that folder may go, remove or move it
 
 
 def replace_refusal(
-    target: Path, *, inputs: Iterable[Path] = (), recipe_dir: Path | None = None
+    target: Path,
+    *,
+    inputs: Iterable[Path] = (),
+    recipe_dir: Path | None = None,
+    written_by_us: Callable[[Path], str | None] | None = None,
 ) -> str | None:
     """Why `--force` may not replace the existing folder `target` ("this one ..."), or None.
 
     It may when it is a previous merge's output (or empty) and holds none of the working folder,
-    the recipe's folder and the inputs."""
+    the recipe's folder and the inputs. Another command's outputs (an extracted adapter) pass
+    `written_by_us`: why a folder is not one it wrote, or None."""
     if target.is_symlink() or not target.is_dir():
         return "is a file or a symbolic link"
     real = target.resolve()
@@ -80,7 +85,7 @@ def replace_refusal(
             return f"is {what}"
         if real in path.parents:
             return f"holds {what} ({path})"
-    return _not_a_merge_output(target)
+    return (written_by_us or _not_a_merge_output)(target)
 
 
 def _not_a_merge_output(folder: Path) -> str | None:
@@ -111,7 +116,12 @@ def _written_by_a_merge(entry: os.DirEntry[str]) -> bool:
 
 
 def check_output(
-    target: Path, force: bool, *, inputs: Iterable[Path] = (), recipe_dir: Path | None = None
+    target: Path,
+    force: bool,
+    *,
+    inputs: Iterable[Path] = (),
+    recipe_dir: Path | None = None,
+    written_by_us: Callable[[Path], str | None] | None = None,
 ) -> None:
     """Refuse an existing output unless `force`, and with `force` one it may not replace."""
     if not (target.exists() or target.is_symlink()):
@@ -123,10 +133,11 @@ def check_output(
             fix="pass --force to replace it (only once the new merge is complete), "
             "or choose another --out",
         )
-    why = replace_refusal(target, inputs=inputs, recipe_dir=recipe_dir)
+    why = replace_refusal(target, inputs=inputs, recipe_dir=recipe_dir, written_by_us=written_by_us)
     if why is not None:
+        what = "a previous merge" if written_by_us is None else "this command"
         raise UserError(
-            f"--force only replaces a folder that a previous merge wrote, and this one {why}",
+            f"--force only replaces a folder that {what} wrote, and this one {why}",
             where=str(target),
             fix=_FORCE_FIX,
         )
@@ -234,6 +245,7 @@ def move_into_place(
     *,
     inputs: Iterable[Path] = (),
     recipe_dir: Path | None = None,
+    written_by_us: Callable[[Path], str | None] | None = None,
 ) -> None:
     """Rename the finished folder into place; an old output is replaced only now (checked again:
     it may have changed while merging), and restored if the rename fails."""
@@ -244,7 +256,9 @@ def move_into_place(
                 where=str(target),
                 fix="pass --force to replace it, or choose another --out",
             )
-        check_output(target, force, inputs=inputs, recipe_dir=recipe_dir)
+        check_output(
+            target, force, inputs=inputs, recipe_dir=recipe_dir, written_by_us=written_by_us
+        )
         old = target.parent / f".{target.name}{OLD_MARKER}{uuid.uuid4().hex[:8]}"
         os.rename(target, old)
         try:
