@@ -151,3 +151,25 @@ def test_dry_run_shows_every_stage_and_writes_nothing(
     assert main([*args, "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert text.count("up to date") == 2 and text.count("merge plan (dry run") == 2
+
+
+def test_every_stage_named_needs_no_out_and_a_named_stage_no_output(
+    llama_family: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = ", ".join(
+        f"{{model: {llama_family[k]}, parameters: {{weight: 0.5}}}}" for k in ("a", "b")
+    )
+    flow = f"{{name: soup, merge_method: linear, dtype: float32, models: [{models}]}}\n"
+    path = _write(tmp_path, flow, _stage(llama_family, "more", "soup", "c"))
+    assert main(["merge", str(path), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert f"stage 1/2: soup -> {tmp_path / 'multi-stages' / 'soup'}" in text
+    assert f"stage 2/2: more -> {tmp_path / 'multi-stages' / 'more'}" in text
+
+    toml = tmp_path / "multi.toml"
+    toml.write_text(
+        '[[stages]]\nname = "soup"\n[stages.merge]\nmethod = "linear"\noutput = "x"\n'
+        f'[stages.models.a]\nsource = "{llama_family["a"]}"\nparameters = {{ weight = 1 }}\n'
+    )
+    text = _merge_fails(toml, tmp_path, capsys)
+    assert "multi.toml:5" in text and "a named stage writes to the intermediate folder" in text

@@ -73,7 +73,7 @@ def place_stages(
             raise UserError(
                 f"{stage.label} sets an output, but a named stage writes to the intermediate "
                 f"folder ({inter / stage.name})",
-                where=_where(stage, "output"),
+                where=_where(stage, "merge.output"),
                 fix="remove its output (or its name, if it is the final stage)",
             )
         output = final if stage.name is None else inter / stage.name
