@@ -1,0 +1,101 @@
+"""`mergetui merge MOE_RECIPE`: a mergekit-moe config (or mergetui's `[moe]` TOML) assembled into a
+Mixtral or Qwen2-MoE folder, with the merge's progress bar, dry run and clean cancel. Reached from
+`cmd_merge` when the recipe file is an MoE recipe; the work is `merge.moe_plan` and `merge.moe_run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from typing import Any
+
+from mergetui.recipe.moe import MoeRecipe
+
+
+def run_moe_recipe(
+    args: argparse.Namespace, recipe: MoeRecipe, *, shard_size: int, device: str
+) -> int:
+    """Plan (every check before a weight is read), then `--dry-run` prints the plan or a run
+    assembles the model under a progress bar."""
+    from mergetui.cli.output import console, console_err
+    from mergetui.errors import UserError
+    from mergetui.merge.moe_plan import make_moe_plan
+    from mergetui.merge.moe_run import moe_guard
+    from mergetui.merge.target import check_output
+
+    if args.intermediate_dir is not None:
+        raise UserError(
+            "--intermediate-dir is for multi-stage files, and this one is an MoE recipe",
+            where=str(args.recipe),
+            fix="drop --intermediate-dir",
+        )
+    plan = make_moe_plan(
+        recipe,
+        recipe_dir=args.recipe.parent,
+        out=args.out,
+        shard_size=shard_size,
+        device=device,
+        seed=args.seed,
+        allow_bin=args.allow_bin,
+    )
+    if args.dry_run:
+        out = console()
+        out.print("[bold]MoE plan (dry run: nothing written)[/]")
+        for line in plan.summary_lines():
+            out.print(f"  {line}", markup=False, soft_wrap=True)
+        for notice in plan.notices:
+            out.print(f"  note: {notice}", markup=False, soft_wrap=True)
+        return 0
+    check_output(plan.output_dir, args.force, **moe_guard(plan))
+    return _run_with_progress(plan, force=args.force, out=console(), err=console_err())
+
+
+def _run_with_progress(plan: Any, *, force: bool, out: Any, err: Any) -> int:
+    """The merge's progress bar over `run_moe`; Ctrl-C, SIGTERM, SIGHUP: 128 + the signal."""
+    from rich.markup import escape
+
+    from mergetui.cli.interrupts import install_stop_signals, restore_signals
+    from mergetui.cli.output import bytes_progress
+    from mergetui.errors import CancelledError
+    from mergetui.formatting import human_bytes
+    from mergetui.merge.events import Notice, PlanReady, TensorDone
+    from mergetui.merge.moe_run import run_moe
+
+    cancel = threading.Event()
+    progress = bytes_progress("tensors", err, elapsed=err.width >= 100)
+    count = len(plan.tensors)
+    task = progress.add_task("assembling", total=plan.total_bytes, tensors=f"0/{count} tensors")
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, TensorDone):
+            progress.update(
+                task,
+                completed=event.bytes_written,
+                tensors=f"{event.index + 1}/{event.tensor_count} tensors",
+            )
+        elif isinstance(event, PlanReady):
+            progress.update(task, description=f"assembling {plan.architecture} on {event.device}")
+        elif isinstance(event, Notice):
+            progress.console.print(f"[yellow]note:[/] {escape(event.message)}", soft_wrap=True)
+
+    received: list[int] = []
+    previous = install_stop_signals(cancel, received)
+    try:
+        with progress:
+            result = run_moe(plan, on_event=on_event, cancel=cancel, force=force)
+    except CancelledError:
+        try:
+            err.print("[yellow]Cancelled:[/] nothing was written.")
+        except OSError:
+            pass
+        return 128 + (received[0] if received else signal.SIGINT)
+    finally:
+        restore_signals(previous)
+    out.print(
+        f"[green]Assembled[/] a {plan.architecture} of {len(plan.recipe.experts)} experts: "
+        f"{result.tensor_count} tensors ({human_bytes(result.total_bytes)}) into "
+        f"{escape(str(result.output_dir))} in {result.seconds:.1f} s",
+        soft_wrap=True,
+    )
+    return 0

@@ -1,0 +1,161 @@
+"""The router weights of an MoE assembly, computed exactly as mergekit-moe's `router.py` does, so
+the deterministic gate modes give the same tensors bit for bit.
+
+- `hidden` (= `hidden_last`) / `hidden_avg`: the base model, loaded in bfloat16 as mergekit-moe
+  loads it, runs each expert's prompts; every layer's input hidden state (the embeddings and all
+  layers but the last's output) at the last token (or averaged over the sequence), averaged over
+  the prompts. Negative prompts' vectors are subtracted; each layer's vector is L2-normalised.
+- `cheap_embed`: the sum of the prompts' token embeddings (float32), normalised, the same for
+  every layer; negatives subtracted and normalised again.
+- `random` / `uniform_random`: drawn from `seed` (torch.randn / nn.Linear's uniform init).
+
+Prompts are tokenised as mergekit-moe does: the tokenizer's BOS text prefixed, no special tokens
+added, padded on the left with BOS (EOS when there is none).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import TYPE_CHECKING, Any
+
+from mergetui.errors import CancelledError, UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from mergetui.merge.moe_plan import MoePlan
+    from mergetui.merge.reader import TensorReader
+
+
+def load_gate_tokenizer(plan: MoePlan) -> Any:
+    """The base's tokenizer with mergekit-moe's padding (left, BOS as pad); it is also the one
+    saved with the output, as mergekit-moe saves it."""
+    import transformers
+
+    folder = plan.models["base"].path
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"cannot load the base's tokenizer: {exc}",
+            where=str(folder),
+            fix="the gates are computed from the prompts' tokens: the base needs its tokenizer",
+        ) from None
+    tokenizer.padding_side = "left"
+    tokenizer.pad_token_id = tokenizer.bos_token_id
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def gate_vectors(
+    plan: MoePlan,
+    tokenizer: Any,
+    reader: TensorReader,
+    cancel: threading.Event | None = None,
+) -> torch.Tensor:
+    """(layers, experts + shared experts, hidden) router rows, in mergekit-moe's dtype."""
+    import torch
+
+    recipe = plan.recipe
+    base = plan.models["base"]
+    config = base.config
+    layers = len(base.layers)
+    hidden = base.tensors["model.embed_tokens.weight"].shape[1]
+    count = len(recipe.all_experts())
+    generator = torch.Generator().manual_seed(plan.seed)
+    if recipe.gate_mode == "random":
+        return torch.randn((layers, count, hidden), generator=generator)
+    if recipe.gate_mode == "uniform_random":
+        scale = math.sqrt(1.0 / hidden)
+        return torch.rand((layers, count, hidden), generator=generator) * 2 * scale - scale
+    if recipe.gate_mode == "cheap_embed":
+        info = base.tensors["model.embed_tokens.weight"]
+        embed = reader.read(info.file, info.offset, info.nbytes, info.dtype, info.shape, info.name)
+        vocab = int(config.get("vocab_size") or info.shape[0])
+
+        def states(tokens: Any) -> torch.Tensor:
+            return _cheap_embedding(embed, tokens, layers, vocab)
+
+        return _for_each_expert(plan, tokenizer, states, cancel)
+    model = _load_base_model(plan)  # freed on return: the tensors are written after
+    average = recipe.gate_mode == "hidden_avg"
+
+    def hidden_states(tokens: Any) -> torch.Tensor:
+        return _hidden_states(model, tokens, average)
+
+    return _for_each_expert(plan, tokenizer, hidden_states, cancel)
+
+
+def _for_each_expert(plan: MoePlan, tokenizer: Any, states: Any, cancel: Any) -> torch.Tensor:
+    """mergekit-moe's `get_gate_params` loop: positive minus negative, normalised, stacked."""
+    import torch
+
+    vectors = []
+    for _, expert in plan.recipe.all_experts():
+        if cancel is not None and cancel.is_set():
+            raise CancelledError()
+        vector = states(_tokenize(expert.positive_prompts, tokenizer))
+        if expert.negative_prompts:
+            vector -= states(_tokenize(expert.negative_prompts, tokenizer))
+        vector /= vector.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-8)
+        vectors.append(vector)
+    return torch.stack(vectors, dim=0).permute(1, 0, 2)
+
+
+def _tokenize(prompts: list[str], tokenizer: Any) -> Any:
+    return tokenizer(
+        [(tokenizer.bos_token or "") + p for p in prompts],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+    )
+
+
+def _cheap_embedding(embed: Any, tokens: Any, layers: int, vocab: int) -> torch.Tensor:
+    """mergekit-moe's `get_cheap_embedding`, operation for operation (one-hot product included:
+    a gather would sum in another order)."""
+    import torch
+
+    onehot = torch.nn.functional.one_hot(tokens["input_ids"], num_classes=vocab)
+    h = onehot.float() @ embed.float()
+    embedded = (h * tokens["attention_mask"].unsqueeze(-1)).sum(dim=1).sum(dim=0, keepdim=True)
+    result = embedded / embedded.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    return result.repeat(layers, 1)
+
+
+def _hidden_states(model: Any, tokens: Any, average: bool) -> torch.Tensor:
+    """mergekit-moe's `get_hidden_states`: every layer's input state, one vector per layer."""
+    import torch
+
+    with torch.no_grad():
+        output = model(**tokens.to(model.device), output_hidden_states=True, return_dict=True)
+    states = torch.stack(output.hidden_states[:-1])  # (layers, batch, seq, hidden)
+    if average:
+        states = states.sum(dim=2) / states.shape[2]
+    else:
+        states = states[:, :, -1, :]
+    return (states.sum(dim=1) / states.shape[1]).cpu()
+
+
+def _load_base_model(plan: MoePlan) -> Any:
+    """The base in bfloat16, as mergekit-moe loads it for hidden states (never its own code)."""
+    import torch
+    import transformers
+
+    from mergetui.device import resolve_device
+
+    device = resolve_device(plan.device)
+    folder = plan.models["base"].path
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=torch.bfloat16, trust_remote_code=False
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"cannot load the base model for its hidden states: {exc}",
+            where=str(folder),
+            fix='use gate_mode = "cheap_embed" or "random", which need no model',
+        ) from None
+    return model.to(device).eval()

@@ -1,0 +1,292 @@
+"""Runs an MoE plan: gates first (they may need the base model), then every output tensor piece by
+piece (one input tensor in memory at a time: a Mixtral layer's stacked experts are written expert by
+expert at their offsets), then config, tokenizer, recipe copy and card, into a temporary folder
+renamed into place. The same events, cancel and folder rules as `merge.runner.run_merge`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mergetui.errors import CancelledError, UserError
+from mergetui.merge.events import (
+    Cancelled,
+    EventCallback,
+    Failed,
+    Finished,
+    MergeResult,
+    Notice,
+    PlanReady,
+    TensorDone,
+)
+from mergetui.merge.output import CARD_FILE, CONFIG_FILE, GENERATION_CONFIG_FILE, RECIPE_FILE
+from mergetui.merge.target import TempFolder, check_output, remove_stale_temps
+
+if TYPE_CHECKING:
+    import torch
+
+    from mergetui.merge.moe_plan import MoePlan, MoeTensor, Piece
+    from mergetui.merge.reader import TensorReader
+    from mergetui.merge.writer import ShardSetWriter
+
+
+def moe_guard(plan: MoePlan) -> dict[str, Any]:
+    """What `--force` must never replace: the inputs and the recipe's folder."""
+    return {"inputs": [m.path for m in plan.models.values()], "recipe_dir": plan.recipe_dir}
+
+
+def run_moe(
+    plan: MoePlan,
+    *,
+    on_event: EventCallback | None = None,
+    cancel: threading.Event | None = None,
+    force: bool = False,
+) -> MergeResult:
+    """Assemble the MoE; return once its folder is complete and in place. Raises UserError or
+    CancelledError after emitting Failed or Cancelled, leaving no folder behind."""
+    emit = on_event or (lambda event: None)
+    started = time.perf_counter()
+    done = [0]
+    try:
+        device = _assemble_into_place(plan, emit, cancel, force, done)
+    except CancelledError:
+        emit(Cancelled(done[0]))
+        raise
+    except UserError as exc:
+        emit(Failed(str(exc)))
+        raise
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            emit(Cancelled(done[0]))
+        else:
+            emit(Failed(f"internal error: {exc!r}"))
+        raise
+    seconds = time.perf_counter() - started
+    emit(Finished(plan.output_dir, seconds, len(plan.tensors), plan.total_bytes))
+    return MergeResult(
+        output_dir=plan.output_dir,
+        seconds=seconds,
+        tensor_count=len(plan.tensors),
+        total_bytes=plan.total_bytes,
+        shard_files=tuple(plan.layout.filenames),
+        device=device,
+        notices=tuple(plan.notices),
+    )
+
+
+def _assemble_into_place(
+    plan: MoePlan, emit: EventCallback, cancel: threading.Event | None, force: bool, done: list[int]
+) -> str:
+    from mergetui.device import resolve_device
+
+    target = plan.output_dir
+    guard = moe_guard(plan)
+    check_output(target, force, **guard)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temps(target):
+        emit(Notice(f"removed {stale.name}, left behind by an interrupted merge"))
+    device = str(resolve_device(plan.device))
+    temp = TempFolder(target)
+    try:
+        emit(
+            PlanReady(
+                method=f"moe ({plan.architecture})",
+                models=tuple(m.path.name for m in plan.models.values()),
+                tensor_count=len(plan.tensors),
+                layer_count=plan.layer_count,
+                total_bytes=plan.total_bytes,
+                shard_count=len(plan.layout.shards),
+                output_dir=target,
+                device=device,
+                estimated_peak_bytes=plan.estimated_peak_bytes,
+            )
+        )
+        for message in plan.notices:
+            emit(Notice(message))
+        _assemble(plan, temp.path, emit, cancel, done)
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("merge cancelled")
+        temp.release_into(target, force, **guard)
+    except BaseException:
+        temp.remove()
+        raise
+    return device
+
+
+def _assemble(
+    plan: MoePlan,
+    folder: Path,
+    emit: EventCallback,
+    cancel: threading.Event | None,
+    done: list[int],
+) -> None:
+    """Gates, tensors, then the files beside them, all into `folder`."""
+    import torch
+
+    from mergetui.merge.moe_gates import gate_vectors, load_gate_tokenizer
+    from mergetui.merge.moe_plan import needs_prompts
+    from mergetui.merge.reader import TensorReader
+    from mergetui.merge.writer import ShardSetWriter
+
+    tokenizer = None
+    if needs_prompts(plan.recipe) or plan.models["base"].has_tokenizer:
+        tokenizer = load_gate_tokenizer(plan)
+    with TensorReader() as reader:
+        gates = gate_vectors(plan, tokenizer, reader, cancel)
+        writer = ShardSetWriter(folder, plan.layout)
+        generator = torch.Generator().manual_seed(plan.seed)
+        written = 0
+        try:
+            for index, tensor in enumerate(plan.tensors):
+                if cancel is not None and cancel.is_set():
+                    raise CancelledError("merge cancelled")
+                _write_tensor(plan, tensor, reader, writer, gates, generator)
+                written += tensor.nbytes
+                done[0] += 1
+                emit(
+                    TensorDone(
+                        index,
+                        len(plan.tensors),
+                        tensor.name,
+                        written,
+                        plan.total_bytes,
+                        tensor.layer,
+                    )
+                )
+            writer.finish()
+        finally:
+            writer.close()
+    write_moe_extras(plan, folder, tokenizer)
+
+
+def _write_tensor(
+    plan: MoePlan,
+    tensor: MoeTensor,
+    reader: TensorReader,
+    writer: ShardSetWriter,
+    gates: torch.Tensor,
+    generator: torch.Generator,
+) -> None:
+    """One output tensor, piece by piece, each cast to the output dtype as mergekit-moe casts."""
+    import torch
+
+    from mergetui.dtypes import torch_dtype
+
+    dtype = torch_dtype(tensor.dtype)
+    count = len(plan.recipe.experts)
+    if tensor.kind == "zeros":
+        writer.write(tensor.name, torch.zeros(tensor.shape, dtype=dtype))
+    elif tensor.kind in ("router", "shared_router"):
+        rows = (
+            gates[tensor.layer, :count] if tensor.kind == "router" else gates[tensor.layer, count:]
+        )
+        writer.write(tensor.name, rows.to(dtype=dtype).contiguous())
+    else:
+        for piece in tensor.pieces:
+            value = _read_piece(plan, piece, reader, generator)
+            writer.write(tensor.name, value.to(dtype=dtype).contiguous(), piece.start)
+
+
+def _read_piece(
+    plan: MoePlan, piece: Piece, reader: TensorReader, generator: torch.Generator
+) -> torch.Tensor:
+    """An input tensor with its expert's noise and residual scale (mergekit-moe's
+    `noise_and_scale`, in the input's dtype)."""
+    import torch
+
+    info = plan.models[piece.model].tensors[piece.tensor]
+    value = reader.read(info.file, info.offset, info.nbytes, info.dtype, info.shape, info.name)
+    expert = piece.expert
+    if expert is not None and expert.noise_scale is not None:
+        noise = torch.randn(value.shape, generator=generator, dtype=value.dtype)
+        value = value + noise * expert.noise_scale
+    if expert is not None and piece.residual and expert.residual_scale is not None:
+        value = value * expert.residual_scale
+    return value
+
+
+def write_moe_extras(plan: MoePlan, folder: Path, tokenizer: Any) -> None:
+    """config.json as mergekit-moe writes it, the base's generation config, the tokenizer (with
+    mergekit-moe's padding), the recipe copy and a model card."""
+    import shutil
+
+    from mergetui.recipe.moe import dumps_moe
+
+    output_config(plan).save_pretrained(str(folder))
+    generation = plan.models["base"].path / GENERATION_CONFIG_FILE
+    if generation.is_file():
+        shutil.copyfile(generation, folder / GENERATION_CONFIG_FILE)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
+    (folder / RECIPE_FILE).write_text(dumps_moe(plan.recipe, "toml"), encoding="utf-8")
+    (folder / CARD_FILE).write_text(_card(plan), encoding="utf-8")
+    if not (folder / CONFIG_FILE).is_file():
+        raise RuntimeError("config.json was not written")
+
+
+def output_config(plan: MoePlan) -> Any:
+    """mergekit-moe's `_generate_config` of the chosen architecture, from the base's config."""
+    import transformers
+
+    from mergetui.dtypes import torch_dtype
+    from mergetui.merge.moe_plan import MIXTRAL
+
+    base = transformers.AutoConfig.from_pretrained(
+        str(plan.models["base"].path), trust_remote_code=False
+    )
+    recipe = plan.recipe
+    if plan.architecture == MIXTRAL:
+        if not isinstance(base, transformers.MistralConfig):
+            mistral = transformers.MistralConfig(**base.to_dict())
+            mistral.sliding_window = None
+            mistral.max_position_embeddings = base.max_position_embeddings
+            base = mistral
+        config = transformers.MixtralConfig(**base.to_dict())
+        config.architectures = ["MixtralForCausalLM"]
+        config.num_local_experts = len(recipe.experts)
+        config.num_experts_per_tok = recipe.experts_per_token
+        config.sliding_window = None
+    else:
+        config = transformers.Qwen2MoeConfig(**base.to_dict())
+        config.architectures = ["Qwen2MoeForCausalLM"]
+        config.num_experts = len(recipe.experts)
+        config.num_experts_per_tok = recipe.experts_per_token
+        config.decoder_sparse_step = 1
+        config.norm_topk_prob = True
+        config.sliding_window = None
+        config.use_sliding_window = False
+        config.shared_expert_intermediate_size = config.intermediate_size
+        config.moe_intermediate_size = config.intermediate_size
+    if plan.out_dtype is not None:
+        config.dtype = torch_dtype(plan.out_dtype)
+    return config
+
+
+def _card(plan: MoePlan) -> str:
+    sources = [plan.recipe.base] + [e.source for _, e in plan.recipe.all_experts()]
+    unique = list(dict.fromkeys(sources))
+    lines = ["---", "base_model:"] + [f"- {s}" for s in unique]
+    lines += ["tags:", "- merge", "- moe", "- mergetui", "---", ""]
+    lines += [
+        f"# {plan.output_dir.name}",
+        "",
+        f"A {plan.architecture} mixture of experts assembled by mergetui (mergekit-moe's method):",
+        f"the attention and embeddings of `{plan.recipe.base}`, the MLPs of "
+        f"{len(plan.recipe.experts)} experts, {plan.recipe.experts_per_token} per token, gates "
+        f"from `{plan.recipe.gate_mode}`.",
+        "",
+        "```toml",
+        dumps_moe_text(plan).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def dumps_moe_text(plan: MoePlan) -> str:
+    from mergetui.recipe.moe import dumps_moe
+
+    return dumps_moe(plan.recipe, "toml")
