@@ -173,3 +173,24 @@ def test_every_stage_named_needs_no_out_and_a_named_stage_no_output(
     )
     text = _merge_fails(toml, tmp_path, capsys)
     assert "multi.toml:5" in text and "a named stage writes to the intermediate folder" in text
+
+
+def test_the_app_says_a_multi_stage_file_runs_from_the_command_line(
+    llama_family: dict[str, Path], tmp_path: Path
+) -> None:
+    from mergetui.editing.document import RecipeDocument
+    from mergetui.errors import UserError
+
+    path = _write(
+        tmp_path, _stage(llama_family, "soup", "a", "b"), _stage(llama_family, None, "soup")
+    )
+    with pytest.raises(UserError) as caught:
+        RecipeDocument.open(path)
+    assert "multi-stage file (2 merges)" in caught.value.message
+    assert caught.value.fix is not None and "mergetui merge" in caught.value.fix
+    path.write_text(
+        path.read_text().replace("merge_method: linear\ndtype", "merge_methd: linear\ndtype")
+    )
+    with pytest.raises(UserError) as caught:
+        RecipeDocument.open(path)
+    assert "stage 1 ('soup'): unknown key 'merge_methd'" in caught.value.message

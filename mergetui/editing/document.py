@@ -56,7 +56,10 @@ class RecipeDocument:
             raise UserError(
                 "no such recipe file", where=str(path), fix="check the path, or start a new recipe"
             )
-        recipe = load_recipe(path)
+        try:
+            recipe = load_recipe(path)
+        except UserError as exc:
+            raise _multi_stage_refusal(path) or exc from None
         if path.suffix.lower() in YAML_SUFFIXES:
             return cls(recipe, path=None, origin=path)
         return cls(recipe, path=path)
@@ -184,3 +187,21 @@ class RecipeDocument:
 
 def _same(a: Recipe, b: Recipe) -> bool:
     return a == b
+
+
+def _multi_stage_refusal(path: Path) -> UserError | None:
+    """For a multi-stage file (which the single-recipe reader refuses), the error that says what
+    it is and how to run it, or the error in one of its stages; None for any other file."""
+    from mergetui.recipe.stages import load_stages
+
+    try:
+        stages = load_stages(path)
+    except UserError as exc:
+        return exc
+    if stages is None:
+        return None
+    return UserError(
+        f"this is a multi-stage file ({len(stages)} merges); the app opens one recipe at a time",
+        where=str(path),
+        fix=f"run it with: mergetui merge {path} --out DIR (see docs/multi-stage.md)",
+    )
