@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 HELP = "convert a recipe between mergetui TOML and mergekit YAML"
 DESCRIPTION = (
@@ -26,9 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergetui.cli.output import console
     from mergetui.errors import UserError
     from mergetui.recipe.io import dumps_recipe, load_recipe, recipe_format, write_text_atomic
+    from mergetui.recipe.moe import dumps_moe, load_moe, rebase_moe_paths
     from mergetui.recipe.paths import rebase_paths
 
     target = Path(args.output)
@@ -37,15 +38,29 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             "output file already exists", where=str(target), fix="pass --force to overwrite it"
         )
+    moe = load_moe(args.input)
+    if moe is not None:  # a mergekit-moe config or a [moe] table: its own two forms
+        moved = rebase_moe_paths(moe, Path(args.input).parent, target.parent)
+        write_text_atomic(target, dumps_moe(moe, out_format))
+        _report(target, moved)
+        return 0
     recipe = load_recipe(args.input)
     searched, recipe.search = recipe.search is not None, None
     moved = rebase_paths(recipe, Path(args.input).parent, target.parent)
     text = dumps_recipe(recipe, out_format)
     write_text_atomic(target, text)
-    out = console()
-    out.print(f"wrote {target}", soft_wrap=True, markup=False)
+    out = _report(target, moved)
     if searched:
         out.print(f"  the [search] table is not converted (it stays in {args.input})", markup=False)
+    return 0
+
+
+def _report(target: Path, moved: list[tuple[str, str, str]]) -> Any:
+    """Say what was written and which paths were rewritten; the console, for more lines."""
+    from mergetui.cli.output import console
+
+    out = console()
+    out.print(f"wrote {target}", soft_wrap=True, markup=False)
     for what, old, new in moved:
         out.print(f"  {what}: {old} -> {new} (relative to {target.parent or '.'})", markup=False)
-    return 0
+    return out

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from mergetui.cli.output import print_problems
     from mergetui.errors import UserError
     from mergetui.recipe.io import load_recipe
+    from mergetui.recipe.moe import load_moe
     from mergetui.recipe.stages import load_stages
     from mergetui.recipe.validate import Problem, validate_recipe
 
@@ -47,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
             stages = load_stages(path)
             if stages is not None:  # a multi-stage file: each stage under its own heading
                 results.update(_stage_problems(path, stages, args.offline))
+                continue
+            moe = load_moe(path)
+            if moe is not None:  # an MoE recipe: its models checked as `merge` checks them
+                results[path] = _moe_problems(moe, path, args.offline)
                 continue
             recipe = load_recipe(path)
         except UserError as exc:
@@ -76,6 +81,23 @@ def _stage_problems(path: str, stages: list[Any], offline: bool) -> dict[str, li
     placed = place_stages(stages, path, need_output=False)
     found = validate_stages(placed, offline=offline, hub_cache=not offline)
     return {f"{path} ({s.label})": found[s.number] for s in sorted(placed, key=lambda s: s.number)}
+
+
+def _moe_problems(recipe: Any, path: str, offline: bool) -> list[Any]:
+    """An MoE recipe's models (unless `offline`): found, one architecture an output takes, each
+    expert of the base's shape; the first problem, located (docs/moe.md)."""
+    from pathlib import Path
+
+    from mergetui.errors import UserError
+    from mergetui.merge.moe_plan import check_moe_models
+
+    if offline:
+        return []
+    try:
+        check_moe_models(recipe, Path(path).parent)
+    except UserError as exc:
+        return [_problem(exc, path)]
+    return []
 
 
 def _problem(exc: Any, path: str) -> Any:

@@ -150,11 +150,9 @@ def make_moe_plan(
             where=recipe.source_path,
             fix="pass --out DIR (or set output in the [moe] table)",
         )
-    models = _open_models(recipe, recipe_dir, allow_bin)
-    architecture = select_architecture(recipe, models)
+    models, architecture = check_moe_models(recipe, recipe_dir, allow_bin=allow_bin)
     base = models["base"]
     out_dtype = dtype_code(recipe.dtype) if recipe.dtype else _config_dtype(base.config)
-    _check_shapes(recipe, models)
     tensors = (_mixtral_tensors if architecture == MIXTRAL else _qwen_tensors)(
         recipe, models, out_dtype
     )
@@ -179,6 +177,18 @@ def make_moe_plan(
     if any(e.noise_scale is not None for _, e in recipe.all_experts()):
         plan.notices.append(f"noise_scale draws its noise from seed {plan.seed}")
     return plan
+
+
+def check_moe_models(
+    recipe: MoeRecipe, recipe_dir: Path, *, allow_bin: bool = False
+) -> tuple[dict[str, Checkpoint], str]:
+    """Every model's headers opened (by the recipe's path rule, else the HF cache), the output
+    architecture picked and every expert's shapes checked: (models, architecture). What
+    `mergetui validate` checks of an MoE recipe, and the first half of its plan."""
+    models = _open_models(recipe, recipe_dir, allow_bin)
+    architecture = select_architecture(recipe, models)
+    _check_shapes(recipe, models)
+    return models, architecture
 
 
 def _open_models(recipe: MoeRecipe, recipe_dir: Path, allow_bin: bool) -> dict[str, Checkpoint]:

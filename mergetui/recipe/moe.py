@@ -10,6 +10,7 @@ What needs the checkpoints (architectures, shapes) is checked by `merge.moe_plan
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -379,3 +380,34 @@ def dumps_moe(recipe: MoeRecipe, fmt: str) -> str:
     import tomlkit
 
     return tomlkit.dumps({"moe": moe_data(recipe, yaml=False)})
+
+
+def rebase_moe_paths(
+    recipe: MoeRecipe, from_folder: Path, to_folder: Path
+) -> list[tuple[str, str, str]]:
+    """Rewrite the recipe's relative local paths (models that exist, the output) so they point
+    at the same places from `to_folder` (`mergetui convert`); Hub ids stay. Returns (what, old,
+    new) for each change."""
+    from mergetui.recipe.paths import local_model_path, recipe_path
+
+    moved: list[tuple[str, str, str]] = []
+
+    def rebase(what: str, value: str, *, must_exist: bool) -> str:
+        if Path(os.path.expanduser(value)).is_absolute():
+            return value
+        here = (
+            local_model_path(value, from_folder) if must_exist else recipe_path(value, from_folder)
+        )
+        if must_exist and not here.is_dir():
+            return value  # a Hub id
+        new = os.path.relpath(here, Path(to_folder).resolve())
+        if new != value:
+            moved.append((what, value, new))
+        return new
+
+    recipe.base = rebase("base", recipe.base, must_exist=True)
+    for key, expert in recipe.all_experts():
+        expert.source = rebase(key, expert.source, must_exist=True)
+    if recipe.output:
+        recipe.output = rebase("output", recipe.output, must_exist=False)
+    return moved
