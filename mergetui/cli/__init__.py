@@ -1,10 +1,10 @@
 """The `mergetui` command line: every capability without the TUI, as thin commands over the core.
 
-Each subcommand lives in `mergetui/cli/cmd_<name>.py`: its `HELP` line and `DESCRIPTION`, its
-`add_arguments(parser)` and `run(args) -> int` (a command with actions of its own, `hub`, sets each
-action's `func` instead); `build_parser` makes every command's parser from them. Options several
-commands share are in `options.py`. Modules stay light at import time: heavy imports (torch,
-transformers, huggingface_hub, textual) happen inside `run`.
+Each subcommand lives in `mergetui/cli/cmd_<name>.py` (a `-` in its name is `_` there): its `HELP`
+line and `DESCRIPTION`, its `add_arguments(parser)` and `run(args) -> int` (a command with actions
+of its own, `hub`, sets each action's `func` instead); `build_parser` makes every command's parser
+from them. Options several commands share are in `options.py`. Modules stay light at import time:
+heavy imports (torch, transformers, huggingface_hub, textual) happen inside `run`.
 
 Exit codes: 0 success, 1 a user error (one-line reason, no traceback), 2 bad usage (argparse).
 """
@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "chat",
     "eval",
     "evolve",
+    "extract-lora",
 )
 
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        module = importlib.import_module(f"mergetui.cli.cmd_{name}")
+        module = importlib.import_module(f"mergetui.cli.cmd_{name.replace('-', '_')}")
         command = sub.add_parser(name, help=module.HELP, description=module.DESCRIPTION)
         module.add_arguments(command)
         if hasattr(module, "run"):
