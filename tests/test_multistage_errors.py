@@ -89,6 +89,10 @@ def test_a_final_stage_needs_an_output(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multi.yml"]
     # validate needs none
     assert main(["validate", str(path), "--offline"]) == 0
+    # nor may the stages go into the final output's folder
+    for inter in ("out", "out/mid"):
+        text = _merge_fails(path, tmp_path, capsys, "-I", str(tmp_path / inter))
+        assert "is the final output folder or inside it" in text
 
 
 def test_a_stage_error_names_the_stage_and_the_line(

@@ -66,6 +66,13 @@ def place_stages(
     folder = recipe_folder(source)
     final = final_output(stages, folder, out, needed=need_output)
     inter = intermediate_folder(source, final, intermediate)
+    if final is not None and (final == inter or final in inter.parents):
+        raise UserError(
+            f"the intermediate folder {inter} is the final output folder or inside it, and the "
+            "final merge would have to replace it",
+            where=str(source),
+            fix="put --intermediate-dir beside --out (its default: OUT-stages)",
+        )
     names = {stage.name for stage in stages if stage.name is not None}
     placed = []
     for stage in stages:
