@@ -35,6 +35,7 @@ class CheckpointRow:
     layers: int | None = None
     error: str | None = None
     hub: Any = None  # a hub.HubModel for Hub rows (downloads, likes, tags…)
+    adapter: dict[str, Any] | None = None  # a LoRA adapter folder: `Adapter.to_dict()`
 
     @property
     def remote(self) -> bool:
@@ -89,8 +90,10 @@ def is_checkpoint_dir(path: Path) -> bool:
 def find_checkpoint_dirs(folder: Path, depth: int = _MAX_DEPTH) -> list[Path]:
     """Checkpoint folders at or under `folder` (hidden folders and the insides of a checkpoint
     are skipped), in name order."""
+    from mergetui.checkpoints.lora import is_adapter_folder
+
     folder = Path(folder).expanduser()
-    if is_checkpoint_dir(folder):
+    if is_checkpoint_dir(folder) or is_adapter_folder(folder):
         return [folder]
     if depth <= 0 or not folder.is_dir():
         return []
@@ -109,8 +112,11 @@ def row_from_checkpoint(
 ) -> CheckpointRow:
     """Facts from headers; a folder that cannot be opened becomes a row carrying the reason."""
     from mergetui.checkpoints.inspect import open_checkpoint
+    from mergetui.checkpoints.lora import is_adapter_folder
 
     row = CheckpointRow(name=name, source=source, origin=origin, path=path, revision=revision)
+    if is_adapter_folder(path) and not is_checkpoint_dir(path):
+        return _adapter_row(row, path)
     try:
         checkpoint = open_checkpoint(path)
     except UserError as exc:
@@ -127,6 +133,31 @@ def row_from_checkpoint(
         row.size = checkpoint.size_on_disk
     except OSError:
         row.size = None
+    return row
+
+
+def _adapter_row(row: CheckpointRow, path: Path) -> CheckpointRow:
+    """A LoRA adapter folder as a row: "LoRA" for its architecture, its own parameters, dtype
+    and size, and its facts (rank, alpha, targets) for the details pane."""
+    from mergetui.checkpoints.lora import open_adapter
+
+    try:
+        adapter = open_adapter(path)
+    except UserError as exc:
+        row.error = exc.message
+        return row
+    infos = [
+        *(info for module in adapter.modules.values() for info in (module.a, module.b)),
+        *adapter.replaced.values(),
+    ]
+    row.architecture = "LoRA"
+    row.parameters = sum(info.numel for info in infos)
+    row.dtype = max({info.dtype for info in infos}, key=str) if infos else None
+    try:
+        row.size = adapter.size_on_disk
+    except OSError:
+        row.size = None
+    row.adapter = adapter.to_dict()
     return row
 
 
@@ -152,6 +183,7 @@ def scan_cache(cache_dir: Path | None = None) -> list[CheckpointRow]:
     """Model repos in the Hugging Face cache (HF_HUB_CACHE / HF_HOME honoured at call time),
     one row per repo at the revision `main` points to (or its newest snapshot)."""
     from mergetui.checkpoints.locate import hub_cache_dir, is_incomplete
+    from mergetui.checkpoints.lora import is_adapter_folder
 
     root = Path(cache_dir) if cache_dir is not None else hub_cache_dir()
     if not root.is_dir():
@@ -174,7 +206,7 @@ def scan_cache(cache_dir: Path | None = None) -> list[CheckpointRow]:
         if chosen is None:
             chosen = max(revisions, key=lambda r: r.last_modified)
         snapshot = Path(chosen.snapshot_path)
-        if not is_checkpoint_dir(snapshot):
+        if not is_checkpoint_dir(snapshot) and not is_adapter_folder(snapshot):
             continue
         rows.append(
             row_from_checkpoint(

@@ -11,7 +11,11 @@ from mergetui.checkpoints.sources import CheckpointRow
 
 
 def model_named(recipe: Any, row: CheckpointRow) -> str | None:
-    """The name the recipe already gives this checkpoint (same source and revision), if any."""
+    """The name the recipe already gives this checkpoint (same source and revision; for an
+    adapter, a model carrying it), if any."""
+    if row.adapter is not None:
+        lora = f"{row.source}@{row.revision}" if row.revision else row.source
+        return next((n for n, e in recipe.models.items() if e.lora == lora), None)
     return next(
         (
             name
@@ -33,7 +37,11 @@ def add_checkpoint(document: Any, row: CheckpointRow, as_base: bool) -> str:
     existing = model_named(recipe, row)
     name = existing or suggest_model_name(row.source, set(recipe.models))
     with document.edit(f"base {name}" if as_base else f"add model {name}"):
-        if existing is None:
+        if existing is None and row.adapter is not None and row.adapter.get("base_model"):
+            # an adapter: a model of the base it was trained on, carrying it
+            lora = f"{row.source}@{row.revision}" if row.revision else row.source
+            recipe.models[name] = ModelEntry(name, row.adapter["base_model"], lora=lora)
+        elif existing is None:
             recipe.models[name] = ModelEntry(name, row.source, revision=row.revision)
         spec = METHODS.get(recipe.method)
         if as_base:

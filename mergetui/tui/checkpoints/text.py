@@ -103,8 +103,27 @@ def details_text(row: CheckpointRow) -> str:
     if row.error:
         lines.append(f"[b $error]{escape(row.error)}[/]")
         return "\n".join(lines)
+    if row.adapter is not None:
+        lines.extend(adapter_lines(row.adapter))
+        return "\n".join(lines)
     lines.extend(checkpoint_text(open_checkpoint(row.path)))
     return "\n".join(lines)
+
+
+def adapter_lines(adapter: dict[str, Any]) -> list[str]:
+    """A LoRA adapter's facts (`Adapter.to_dict()`): what `mergetui inspect ADAPTER` shows."""
+    scaling = "alpha / sqrt(r), rsLoRA" if adapter["use_rslora"] else "alpha / r"
+    base = adapter["base_model"] or "not named"
+    return [
+        f"[b]LoRA adapter[/] rank {adapter['rank']} · alpha {adapter['alpha']:g} · "
+        f"scale {adapter['scale']:g} ({scaling})",
+        f"[b]targets[/] {escape(', '.join(adapter['target_modules']) or '-')} "
+        f"({adapter['lora_tensors']} tensors)",
+        f"[b]modules to save[/] {escape(', '.join(adapter['modules_to_save']) or '-')}",
+        f"[b]trained on[/] {escape(base)}",
+        "[dim]use it in a recipe as a model's lora (base+adapter in mergekit YAML); "
+        "adding it makes a model of its base with it[/]",
+    ]
 
 
 def hub_lines(row: CheckpointRow) -> list[str]:
