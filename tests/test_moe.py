@@ -1,0 +1,239 @@
+"""MoE assembly: the same tensors as mergekit-moe (cheap_embed and hidden gates, Mixtral and
+Qwen2-MoE with a shared expert), the result loads with transformers and generates, the TOML form
+builds what the YAML form builds, random gates follow the seed, and a cancel leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mergetui.cli import main
+from mergetui.errors import CancelledError
+from mergetui.merge.events import TensorDone
+from mergetui.merge.moe_plan import make_moe_plan
+from mergetui.merge.moe_run import run_moe
+from mergetui.recipe.moe import dumps_moe, load_moe, loads_moe
+
+
+@pytest.fixture(scope="module")
+def qwen_family(tiny_model_factory) -> dict[str, Path]:
+    base = tiny_model_factory("qwen2", seed=0)
+    family = {"base": base}
+    for seed, name in enumerate(("a", "b"), start=1):
+        family[name] = tiny_model_factory("qwen2", seed=seed, base=base)
+    return family
+
+
+def mixtral_yaml(family: dict[str, Path], gate_mode: str) -> str:
+    """Three experts, one with negative prompts: every branch of the gate computation."""
+    return f"""\
+base_model: {family["base"]}
+gate_mode: {gate_mode}
+dtype: float32
+experts_per_token: 2
+experts:
+  - source_model: {family["a"]}
+    positive_prompts: ["def parse(line):", "import os"]
+  - source_model: {family["b"]}
+    positive_prompts: ["Once upon a time there was"]
+    negative_prompts: ["def main():"]
+  - source_model: {family["c"]}
+    positive_prompts: ["The weather today"]
+"""
+
+
+def qwen_yaml(family: dict[str, Path]) -> str:
+    # The shared expert is the base: mergekit-moe 0.1.5 opens only the base's and the experts'
+    # files, so a shared expert that is neither fails there (AttributeError on its loader).
+    return f"""\
+base_model: {family["base"]}
+gate_mode: hidden
+experts:
+  - source_model: {family["a"]}
+    positive_prompts: ["def parse(line):"]
+  - source_model: {family["b"]}
+    positive_prompts: ["Once upon a time"]
+shared_experts:
+  - source_model: {family["base"]}
+    positive_prompts: ["hello"]
+"""
+
+
+def run_mergekit_moe(config: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    moe = pytest.importorskip(
+        "mergekit.scripts.moe", reason="mergekit (the test extra) is the reference"
+    )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    moe.main.main([str(config), str(out), "--device", "cpu"], standalone_mode=False)
+
+
+def assert_same_tensors(ours: Path, theirs: Path) -> None:
+    a = load_file(ours / "model.safetensors")
+    b = load_file(theirs / "model.safetensors")
+    assert sorted(a) == sorted(b)
+    for name, expected in b.items():
+        assert a[name].dtype == expected.dtype, name
+        assert a[name].shape == expected.shape, name
+        assert torch.equal(a[name], expected), name
+
+
+@pytest.mark.parametrize("gate_mode", ["cheap_embed", "hidden"])
+def test_mixtral_matches_mergekit_moe(
+    llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gate_mode: str
+) -> None:
+    config = tmp_path / "moe.yml"
+    config.write_text(mixtral_yaml(llama_family, gate_mode))
+    run_mergekit_moe(config, tmp_path / "theirs", monkeypatch)
+    assert main(["merge", str(config), "--out", str(tmp_path / "ours"), "--device", "cpu"]) == 0
+    assert_same_tensors(tmp_path / "ours", tmp_path / "theirs")
+    ours = json.loads((tmp_path / "ours" / "config.json").read_text())
+    theirs = json.loads((tmp_path / "theirs" / "config.json").read_text())
+    assert ours == theirs
+    assert ours["architectures"] == ["MixtralForCausalLM"] and ours["num_local_experts"] == 3
+    # the gates really differ per expert (a router of equal rows would route nowhere)
+    gate = load_file(tmp_path / "ours" / "model.safetensors")["model.layers.1.mlp.gate.weight"]
+    assert gate.shape == (3, 64) and not torch.allclose(gate[0], gate[1])
+
+
+def test_qwen2_moe_with_shared_expert_matches_mergekit_and_generates(
+    qwen_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    config = tmp_path / "qwen.yml"
+    config.write_text(qwen_yaml(qwen_family))
+    run_mergekit_moe(config, tmp_path / "theirs", monkeypatch)
+    assert main(["merge", str(config), "--out", str(tmp_path / "ours"), "--device", "cpu"]) == 0
+    assert_same_tensors(tmp_path / "ours", tmp_path / "theirs")
+    tensors = load_file(tmp_path / "ours" / "model.safetensors")
+    assert tensors["model.layers.0.mlp.shared_expert_gate.weight"].shape == (1, 64)
+    assert "model.layers.3.mlp.shared_expert.down_proj.weight" in tensors
+    _generates(tmp_path / "ours", transformers.Qwen2MoeForCausalLM)
+
+
+def _generates(folder: Path, cls: type) -> None:
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder))
+    assert isinstance(model, cls)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    ids = tokenizer("def parse", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 4
+
+
+def test_mixtral_loads_with_transformers_and_generates(
+    llama_family: dict[str, Path], tmp_path: Path
+) -> None:
+    import transformers
+
+    config = tmp_path / "moe.yml"
+    config.write_text(mixtral_yaml(llama_family, "cheap_embed"))
+    assert main(["merge", str(config), "--out", str(tmp_path / "out")]) == 0
+    _generates(tmp_path / "out", transformers.MixtralForCausalLM)
+    # experts' MLPs are the experts' own: expert 1's gate rows of layer 2 are model b's gate_proj
+    stacked = load_file(tmp_path / "out" / "model.safetensors")
+    b = load_file(llama_family["b"] / "model.safetensors")
+    gate_up = stacked["model.layers.2.mlp.experts.gate_up_proj"]
+    assert torch.equal(gate_up[1, :128], b["model.layers.2.mlp.gate_proj.weight"])
+    assert torch.equal(gate_up[1, 128:], b["model.layers.2.mlp.up_proj.weight"])
+
+
+def toml_form(family: dict[str, Path]) -> str:
+    """`mixtral_yaml(family, "random")` in the [moe] form, with a seed."""
+    return f"""\
+[moe]
+base = "{family["base"]}"
+gate_mode = "random"
+dtype = "float32"
+experts_per_token = 2
+seed = 7
+
+[[moe.experts]]
+source = "{family["a"]}"
+positive_prompts = ["def parse(line):", "import os"]
+
+[[moe.experts]]
+source = "{family["b"]}"
+positive_prompts = ["Once upon a time there was"]
+negative_prompts = ["def main():"]
+
+[[moe.experts]]
+source = "{family["c"]}"
+positive_prompts = ["The weather today"]
+"""
+
+
+def test_toml_form_equals_yaml_form(llama_family: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "moe.yml").write_text(mixtral_yaml(llama_family, "random"))
+    (tmp_path / "moe.toml").write_text(toml_form(llama_family))
+    from_yaml, from_toml = load_moe(tmp_path / "moe.yml"), load_moe(tmp_path / "moe.toml")
+    assert from_yaml is not None and from_toml is not None
+    assert from_toml.seed == 7
+    from_yaml.seed = 7
+    assert dumps_moe(from_yaml, "toml") == dumps_moe(from_toml, "toml")
+    for name in ("moe.yml", "moe.toml"):
+        args = ["merge", str(tmp_path / name), "--out", str(tmp_path / f"out-{name}")]
+        assert main([*args, "--seed", "7"]) == 0
+    assert_same_tensors(tmp_path / "out-moe.yml", tmp_path / "out-moe.toml")
+    # the seed decides the random gates: another seed, other gates
+    assert (
+        main(["merge", str(tmp_path / "moe.toml"), "--out", str(tmp_path / "s8"), "--seed", "8"])
+        == 0
+    )
+    seven = load_file(tmp_path / "out-moe.toml" / "model.safetensors")
+    eight = load_file(tmp_path / "s8" / "model.safetensors")
+    name = "model.layers.0.mlp.gate.weight"
+    assert not torch.equal(seven[name], eight[name])
+    # each form converts into the other and back to the same text (a YAML drops the seed:
+    # mergekit-moe takes it on its command line)
+    for fmt in ("yaml", "toml"):
+        again = loads_moe(dumps_moe(from_toml, fmt), fmt, f"x.{fmt}")
+        assert again is not None and again.seed == (None if fmt == "yaml" else 7)
+        again.seed = 7
+        assert dumps_moe(again, "toml") == dumps_moe(from_toml, "toml")
+
+
+def test_convert_both_ways(llama_family: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "moe.yml").write_text(mixtral_yaml(llama_family, "hidden"))
+    assert main(["convert", str(tmp_path / "moe.yml"), str(tmp_path / "moe.toml")]) == 0
+    assert (tmp_path / "moe.toml").read_text().startswith("[moe]\n")
+    assert main(["convert", str(tmp_path / "moe.toml"), str(tmp_path / "back.yml")]) == 0
+    back, first = load_moe(tmp_path / "back.yml"), load_moe(tmp_path / "moe.yml")
+    assert back is not None and first is not None
+    assert dumps_moe(back, "yaml") == dumps_moe(first, "yaml")
+
+
+def test_cancel_leaves_nothing_and_dry_run_writes_nothing(
+    llama_family: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "moe.yml"
+    config.write_text(mixtral_yaml(llama_family, "cheap_embed"))
+    out = tmp_path / "out"
+    assert main(["merge", str(config), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "Mixtral" in text and "cheap_embed" in text
+    assert not out.exists()
+
+    recipe = load_moe(config)
+    assert recipe is not None
+    plan = make_moe_plan(recipe, recipe_dir=tmp_path, out=out)
+    cancel = threading.Event()
+    seen: list[str] = []
+
+    def on_event(event: object) -> None:
+        if isinstance(event, TensorDone):
+            seen.append(event.name)
+            if len(seen) == 3:
+                cancel.set()
+
+    with pytest.raises(CancelledError):
+        run_moe(plan, on_event=on_event, cancel=cancel)
+    assert len(seen) == 3
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [config]  # no temporary folder either

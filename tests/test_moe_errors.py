@@ -1,0 +1,113 @@
+"""MoE recipes that cannot be assembled: each is one located line (file:line, what, fix), exit 1,
+and nothing written; validate reports the same problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mergetui.cli import main
+
+
+def experts_yaml(sources: list[Path], prompts: bool = True) -> str:
+    lines = []
+    for index, source in enumerate(sources):
+        lines.append(f"  - source_model: {source}")
+        if prompts:
+            lines.append(f'    positive_prompts: ["prompt number {index}"]')
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def others(tiny_model_factory) -> dict[str, Path]:
+    return {
+        "qwen2": tiny_model_factory("qwen2", seed=0),
+        "wide": tiny_model_factory("llama", seed=5, intermediate_size=96),
+    }
+
+
+CASES = {
+    # name: (the config's body after base_model, the line the error names, words of the message)
+    "no experts": ("gate_mode: hidden\nexperts: []\n", 3, "at least one expert"),
+    "experts_per_token": (
+        "experts_per_token: 3\nexperts:\n{ab}",
+        2,
+        "is 3, and there are 2 experts",
+    ),
+    "zero experts_per_token": ("experts_per_token: 0\nexperts:\n{ab}", 2, "is 0"),
+    "gate mode": ("gate_mode: smart\nexperts:\n{ab}", 2, "not a gate mode"),
+    "prompts missing": (
+        "gate_mode: hidden\nexperts:\n{ab_bare}",
+        4,
+        "gate mode 'hidden' routes by prompts",
+    ),
+    "same prompts": (
+        'experts:\n  - source_model: {a}\n    positive_prompts: ["x"]\n'
+        '  - source_model: {b}\n    positive_prompts: ["x"]\n',
+        2,
+        "all have the same prompts",
+    ),
+    "shared experts on mixtral": (
+        "architecture: mixtral\nexperts:\n{ab}shared_experts:\n  - source_model: {a}\n"
+        '    positive_prompts: ["s"]\n',
+        8,
+        "Mixtral has none",
+    ),
+    "unknown architecture": ("architecture: deepseek\nexperts:\n{ab}", 2, "Mixtral and Qwen MoE"),
+    "another architecture": (
+        "experts:\n{a_qwen}",
+        5,
+        "is a qwen2 model and the base is a llama model",
+    ),
+    "another shape": ("experts:\n{a_wide}", 5, "the base's is [128, 64]"),
+    "qwen2 without shared expert": ("experts:\n{q}", 2, "needs one shared expert"),
+    "unknown key": ("experts:\n{ab}gates: 2\n", 7, "unknown key 'gates'"),
+    "missing model": ("experts:\n{a_missing}", 5, "is not on this machine"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_error_is_located_exits_1_and_writes_nothing(
+    case: str,
+    llama_family: dict[str, Path],
+    others: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    body, line, words = CASES[case]
+    a, b = llama_family["a"], llama_family["b"]
+    base = others["qwen2"] if case == "qwen2 without shared expert" else llama_family["base"]
+    text = f"base_model: {base}\n" + body.format(
+        a=a,
+        b=b,
+        ab=experts_yaml([a, b]),
+        ab_bare=experts_yaml([a, b], prompts=False),
+        a_qwen=experts_yaml([a, others["qwen2"]]),
+        a_wide=experts_yaml([a, others["wide"]]),
+        a_missing=experts_yaml([a, tmp_path / "nowhere"]),
+        q=experts_yaml([others["qwen2"], others["qwen2"]]),
+    )
+    config = tmp_path / "moe.yml"
+    config.write_text(text)
+    out = tmp_path / "out"
+    assert main(["merge", str(config), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert f"{config}:{line}" in err, err
+    assert " ".join(words.split()) in " ".join(err.split()), err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["moe.yml"]
+    assert main(["validate", str(config)]) == 1
+    assert f"{config}:{line}" in capsys.readouterr().out
+
+
+def test_toml_errors_name_toml_keys(llama_family: dict[str, Path], tmp_path: Path, capsys) -> None:
+    config = tmp_path / "moe.toml"
+    config.write_text(
+        f'[moe]\nbase = "{llama_family["base"]}"\nexperts_per_token = 1\n\n'
+        f'[[moe.experts]]\nsource = "{llama_family["a"]}"\nsource_model = "x"\n'
+    )
+    assert main(["merge", str(config), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"{config}:7" in err and "unknown key 'source_model'" in err
+    assert "positive_prompts" in err  # the fix lists our keys
