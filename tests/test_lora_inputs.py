@@ -192,6 +192,8 @@ def test_passthrough_applies_peft_formula_and_modules_to_save(family: dict[str, 
     a, b = adapter[f"{prefix}{q}.lora_A.weight"], adapter[f"{prefix}{q}.lora_B.weight"]
     assert torch.equal(out[f"{q}.weight"], expected_lora(base[f"{q}.weight"], a, b, 8 / 4))
     assert torch.equal(out["lm_head.weight"], adapter[f"{prefix}lm_head.weight"].to(torch.bfloat16))
+    card = (root / "alone-out" / "README.md").read_text()
+    assert f"with the LoRA adapter `{family['plain']}` applied" in card
     untouched = "model.layers.2.self_attn.k_proj.weight"
     assert torch.equal(out[untouched], base[untouched])
     assert out[untouched].dtype == torch.bfloat16

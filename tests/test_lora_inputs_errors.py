@@ -126,6 +126,7 @@ def test_another_base_name_is_only_a_warning(kit: dict[str, Path]) -> None:
     recipe = recipe_with(kit, adapter, "renamed")
     plan = make_plan(load_recipe(recipe), recipe_dir=recipe.parent, out=kit["root"] / "renamed-out")
     assert any("someone/Other-7B" in notice for notice in plan.notices)
+    assert "models: m + LoRA renamed" in plan.summary_lines()  # the dry run says it
 
 
 def test_missing_adapter_is_located(kit: dict[str, Path]) -> None:

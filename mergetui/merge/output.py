@@ -359,6 +359,9 @@ def _describe_model(plan: Plan, name: str) -> str:
         # A path means nothing beside the output (`../chat`): name the folder; the recipe
         # below has its full path.
         shown = f"local folder `{model.path.name}`"
+    lora = plan.recipe.models[name].lora if name in plan.recipe.models else None
+    if model.adapter is not None and lora:
+        shown += f" with the LoRA adapter `{lora}` applied"
     return f"**{name}**: {shown}"
 
 

@@ -117,7 +117,9 @@ class Plan:
 
     def summary_lines(self) -> list[str]:
         models = ", ".join(
-            f"{name}{' (base)' if name == self.base else ''}" for name in self.models
+            f"{name}{' (base)' if name == self.base else ''}"
+            + (f" + LoRA {model.adapter.path.name}" if model.adapter is not None else "")
+            for name, model in self.models.items()
         )
         shards = self.layout.filenames
         shard_text = shards[0] if len(shards) == 1 else f"{len(shards)} shards ({shards[0]} ...)"
