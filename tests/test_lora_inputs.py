@@ -311,3 +311,21 @@ def test_relative_adapter_paths_follow_the_recipe(family: dict[str, Path], tmp_p
     assert changes[-1][:2] == ("model m's adapter", "plain")
     moved = recipe.models["m"].lora
     assert moved is not None and (tmp_path / "sub" / moved).resolve() == family["plain"].resolve()
+
+
+def test_the_stored_recipe_copy_names_the_adapter_absolutely(family: dict[str, Path]) -> None:
+    """The copy a merge keeps (mergetui.toml) reruns from anywhere: its local adapter too."""
+    from mergetui.recipe.io import load_recipe
+
+    root = family["root"]
+    recipe = root / "relative.toml"
+    recipe.write_text(
+        '[merge]\nmethod = "passthrough"\n\n[models.m]\nsource = "base"\nlora = "plain"\n'
+    )
+    first = merge_with_mergetui(recipe, root / "relative-out")
+    stored = load_recipe(root / "relative-out" / "mergetui.toml")
+    assert stored.models["m"].lora == str(family["plain"].resolve())
+    moved = root / "elsewhere"
+    moved.mkdir(exist_ok=True)
+    (moved / "copy.toml").write_text((root / "relative-out" / "mergetui.toml").read_text())
+    assert_same(merge_with_mergetui(moved / "copy.toml", root / "relative-again"), first)

@@ -273,7 +273,7 @@ def recipe_texts(plan: Plan) -> tuple[str, str | None]:
     from mergetui.recipe.yaml_export import dumps_yaml
 
     local = {name: m.local_source for name, m in plan.models.items() if m.local_source is not None}
-    recipe = recipe_as_run(plan.recipe, plan.seed, local)
+    recipe = recipe_as_run(plan.recipe, plan.seed, local, local_adapters(plan))
     toml_text = dumps_toml(recipe)
     try:
         yaml_text: str | None = dumps_yaml(recipe)
@@ -282,18 +282,39 @@ def recipe_texts(plan: Plan) -> tuple[str, str | None]:
     return toml_text, yaml_text
 
 
-def recipe_as_run(recipe: Recipe, seed: int | None, local_sources: Mapping[str, Path]) -> Recipe:
+def recipe_as_run(
+    recipe: Recipe,
+    seed: int | None,
+    local_sources: Mapping[str, Path],
+    local_adapters: Mapping[str, Path] | None = None,
+) -> Recipe:
     """The recipe a merge copies into its output (`recipe_texts`): this seed, these absolute
-    folders for the local models, no `output` and no `[search]`. A multi-stage run compares a
-    stage's copy with the one in its output folder to skip a stage already merged."""
+    folders for the local models (and for their local LoRA adapters), no `output` and no
+    `[search]`. A multi-stage run compares a stage's copy with the one in its output folder to
+    skip a stage already merged."""
     recipe = dataclasses.replace(recipe, seed=seed, output=None, search=None)
-    models = {
-        name: dataclasses.replace(entry, source=str(local_sources[name]))
-        if name in local_sources
-        else entry
-        for name, entry in recipe.models.items()
-    }
+    adapters = local_adapters or {}
+    models = {}
+    for name, entry in recipe.models.items():
+        if name in local_sources:
+            entry = dataclasses.replace(entry, source=str(local_sources[name]))
+        if name in adapters:
+            entry = dataclasses.replace(entry, lora=str(adapters[name]))
+        models[name] = entry
     return dataclasses.replace(recipe, models=models)
+
+
+def local_adapters(plan: Plan) -> dict[str, Path]:
+    """The absolute folders of the plan's LoRA adapters that are local folders (not Hub ids)."""
+    from mergetui.recipe.paths import locate_adapter
+
+    found = {}
+    for name, model in plan.models.items():
+        lora = plan.recipe.models[name].lora if name in plan.recipe.models else None
+        located = locate_adapter(lora, plan.recipe_dir) if lora and model.adapter else None
+        if located is not None and located[1]:
+            found[name] = located[0]
+    return found
 
 
 def model_card(plan: Plan, recipe_toml: str, recipe_yaml: str | None) -> str:
