@@ -111,3 +111,34 @@ def test_toml_errors_name_toml_keys(llama_family: dict[str, Path], tmp_path: Pat
     err = capsys.readouterr().err
     assert f"{config}:7" in err and "unknown key 'source_model'" in err
     assert "positive_prompts" in err  # the fix lists our keys
+
+
+def test_hub_model_missing_offline_is_one_line(
+    llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = tmp_path / "moe.yml"
+    config.write_text(
+        f"base_model: {llama_family['base']}\nexperts:\n"
+        + experts_yaml([llama_family["a"]])
+        + '  - source_model: someone/not-on-this-machine\n    positive_prompts: ["b"]\n'
+    )
+    assert main(["merge", str(config), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "offline mode" in err and "someone/not-on-this-machine" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_degenerate_gates_are_named() -> None:
+    import torch
+
+    from mergetui.merge.moe_run import degenerate_gates
+
+    apart = torch.eye(2, 8).repeat(3, 1, 1)  # (layers, experts, hidden)
+    assert degenerate_gates(apart) is None
+    alike = apart.clone()
+    alike[1, 1] = alike[1, 0] + 0.01 * alike[1, 1]
+    assert degenerate_gates(alike) == (
+        "the gates of layer 1 are nearly alike: some experts will rarely be picked "
+        "(make each expert's prompts more distinct)"
+    )

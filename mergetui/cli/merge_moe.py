@@ -30,6 +30,14 @@ def run_moe_recipe(
             where=str(args.recipe),
             fix="drop --intermediate-dir",
         )
+    if not args.dry_run:
+        from mergetui.errors import CancelledError
+
+        try:
+            _download_missing(recipe, args.recipe.parent, err=console_err())
+        except CancelledError:
+            console_err().print("[yellow]Cancelled:[/] download stopped; nothing was assembled.")
+            return 130
     plan = make_moe_plan(
         recipe,
         recipe_dir=args.recipe.parent,
@@ -49,6 +57,43 @@ def run_moe_recipe(
         return 0
     check_output(plan.output_dir, args.force, **moe_guard(plan))
     return _run_with_progress(plan, force=args.force, out=console(), err=console_err())
+
+
+def _download_missing(recipe: MoeRecipe, recipe_dir: Any, *, err: Any) -> None:
+    """Pull each Hub model the recipe names that is not on this machine, as `merge` does for a
+    recipe's models; offline, one message naming them all."""
+    from mergetui.checkpoints.hub import HubOffline, is_offline
+    from mergetui.checkpoints.locate import looks_like_hub_id
+    from mergetui.cli.transfers import pull_with_progress
+    from mergetui.errors import UserError
+    from mergetui.recipe.paths import locate_model
+
+    sources = [recipe.base] + [e.source for _, e in recipe.all_experts()]
+    missing = [
+        s
+        for s in dict.fromkeys(sources)
+        if looks_like_hub_id(s) and locate_model(s, None, recipe_dir) is None
+    ]
+    if not missing:
+        return
+    if is_offline():
+        raise UserError(
+            "offline mode (HF_HUB_OFFLINE=1) is on and these models are not on this machine: "
+            + ", ".join(missing),
+            where=recipe.source_path,
+            fix="unset HF_HUB_OFFLINE to download them, or pull them first when online "
+            "(mergetui pull REPO_ID)",
+        )
+    for source in missing:
+        err.print(f"{source} is not on this machine; downloading it first")
+        try:
+            pull_with_progress(source, err=err)
+        except HubOffline as exc:
+            raise UserError(
+                f"{source} is not on this machine and {exc.message}",
+                where=recipe.source_path,
+                fix=exc.fix,
+            ) from None
 
 
 def _run_with_progress(plan: Any, *, force: bool, out: Any, err: Any) -> int:

@@ -148,6 +148,10 @@ def _load_base_model(plan: MoePlan) -> Any:
 
     device = resolve_device(plan.device)
     folder = plan.models["base"].path
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # our progress bar is the one on screen
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=torch.bfloat16, trust_remote_code=False
@@ -158,4 +162,7 @@ def _load_base_model(plan: MoePlan) -> Any:
             where=str(folder),
             fix='use gate_mode = "cheap_embed" or "random", which need no model',
         ) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.to(device).eval()

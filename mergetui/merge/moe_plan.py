@@ -174,6 +174,12 @@ def make_moe_plan(
         plan.notices.append(
             f"{count} experts is not a power of two: llama.cpp cannot run this model"
         )
+    paths = {models[f"experts.{i}"].path for i in range(count)}
+    if count > 1 and len(paths) == 1:
+        plan.notices.append(
+            "every expert is the same model: the MoE computes what that model computes, "
+            "at more cost (useful only as a start for training)"
+        )
     if any(e.noise_scale is not None for _, e in recipe.all_experts()):
         plan.notices.append(f"noise_scale draws its noise from seed {plan.seed}")
     return plan

@@ -136,6 +136,9 @@ def _assemble(
         tokenizer = load_gate_tokenizer(plan)
     with TensorReader() as reader:
         gates = gate_vectors(plan, tokenizer, reader, cancel)
+        message = degenerate_gates(gates)
+        if message:
+            emit(Notice(message))
         writer = ShardSetWriter(folder, plan.layout)
         generator = torch.Generator().manual_seed(plan.seed)
         written = 0
@@ -160,6 +163,26 @@ def _assemble(
         finally:
             writer.close()
     write_moe_extras(plan, folder, tokenizer)
+
+
+def degenerate_gates(gates: torch.Tensor, threshold: float = 5.0) -> str | None:
+    """mergekit-moe's warning: the layers whose router rows are nearly dependent (condition
+    number above `threshold`), where some experts will be picked rarely; None when there are none."""
+    import torch
+
+    layers = [
+        i for i in range(gates.shape[0]) if torch.linalg.cond(gates[i].float()).item() > threshold
+    ]
+    if not layers:
+        return None
+    if len(layers) == gates.shape[0]:
+        shown = "every layer"
+    else:
+        shown = ("layer " if len(layers) == 1 else "layers ") + ", ".join(map(str, layers))
+    return (
+        f"the gates of {shown} are nearly alike: some experts will rarely be picked "
+        "(make each expert's prompts more distinct)"
+    )
 
 
 def _write_tensor(
