@@ -177,7 +177,12 @@ def test_same_tensors_as_mergekit_yaml(
 # -- the arithmetic ------------------------------------------------------------------------------
 
 
-def test_passthrough_applies_peft_formula_and_modules_to_save(family: dict[str, Path]) -> None:
+def test_passthrough_applies_peft_formula_and_modules_to_save(
+    family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mergetui.merge.lora_apply
+
+    monkeypatch.setattr(mergetui.merge.lora_apply, "BLOCK_ELEMENTS", 1000)  # several per tensor
     root = family["root"]
     recipe = root / "alone.toml"
     recipe.write_text(
@@ -199,8 +204,13 @@ def test_passthrough_applies_peft_formula_and_modules_to_save(family: dict[str, 
     assert out[untouched].dtype == torch.bfloat16
 
 
-def test_rslora_scale_and_embedding_update(family: dict[str, Path]) -> None:
+def test_rslora_scale_and_embedding_update(
+    family: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mergetui.merge.lora_apply
     from mergetui.checkpoints.lora import open_adapter
+
+    monkeypatch.setattr(mergetui.merge.lora_apply, "BLOCK_ELEMENTS", 1000)
 
     adapter = open_adapter(family["rs"])
     assert adapter.use_rslora and adapter.scale == pytest.approx(16 / math.sqrt(8))
@@ -221,10 +231,18 @@ def test_rslora_scale_and_embedding_update(family: dict[str, Path]) -> None:
     assert torch.equal(out["model.embed_tokens.weight"], want)
 
 
+@pytest.mark.parametrize("block", [1 << 20, 7])
 @pytest.mark.parametrize("transposed", [False, True])
-def test_pieces_and_chunks_give_the_whole_tensor(tmp_path: Path, transposed: bool) -> None:
-    """Every read path hands apply_lora a run of elements: any run gives the whole's elements."""
+def test_pieces_and_chunks_give_the_whole_tensor(
+    tmp_path: Path, transposed: bool, block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every read path hands apply_lora a run of elements: any run gives the whole's elements,
+    whatever the blocks it is updated in."""
     from safetensors.torch import save_file
+
+    import mergetui.merge.lora_apply
+
+    monkeypatch.setattr(mergetui.merge.lora_apply, "BLOCK_ELEMENTS", block)
 
     from mergetui.checkpoints.lora import LoraModule
     from mergetui.checkpoints.safetensors_io import read_header

@@ -23,53 +23,67 @@ if TYPE_CHECKING:
     from mergetui.merge.reader import TensorReader
 
 
+# Elements updated at a time: the float32 update and sum of one block are all the extra memory
+# an adapter costs, whatever the size of the piece or tensor being read (4 MB each in float32).
+BLOCK_ELEMENTS = 1 << 20
+
+
 def apply_lora(
     reader: TensorReader, source: Any, value: torch.Tensor, start: int, *, in_place: bool
 ) -> torch.Tensor:
     """`value` (elements [start, start + numel) of `source`'s tensor, as stored) with the
     adapter's change; unchanged when `source.lora` is None. `in_place`: write the result into
-    `value` (a buffer the caller owns) rather than into a new tensor."""
+    `value` (a buffer the caller owns) rather than into a new tensor of its dtype."""
+    import torch
+
     from mergetui.checkpoints.safetensors_io import TensorInfo
 
     patch = getattr(source, "lora", None)
     if patch is None:
         return value
     flat = value.reshape(-1)
-    stop = start + flat.numel()
-    if isinstance(patch, TensorInfo):
-        new = _read_range(reader, patch, start, stop).to(value.dtype)
-    else:
-        new = _updated(reader, patch, flat, start, stop, tuple(source.shape))
     if in_place and value.is_contiguous():
-        flat.copy_(new)
-        return value
-    return new.reshape(value.shape)
+        out = flat
+    else:
+        out = torch.empty_like(flat)
+    if isinstance(patch, TensorInfo):
+        factors = None
+    else:
+        a = _read_whole(reader, patch.a).to(torch.float32)
+        b = _read_whole(reader, patch.b).to(torch.float32)
+        factors = (a, b)
+    for first in range(0, flat.numel(), BLOCK_ELEMENTS):
+        last = min(flat.numel(), first + BLOCK_ELEMENTS)
+        begin, end = start + first, start + last
+        if factors is None:  # modules_to_save: the adapter's tensor, in the weight's dtype
+            out[first:last] = _read_range(reader, patch, begin, end).to(flat.dtype)
+            continue
+        weight = flat[first:last]
+        if patch.base is not None:  # the adapter's own copy of the weight (saved embeddings)
+            weight = _read_range(reader, patch.base, begin, end).to(flat.dtype)
+        delta = _delta(patch, factors, begin, end, tuple(source.shape))
+        out[first:last] = (weight.to(torch.float32) + delta).to(flat.dtype)
+    return value if out is flat else out.reshape(value.shape)
 
 
-def _updated(
-    reader: TensorReader,
+def _delta(
     module: LoraModule,
-    flat: torch.Tensor,
+    factors: tuple[torch.Tensor, torch.Tensor],
     start: int,
     stop: int,
     shape: tuple[int, ...],
 ) -> torch.Tensor:
-    """W + scale * B @ A over the elements [start, stop) of W, rounded once to W's dtype."""
-    import torch
-
-    if module.base is not None:  # the adapter's own copy of the weight (saved embeddings)
-        flat = _read_range(reader, module.base, start, stop).to(flat.dtype)
+    """scale * B @ A (transposed where the module says so) over the elements [start, stop) of the
+    weight, flat, in float32: only the rows those elements cover are multiplied."""
+    a, b = factors
     cols = shape[1]
     first, last = start // cols, -(-stop // cols)
-    a = _read_whole(reader, module.a).to(torch.float32)
-    b = _read_whole(reader, module.b).to(torch.float32)
     if module.transposed:  # stored rows are columns of B @ A
         delta = (b @ a[:, first:last]).T * module.scale
     else:
         delta = (b[first:last] @ a) * module.scale
     offset = start - first * cols
-    delta = delta.reshape(-1)[offset : offset + (stop - start)]
-    return (flat.to(torch.float32) + delta).to(flat.dtype)
+    return delta.reshape(-1)[offset : offset + (stop - start)]
 
 
 def _read_whole(reader: TensorReader, info: TensorInfo) -> torch.Tensor:
