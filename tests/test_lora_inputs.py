@@ -347,3 +347,24 @@ def test_the_stored_recipe_copy_names_the_adapter_absolutely(family: dict[str, P
     moved.mkdir(exist_ok=True)
     (moved / "copy.toml").write_text((root / "relative-out" / "mergetui.toml").read_text())
     assert_same(merge_with_mergetui(moved / "copy.toml", root / "relative-again"), first)
+
+
+@needs_mergekit
+def test_conv1d_fan_in_fan_out_same_as_mergekit(tmp_path: Path) -> None:
+    """GPT-2's Conv1D layers store W transposed (PEFT's fan_in_fan_out): the update is too."""
+    from mergetui.checkpoints.lora import open_adapter
+
+    base = make_tiny_model(tmp_path / "base", "gpt2", seed=0)
+    tuned = make_tiny_model(tmp_path / "tuned", base=base, seed=1)
+    adapter = make_adapter(
+        base, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"]
+    )
+    assert all(module.transposed for module in open_adapter(adapter).modules.values())
+    config = tmp_path / "gpt2.yaml"
+    config.write_text(
+        "merge_method: linear\nmodels:\n"
+        f"  - model: {base}+{adapter}\n    parameters: {{weight: 0.5}}\n"
+        f"  - model: {tuned}\n    parameters: {{weight: 0.5}}\ndtype: float32\n"
+    )
+    ours = merge_with_mergetui(config, tmp_path / "ours")
+    assert_same(ours, merge_with_mergekit(config, tmp_path / "theirs", tmp_path / "cache"))
