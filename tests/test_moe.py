@@ -237,3 +237,42 @@ def test_cancel_leaves_nothing_and_dry_run_writes_nothing(
     assert len(seen) == 3
     assert not out.exists()
     assert list(tmp_path.iterdir()) == [config]  # no temporary folder either
+
+
+def test_streams_one_input_tensor_at_a_time_across_shards(
+    llama_family: dict[str, Path],
+    sharded_llama: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sharded base and a sharded output give the tensors of the plain run, and no write is
+    larger than one input tensor: a layer's stacked experts are never built whole."""
+    from mergetui.merge.writer import ShardSetWriter
+
+    config = tmp_path / "moe.yml"
+    config.write_text(mixtral_yaml(llama_family, "cheap_embed"))
+    assert main(["merge", str(config), "--out", str(tmp_path / "plain")]) == 0
+    sharded = tmp_path / "sharded.yml"
+    sharded.write_text(mixtral_yaml({**llama_family, "base": sharded_llama}, "cheap_embed"))
+    writes: list[tuple[str, int]] = []
+    original = ShardSetWriter.write
+
+    def write(self: ShardSetWriter, name: str, tensor: torch.Tensor, start: int = 0) -> object:
+        writes.append((name, tensor.numel() * tensor.element_size()))
+        return original(self, name, tensor, start)
+
+    monkeypatch.setattr(ShardSetWriter, "write", write)
+    out = tmp_path / "out"
+    assert main(["merge", str(sharded), "--out", str(out), "--shard-size", "300KB"]) == 0
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert len(shards) > 2 and (out / "model.safetensors.index.json").is_file()
+    ours = {}
+    for shard in shards:
+        ours.update(load_file(out / shard))
+    plain = load_file(tmp_path / "plain" / "model.safetensors")
+    assert sorted(ours) == sorted(plain)
+    assert all(torch.equal(ours[name], plain[name]) for name in plain)
+    stacked = [n for n, _ in writes if n.endswith(("gate_up_proj", "down_proj"))]
+    assert stacked.count("model.layers.0.mlp.experts.gate_up_proj") == 6  # 3 experts x gate, up
+    largest_input = 128 * 64 * 4  # an MLP matrix of the tiny llama, float32
+    assert max(size for name, size in writes if "experts" in name) == largest_input
