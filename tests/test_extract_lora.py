@@ -265,3 +265,29 @@ def test_mergetui_lora_input_reads_it_back(family: dict[str, Path]) -> None:
     assert set(merged) == set(tuned)
     for name, value in tuned.items():
         torch.testing.assert_close(merged[name], value, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma"])
+def test_biases_and_tied_embeddings_load_with_peft(tmp_path: Path, arch: str) -> None:
+    """Qwen2's q/k/v biases: their deltas as lora_B.bias, as mergekit writes them, with
+    lora_bias so PEFT loads rather than drops them; Gemma's tied head saved from the embedding."""
+    import transformers
+    from peft import PeftModel
+
+    base = make_tiny_model(tmp_path / "base", arch=arch, num_layers=1)
+    tuned = make_tiny_model(tmp_path / "tuned", base=base, seed=1)
+    plan = plan_extraction(tuned, base, ExtractOptions())
+    result = run_extraction(plan, tmp_path / "adapter", device="cpu")
+    adapter = tensors(result.out)
+    if arch == "qwen2":
+        assert result.config["lora_bias"] is True
+        assert f"{PREFIX}model.layers.0.self_attn.q_proj.lora_B.bias" in adapter
+    else:
+        assert "lora_bias" not in result.config
+        embedding = tensors(tuned)["model.embed_tokens.weight"]
+        assert torch.equal(adapter[f"{PREFIX}lm_head.weight"], embedding)
+    load = transformers.AutoModelForCausalLM.from_pretrained
+    ids = torch.tensor([[1, 5, 9, 20]])
+    peft_model = PeftModel.from_pretrained(load(base, dtype=torch.float32), result.out)
+    expected = _logits(load(tuned, dtype=torch.float32), ids)
+    torch.testing.assert_close(_logits(peft_model, ids), expected, atol=1e-4, rtol=1e-4)

@@ -66,12 +66,16 @@ def test_models_that_do_not_match(pair: dict[str, Path], capsys) -> None:
     code = main(["extract-lora", str(pair["tuned"]), str(gpt2), "--out", str(root / "x3")])
     err = " ".join(capsys.readouterr().err.split())
     assert code == 1 and "GPT2LMHeadModel" in err and "LlamaForCausalLM" in err
+    gpt2_tuned = make_tiny_model(root / "gpt2-tuned", base=gpt2, seed=1)
+    code = main(["extract-lora", str(gpt2_tuned), str(gpt2), "--out", str(root / "x5")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and "Conv1D" in err and "--embed-lora" in err
     code = main(
         ["extract-lora", str(root / "missing"), str(pair["base"]), "--out", str(root / "x4")]
     )
     err = " ".join(capsys.readouterr().err.split())
     assert code == 1 and "not found" in err and "missing" in err
-    assert not any((root / name).exists() for name in ("x2", "x3", "x4"))
+    assert not any((root / name).exists() for name in ("x2", "x3", "x4", "x5"))
 
 
 def test_pickle_checkpoints_need_allow_bin(pair: dict[str, Path], capsys) -> None:

@@ -149,12 +149,19 @@ def plan_extraction(
         )
         embed_lora = False
     _sort_modules(plan, model, embed_lora)
-    if not plan.targets:
+    if not plan.targets and (options.include or options.exclude):
         raise UserError(
             "no module is left to decompose",
-            where="--include" if options.include else str(finetuned),
+            where="--include" if options.include else "--exclude",
             fix="loosen --include / --exclude (they are searched in module names such as "
             "model.layers.0.self_attn.q_proj)",
+        )
+    if not plan.targets:
+        raise UserError(
+            "no module of this model can be decomposed: only torch Linear, Conv and Embedding "
+            "layers are (transformers' Conv1D, as in GPT-2, is saved whole, as mergekit does)",
+            where=str(finetuned),
+            fix="pass --embed-lora to decompose the embeddings, or merge the fine-tune instead",
         )
     return plan
 
