@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from mergetui.checkpoints.inspect import open_checkpoint, open_weight_file
     from mergetui.checkpoints.locate import find_local, looks_like_hub_id
     from mergetui.checkpoints.lora import is_adapter_folder, open_adapter
+    from mergetui.checkpoints.sources import is_checkpoint_dir
     from mergetui.errors import UserError
 
     if not args.remote:
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         if "+" in args.path and not Path(args.path).expanduser().exists():
             return _show_with_adapter(args)  # `inspect BASE+ADAPTER`, as a recipe names it
     folder = None if args.remote else find_local(args.path, args.revision)
-    if folder is not None and is_adapter_folder(folder):
+    if folder is not None and is_adapter_folder(folder) and not is_checkpoint_dir(folder):
         return _show_adapter(open_adapter(folder, allow_bin=args.allow_bin), args)
     if folder is None:
         if looks_like_hub_id(args.path):
