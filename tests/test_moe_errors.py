@@ -142,3 +142,24 @@ def test_degenerate_gates_are_named() -> None:
         "the gates of layer 1 are nearly alike: some experts will rarely be picked "
         "(make each expert's prompts more distinct)"
     )
+
+
+def test_an_moe_recipe_read_as_a_merge_recipe_says_what_it_is(
+    llama_family: dict[str, Path], tmp_path: Path
+) -> None:
+    """The app and the merge-recipe readers do not take an MoE recipe: they say so, and how to run
+    it, instead of naming a key a merge recipe lacks; a broken merge recipe keeps its own error."""
+    from mergetui.errors import UserError
+    from mergetui.recipe.io import load_recipe
+
+    config = tmp_path / "moe.yml"
+    config.write_text(
+        f"base_model: {llama_family['base']}\nexperts:\n" + experts_yaml([llama_family["a"]])
+    )
+    with pytest.raises(UserError, match="this is an MoE recipe") as caught:
+        load_recipe(config)
+    assert "mergetui merge FILE --out DIR" in str(caught.value.fix)
+    plain = tmp_path / "plain.yml"
+    plain.write_text(f"merge_method: linear\nmodels:\n  - model: {llama_family['a']}\ngates: 1\n")
+    with pytest.raises(UserError, match="unknown key 'gates'"):
+        load_recipe(plain)

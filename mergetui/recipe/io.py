@@ -40,7 +40,19 @@ def recipe_format(path: str | os.PathLike[str]) -> str:
 
 
 def loads_recipe(text: str, fmt: str, source: str | None = None) -> Recipe:
-    return loads_toml(text, source) if fmt == "toml" else loads_yaml(text, source)
+    try:
+        return loads_toml(text, source) if fmt == "toml" else loads_yaml(text, source)
+    except UserError:
+        from mergetui.recipe.moe import is_moe_text
+
+        if is_moe_text(text, fmt, source):  # say what it is, not which key a merge lacks
+            raise UserError(
+                "this is an MoE recipe (a mergekit-moe config or a [moe] table), not a merge recipe",
+                where=source,
+                fix="assemble it with: mergetui merge FILE --out DIR (docs/moe.md); "
+                "the app does not open MoE recipes yet",
+            ) from None
+        raise
 
 
 def dumps_recipe(recipe: Recipe, fmt: str) -> str:

@@ -132,6 +132,20 @@ def loads_moe(text: str, fmt: str, source: str | None = None) -> MoeRecipe | Non
     return _build(data, locations, source, yaml=True)
 
 
+def is_moe_text(text: str, fmt: str, source: str | None = None) -> bool:
+    """Whether a recipe text is an MoE recipe by its keys (one that does not parse is not)."""
+    try:
+        if fmt == "toml":
+            from mergetui.recipe.toml_read import read_toml_data
+
+            return "moe" in read_toml_data(text, source)[0]
+        from mergetui.recipe.yaml_syntax import yaml_compose
+
+        return is_moe_yaml(yaml_compose(text, source)[0])
+    except UserError:
+        return False
+
+
 # ----------------------------------------------------------------------------------------------
 # The one builder
 
