@@ -122,3 +122,25 @@ def test_existing_output_and_force(pair: dict[str, Path], capsys) -> None:
         "adapter_config.json",
         "adapter_model.safetensors",
     ]
+
+
+def test_cancel_leaves_nothing(pair: dict[str, Path]) -> None:
+    import threading
+
+    from mergetui.errors import CancelledError
+    from mergetui.merge.extract_plan import ExtractOptions, plan_extraction
+    from mergetui.merge.extract_run import run_extraction
+
+    root = pair["root"]
+    cancel = threading.Event()
+    seen: list[str] = []
+
+    def on_event(event) -> None:
+        seen.append(event.module)
+        cancel.set()  # after the first module
+
+    plan = plan_extraction(pair["tuned"], pair["base"], ExtractOptions(rank=2))
+    before = set(root.iterdir())
+    with pytest.raises(CancelledError):
+        run_extraction(plan, root / "cancelled", on_event=on_event, cancel=cancel, device="cpu")
+    assert len(seen) == 1 and set(root.iterdir()) == before

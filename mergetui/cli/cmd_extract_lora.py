@@ -4,12 +4,14 @@ mergekit-extract-lora's command, with its defaults (rank 128, scale split over A
 embeddings in modules_to_save unless --embed-lora), plus `--energy` (each module's rank from the
 share of its delta's energy to keep) and a table of each module's rank and relative
 reconstruction error. Models are folders, or Hub ids found in the HF cache (pulled first when
-not there, as merge inputs are). The work is `merge.extract_plan` and `merge.extract_run`.
+not there, as merge inputs are). The work is `merge.extract_plan` and `merge.extract_run`; Ctrl-C,
+SIGTERM or SIGHUP stop it after the module at work, leaving nothing behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mergetui.cli.interrupts import install_stop_signals, restore_signals
     from mergetui.cli.output import console_err
     from mergetui.device import check_device_name
     from mergetui.errors import CancelledError
@@ -112,11 +115,15 @@ def run(args: argparse.Namespace) -> int:
     for notice in plan.notices:
         err.print(f"[yellow]note:[/] {notice}", highlight=False)
     cancel = threading.Event()
+    received: list[int] = []
+    previous = install_stop_signals(cancel, received)
     try:
         result = _run_with_progress(plan, out, args.force, device, cancel, run_extraction)
     except (KeyboardInterrupt, CancelledError):
         err.print("[yellow]Cancelled: nothing was written.[/]")
-        return 130
+        return 128 + (received[0] if received else signal.SIGINT)
+    finally:
+        restore_signals(previous)
     _print_table(result, plan)
     return 0
 
