@@ -144,3 +144,30 @@ def test_cancel_leaves_nothing(pair: dict[str, Path]) -> None:
     with pytest.raises(CancelledError):
         run_extraction(plan, root / "cancelled", on_event=on_event, cancel=cancel, device="cpu")
     assert len(seen) == 1 and set(root.iterdir()) == before
+
+
+def test_hub_ids_from_the_cache_and_offline(
+    pair: dict[str, Path], capsys, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Hub ids are found in the HF cache as merge inputs are; the config and card name the base
+    as given. One not there, offline, is one line saying so."""
+    import shutil
+
+    commit = "c" * 40
+    repo = tmp_path / "cache" / "models--org--tiny-base"
+    shutil.copytree(pair["base"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "adapter"
+    assert main(["extract-lora", str(pair["tuned"]), "org/tiny-base", "--out", str(out)]) == 0
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == (
+        "org/tiny-base"
+    )
+    assert '- "org/tiny-base"' in (out / "README.md").read_text()
+    capsys.readouterr()
+    code = main(["extract-lora", "org/not-cached", "org/tiny-base", "--out", str(tmp_path / "x")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and "org/not-cached" in err and "HF_HUB_OFFLINE" in err
+    assert not (tmp_path / "x").exists()
