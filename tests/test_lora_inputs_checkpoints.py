@@ -68,3 +68,45 @@ def test_adding_the_adapter_makes_a_model_of_its_base(models_dir: Path) -> None:
     document.undo()
     document.undo()
     assert not document.recipe.models
+
+
+def test_a_typed_model_may_carry_an_adapter(models_dir: Path) -> None:
+    from mergetui.tui.dialogs.models import model_reference, suggest_model_name
+
+    base, adapter = models_dir / "base", models_dir / "adapter"
+    assert model_reference(f"{base}+{adapter}") == (str(base), str(adapter), "")
+    assert model_reference("org/base+org/adapter") == ("org/base", "org/adapter", "")
+    assert model_reference(str(base)) == (str(base), None, "")
+    assert model_reference(f"{base}+{models_dir / 'nowhere'}")[2].startswith("adapter: no folder")
+    assert "one '+'" in model_reference("a/b+c/d+e/f")[2]
+    assert suggest_model_name(f"{base}+{adapter}", {"adapter"}) == "adapter-2"
+
+
+async def test_the_add_model_dialog_adds_a_model_with_its_adapter(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mergetui.editing.document import RecipeDocument
+    from mergetui.paths import CONFIG_ENV, DATA_ENV
+    from mergetui.tui.app import MergeTuiApp
+    from mergetui.tui.dialogs.models import AddModelDialog
+
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "data"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'[merge]\nmethod = "linear"\n\n[models.base]\nsource = "{models_dir}/base"\n'
+    )
+    app = MergeTuiApp(RecipeDocument.open(recipe))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.4)
+        await pilot.press("f6")
+        app.screen.query_one("#models").focus()
+        await pilot.press("a")
+        await pilot.pause()
+        assert isinstance(app.screen, AddModelDialog)
+        app.screen.query_one("#source").value = f"{models_dir}/base+{models_dir}/adapter"
+        await pilot.press("enter")
+        await pilot.pause()
+        entry = app.document.recipe.models["adapter"]
+        assert (entry.source, entry.lora) == (str(models_dir / "base"), str(models_dir / "adapter"))

@@ -20,6 +20,7 @@ from mergetui.tui.dialogs.paths import PathInput
 class ModelChoice:
     name: str
     source: str
+    lora: str | None = None  # a LoRA adapter typed as `model+adapter` (docs/lora.md)
 
 
 class AddModelDialog(DialogScreen):
@@ -65,11 +66,11 @@ class AddModelDialog(DialogScreen):
         typed); a folder that does not exist is refused here, not later by the validator."""
         source_input = self.query_one("#source", Input)
         name_input = self.query_one("#name", Input)
-        source, problem = model_source(source_input.value)
+        source, lora, problem = model_reference(source_input.value)
         if source is None:
             self._refuse(problem, source_input)
             return
-        name = name_input.value.strip() or suggest_model_name(source, self.taken)
+        name = name_input.value.strip() or suggest_model_name(lora or source, self.taken)
         if not name:
             self._refuse("give the model a name", name_input)
             return
@@ -78,7 +79,7 @@ class AddModelDialog(DialogScreen):
                 f"{name!r} is already a model in this recipe: choose another name", name_input
             )
             return
-        self.dismiss(ModelChoice(name, source))
+        self.dismiss(ModelChoice(name, source, lora))
 
 
 def model_source(text: str) -> tuple[str | None, str]:
@@ -105,13 +106,32 @@ def model_source(text: str) -> tuple[str | None, str]:
     return None, f"no folder {typed}{where} (a Hub id is written org/name): check the path"
 
 
+def model_reference(text: str) -> tuple[str | None, str | None, str]:
+    """`model_source` of a typed model, which may carry a LoRA adapter as mergekit writes it
+    (`model+adapter`, each a folder or a Hub id): (source, lora or None, "") or (None, None, why)."""
+    typed = text.strip()
+    model, plus, adapter = typed.partition("+")
+    if not plus or Path(typed).expanduser().exists():
+        source, problem = model_source(typed)
+        return source, None, problem
+    if "+" in adapter:
+        return None, None, "write model+adapter, with one '+'"
+    source, problem = model_source(model)
+    if source is None:
+        return None, None, problem
+    lora, problem = model_source(adapter)
+    if lora is None:
+        return None, None, f"adapter: {problem}"
+    return source, lora, ""
+
+
 def suggest_model_name(source: str, taken: set[str]) -> str:
     """The recipe's short name for a path or Hub id (the core's rule), made unique."""
     from mergetui.recipe.yaml_import import derive_model_name
 
     if not source.strip():
         return ""
-    stem = derive_model_name(source)
+    stem = derive_model_name(source.rpartition("+")[2] or source)  # model+adapter: the adapter
     name, counter = stem, 2
     while name in taken:
         name = f"{stem}-{counter}"

@@ -187,7 +187,9 @@ class SetupPane(RecipePane):
         if choice is None:
             return
         with self.edit(f"add model {choice.name}"):  # a folder's absolute path, or a Hub id
-            self.recipe.models[choice.name] = ModelEntry(choice.name, choice.source)
+            self.recipe.models[choice.name] = ModelEntry(
+                choice.name, choice.source, lora=choice.lora
+            )
             spec = METHODS.get(self.recipe.method)
             if self.recipe.base is None and spec is not None and spec.base == "required":
                 self.recipe.base = choice.name
