@@ -217,8 +217,12 @@ def test_cancel_leaves_nothing_and_dry_run_writes_nothing(
     out = tmp_path / "out"
     assert main(["merge", str(config), "--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
-    assert "Mixtral" in text and "cheap_embed" in text
+    assert "Mixtral" in text and "cheap_embed" in text and "dtype: float32" in text
     assert not out.exists()
+    out.mkdir()  # a folder in the way: the dry run says a run needs --force
+    assert main(["merge", str(config), "--out", str(out), "--dry-run"]) == 0
+    assert "the output folder exists (a run needs --force)" in capsys.readouterr().out
+    out.rmdir()
 
     recipe = load_moe(config)
     assert recipe is not None

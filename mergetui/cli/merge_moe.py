@@ -22,7 +22,7 @@ def run_moe_recipe(
     from mergetui.errors import UserError
     from mergetui.merge.moe_plan import make_moe_plan
     from mergetui.merge.moe_run import moe_guard
-    from mergetui.merge.target import check_output
+    from mergetui.merge.target import check_output, replace_refusal
 
     if args.intermediate_dir is not None:
         raise UserError(
@@ -54,6 +54,16 @@ def run_moe_recipe(
             out.print(f"  {line}", markup=False, soft_wrap=True)
         for notice in plan.notices:
             out.print(f"  note: {notice}", markup=False, soft_wrap=True)
+        if plan.output_dir.exists():
+            why = replace_refusal(plan.output_dir, **moe_guard(plan)) if args.force else None
+            verdict = (
+                "a run needs --force"
+                if not args.force
+                else "--force will replace it"
+                if why is None
+                else f"--force cannot replace it: {why}"
+            )
+            out.print(f"  the output folder exists ({verdict})", markup=False, soft_wrap=True)
         return 0
     check_output(plan.output_dir, args.force, **moe_guard(plan))
     return _run_with_progress(plan, force=args.force, out=console(), err=console_err())

@@ -101,7 +101,7 @@ def _for_each_expert(plan: MoePlan, tokenizer: Any, states: Any, cancel: Any) ->
             vector -= states(_tokenize(expert.negative_prompts, tokenizer))
         vector /= vector.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-8)
         vectors.append(vector)
-    return torch.stack(vectors, dim=0).permute(1, 0, 2)
+    return torch.stack(vectors, dim=0).permute(1, 0, 2).cpu()
 
 
 def _tokenize(prompts: list[str], tokenizer: Any) -> Any:
@@ -136,7 +136,7 @@ def _hidden_states(model: Any, tokens: Any, average: bool) -> torch.Tensor:
         states = states.sum(dim=2) / states.shape[2]
     else:
         states = states[:, :, -1, :]
-    return (states.sum(dim=1) / states.shape[1]).cpu()
+    return states.sum(dim=1) / states.shape[1]  # on the model's device, as mergekit-moe keeps it
 
 
 def _load_base_model(plan: MoePlan) -> Any:

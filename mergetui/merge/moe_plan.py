@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mergetui.dtypes import DTYPE_SIZES, dtype_code
+from mergetui.dtypes import DTYPE_SIZES, dtype_code, dtype_name
 from mergetui.errors import UserError
 from mergetui.formatting import human_bytes
 from mergetui.merge.writer import DEFAULT_SHARD_SIZE, OutputLayout, layout_output
@@ -113,7 +113,7 @@ class MoePlan:
             f"layers: {self.layer_count}",
             f"tensors: {len(self.tensors)}",
             f"size: {human_bytes(self.total_bytes)} in {len(self.layout.shards)} file(s)",
-            f"dtype: {self.out_dtype or 'as each input'}",
+            f"dtype: {dtype_name(self.out_dtype) if self.out_dtype else 'as each input'}",
             f"output: {self.output_dir}",
             f"estimated peak memory: {human_bytes(self.estimated_peak_bytes)}",
         ]
