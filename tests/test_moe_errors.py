@@ -64,6 +64,11 @@ CASES = {
     "qwen2 without shared expert": ("experts:\n{q}", 2, "needs one shared expert"),
     "unknown key": ("experts:\n{ab}gates: 2\n", 7, "unknown key 'gates'"),
     "missing model": ("experts:\n{a_missing}", 5, "is not on this machine"),
+    "two revisions": (
+        'experts:\n  - source_model: org/m@a@b\n    positive_prompts: ["x"]\n',
+        3,
+        "more than one '@'",
+    ),
 }
 
 

@@ -77,12 +77,14 @@ def _download_missing(recipe: MoeRecipe, recipe_dir: Any, *, err: Any) -> None:
     from mergetui.cli.transfers import pull_with_progress
     from mergetui.errors import UserError
     from mergetui.recipe.paths import locate_model
+    from mergetui.recipe.yaml_import import split_reference
 
     sources = [recipe.base] + [e.source for _, e in recipe.all_experts()]
     missing = [
         s
         for s in dict.fromkeys(sources)
-        if looks_like_hub_id(s) and locate_model(s, None, recipe_dir) is None
+        if looks_like_hub_id(split_reference(s)[0])
+        and locate_model(*split_reference(s), recipe_dir) is None
     ]
     if not missing:
         return
@@ -97,7 +99,8 @@ def _download_missing(recipe: MoeRecipe, recipe_dir: Any, *, err: Any) -> None:
     for source in missing:
         err.print(f"{source} is not on this machine; downloading it first")
         try:
-            pull_with_progress(source, err=err)
+            path, revision = split_reference(source)
+            pull_with_progress(path, revision=revision, err=err)
         except HubOffline as exc:
             raise UserError(
                 f"{source} is not on this machine and {exc.message}",

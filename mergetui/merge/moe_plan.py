@@ -200,6 +200,7 @@ def check_moe_models(
 def _open_models(recipe: MoeRecipe, recipe_dir: Path, allow_bin: bool) -> dict[str, Checkpoint]:
     from mergetui.checkpoints.inspect import open_checkpoint
     from mergetui.recipe.paths import locate_model
+    from mergetui.recipe.yaml_import import split_reference
 
     sources = [("base", recipe.base, recipe.where("base"))] + [
         (key, e.source, recipe.where(f"{key}.source")) for key, e in recipe.all_experts()
@@ -207,12 +208,14 @@ def _open_models(recipe: MoeRecipe, recipe_dir: Path, allow_bin: bool) -> dict[s
     opened: dict[str, Checkpoint] = {}
     by_path: dict[Path, Checkpoint] = {}
     for key, source, where in sources:
-        found = locate_model(source, None, recipe_dir)
+        path, revision = split_reference(source)
+        found = locate_model(path, revision, recipe_dir)
         if found is None:
+            pull = f"mergetui pull {path}" + (f" --revision {revision}" if revision else "")
             raise UserError(
                 f"model {source!r} is not on this machine",
                 where=where,
-                fix=f"check the path, or download it first: mergetui pull {source}",
+                fix=f"check the path, or download it first: {pull}",
             )
         path = found[0]
         if path not in by_path:

@@ -230,7 +230,7 @@ def _build(
     """The MoeRecipe of either form's data, every shape checked with its place."""
     reader = _Reader(locations, source, yaml)
     table = reader.table(data, "", _MOE_KEYS)
-    base = reader.text(table.get("base"), "base", required=True)
+    base = _source(reader, table.get("base"), "base")
     experts = _experts(reader, table.get("experts"), "experts")
     shared = _experts(reader, table.get("shared_experts"), "shared_experts", optional=True)
     gate_mode = table.get("gate_mode", "hidden")
@@ -269,6 +269,18 @@ def _ours(key: str, reader: _Reader) -> str:
     return ".".join(_YAML_KEYS.get(part, part) for part in key.split("."))
 
 
+def _source(reader: _Reader, value: Any, key: str) -> str:
+    """A model: a folder or a Hub id, optionally `@revision` (mergekit's `path@revision`)."""
+    from mergetui.recipe.yaml_import import split_reference
+
+    source = str(reader.text(value, key, required=True))
+    try:
+        split_reference(source)
+    except ValueError as exc:
+        raise reader.error(key, str(exc), fix="write MODEL or MODEL@REVISION") from None
+    return source
+
+
 def _experts(reader: _Reader, value: Any, key: str, optional: bool = False) -> list[MoeExpert]:
     if value is None and optional:
         return []
@@ -284,7 +296,7 @@ def _experts(reader: _Reader, value: Any, key: str, optional: bool = False) -> l
         if not isinstance(item, dict):
             raise reader.error(place, "must be a table with a source model and its prompts")
         entry = reader.table(item, place, _EXPERT_KEYS)
-        source = str(reader.text(entry.get("source"), f"{place}.source", required=True))
+        source = _source(reader, entry.get("source"), f"{place}.source")
         if "+" in source:
             raise reader.error(
                 f"{place}.source",
