@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="replace --out, only if it is an adapter extract-lora wrote (once the new one is done)",
+        help="replace --out, only if it is an adapter extract-lora wrote (once the new one is "
+        "done)",
     )
     add_allow_bin_option(parser)
 

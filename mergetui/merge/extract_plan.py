@@ -92,7 +92,8 @@ def check_options(options: ExtractOptions) -> None:
         raise UserError(
             f"the rank must be a whole number from 1 to {MAX_RANK}, not {rank!r}",
             where="--rank",
-            fix=f"mergekit's default is {DEFAULT_RANK}; a module's rank is also capped by its shape",
+            fix=f"mergekit's default is {DEFAULT_RANK}; each module's rank is also capped by "
+            "its shape",
         )
     energy = options.energy
     if energy is not None and not (math.isfinite(energy) and 0 < energy <= 1):
@@ -188,7 +189,8 @@ def _meta_model(checkpoint: Checkpoint) -> Any:
             return transformers.AutoModelForCausalLM.from_config(config)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(
-            f"transformers cannot build this architecture ({str(exc).splitlines()[0]})",
+            "transformers cannot build this architecture "
+            f"({(str(exc) or repr(exc)).splitlines()[0]})",
             where=str(checkpoint.path / "config.json"),
             fix="extract-lora needs a config.json transformers knows",
         ) from None

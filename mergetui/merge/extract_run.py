@@ -130,11 +130,8 @@ def run_extraction(
     from mergetui.merge.target import TempFolder, check_output, remove_stale_temps
 
     started = time.perf_counter()
-    guard = {
-        "inputs": [plan.finetuned.path, plan.base.path],
-        "written_by_us": not_an_extracted_adapter,
-    }
-    check_output(out, force, **guard)  # type: ignore[arg-type]
+    inputs = [plan.finetuned.path, plan.base.path]
+    check_output(out, force, inputs=inputs, written_by_us=not_an_extracted_adapter)
     dev = resolve_device(device)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
@@ -144,7 +141,7 @@ def run_extraction(
     except BaseException:
         temp.remove()
         raise
-    temp.release_into(out, force, **guard)  # type: ignore[arg-type]
+    temp.release_into(out, force, inputs=inputs, written_by_us=not_an_extracted_adapter)
     result.out = out
     result.seconds = time.perf_counter() - started
     return result
