@@ -20,11 +20,12 @@ def run_stages(args: argparse.Namespace, stages: list[Any], *, shard_size: int, 
 
     from mergetui.cli.output import console_err
     from mergetui.errors import CancelledError
+    from mergetui.merge.stages import with_seed
     from mergetui.recipe.stage_order import place_stages
 
     placed = place_stages(stages, args.recipe, out=args.out, intermediate=args.intermediate_dir)
     if args.seed is not None:
-        placed = [dataclasses.replace(s, recipe=_with_seed(s.recipe, args.seed)) for s in placed]
+        placed = [dataclasses.replace(s, recipe=with_seed(s.recipe, args.seed)) for s in placed]
     if not _validate(placed, args.recipe):
         return 1
     states = _judge(placed, args)
@@ -40,14 +41,6 @@ def run_stages(args: argparse.Namespace, stages: list[Any], *, shard_size: int, 
         console_err().print("[yellow]Cancelled:[/] download stopped; nothing was merged.")
         return 130
     return _run(placed, states, args, shard_size=shard_size, device=device)
-
-
-def _with_seed(recipe: Any, seed: int) -> Any:
-    import dataclasses
-
-    copy = dataclasses.replace(recipe, seed=seed)
-    copy.locations, copy.source_path = recipe.locations, recipe.source_path
-    return copy
 
 
 def _validate(stages: list[Any], path: Path) -> bool:
@@ -67,40 +60,13 @@ def _validate(stages: list[Any], path: Path) -> bool:
 
 def _judge(stages: list[Any], args: argparse.Namespace) -> list[Any]:
     """Each stage's output state; a folder another recipe made is an error now, before anything
-    runs, unless `--force` (and then only one a merge wrote, as for single merges)."""
-    from mergetui.errors import UserError
-    from mergetui.merge.stages import stage_outputs
-    from mergetui.merge.target import replace_refusal
+    runs, unless `--force` (`merge.stages.check_outputs`). A dry run says what a run would need."""
+    from mergetui.merge.stages import check_outputs, stage_outputs
 
     states = stage_outputs(stages, args.seed)
-    for stage, state in zip(stages, states, strict=True):
-        if state.state != "other" or args.dry_run:
-            continue  # a dry run says what a run would need
-        if not args.force:
-            raise UserError(
-                f"{stage.label}'s output folder already exists and {state.why}",
-                where=str(stage.output),
-                fix="pass --force to replace it (once the stage's new merge is complete), "
-                "or choose another --out / --intermediate-dir",
-            )
-        why = replace_refusal(stage.output, inputs=_inputs(stage), recipe_dir=args.recipe.parent)
-        if why is not None:
-            raise UserError(
-                f"--force only replaces a folder that a previous merge wrote, and {stage.label}'s "
-                f"{why}",
-                where=str(stage.output),
-                fix="choose another --out / --intermediate-dir (or move that folder yourself)",
-            )
+    if not args.dry_run:
+        check_outputs(stages, states, force=args.force, recipe_dir=args.recipe.parent)
     return states
-
-
-def _inputs(stage: Any) -> list[Path]:
-    """The stage's local model folders that exist now (what `--force` must never replace)."""
-    from mergetui.recipe.paths import locate_model, recipe_folder
-
-    folder = recipe_folder(stage.recipe.source_path)
-    found = [locate_model(e.source, e.revision, folder) for e in stage.recipe.models.values()]
-    return [f[0] for f in found if f is not None and f[1]]
 
 
 def _heading(stage: Any, index: int, count: int) -> str:
@@ -134,6 +100,7 @@ def _dry_run(
 
     from mergetui.cli.cmd_merge import print_plan
     from mergetui.cli.output import console
+    from mergetui.merge.stages import SKIPPED
 
     out = console()
     by_name = {stage.name: stage for stage in stages if stage.name is not None}
@@ -141,7 +108,7 @@ def _dry_run(
         out.print(_heading(stage, index, len(stages)), soft_wrap=True)
         verdict = {
             "missing": "will run",
-            "current": "up to date (merged from this recipe): skipped",
+            "current": SKIPPED,
             "stale": f"will run again ({state.why})",
             "other": f"exists and {state.why}: "
             + ("--force replaces it" if args.force else "a run needs --force"),
@@ -162,38 +129,32 @@ def _dry_run(
 def _run(
     stages: list[Any], states: list[Any], args: argparse.Namespace, *, shard_size: int, device: str
 ) -> int:
-    """The stages in order: skipped when up to date, else planned (now that their inputs exist)
-    and merged under the progress bar; the first that fails or is cancelled ends the run."""
+    """The stages in order (`merge.stages.run_steps`: skipped when up to date, else planned now
+    that their inputs exist, and merged under the progress bar); the first that fails or is
+    cancelled ends the run."""
     from rich.markup import escape
 
     from mergetui.cli.cmd_merge import run_with_progress
     from mergetui.cli.output import console, console_err
-    from mergetui.errors import UserError
-    from mergetui.merge.target import check_output, output_guard
+    from mergetui.merge.stages import KEPT, SKIPPED, final_stage, run_steps, stage_steps
 
     out, err = console(), console_err()
-    merged, code = 0, 0
-    for index, (stage, state) in enumerate(zip(stages, states, strict=True), start=1):
-        out.print(_heading(stage, index, len(stages)), soft_wrap=True)
-        if not state.runs:
-            out.print("  up to date (merged from this recipe): skipped", soft_wrap=True)
-            continue
-        force = args.force or state.state == "stale"
-        try:
-            plan = _plan(stage, args, shard_size=shard_size, device=device)
-            check_output(plan.output_dir, force, **output_guard(plan))
-            label = f"stage {index}/{len(stages)} "
-            code = run_with_progress(plan, force=force, out=out, err=err, label=label)
-        except UserError:  # what only its plan can see (its input is an earlier stage's output)
-            code = 1
-            raise
-        finally:
-            if code != 0 and merged:
-                err.print("  the stages merged before it are kept: running again skips them")
-        if code != 0:
-            return code
-        merged += 1
-    final = next((s for s in stages if s.name is None), stages[-1])
+    run = run_steps(
+        stage_steps(stages, states, force=args.force),
+        plan=lambda step: _plan(step.stage, args, shard_size=shard_size, device=device),
+        merge=lambda step, plan: run_with_progress(
+            plan, force=step.force, out=out, err=err, label=f"stage {step.index}/{step.count} "
+        ),
+        started=lambda step: out.print(
+            _heading(step.stage, step.index, step.count), soft_wrap=True
+        ),
+        skipped=lambda step: out.print(f"  {SKIPPED}", soft_wrap=True),
+        kept=lambda merged: err.print(f"  {KEPT}"),
+    )
+    if run.code != 0:
+        return run.code
+    merged = run.merged
+    final = final_stage(stages)
     out.print(
         f"[green]Done:[/] {len(stages)} stages, {merged} merged, {len(stages) - merged} up to "
         f"date; the final model is in {escape(str(final.output))}",
