@@ -368,3 +368,26 @@ def test_conv1d_fan_in_fan_out_same_as_mergekit(tmp_path: Path) -> None:
     )
     ours = merge_with_mergetui(config, tmp_path / "ours")
     assert_same(ours, merge_with_mergekit(config, tmp_path / "theirs", tmp_path / "cache"))
+
+
+def test_a_stage_with_a_relative_adapter_is_skipped_when_up_to_date(
+    family: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Multi-stage runs compare a stage's recipe copy with its output's: a relative adapter must
+    read the same (absolute) on both sides, or a merged stage would look like another recipe's."""
+    from mergetui.cli import main
+
+    root = family["root"]
+    config = root / "two-stages.toml"
+    config.write_text(
+        '[[stages]]\nname = "first"\n\n[stages.merge]\nmethod = "passthrough"\n\n'
+        '[stages.models.m]\nsource = "base"\nlora = "plain"\n\n'
+        '[[stages]]\n\n[stages.merge]\nmethod = "linear"\n\n'
+        '[stages.models.first]\nsource = "first"\nparameters = { weight = 0.5 }\n\n'
+        '[stages.models.tuned]\nsource = "tuned"\nparameters = { weight = 0.5 }\n'
+    )
+    out = root / "two-stages-out"
+    assert main(["merge", str(config), "--out", str(out)]) == 0
+    assert "2 merged" in capsys.readouterr().out
+    assert main(["merge", str(config), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("up to date (merged from this recipe): skipped") == 2

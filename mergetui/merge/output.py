@@ -273,7 +273,7 @@ def recipe_texts(plan: Plan) -> tuple[str, str | None]:
     from mergetui.recipe.yaml_export import dumps_yaml
 
     local = {name: m.local_source for name, m in plan.models.items() if m.local_source is not None}
-    recipe = recipe_as_run(plan.recipe, plan.seed, local, local_adapters(plan))
+    recipe = recipe_as_run(plan.recipe, plan.seed, local, plan_adapter_folders(plan))
     toml_text = dumps_toml(recipe)
     try:
         yaml_text: str | None = dumps_yaml(recipe)
@@ -289,11 +289,17 @@ def recipe_as_run(
     local_adapters: Mapping[str, Path] | None = None,
 ) -> Recipe:
     """The recipe a merge copies into its output (`recipe_texts`): this seed, these absolute
-    folders for the local models (and for their local LoRA adapters), no `output` and no
-    `[search]`. A multi-stage run compares a stage's copy with the one in its output folder to
-    skip a stage already merged."""
+    folders for the local models and their local LoRA adapters (by default, the adapters found
+    from the recipe's own folder), no `output` and no `[search]`. A multi-stage run compares a
+    stage's copy with the one in its output folder to skip a stage already merged."""
+    from mergetui.recipe.paths import recipe_folder
+
+    adapters = (
+        local_adapters
+        if local_adapters is not None
+        else adapter_folders(recipe, recipe_folder(recipe.source_path))
+    )
     recipe = dataclasses.replace(recipe, seed=seed, output=None, search=None)
-    adapters = local_adapters or {}
     models = {}
     for name, entry in recipe.models.items():
         if name in local_sources:
@@ -304,14 +310,23 @@ def recipe_as_run(
     return dataclasses.replace(recipe, models=models)
 
 
-def local_adapters(plan: Plan) -> dict[str, Path]:
+def plan_adapter_folders(plan: Plan) -> dict[str, Path]:
     """The absolute folders of the plan's LoRA adapters that are local folders (not Hub ids)."""
+    from mergetui.recipe.paths import folder_of
+
+    used = {name: plan.recipe.models[name] for name in plan.models if name in plan.recipe.models}
+    recipe = dataclasses.replace(plan.recipe, models=used)
+    return adapter_folders(recipe, folder_of(plan.recipe, plan.recipe_dir))
+
+
+def adapter_folders(recipe: Recipe, folder: Path) -> dict[str, Path]:
+    """Each model's LoRA adapter that is a local folder (read from `folder`, as the planner reads
+    it), by model name, absolute."""
     from mergetui.recipe.paths import locate_adapter
 
     found = {}
-    for name, model in plan.models.items():
-        lora = plan.recipe.models[name].lora if name in plan.recipe.models else None
-        located = locate_adapter(lora, plan.recipe_dir) if lora and model.adapter else None
+    for name, entry in recipe.models.items():
+        located = locate_adapter(entry.lora, folder) if entry.lora else None
         if located is not None and located[1]:
             found[name] = located[0]
     return found
