@@ -280,3 +280,51 @@ def test_streams_one_input_tensor_at_a_time_across_shards(
     assert stacked.count("model.layers.0.mlp.experts.gate_up_proj") == 6  # 3 experts x gate, up
     largest_input = 128 * 64 * 4  # an MLP matrix of the tiny llama, float32
     assert max(size for name, size in writes if "experts" in name) == largest_input
+
+
+@pytest.mark.parametrize("case", ["mistral, hidden_avg, residual_scale", "llama as qwen, bfloat16"])
+def test_more_shapes_match_mergekit_moe(
+    case: str,
+    llama_family: dict[str, Path],
+    tiny_model_factory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mistral experts into a Mixtral with averaged hidden states and a residual scale; Llama
+    experts forced into a Qwen MoE (zero attention biases, the base as shared expert), bfloat16."""
+    if case.startswith("mistral"):
+        base = tiny_model_factory("mistral", seed=0)
+        a, b = (tiny_model_factory("mistral", seed=s, base=base) for s in (1, 2))
+        text = f"""\
+base_model: {base}
+gate_mode: hidden_avg
+experts:
+  - source_model: {a}
+    positive_prompts: ["def parse(line):"]
+    residual_scale: 0.5
+  - source_model: {b}
+    positive_prompts: ["Once upon a time"]
+"""
+    else:
+        base, a, b = llama_family["base"], llama_family["a"], llama_family["b"]
+        text = f"""\
+base_model: {base}
+architecture: qwen
+gate_mode: cheap_embed
+dtype: bfloat16
+experts:
+  - source_model: {a}
+    positive_prompts: ["def parse(line):"]
+  - source_model: {b}
+    positive_prompts: ["Once upon a time"]
+shared_experts:
+  - source_model: {base}
+    positive_prompts: ["hello"]
+"""
+    config = tmp_path / "moe.yml"
+    config.write_text(text)
+    run_mergekit_moe(config, tmp_path / "theirs", monkeypatch)
+    assert main(["merge", str(config), "--out", str(tmp_path / "ours")]) == 0
+    assert_same_tensors(tmp_path / "ours", tmp_path / "theirs")
+    ours = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert ours == json.loads((tmp_path / "theirs" / "config.json").read_text())
