@@ -328,3 +328,31 @@ shared_experts:
     assert_same_tensors(tmp_path / "ours", tmp_path / "theirs")
     ours = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert ours == json.loads((tmp_path / "theirs" / "config.json").read_text())
+
+
+def test_recipe_copy_reruns_and_names_hub_parents(
+    llama_family: dict[str, Path], tmp_path: Path
+) -> None:
+    """The output's mergetui.toml holds the models as absolute folders (its relative paths were the
+    recipe's), so it assembles the same model from anywhere; a push reads an MoE's Hub parents."""
+    import os
+
+    from mergetui.merge.publish import recipe_parents
+
+    relative = {k: Path(os.path.relpath(v, tmp_path)) for k, v in llama_family.items()}
+    config = tmp_path / "moe.yml"
+    config.write_text(mixtral_yaml(relative, "cheap_embed"))
+    assert main(["merge", str(config), "--out", str(tmp_path / "first")]) == 0
+    copy = tmp_path / "first" / "mergetui.toml"
+    recipe = load_moe(copy)
+    assert recipe is not None and Path(recipe.base) == llama_family["base"].resolve()
+    assert main(["merge", str(copy), "--out", str(tmp_path / "again")]) == 0
+    assert_same_tensors(tmp_path / "again", tmp_path / "first")
+    assert recipe_parents(tmp_path / "first") == []  # local folders are no Hub parents
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "mergetui.toml").write_text(
+        '[moe]\nbase = "org/base"\ngate_mode = "random"\n\n'
+        '[[moe.experts]]\nsource = "org/code"\n\n[[moe.experts]]\nsource = "org/base"\n'
+    )
+    assert recipe_parents(hub) == ["org/base", "org/code"]

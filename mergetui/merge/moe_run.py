@@ -22,7 +22,7 @@ from mergetui.merge.events import (
     PlanReady,
     TensorDone,
 )
-from mergetui.merge.output import CARD_FILE, CONFIG_FILE, GENERATION_CONFIG_FILE, RECIPE_FILE
+from mergetui.merge.output import CARD_FILE, GENERATION_CONFIG_FILE, RECIPE_FILE
 from mergetui.merge.target import TempFolder, check_output, remove_stale_temps
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from mergetui.merge.moe_plan import MoePlan, MoeTensor, Piece
     from mergetui.merge.reader import TensorReader
     from mergetui.merge.writer import ShardSetWriter
+    from mergetui.recipe.moe import MoeRecipe
 
 
 def moe_guard(plan: MoePlan) -> dict[str, Any]:
@@ -244,10 +245,30 @@ def write_moe_extras(plan: MoePlan, folder: Path, tokenizer: Any) -> None:
         shutil.copyfile(generation, folder / GENERATION_CONFIG_FILE)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
-    (folder / RECIPE_FILE).write_text(dumps_moe(plan.recipe, "toml"), encoding="utf-8")
-    (folder / CARD_FILE).write_text(_card(plan), encoding="utf-8")
-    if not (folder / CONFIG_FILE).is_file():
-        raise RuntimeError("config.json was not written")
+    as_run = dumps_moe(moe_recipe_as_run(plan), "toml")
+    (folder / RECIPE_FILE).write_text(as_run, encoding="utf-8")
+    (folder / CARD_FILE).write_text(_card(plan, as_run), encoding="utf-8")
+
+
+def moe_recipe_as_run(plan: MoePlan) -> MoeRecipe:
+    """The recipe copy the output keeps: local models as absolute folders (the copy lives
+    elsewhere than the recipe), Hub ids as written, the seed used, no output."""
+    import copy
+
+    from mergetui.recipe.paths import locate_model
+    from mergetui.recipe.yaml_import import split_reference
+
+    recipe = copy.deepcopy(plan.recipe)
+
+    def as_run(source: str) -> str:
+        found = locate_model(*split_reference(source), plan.recipe_dir)
+        return str(found[0]) if found is not None and found[1] else source
+
+    recipe.base = as_run(recipe.base)
+    for _, expert in recipe.all_experts():
+        expert.source = as_run(expert.source)
+    recipe.output, recipe.seed, recipe.source_path = None, plan.seed, None
+    return recipe
 
 
 def output_config(plan: MoePlan) -> Any:
@@ -288,10 +309,13 @@ def output_config(plan: MoePlan) -> Any:
     return config
 
 
-def _card(plan: MoePlan) -> str:
-    sources = [plan.recipe.base] + [e.source for _, e in plan.recipe.all_experts()]
-    unique = list(dict.fromkeys(sources))
-    lines = ["---", "base_model:"] + [f"- {s}" for s in unique]
+def _card(plan: MoePlan, recipe_toml: str) -> str:
+    """A model card: the Hub parents in its front matter (local folders are not parents a Hub
+    page can link), what was assembled, and the recipe."""
+    recipe = moe_recipe_as_run(plan)
+    sources = [recipe.base] + [e.source for _, e in recipe.all_experts()]
+    parents = [s for s in dict.fromkeys(sources) if not Path(s).is_absolute()]
+    lines = ["---"] + (["base_model:"] + [f"- {s}" for s in parents] if parents else [])
     lines += ["tags:", "- merge", "- moe", "- mergetui", "---", ""]
     lines += [
         f"# {plan.output_dir.name}",
@@ -302,14 +326,8 @@ def _card(plan: MoePlan) -> str:
         f"from `{plan.recipe.gate_mode}`.",
         "",
         "```toml",
-        dumps_moe_text(plan).rstrip(),
+        recipe_toml.rstrip(),
         "```",
         "",
     ]
     return "\n".join(lines)
-
-
-def dumps_moe_text(plan: MoePlan) -> str:
-    from mergetui.recipe.moe import dumps_moe
-
-    return dumps_moe(plan.recipe, "toml")

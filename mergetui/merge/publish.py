@@ -21,26 +21,35 @@ RECIPE_FILES = (RECIPE_FILE, "recipe.toml", MERGEKIT_FILE)
 
 
 def recipe_parents(folder: Path) -> list[str]:
-    """Hub ids of the models named by the recipe saved in a merged folder (empty if none)."""
+    """Hub ids of the models named by the recipe saved in a merged folder (empty if none); an
+    MoE's recipe copy names its base and experts."""
     from mergetui.checkpoints.locate import looks_like_hub_id
-    from mergetui.recipe.io import load_recipe
 
     for name in RECIPE_FILES:
         path = folder / name
         if not path.is_file():
             continue
         try:
-            recipe = load_recipe(path)
+            sources = _recipe_sources(path)
         except (UserError, OSError, ValueError):
             continue
         return [
-            entry.source
-            for entry in recipe.models.values()
-            if "/" in entry.source
-            and looks_like_hub_id(entry.source)
-            and not Path(entry.source).exists()
+            source
+            for source in sources
+            if "/" in source and looks_like_hub_id(source) and not Path(source).exists()
         ]
     return []
+
+
+def _recipe_sources(path: Path) -> list[str]:
+    """The model sources a recipe file names, a merge recipe's or an MoE recipe's."""
+    from mergetui.recipe.io import load_recipe
+    from mergetui.recipe.moe import load_moe
+
+    moe = load_moe(path)
+    if moe is not None:
+        return list(dict.fromkeys([moe.base] + [e.source for _, e in moe.all_experts()]))
+    return [entry.source for entry in load_recipe(path).models.values()]
 
 
 def push_merge(
