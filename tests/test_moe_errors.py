@@ -168,3 +168,17 @@ def test_an_moe_recipe_read_as_a_merge_recipe_says_what_it_is(
     plain.write_text(f"merge_method: linear\nmodels:\n  - model: {llama_family['a']}\ngates: 1\n")
     with pytest.raises(UserError, match="unknown key 'gates'"):
         load_recipe(plain)
+
+
+def test_mixed_architectures_flag_is_refused(
+    llama_family: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    config = tmp_path / "moe.yml"
+    config.write_text(
+        f"base_model: {llama_family['base']}\nexperts:\n"
+        + experts_yaml([llama_family["a"], llama_family["b"]])
+    )
+    out = tmp_path / "out"
+    assert main(["merge", str(config), "--out", str(out), "--allow-mixed-architectures"]) == 1
+    assert "does not apply to an MoE" in capsys.readouterr().err
+    assert not out.exists()

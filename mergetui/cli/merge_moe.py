@@ -30,6 +30,13 @@ def run_moe_recipe(
             where=str(args.recipe),
             fix="drop --intermediate-dir",
         )
+    if args.allow_mixed_architectures:
+        raise UserError(
+            "--allow-mixed-architectures does not apply to an MoE: its experts' MLPs go into "
+            "the base's layers, so they must share its architecture and shapes",
+            where=str(args.recipe),
+            fix="drop --allow-mixed-architectures",
+        )
     if not args.dry_run:
         from mergetui.errors import CancelledError
 
