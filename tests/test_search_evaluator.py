@@ -297,6 +297,35 @@ def _resident_equals_loaded_merge(recipe: Recipe, text: Path, out: Path) -> None
             assert torch.equal(resident[name], value), name
 
 
+def test_a_model_carrying_a_lora_adapter_is_searched_with_it(
+    llama_family: dict[str, Path], calib: Path, tmp_path: Path
+) -> None:
+    """`lora =` on a parent: the resident merge applies the adapter as `mergetui merge` does, and
+    the base with and without an adapter are two different parents."""
+    pytest.importorskip("peft")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from lora_helpers import make_adapter
+
+    adapter = make_adapter(
+        llama_family["base"], tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["q_proj"]
+    )
+    recipe = _recipe(llama_family, "task_arithmetic", {"weight": 0.4}, {"weight": 0.7})
+    recipe.models["b"] = ModelEntry(
+        "b", str(llama_family["base"]), parameters={"weight": 0.7}, lora=str(adapter)
+    )
+    _resident_equals_loaded_merge(recipe, calib, tmp_path / "merged")
+    # The adapter made a difference: without it, b is the base and adds nothing.
+    plain = _recipe(llama_family, "task_arithmetic", {"weight": 0.4}, {"weight": 0.7})
+    plain.models["b"] = ModelEntry("b", str(llama_family["base"]), parameters={"weight": 0.7})
+    run_merge(make_plan(plain, out=tmp_path / "plain", seed=7))
+    with_adapter = load_file(str(tmp_path / "merged" / "model.safetensors"))
+    without = load_file(str(tmp_path / "plain" / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(with_adapter[name], without[name])
+
+
 @pytest.mark.parametrize("arch", ["gemma", "gpt2", "phi3"])
 def test_other_architectures_are_merged_as_on_disk(
     arch: str, tiny_model_factory: Callable[..., Path], calib: Path, tmp_path: Path

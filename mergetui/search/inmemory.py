@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mergetui.checkpoints.safetensors_io import TensorInfo
 from mergetui.device import resolve_device
 from mergetui.errors import UserError
 
@@ -312,14 +313,21 @@ def scoring_dtype(plan: Plan, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
-def _parent_key(source: PlannedInput) -> tuple[str, str]:
-    """A parent tensor by where it is stored (a model's name may point elsewhere next time)."""
-    return str(source.file), source.tensor
+def _parent_key(source: PlannedInput) -> tuple[str, ...]:
+    """A parent tensor by where it is stored (a model's name may point elsewhere next time), and
+    by the adapter piece that changes it, if its model carries one (the same base tensor with and
+    without an adapter is two parents)."""
+    patch = getattr(source, "lora", None)
+    if patch is None:
+        return str(source.file), source.tensor
+    pieces = (patch,) if isinstance(patch, TensorInfo) else (patch.a, patch.b)
+    return (str(source.file), source.tensor, *(f"{p.file}:{p.offset}" for p in pieces))
 
 
 def _load_parents(plan: Plan, device: torch.device) -> dict[tuple[str, str], torch.Tensor]:
     """Every input tensor the plan names, read once (pread, as the merge reads) onto the device
-    as stored."""
+    as stored, with its model's adapter applied."""
+    from mergetui.merge.lora_apply import apply_lora
     from mergetui.merge.reader import TensorReader
 
     parents: dict[tuple[str, str], torch.Tensor] = {}
@@ -337,6 +345,8 @@ def _load_parents(plan: Plan, device: torch.device) -> dict[tuple[str, str], tor
                     source.shape,
                     source.tensor,
                 )
+                # A model's LoRA adapter changes the tensor as the merge's reads do.
+                value = apply_lora(reader, source, value, 0, in_place=False)
                 parents[key] = value.to(device)
     return parents
 
