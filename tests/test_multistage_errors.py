@@ -179,7 +179,7 @@ def test_every_stage_named_needs_no_out_and_a_named_stage_no_output(
     assert "multi.toml:5" in text and "a named stage writes to the intermediate folder" in text
 
 
-def test_the_app_says_a_multi_stage_file_runs_from_the_command_line(
+def test_the_app_opens_a_multi_stage_file_as_its_stages_or_names_the_stage_in_error(
     llama_family: dict[str, Path], tmp_path: Path
 ) -> None:
     from mergetui.editing.document import RecipeDocument
@@ -188,10 +188,13 @@ def test_the_app_says_a_multi_stage_file_runs_from_the_command_line(
     path = _write(
         tmp_path, _stage(llama_family, "soup", "a", "b"), _stage(llama_family, None, "soup")
     )
+    document = RecipeDocument.open(path)
+    assert document.stages is not None and len(document.stages) == 2
+    assert document.recipe is document.stages[0].recipe
+    assert document.display_name == f"{path.name} · stage 1/2: soup"
     with pytest.raises(UserError) as caught:
-        RecipeDocument.open(path)
-    assert "multi-stage file (2 merges)" in caught.value.message
-    assert caught.value.fix is not None and "mergetui merge" in caught.value.fix
+        document.save()
+    assert "does not write multi-stage files" in caught.value.message
     path.write_text(
         path.read_text().replace("merge_method: linear\ndtype", "merge_methd: linear\ndtype")
     )

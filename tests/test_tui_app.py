@@ -237,6 +237,8 @@ async def test_palette_holds_every_key_action(ties_recipe: Path) -> None:
                     continue  # cursor movement is not a command
                 if action == "command_palette":
                     continue
+                if owner is RecipeScreen and action.startswith("stage("):
+                    continue  # a multi-stage file's keys (tests/test_tui_multistage.py)
                 assert action in actions or action == "help", (
                     f"{owner.__name__}: {binding.key} {action}"
                 )

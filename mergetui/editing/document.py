@@ -3,6 +3,10 @@
 Plain Python (no textual) so the editing rules are unit-tested without a terminal. Every change to the
 recipe goes through `edit()`, which snapshots the recipe first; undo and redo restore snapshots in
 place, so every part of the app keeps pointing at the same `Recipe` object.
+
+A multi-stage file (docs/multi-stage.md) opens as its stages: `recipe` is the open stage's (one
+at a time, `select_stage`), each stage keeps its own undo history, the Run screen runs them all
+(edits made here included), and the app does not write such a file (`save` refuses).
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mergetui.errors import UserError
 from mergetui.recipe.model import Recipe
+
+if TYPE_CHECKING:
+    from mergetui.recipe.stages import Stage
 
 HISTORY_LIMIT = 500
 DEFAULT_METHOD = "linear"
@@ -30,8 +38,13 @@ class RecipeDocument:
         path: Path | None = None,
         origin: Path | None = None,
         origin_note: str = "imported",
+        stages: list[Stage] | None = None,
     ) -> None:
         self.recipe = recipe
+        # A multi-stage file's stages, in file order (`recipe` is one of theirs), else None.
+        self.stages = stages
+        self.stage_index = 0
+        self._histories: dict[int, tuple[list[tuple[str, Recipe]], list[tuple[str, Recipe]]]] = {}
         # How the title names a recipe read from `origin` but not saved there yet.
         self.origin_note = origin_note
         # Where ctrl+s writes (TOML). None for a new recipe or one opened from mergekit YAML.
@@ -59,7 +72,11 @@ class RecipeDocument:
         try:
             recipe = load_recipe(path)
         except UserError as exc:
-            raise _multi_stage_refusal(path) or exc from None
+            stages = _multi_stage(path)
+            if stages is None:
+                raise exc from None
+            # The file itself is the path (the app never writes it: `save` says so), read only.
+            return cls(stages[0].recipe, path=path, stages=stages)
         if path.suffix.lower() in YAML_SUFFIXES:
             return cls(recipe, path=None, origin=path)
         return cls(recipe, path=path)
@@ -69,7 +86,30 @@ class RecipeDocument:
     def _fingerprint(self) -> str:
         from mergetui.recipe.toml_write import dumps_toml
 
+        if self.stages is not None:
+            return "\n".join(dumps_toml(stage.recipe) for stage in self.stages)
         return dumps_toml(self.recipe)
+
+    # -- the stages of a multi-stage file --------------------------------------------------------
+
+    @property
+    def stage(self) -> Stage | None:
+        """The open stage of a multi-stage file, else None."""
+        return self.stages[self.stage_index] if self.stages is not None else None
+
+    def stage_name(self, stage: Stage | None = None) -> str:
+        """How the app names a stage (the open one by default): its name, or `final`."""
+        stage = stage or self.stage
+        return (stage.name if stage is not None else None) or "final"
+
+    def select_stage(self, index: int) -> None:
+        """Open another stage (its own undo history comes with it)."""
+        if self.stages is None or not 0 <= index < len(self.stages):
+            return
+        self._histories[self.stage_index] = (self._undo, self._redo)
+        self.stage_index = index
+        self.recipe = self.stages[index].recipe
+        self._undo, self._redo = self._histories.pop(index, ([], []))
 
     @property
     def modified(self) -> bool:
@@ -78,6 +118,10 @@ class RecipeDocument:
 
     @property
     def display_name(self) -> str:
+        if self.stages is not None and self.path is not None:
+            return f"{self.path.name} · stage {self.stage_index + 1}/{len(self.stages)}: " + (
+                self.stage_name()
+            )
         if self.path is not None:
             return self.path.name
         if self.origin is not None:
@@ -147,6 +191,13 @@ class RecipeDocument:
         from mergetui.recipe.io import save_recipe
         from mergetui.recipe.paths import folder_of, rebase_paths
 
+        if self.stages is not None:
+            raise UserError(
+                "the app does not write multi-stage files",
+                where=str(self.path),
+                fix="edit the file in a text editor; edits made here are merged by the Run "
+                "screen (F4) but not saved",
+            )
         target = Path(path).expanduser() if path is not None else self.path
         if target is None:
             raise UserError("this recipe has no file yet", fix="choose a path to save it to")
@@ -158,6 +209,14 @@ class RecipeDocument:
             )
         if target.suffix == "":
             target = target.with_suffix(".toml")
+        if target.is_file() and _holds_stages(target):
+            # A stage reopened from the history proposes its file's name: never write over it.
+            raise UserError(
+                "this file is a multi-stage file, and saving would replace all its stages with "
+                "this one recipe",
+                where=str(target),
+                fix="save to another file",
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         # Paths in a recipe are relative to its file: saved into another folder, they are rewritten
         # to name the same places (docs/recipe-format.md, "Paths").
@@ -189,19 +248,17 @@ def _same(a: Recipe, b: Recipe) -> bool:
     return a == b
 
 
-def _multi_stage_refusal(path: Path) -> UserError | None:
-    """For a multi-stage file (which the single-recipe reader refuses), the error that says what
-    it is and how to run it, or the error in one of its stages; None for any other file."""
+def _multi_stage(path: Path) -> list[Stage] | None:
+    """The stages of a multi-stage file (which the single-recipe reader refuses), in file order;
+    None for any other file. An error in one of its stages is raised, naming the stage."""
     from mergetui.recipe.stages import load_stages
 
+    return load_stages(path)
+
+
+def _holds_stages(path: Path) -> bool:
+    """Whether `path` reads as a multi-stage file."""
     try:
-        stages = load_stages(path)
-    except UserError as exc:
-        return exc
-    if stages is None:
-        return None
-    return UserError(
-        f"this is a multi-stage file ({len(stages)} merges); the app opens one recipe at a time",
-        where=str(path),
-        fix=f"run it with: mergetui merge {path} --out DIR (see docs/multi-stage.md)",
-    )
+        return _multi_stage(path) is not None
+    except (UserError, OSError, UnicodeDecodeError):
+        return False

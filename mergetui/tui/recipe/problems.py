@@ -22,6 +22,7 @@ from textual.widgets.option_list import Option
 
 from mergetui.errors import UserError
 from mergetui.recipe.model import Recipe
+from mergetui.recipe.problems import Problem
 from mergetui.tui.recipe.base import RecipePart
 from mergetui.tui.workers import reply
 
@@ -92,11 +93,26 @@ class ProblemsPane(RecipePart, TabPane):
             problems = [UserError(f"checking the checkpoints failed: {exc}")]
         reply(self, self._checked, recipe, problems)
 
+    def _without_stage_outputs(self, problems: list[Any]) -> list[Any]:
+        """In a multi-stage file, a model named after a stage is that stage's output (made by the
+        run), not a Hub id to look for: the validator's findings about its source are dropped."""
+        stages = self.document.stages
+        if stages is None:
+            return problems
+        names = {stage.name for stage in stages if stage.name is not None}
+        skip = {
+            f"models.{model}.source"
+            for model, entry in self.recipe.models.items()
+            if entry.source in names
+        }
+        return [p for p in problems if not (isinstance(p, Problem) and p.where in skip)]
+
     def _checked(self, recipe: Recipe, problems: list[Any]) -> None:
         if self.is_mounted and recipe == self.recipe:  # not about a recipe changed since
             self._show(problems)
 
     def _show(self, problems: list[Any]) -> None:
+        problems = self._without_stage_outputs(problems)
         self.problems = problems
         listing = self.query_one(OptionList)
         listing.clear_options()

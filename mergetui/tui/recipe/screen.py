@@ -7,6 +7,9 @@ document (`with pane.edit(...)`), which gives undo/redo for free and posts `Reci
 then refreshes the panes, the validation and the title (`recipe_changed`). The screen itself reads
 the checkpoints' headers (in a worker; the panes share what it learns), switches tabs, undoes, and
 lists its keys for the help screen and the palette.
+
+A multi-stage file shows one stage at a time: a line above the tabs lists the stages (the open
+one marked) and ctrl+→ / ctrl+← switch; the Run screen runs them all (docs/multi-stage.md).
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Header, TabbedContent
+from textual.widgets import Header, Static, TabbedContent
 
 from mergetui.editing.cells import format_number
 from mergetui.editing.layer_table import GridModel
@@ -60,13 +64,23 @@ TABS = {
 class RecipeScreen(RecipePart, ModeScreen):
     """Build a recipe: method, models, parameters, the per-layer grid, slices, problems."""
 
+    DEFAULT_CSS = """
+    RecipeScreen #stage-bar { height: auto; max-height: 2; padding: 0 1; display: none; }
+    RecipeScreen #stage-bar.multi { display: block; }
+    """
+
     BINDINGS = [
         Binding("ctrl+s", "app.save", "Save"),  # the app's key, shown in this footer only
         *(Binding(t.key, f"tab('{n}')", f"{t.name} tab", show=False) for n, t in TABS.items()),
         Binding("ctrl+z", "undo", "Undo", show=False),
         Binding("ctrl+y", "redo", "Redo", show=False),
+        # A multi-stage file's stages (offered only for one).
+        Binding("ctrl+right", "stage(1)", "Next stage (a multi-stage file)", show=False),
+        Binding("ctrl+left", "stage(-1)", "Previous stage (a multi-stage file)", show=False),
     ]
     PALETTE = (
+        PaletteEntry("stage(1)", "Recipe: next stage", "open the multi-stage file's next stage"),
+        PaletteEntry("stage(-1)", "Recipe: previous stage", "open the previous stage"),
         *(PaletteEntry(f"tab('{n}')", f"Recipe: {t.name} tab", t.detail) for n, t in TABS.items()),
         PaletteEntry("undo", "Undo", "undo the last recipe edit"),
         PaletteEntry("redo", "Redo", "redo what was undone"),
@@ -85,6 +99,7 @@ class RecipeScreen(RecipePart, ModeScreen):
 
     def compose(self) -> ComposeResult:
         yield Header()
+        yield Static(id="stage-bar")
         initial = "layers" if self.recipe.models else "setup"
         with TabbedContent(id="recipe-tabs", initial=initial):
             yield SetupPane(TABS["setup"].title(), self.facts, id="setup")
@@ -134,22 +149,69 @@ class RecipeScreen(RecipePart, ModeScreen):
 
     # -- refresh after any change --------------------------------------------------------------
 
-    def reload_document(self) -> None:
-        """The app opened another recipe: start the panes over on it."""
+    def reload_document(self, *, keep_tab: bool = False) -> None:
+        """The app opened another recipe (or another stage): start the panes over on it."""
         self.grid_model.document = self.app.document
         self.facts.clear()
         self._facts_key = ()
         self.recipe_changed(initial=True)
-        self.query_one(TabbedContent).active = "layers" if self.recipe.models else "setup"
+        if not keep_tab:
+            self.query_one(TabbedContent).active = "layers" if self.recipe.models else "setup"
 
     def recipe_changed(self, initial: bool = False) -> None:
         """Refresh everything that shows the recipe (after an edit, undo, redo or open)."""
+        self._show_stages()
         self.query_one(SetupPane).show_recipe()
         self.layers_pane.refresh_grid()
         self.query_one(SlicesPane).show_recipe()
         self.query_one(ProblemsPane).validate()
         self._maybe_load_checkpoints()
         self.app.refresh_title()
+
+    # -- a multi-stage file's stages -------------------------------------------------------------
+
+    def _show_stages(self) -> None:
+        """The stage line: every stage (method, models), the open one marked; hidden otherwise."""
+        bar = self.query_one("#stage-bar", Static)
+        document = self.document
+        bar.set_class(document.stages is not None, "multi")
+        if document.stages is None:
+            return
+        parts = []
+        for index, stage in enumerate(document.stages):
+            text = (
+                f"{index + 1} {escape(document.stage_name(stage))}: {escape(stage.recipe.method)}"
+                f" of {escape(', '.join(stage.recipe.models) or 'no models')}"
+            )
+            parts.append(f"[reverse b]{text}[/]" if index == document.stage_index else text)
+        bar.update(
+            " · ".join(parts) + "  [dim]ctrl+←/→ switch stage · a model named after a stage is "
+            "its output · F4 r runs them all[/]"
+        )
+
+    def _multi(self) -> bool:
+        return self.document.stages is not None and len(self.document.stages) > 1
+
+    def _screen_keys(self) -> list[Binding]:
+        """The screen's keys for the help and palette: the stage keys only for a multi-stage
+        file."""
+        return [b for b in self.BINDINGS if self._multi() or not b.action.startswith("stage(")]
+
+    def _palette_entries(self) -> tuple[PaletteEntry, ...]:
+        return tuple(e for e in self.PALETTE if self._multi() or not e.action.startswith("stage("))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stage":
+            return self.document.stages is not None and len(self.document.stages) > 1
+        return True
+
+    def action_stage(self, step: int) -> None:
+        document = self.document
+        if document.stages is None:
+            return
+        index = (document.stage_index + step) % len(document.stages)
+        document.select_stage(index)
+        self.reload_document(keep_tab=True)  # the same tab, on the other stage
 
     @on(RecipeEdited)
     def _edited(self) -> None:
@@ -235,7 +297,7 @@ class RecipeScreen(RecipePart, ModeScreen):
     def help_sections(self) -> list[HelpSection]:
         app = self.app
         return [
-            ("Recipe screen", binding_rows(app, self.BINDINGS)),
+            ("Recipe screen", binding_rows(app, self._screen_keys())),
             ("Layers tab: the grid", LayerGrid.help_rows(app)),
             ("Setup tab: models", binding_rows(app, SetupPane.BINDINGS)),
             ("Slices tab", binding_rows(app, SlicesPane.BINDINGS)),
@@ -246,7 +308,7 @@ class RecipeScreen(RecipePart, ModeScreen):
         the keys each names are read from the bindings of the pane that runs it."""
         setup, slices, layers = (self.query_one(p) for p in (SetupPane, SlicesPane, LayersPane))
         return [
-            *binding_commands(self, self.PALETTE, self.BINDINGS),
+            *binding_commands(self, self._palette_entries(), self._screen_keys()),
             *binding_commands(setup, setup.PALETTE, setup.BINDINGS, where="models list"),
             *binding_commands(slices, slices.PALETTE, slices.BINDINGS, where="slices list"),
             *binding_commands(layers, layers.PALETTE),

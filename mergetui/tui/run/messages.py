@@ -38,6 +38,16 @@ class RunStarted(Message):
 
 
 @dataclass
+class StageStarted(Message):
+    """A multi-stage run reaches a stage: `stage 2/3: NAME`, its folder, and whether it runs
+    (False: up to date, skipped)."""
+
+    heading: str
+    output: Path | None
+    runs: bool
+
+
+@dataclass
 class RunProgress(Message):
     """Tensors written since the last report (at most PROGRESS_HZ a second)."""
 

@@ -104,6 +104,30 @@ class ProgressPane(Vertical):
                 hint += " · the output exists: a run asks before replacing it"
             self._update_once("#run-state", hint)
 
+    def show_stages(
+        self, document: Any, output: Path | None, stages_dir: Path | None, *, first: bool
+    ) -> None:
+        """A multi-stage file: its stages (file order), where the final one writes and where the
+        named ones do."""
+        stages = ", ".join(
+            f"{escape(document.stage_name(stage))} ({escape(stage.recipe.method)})"
+            for stage in document.stages
+        )
+        where = escape(short_path(output)) if output else "[$warning]not set[/] (r asks)"
+        name = document.path.name if document.path else document.display_name
+        self._update_once(
+            "#run-summary",
+            f"[b]{escape(name)}[/] · {len(document.stages)} stages: {stages}\n"
+            f"output: {where}"
+            + (f" · stages in {escape(short_path(stages_dir))}" if stages_dir else ""),
+        )
+        if first:
+            self._update_once(
+                "#run-state",
+                "[b]r[/] runs every stage in order (unsaved edits included); "
+                "up-to-date stages are skipped",
+            )
+
     def _update_once(self, selector: str, text: str) -> None:
         """Update an idle line only when its text changes."""
         if self._idle_texts.get(selector) == text:
@@ -119,6 +143,13 @@ class ProgressPane(Vertical):
         """A run starts: no figures until the plan says how many bytes there are."""
         self.state_line("[b]planning[/] (reading the checkpoints' headers)…")
         self.query_one("#run-progress", ProgressBar).update(total=None, progress=0)
+        for line in ("#run-stats", "#run-tensor", "#run-layers"):
+            self.query_one(line, Static).update("")
+
+    def nothing_merged(self, *, finished: bool) -> None:
+        """A multi-stage run that merged nothing (every stage up to date): a full bar when it
+        finished, and no figures."""
+        self.query_one("#run-progress", ProgressBar).update(total=1, progress=1 if finished else 0)
         for line in ("#run-stats", "#run-tensor", "#run-layers"):
             self.query_one(line, Static).update("")
 

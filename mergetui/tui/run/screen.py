@@ -6,6 +6,12 @@ the progress pane (`progress.py`) and the Log tab (`tabs.py`). `c` cancels after
 engine removes its temporary folder and nothing is left behind. Each run is recorded in the history
 (`mergetui.merge.history`); a past run's recipe reopens with enter on the History tab. A finished
 merge offers chat (`t`, through the app) and push (`u`).
+
+A multi-stage file (docs/multi-stage.md) runs whole: its stages are placed as `mergetui merge` places
+them (the final output from the final stage's recipe, else asked for; the others in `OUT-stages`),
+judged before anything runs (a folder another recipe made is replaced only when asked), then run in
+order by the worker, each under a `stage 2/3: NAME` heading with its own progress bar, an up-to-date
+stage skipped; cancel stops the stage that runs and keeps those finished.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from mergetui.tui.run.messages import (
     RunLog,
     RunProgress,
     RunStarted,
+    StageStarted,
 )
 from mergetui.tui.run.progress import ProgressPane, RunTiming, format_duration
 from mergetui.tui.run.tabs import HistoryTab, LogTab
@@ -93,6 +100,11 @@ class RunScreen(ModeScreen):
         self.outcomes: list[str] = []  # outcomes of this session's runs, oldest first
         self.cancel_dialog: ConfirmDialog | None = None  # the open "Cancel the merge?" question
         self.ticker: Any = None  # redraws the elapsed time once a second while a merge runs
+        # A multi-stage file: the final output chosen at `r` when its recipe sets none, the
+        # stages of the run under way (or last run), and the heading of the stage that runs.
+        self.chosen_out: tuple[Any, Path] | None = None  # (the document, its folder)
+        self.running_stages = False
+        self.stage_heading = ""
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -125,6 +137,10 @@ class RunScreen(ModeScreen):
 
     def on_screen_resume(self) -> None:
         self.app.refresh_title()
+        if self.app.document.stages is None:
+            self.sub_title = None
+        else:
+            self._stage_title()
         if not self.running:
             self._show_idle()
         elif self.timing.started is not None:
@@ -147,13 +163,68 @@ class RunScreen(ModeScreen):
         return f"{owner}, {short_path(self._recipe_dir())}"
 
     def _output_dir(self) -> Path | None:
-        """Where the merge will write: the recipe's output, read from the recipe's folder."""
+        """Where the merge will write: the recipe's output, read from the recipe's folder (a
+        multi-stage file's: its final stage's, or the folder chosen at `r`)."""
         from mergetui.recipe.paths import output_folder
 
+        stages = self.app.document.stages
+        if stages is not None:
+            from mergetui.recipe.stage_order import final_output
+
+            try:
+                return final_output(stages, self._recipe_dir(), self.stages_out, needed=False)
+            except Exception:  # noqa: BLE001 - shown as "not set"; `r` says why
+                return None
         return output_folder(self.app.document.recipe, self._recipe_dir())
+
+    @property
+    def stages_out(self) -> Path | None:
+        """The final output chosen at `r` for the open multi-stage file (none chosen: None)."""
+        chosen = self.chosen_out
+        return chosen[1] if chosen is not None and chosen[0] is self.app.document else None
+
+    def _stage_folders(self) -> tuple[Path | None, Path | None]:
+        """A multi-stage file's final output (None: not set yet) and its intermediate folder, as
+        `mergetui merge` would place them (every stage named: the last one's folder)."""
+        from mergetui.recipe.stage_order import intermediate_folder
+
+        document = self.app.document
+        stages = document.stages or []
+        output = self._output_dir()
+        if any(stage.name is None for stage in stages):
+            if output is None:
+                return None, None
+            return output, intermediate_folder(document.path or "", output, None)
+        inter = intermediate_folder(document.path or "", None, None)
+        return inter / str(stages[-1].name), inter
+
+    def _stage_title(self) -> None:
+        """The header on a multi-stage file: its name, and the stage that runs while it runs
+        (the app's title names the stage open on the Recipe screen)."""
+        document = self.app.document
+        name = document.path.name if document.path else document.display_name
+        running = f" · {self.stage_heading}" if self.running and self.stage_heading else ""
+        mark = " [modified]" if document.modified else ""  # the app's MODIFIED_MARK
+        self.sub_title = f"{name}{running}{mark}"
+
+    def _placed(self) -> list[Any]:
+        """The open multi-stage file's stages (as edited), placed and ordered as `mergetui merge`
+        places them; raises the located UserError it would."""
+        from mergetui.recipe.stage_order import place_stages
+
+        document = self.app.document
+        stages = copy.deepcopy(document.stages)
+        return place_stages(stages, document.path or self._recipe_dir(), out=self.stages_out)
 
     def _show_idle(self) -> None:
         first = self.last_outcome is None
+        if self.app.document.stages is not None:
+            output, stages_dir = self._stage_folders()
+            self.progress.show_stages(self.app.document, output, stages_dir, first=first)
+            self._stage_title()
+            self.refresh_bindings()
+            return
+        self.sub_title = None
         self.progress.show_recipe(self.app.document, self._output_dir(), first=first)
         self.refresh_bindings()
 
@@ -187,6 +258,9 @@ class RunScreen(ModeScreen):
         """Start the merge of the open recipe: asks for an output folder or a replace first."""
         if self.running:
             self.notify("a merge is already running", severity="warning")
+            return
+        if self.app.document.stages is not None:
+            self._run_stages()
             return
         recipe = self.app.document.recipe
         if not recipe.models:
@@ -239,6 +313,71 @@ class RunScreen(ModeScreen):
             lambda yes: self._start(force=True) if yes else None,
         )
 
+    def _run_stages(self) -> None:
+        """`r` on a multi-stage file: an output for the final stage when it has none, a question
+        when a stage's folder came from another recipe, then the run."""
+        from mergetui.errors import UserError
+        from mergetui.merge.stages import replace_refusals, stage_outputs
+
+        document = self.app.document
+        stages = document.stages or []
+        if self._output_dir() is None and any(stage.name is None for stage in stages):
+            self.app.push_screen(
+                TextPrompt(
+                    "Output folder for the final stage",
+                    str(Path("merges") / (document.path.stem if document.path else "multi")),
+                    paths=True,
+                    hint=f"relative to {self._relative_to()} · the other stages go to "
+                    "OUT-stages · enter merges",
+                ),
+                self._stages_output_chosen,
+            )
+            return
+        try:
+            placed = self._placed()
+            states = stage_outputs(placed, None)
+        except UserError as exc:
+            self.notify(str(exc), title="Cannot run the stages", severity="error", timeout=12)
+            return
+        refused = replace_refusals(placed, states, self._recipe_dir())
+        if refused:
+            stage, why = refused[0]
+            self.notify(
+                f"{stage.label}'s folder {short_path(stage.output)} was not written by a merge "
+                f"of this stage, and only a folder that a previous merge wrote can be replaced: "
+                f"this one {why}. Remove or move it yourself if it may go.",
+                title="Cannot replace a stage's output",
+                severity="error",
+                timeout=12,
+            )
+            return
+        others = [s for s, state in zip(placed, states, strict=True) if state.state == "other"]
+        if not others:
+            self._start(force=False, stages=placed)
+            return
+        names = ", ".join(short_path(s.output) for s in others)
+        self.app.push_screen(
+            ConfirmDialog(
+                "Replace stage outputs?",
+                f"{names} already exist(s), merged from another recipe. Replace each once its "
+                "new merge is complete? (Up-to-date stages are skipped either way.)",
+                yes="Replace",
+                no="Keep them",
+            ),
+            lambda yes: self._start(force=True, stages=placed) if yes else None,
+        )
+
+    def _stages_output_chosen(self, text: str | None) -> None:
+        if not text:
+            return
+        from mergetui.recipe.paths import cli_path
+
+        folder = Path(text).expanduser()
+        chosen = folder if folder.is_absolute() else cli_path(self._recipe_dir() / folder)
+        self.chosen_out = (self.app.document, chosen)
+        self._show_idle()
+        self._run_stages()
+
     def _output_chosen(self, text: str | None) -> None:
         if not text:
             return
@@ -251,8 +390,10 @@ class RunScreen(ModeScreen):
             self.app.refresh_title()
         self.action_run_merge()
 
-    def _start(self, *, force: bool) -> None:
+    def _start(self, *, force: bool, stages: list[Any] | None = None) -> None:
         self.running = True
+        self.running_stages = stages is not None
+        self.stage_heading = ""
         self.last_outcome = None
         self.last_output = None
         self.cancel_event = threading.Event()
@@ -272,6 +413,7 @@ class RunScreen(ModeScreen):
             cancel=self.cancel_event,
             source=document.path or document.origin,
             started_at=clocks.WALL_CLOCK(),
+            stages=stages,
         )
         self._merge(job)
 
@@ -282,19 +424,41 @@ class RunScreen(ModeScreen):
 
     # -- messages from the worker --------------------------------------------------------------
 
+    def _stage_prefix(self) -> str:
+        """`stage 2/3: NAME · ` before the state line while a multi-stage run is in a stage."""
+        return f"[b $accent]{escape(self.stage_heading)}[/] · " if self.stage_heading else ""
+
+    @on(StageStarted)
+    def stage_started(self, event: StageStarted) -> None:
+        self.stage_heading = event.heading
+        self._stage_title()
+        where = f" → {escape(short_path(event.output))}" if event.output else ""
+        self.log_tab.say(f"{escape(event.heading)}{where}", "bold")
+        if self.cancel_event is not None and self.cancel_event.is_set():
+            return
+        verb = "[b]planning[/]…" if event.runs else "up to date: skipped"
+        self.progress.state_line(f"{self._stage_prefix()}{verb}")
+
     @on(RunStarted)
     def run_started(self, event: RunStarted) -> None:
         for line in event.summary:
             self.log_tab.say(line)
+        # Each stage of a multi-stage run has its own bar, rate and ETA.
+        self.timing.estimate = None
         # `auto` is resolved by the engine: RunDevice names the device once it is chosen.
         where = f" on {escape(event.device)}" if event.device != "auto" else ""
-        self.progress.state_line(f"[b]merging[/]{where}… [dim]c cancels[/]")
+        if self.cancel_event is None or not self.cancel_event.is_set():
+            self.progress.state_line(
+                f"{self._stage_prefix()}[b]merging[/]{where}… [dim]c cancels[/]"
+            )
         self._show_progress(event.state)
 
     @on(RunDevice)
     def run_device(self, event: RunDevice) -> None:
         if self.running and self.cancel_event is not None and not self.cancel_event.is_set():
-            self.progress.state_line(f"[b]merging[/] on {escape(event.device)}… [dim]c cancels[/]")
+            self.progress.state_line(
+                f"{self._stage_prefix()}[b]merging[/] on {escape(event.device)}… [dim]c cancels[/]"
+            )
 
     def _tick(self) -> None:
         if self.running and self.app.screen is self and self.state.tensor_count:
@@ -337,8 +501,12 @@ class RunScreen(ModeScreen):
         ended = getattr(self.app, "merge_ended", None)  # closes "Quit and cancel the merge?"
         if callable(ended):
             ended(event.outcome)
-        if event.outcome == "finished" or self.state.tensor_count:
+        if self.running_stages and not self.state.tensor_count:
+            self.progress.nothing_merged(finished=event.outcome == "finished")
+        elif event.outcome == "finished" or self.state.tensor_count:
             self._show_progress(self.state)  # no ETA, no current tensor once it stopped
+        if self.running_stages:
+            self._stage_title()
         self._say_ended(event, format_duration(event.record.seconds))
         self.history_tab.load()
         self.refresh_bindings()
@@ -346,6 +514,23 @@ class RunScreen(ModeScreen):
     def _say_ended(self, event: RunEnded, elapsed: str) -> None:
         """How the run ended, on the state line, in the log and (finished or failed) a toast."""
         say = self.log_tab.say
+        if self.running_stages and event.outcome == "cancelled":
+            self.progress.state_line(
+                f"[b $warning]cancelled[/] after {elapsed}: {escape(event.message)}"
+            )
+            say(f"cancelled: {event.message}", "yellow")
+            return
+        if self.running_stages and event.outcome == "finished":
+            where = escape(short_path(event.output_dir)) if event.output_dir else ""
+            done = event.message.partition(", ")[2]  # "N merged, M up to date"
+            self.progress.state_line(
+                f"[b $success]✓ {escape(done)}[/] in {elapsed} → {where} · "
+                "[b]t[/] chat · [b]u[/] push"
+            )
+            say(f"finished in {elapsed}: {event.message}; the final model is in {where}", "green")
+            self.app.last_merge_output = str(event.output_dir)
+            self.notify(f"final model in {short_path(event.output_dir)}", title="Stages finished")
+            return
         if event.outcome == "finished":
             where = escape(short_path(event.output_dir)) if event.output_dir else ""
             self.progress.state_line(
@@ -373,10 +558,16 @@ class RunScreen(ModeScreen):
         if isinstance(self.app.screen, ConfirmDialog):
             return
         event = self.cancel_event
+        said = (
+            "The stage that runs stops at the next tensor and its temporary folder is removed; "
+            "the stages finished before it are kept."
+            if self.running_stages
+            else "The merge stops at the next tensor and its temporary folder is removed: "
+            "nothing is written."
+        )
         self.cancel_dialog = ConfirmDialog(
             "Cancel the merge?",
-            "The merge stops at the next tensor and its temporary folder is removed: "
-            "nothing is written.",
+            said,
             yes="Cancel merge",
             no="Keep merging",
         )
@@ -386,7 +577,9 @@ class RunScreen(ModeScreen):
         self.cancel_dialog = None
         if yes and self.running and event is self.cancel_event:
             event.set()
-            self.progress.state_line("[b $warning]cancelling[/] at the next tensor…")
+            self.progress.state_line(
+                f"{self._stage_prefix()}[b $warning]cancelling[/] at the next tensor…"
+            )
             self.log_tab.say("cancel requested", "yellow")
 
     def action_chat_with_output(self) -> None:

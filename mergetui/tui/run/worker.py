@@ -8,6 +8,7 @@ stay quick. The merge threads run at a lower CPU priority than the UI.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from mergetui.tui.run.messages import (
     RunLog,
     RunProgress,
     RunStarted,
+    StageStarted,
 )
 from mergetui.tui.workers import lower_priority
 
@@ -130,12 +132,16 @@ class MergeJob:
     cancel: threading.Event
     source: Path | None  # the recipe's file, for the history
     started_at: float  # wall-clock time, for the history
+    stages: list[Any] | None = None  # a multi-stage file's stages, placed (`place_stages`)
 
 
 def run_job(target: Poster, job: MergeJob) -> None:
     """Plan and run the merge in this thread, then record it; the outcome goes as RunEnded."""
     from mergetui.merge.history import append_run
 
+    if job.stages is not None:
+        run_stages_job(target, job)
+        return
     lower_priority()
     started = clocks.CLOCK()
     plan = None
@@ -159,6 +165,136 @@ def run_job(target: Poster, job: MergeJob) -> None:
     except OSError as exc:
         target.post_message(RunLog(f"the run was not added to the history: {exc}", "yellow"))
     target.post_message(RunEnded(outcome, message, output, record))
+
+
+def run_stages_job(target: Poster, job: MergeJob) -> None:
+    """Run a multi-stage file's stages (placed) in this thread, as `mergetui merge FILE` does
+    (`merge.stages`: the checks before anything runs, then each stage in order, skipped when up to
+    date); each stage that runs is recorded in the history. RunEnded names the final output."""
+    from mergetui.merge.plan import make_plan
+    from mergetui.merge.stages import (
+        KEPT,
+        SKIPPED,
+        check_outputs,
+        final_stage,
+        run_steps,
+        stage_outputs,
+        stage_steps,
+    )
+
+    lower_priority()
+    stages = job.stages
+    assert stages is not None
+    started = clocks.CLOCK()
+    outcome, message, output = "failed", "", None
+    current: dict[str, Any] = {}  # the stage that runs now: its step, plan and start
+    merged = [0]
+    last = None
+
+    def record(outcome: str, message: str) -> Any:
+        step = current["step"]
+        stage_job = MergeJob(
+            step.stage.recipe, job.recipe_dir, step.force, job.cancel, job.source, job.started_at
+        )
+        made = _record(
+            stage_job, current.get("plan"), outcome, message, clocks.CLOCK() - current["at"]
+        )
+        _append(target, made)
+        return made
+
+    def begin(step: Any) -> None:
+        current.clear()
+        current.update(step=step, at=clocks.CLOCK())
+        target.post_message(StageStarted(step.heading, step.stage.output, step.output.runs))
+
+    def plan(step: Any) -> Any:
+        current["plan"] = make_plan(
+            step.stage.recipe, recipe_dir=job.recipe_dir, out=step.stage.output
+        )
+        return current["plan"]
+
+    def merge(step: Any, plan: Any) -> int:
+        nonlocal last
+        _, said = _run_plan(target, plan, dataclasses.replace(job, force=step.force))
+        last = record("finished", said)
+        merged[0] += 1
+        return 0
+
+    try:
+        check_stages(stages)
+        states = stage_outputs(stages, None)
+        check_outputs(stages, states, force=job.force, recipe_dir=job.recipe_dir)
+        run = run_steps(
+            stage_steps(stages, states, force=job.force),
+            plan=plan,
+            merge=merge,
+            started=begin,
+            skipped=lambda step: target.post_message(RunLog(f"  {SKIPPED}", "dim")),
+            kept=lambda count: target.post_message(RunLog(f"  {KEPT}", "yellow")),
+        )
+        output = final_stage(stages).output
+        outcome = "finished"
+        message = (
+            f"{len(stages)} stages, {run.merged} merged, {len(stages) - run.merged} up to date"
+        )
+    except CancelledError:
+        outcome, message = "cancelled", _stopped(current, merged[0], "was not written")
+    except UserError as exc:
+        outcome, message = "failed", str(exc)
+    except Exception as exc:  # a bug: say so, keep the app alive
+        outcome, message = "failed", f"internal error: {exc!r}"
+    if outcome != "finished" and "step" in current and current["step"].output.runs:
+        last = record(outcome, message)
+    if last is None:  # nothing ran (every stage up to date, or refused before the first)
+        from mergetui.merge.history import RunRecord
+
+        last = RunRecord(
+            started_at=job.started_at,
+            recipe_toml="",
+            output_dir=str(output or ""),
+            outcome=outcome,
+            seconds=0.0,
+            message=message,
+        )
+    last = dataclasses.replace(last, seconds=clocks.CLOCK() - started)
+    target.post_message(RunEnded(outcome, message, output, last))
+
+
+def _stopped(current: dict[str, Any], merged: int, what: str) -> str:
+    """What a cancelled multi-stage run left: the stage it stopped in, and those kept."""
+    step = current.get("step")
+    said = f"{step.heading} {what}" if step is not None else f"nothing {what}"
+    if merged:
+        said += f"; the {merged} stage(s) merged before it are kept (running again skips them)"
+    return said
+
+
+def _append(target: Poster, record: Any) -> None:
+    from mergetui.merge.history import append_run
+
+    try:
+        append_run(record)
+    except OSError as exc:
+        target.post_message(RunLog(f"the run was not added to the history: {exc}", "yellow"))
+
+
+def check_stages(stages: list[Any]) -> None:
+    """Refuse stages the validator finds errors in (as `mergetui merge` does, offline), naming the
+    stage and the first error."""
+    from mergetui.recipe.stage_order import validate_stages
+
+    results = validate_stages(stages, offline=True, hub_cache=True)
+    for stage in sorted(stages, key=lambda s: s.number):
+        errors = [p for p in results[stage.number] if getattr(p, "is_error", True)]
+        if errors:
+            first = errors[0]
+            where = getattr(first, "where", None)
+            raise UserError(
+                f"{stage.label} has {len(errors)} error(s); first: "
+                + (f"{where}: " if where else "")
+                + str(getattr(first, "message", first)),
+                fix="see `mergetui validate FILE`, or the stage's Problems tab (F3, then F9)",
+            )
 
 
 def check_recipe(recipe: Any, recipe_dir: Path) -> None:
