@@ -301,3 +301,34 @@ def test_a_stage_reopened_from_the_history_is_never_saved_over_its_file(
     assert "multi-stage file" in caught.value.message
     assert path.read_text() == before
     assert document.save(tmp_path / "soup.toml").is_file()  # elsewhere it saves as a recipe
+
+
+async def test_an_edited_stage_asks_before_replacing_and_reruns_what_depends_on_it(
+    tmp_path: Path, llama_family: dict[str, Path]
+) -> None:
+    path = write_multi(tmp_path, llama_family)
+    assert main(["merge", str(path), "--device", "cpu"]) == 0  # both stages merged by the CLI
+    final, soup = tmp_path / "final", tmp_path / "final-stages" / "soup"
+    merged_final = stamp(final)
+    app = MergeTuiApp(RecipeDocument.open(path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await on_run_screen(app, pilot)
+        with app.document.edit("weight"):  # stage 1 is open: an unsaved edit of the soup
+            app.document.recipe.models["a"].parameters["weight"] = 1.0
+            app.document.recipe.models["b"].parameters["weight"] = 0.0
+        await pilot.press("r")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog)  # soup's folder is another recipe's now
+        await pilot.press("n")
+        await pilot.pause()
+        assert not screen.running and screen.last_outcome is None
+        await pilot.press("r")
+        await pilot.pause()
+        await pilot.press("y")
+        await until_done(app, pilot, screen)
+        assert screen.last_outcome == "finished", log_text(screen)
+        assert "2 stages, 2 merged, 0 up to date" in log_text(screen)
+        assert stamp(final) != merged_final  # stale once the soup was merged again
+    name = "model.layers.1.mlp.up_proj.weight"
+    assert torch.equal(tensors(soup)[name], tensors(llama_family["a"])[name])
+    assert path.read_text().count("weight = 0.6") == 1  # the file itself is not written

@@ -184,10 +184,7 @@ class RecipeScreen(RecipePart, ModeScreen):
                 f" of {escape(', '.join(stage.recipe.models) or 'no models')}"
             )
             parts.append(f"[reverse b]{text}[/]" if index == document.stage_index else text)
-        bar.update(
-            " · ".join(parts) + "  [dim]ctrl+←/→ switch stage · a model named after a stage is "
-            "its output · F4 r runs them all[/]"
-        )
+        bar.update(" · ".join(parts) + "  [dim]ctrl+←/→ stage · F4 r runs all[/]")
 
     def _multi(self) -> bool:
         return self.document.stages is not None and len(self.document.stages) > 1
