@@ -105,6 +105,7 @@ class RunScreen(ModeScreen):
         self.chosen_out: tuple[Any, Path] | None = None  # (the document, its folder)
         self.running_stages = False
         self.stage_heading = ""
+        self.stage_clock: float | None = None
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -394,6 +395,7 @@ class RunScreen(ModeScreen):
         self.running = True
         self.running_stages = stages is not None
         self.stage_heading = ""
+        self.stage_clock = None  # CLOCK() when the stage that runs started
         self.last_outcome = None
         self.last_output = None
         self.cancel_event = threading.Event()
@@ -445,6 +447,7 @@ class RunScreen(ModeScreen):
             self.log_tab.say(line)
         # Each stage of a multi-stage run has its own bar, rate and ETA.
         self.timing.estimate = None
+        self.stage_clock = clocks.CLOCK()
         # `auto` is resolved by the engine: RunDevice names the device once it is chosen.
         where = f" on {escape(event.device)}" if event.device != "auto" else ""
         if self.cancel_event is None or not self.cancel_event.is_set():
@@ -490,6 +493,9 @@ class RunScreen(ModeScreen):
         self.last_outcome = event.outcome
         self.last_output = event.output_dir
         self.timing.final_seconds = event.record.seconds
+        if self.running_stages and self.stage_clock is not None and self.state.tensor_count:
+            # The figures are the last merged stage's: its bytes over its own time.
+            self.timing.final_seconds = clocks.CLOCK() - self.stage_clock
         self.outcomes.append(event.outcome)
         dialog = self.cancel_dialog
         if dialog is not None and self.app.screen is dialog:
