@@ -7,6 +7,9 @@ place, so every part of the app keeps pointing at the same `Recipe` object.
 A multi-stage file (docs/multi-stage.md) opens as its stages: `recipe` is the open stage's (one
 at a time, `select_stage`), each stage keeps its own undo history, the Run screen runs them all
 (edits made here included), and the app does not write such a file (`save` refuses).
+
+An MoE recipe (docs/moe.md) opens read-only: `moe` holds it (and `recipe` is an empty
+placeholder), the Recipe screen shows it, the Run screen assembles it, and `save` refuses.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from mergetui.errors import UserError
 from mergetui.recipe.model import Recipe
 
 if TYPE_CHECKING:
+    from mergetui.recipe.moe import MoeRecipe
     from mergetui.recipe.stages import Stage
 
 HISTORY_LIMIT = 500
@@ -39,8 +43,11 @@ class RecipeDocument:
         origin: Path | None = None,
         origin_note: str = "imported",
         stages: list[Stage] | None = None,
+        moe: MoeRecipe | None = None,
     ) -> None:
         self.recipe = recipe
+        # An MoE recipe, read-only (`recipe` is then an empty placeholder), else None.
+        self.moe = moe
         # A multi-stage file's stages, in file order (`recipe` is one of theirs), else None.
         self.stages = stages
         self.stage_index = 0
@@ -72,6 +79,10 @@ class RecipeDocument:
         try:
             recipe = load_recipe(path)
         except UserError as exc:
+            moe = _moe(path)
+            if moe is not None:
+                # Read-only: the path names the file (`save` refuses to write it).
+                return cls(Recipe(method="moe"), path=path, moe=moe)
             stages = _multi_stage(path)
             if stages is None:
                 raise exc from None
@@ -88,6 +99,10 @@ class RecipeDocument:
 
         if self.stages is not None:
             return "\n".join(dumps_toml(stage.recipe) for stage in self.stages)
+        if self.moe is not None:
+            from mergetui.recipe.moe import dumps_moe
+
+            return dumps_moe(self.moe, "toml")
         return dumps_toml(self.recipe)
 
     # -- the stages of a multi-stage file --------------------------------------------------------
@@ -118,6 +133,9 @@ class RecipeDocument:
 
     @property
     def display_name(self) -> str:
+        if self.moe is not None:
+            name = (self.path or self.origin or Path("untitled")).name
+            return f"{name} · MoE" + (f" ({self.origin_note})" if self.path is None else "")
         if self.stages is not None and self.path is not None:
             return f"{self.path.name} · stage {self.stage_index + 1}/{len(self.stages)}: " + (
                 self.stage_name()
@@ -198,6 +216,13 @@ class RecipeDocument:
                 fix="edit the file in a text editor; edits made here are merged by the Run "
                 "screen (F4) but not saved",
             )
+        if self.moe is not None:
+            raise UserError(
+                "the app shows MoE recipes but does not write them",
+                where=str(self.path or self.origin or ""),
+                fix="edit the file in a text editor (docs/moe.md); the Run screen (F4) "
+                "assembles it as it is",
+            )
         target = Path(path).expanduser() if path is not None else self.path
         if target is None:
             raise UserError("this recipe has no file yet", fix="choose a path to save it to")
@@ -234,6 +259,12 @@ class RecipeDocument:
         from mergetui.recipe.paths import folder_of, rebase_paths
         from mergetui.recipe.yaml_export import dumps_yaml
 
+        if self.moe is not None:
+            raise UserError(
+                "the app does not export MoE recipes",
+                where=str(self.path or self.origin or ""),
+                fix="mergetui convert FILE.toml FILE.yml (docs/moe.md)",
+            )
         target = Path(path).expanduser()
         if target.suffix == "":
             target = target.with_suffix(".yaml")
@@ -254,6 +285,22 @@ def _multi_stage(path: Path) -> list[Stage] | None:
     from mergetui.recipe.stages import load_stages
 
     return load_stages(path)
+
+
+def _moe(path: Path) -> MoeRecipe | None:
+    """The MoE recipe in a file the merge-recipe reader refused, else None (an error in it is
+    raised: it is located in the file)."""
+    from mergetui.recipe.moe import load_moe
+
+    try:
+        return load_moe(path)
+    except UserError:
+        from mergetui.recipe.io import read_recipe_text, recipe_format
+        from mergetui.recipe.moe import is_moe_text
+
+        if is_moe_text(read_recipe_text(path), recipe_format(path), str(path)):
+            raise
+        return None
 
 
 def _holds_stages(path: Path) -> bool:

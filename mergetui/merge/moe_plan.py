@@ -89,6 +89,14 @@ class MoePlan:
         return len(self.models["base"].layers)
 
     @property
+    def tensor_count(self) -> int:
+        return len(self.tensors)
+
+    @property
+    def shard_count(self) -> int:
+        return len(self.layout.shards)
+
+    @property
     def estimated_peak_bytes(self) -> int:
         """The largest piece in float32 twice (read, cast), and for `hidden` gates the base
         model loaded in bfloat16 (as mergekit-moe loads it), freed before the tensors."""

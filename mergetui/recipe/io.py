@@ -49,8 +49,8 @@ def loads_recipe(text: str, fmt: str, source: str | None = None) -> Recipe:
             raise UserError(
                 "this is an MoE recipe (a mergekit-moe config or a [moe] table), not a merge recipe",
                 where=source,
-                fix="assemble it with: mergetui merge FILE --out DIR (docs/moe.md); "
-                "the app does not open MoE recipes yet",
+                fix="assemble it with: mergetui merge FILE --out DIR, or open it in the app "
+                "(mergetui open FILE: docs/moe.md)",
             ) from None
         raise
 

@@ -10,6 +10,9 @@ lists its keys for the help screen and the palette.
 
 A multi-stage file shows one stage at a time: a line above the tabs lists the stages (the open
 one marked) and ctrl+→ / ctrl+← switch; the Run screen runs them all (docs/multi-stage.md).
+
+An MoE recipe (docs/moe.md) shows instead of the tabs as one read-only view (`moe_view.py`): its
+base, gate mode, experts per token and each expert with its prompts; the Run screen assembles it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from mergetui.tui.recipe.base import RecipeEdited, RecipePart
 from mergetui.tui.recipe.facts import CheckpointFacts, read_checkpoint_facts
 from mergetui.tui.recipe.grid import LayerGrid
 from mergetui.tui.recipe.layers import LayersPane
+from mergetui.tui.recipe.moe_view import MoeView
 from mergetui.tui.recipe.problems import ProblemsPane, severity_of
 from mergetui.tui.recipe.setup import SetupPane
 from mergetui.tui.recipe.slices import SlicesPane
@@ -67,6 +71,8 @@ class RecipeScreen(RecipePart, ModeScreen):
     DEFAULT_CSS = """
     RecipeScreen #stage-bar { height: auto; max-height: 2; padding: 0 1; display: none; }
     RecipeScreen #stage-bar.multi { display: block; }
+    RecipeScreen.moe #recipe-tabs { display: none; }
+    RecipeScreen.moe MoeView { display: block; }
     """
 
     BINDINGS = [
@@ -106,6 +112,7 @@ class RecipeScreen(RecipePart, ModeScreen):
             yield LayersPane(TABS["layers"].title(), self.facts, self.grid_model, id="layers")
             yield SlicesPane(TABS["slices"].title(), self.facts, id="slices")
             yield ProblemsPane(TABS["problems"].title, id="problems")
+        yield MoeView(id="moe-view")
         yield StatusLine(id="status")
         yield KeyFooter()
 
@@ -160,6 +167,8 @@ class RecipeScreen(RecipePart, ModeScreen):
 
     def recipe_changed(self, initial: bool = False) -> None:
         """Refresh everything that shows the recipe (after an edit, undo, redo or open)."""
+        if self._show_moe():
+            return
         self._show_stages()
         self.query_one(SetupPane).show_recipe()
         self.layers_pane.refresh_grid()
@@ -167,6 +176,25 @@ class RecipeScreen(RecipePart, ModeScreen):
         self.query_one(ProblemsPane).validate()
         self._maybe_load_checkpoints()
         self.app.refresh_title()
+
+    # -- an MoE recipe ---------------------------------------------------------------------------
+
+    def _show_moe(self) -> bool:
+        """An MoE recipe: its view instead of the tabs (True); otherwise the tabs (False)."""
+        moe = self.document.moe
+        self.set_class(moe is not None, "moe")
+        if moe is None:
+            return False
+        self.query_one("#stage-bar", Static).set_class(False, "multi")
+        view = self.query_one(MoeView)
+        view.show(moe, self.base_dir)
+        if self.is_mounted and self.app.screen is self:
+            view.focus()
+        self.query_one("#status", StatusLine).show(
+            [f"[b]MoE recipe[/] · {len(moe.experts)} experts", "read-only", "F4 r assembles it"]
+        )
+        self.app.refresh_title()
+        return True
 
     # -- a multi-stage file's stages -------------------------------------------------------------
 
@@ -189,15 +217,23 @@ class RecipeScreen(RecipePart, ModeScreen):
     def _multi(self) -> bool:
         return self.document.stages is not None and len(self.document.stages) > 1
 
+    def _offered(self, action: str) -> bool:
+        """Whether a key of this screen applies to the open document: the stage keys only for a
+        multi-stage file; for an MoE recipe (read-only, no tabs) none but Save, which says why."""
+        if self.document.moe is not None:
+            return action == "app.save"
+        return self._multi() or not action.startswith("stage(")
+
     def _screen_keys(self) -> list[Binding]:
-        """The screen's keys for the help and palette: the stage keys only for a multi-stage
-        file."""
-        return [b for b in self.BINDINGS if self._multi() or not b.action.startswith("stage(")]
+        """The screen's keys for the help and palette (those that apply: `_offered`)."""
+        return [b for b in self.BINDINGS if self._offered(b.action)]
 
     def _palette_entries(self) -> tuple[PaletteEntry, ...]:
-        return tuple(e for e in self.PALETTE if self._multi() or not e.action.startswith("stage("))
+        return tuple(e for e in self.PALETTE if self._offered(e.action))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if self.document.moe is not None and action in ("tab", "undo", "redo", "stage"):
+            return False
         if action == "stage":
             return self.document.stages is not None and len(self.document.stages) > 1
         return True
@@ -293,6 +329,14 @@ class RecipeScreen(RecipePart, ModeScreen):
 
     def help_sections(self) -> list[HelpSection]:
         app = self.app
+        if self.document.moe is not None:
+            return [
+                (
+                    "Recipe screen (an MoE recipe, read-only)",
+                    binding_rows(app, self._screen_keys()),
+                ),
+                ("MoE view", [("↑ ↓ pgup pgdn", "Scroll the experts and their prompts")]),
+            ]
         return [
             ("Recipe screen", binding_rows(app, self._screen_keys())),
             ("Layers tab: the grid", LayerGrid.help_rows(app)),
@@ -303,6 +347,8 @@ class RecipeScreen(RecipePart, ModeScreen):
     def palette_commands(self) -> list[PaletteCommand]:
         """Every action of this screen (tabs, models, slices, the grid's keys) for the palette;
         the keys each names are read from the bindings of the pane that runs it."""
+        if self.document.moe is not None:
+            return binding_commands(self, self._palette_entries(), self._screen_keys())
         setup, slices, layers = (self.query_one(p) for p in (SetupPane, SlicesPane, LayersPane))
         return [
             *binding_commands(self, self._palette_entries(), self._screen_keys()),

@@ -104,6 +104,23 @@ class ProgressPane(Vertical):
                 hint += " · the output exists: a run asks before replacing it"
             self._update_once("#run-state", hint)
 
+    def show_moe(self, document: Any, output: Path | None, *, first: bool) -> None:
+        """An MoE recipe: its experts and gate mode, and where it is assembled."""
+        moe = document.moe
+        shared = f" + {len(moe.shared_experts)} shared" if moe.shared_experts else ""
+        name = document.path.name if document.path else document.display_name
+        self._update_once(
+            "#run-summary",
+            f"[b]{escape(name)}[/] · MoE of {len(moe.experts)} experts{shared} · "
+            f"gate {escape(moe.gate_mode)} · {moe.experts_per_token} per token\noutput: "
+            + (escape(short_path(output)) if output else "[$warning]not set[/] (r asks)"),
+        )
+        if first:
+            hint = "[b]r[/] assembles the MoE as [b]mergetui merge[/] does"
+            if output is not None and output.exists():
+                hint += " · the output exists: a run asks before replacing it"
+            self._update_once("#run-state", hint)
+
     def show_stages(
         self, document: Any, output: Path | None, stages_dir: Path | None, *, first: bool
     ) -> None:

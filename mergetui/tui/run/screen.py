@@ -12,6 +12,9 @@ them (the final output from the final stage's recipe, else asked for; the others
 judged before anything runs (a folder another recipe made is replaced only when asked), then run in
 order by the worker, each under a `stage 2/3: NAME` heading with its own progress bar, an up-to-date
 stage skipped; cancel stops the stage that runs and keeps those finished.
+
+An MoE recipe (docs/moe.md) is assembled by the CLI's core (`merge.moe_plan`, `merge.moe_run`)
+with the same bar, figures, log, cancel and history; its output is its recipe's, else asked at `r`.
 """
 
 from __future__ import annotations
@@ -168,6 +171,13 @@ class RunScreen(ModeScreen):
         multi-stage file's: its final stage's, or the folder chosen at `r`)."""
         from mergetui.recipe.paths import output_folder
 
+        moe = self.app.document.moe
+        if moe is not None:
+            from mergetui.recipe.paths import recipe_path
+
+            if moe.output:
+                return recipe_path(moe.output, self._recipe_dir())
+            return self.stages_out  # chosen at `r` for this document
         stages = self.app.document.stages
         if stages is not None:
             from mergetui.recipe.stage_order import final_output
@@ -219,6 +229,11 @@ class RunScreen(ModeScreen):
 
     def _show_idle(self) -> None:
         first = self.last_outcome is None
+        if self.app.document.moe is not None:
+            self.sub_title = None
+            self.progress.show_moe(self.app.document, self._output_dir(), first=first)
+            self.refresh_bindings()
+            return
         if self.app.document.stages is not None:
             output, stages_dir = self._stage_folders()
             self.progress.show_stages(self.app.document, output, stages_dir, first=first)
@@ -262,6 +277,9 @@ class RunScreen(ModeScreen):
             return
         if self.app.document.stages is not None:
             self._run_stages()
+            return
+        if self.app.document.moe is not None:
+            self._run_moe()
             return
         recipe = self.app.document.recipe
         if not recipe.models:
@@ -368,6 +386,38 @@ class RunScreen(ModeScreen):
             lambda yes: self._start(force=True, stages=placed) if yes else None,
         )
 
+    def _run_moe(self) -> None:
+        """`r` on an MoE recipe: an output folder when its recipe names none (the run's, not an
+        edit: the recipe is read-only), a question before replacing one, then the assembly."""
+        document = self.app.document
+        output = self._output_dir()
+        if output is None:
+            stem = document.path.stem if document.path else "moe"
+            self.app.push_screen(
+                TextPrompt(
+                    "Output folder for the MoE",
+                    str(Path("merges") / stem),
+                    paths=True,
+                    hint=f"relative to {self._relative_to()} · enter assembles · escape cancels",
+                ),
+                self._moe_output_chosen,
+            )
+        elif output.exists():
+            self._ask_replace(output)
+        else:
+            self._start(force=False)
+
+    def _moe_output_chosen(self, text: str | None) -> None:
+        if not text:
+            return
+        from mergetui.recipe.paths import cli_path
+
+        folder = Path(text).expanduser()
+        chosen = folder if folder.is_absolute() else cli_path(self._recipe_dir() / folder)
+        self.chosen_out = (self.app.document, chosen)
+        self._show_idle()
+        self._run_moe()
+
     def _stages_output_chosen(self, text: str | None) -> None:
         if not text:
             return
@@ -416,6 +466,8 @@ class RunScreen(ModeScreen):
             source=document.path or document.origin,
             started_at=clocks.WALL_CLOCK(),
             stages=stages,
+            moe=copy.deepcopy(document.moe),
+            out=self._output_dir() if document.moe is not None else None,
         )
         self._merge(job)
 
@@ -539,8 +591,9 @@ class RunScreen(ModeScreen):
             return
         if event.outcome == "finished":
             where = escape(short_path(event.output_dir)) if event.output_dir else ""
+            verb = "assembled" if self.app.document.moe is not None else "merged"
             self.progress.state_line(
-                f"[b $success]✓ merged[/] into {where} in {elapsed} · "
+                f"[b $success]✓ {verb}[/] into {where} in {elapsed} · "
                 "[b]t[/] chat with it · [b]u[/] push to Hub"
             )
             say(f"finished in {elapsed}: {event.message}", "green")

@@ -96,17 +96,27 @@ class HistoryTab(TabPane):
     def _reopen(self, record: Any) -> None:
         from mergetui.editing.document import RecipeDocument
 
+        moe = None
         try:
-            recipe = record.recipe()
+            if record.method == "moe":  # an MoE assembly keeps its recipe as a [moe] table
+                from mergetui.recipe.model import Recipe
+                from mergetui.recipe.moe import loads_moe
+
+                moe = loads_moe(record.recipe_toml, "toml", record.recipe_path or "history")
+                recipe = Recipe(method="moe")
+            else:
+                recipe = record.recipe()
         except UserError as exc:
             self.notify(str(exc), title="Not reopened", severity="error")
             return
         origin = Path(record.recipe_path) if record.recipe_path else None
         self.app.document = RecipeDocument(
-            recipe, path=None, origin=origin, origin_note="from history"
+            recipe, path=None, origin=origin, origin_note="from history", moe=moe
         )
         self.app.document_replaced()
         self.app.switch_mode("recipe")
         self.notify(
-            f"reopened the recipe of the run of {record.when()} (save it with ctrl+s)", timeout=5
+            f"reopened the recipe of the run of {record.when()} "
+            + ("(an MoE recipe: read-only)" if moe is not None else "(save it with ctrl+s)"),
+            timeout=5,
         )

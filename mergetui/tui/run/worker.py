@@ -54,16 +54,19 @@ class Relay:
         )
         self.per_layer: dict[int, int] = {}
         self.pre = self.post = 0
+        self.sections: dict[str, tuple[str, int | None]] = {}
         for tensor in plan.tensors:
+            # An MoE plan's tensors have no section: those before the first layer's are "pre".
+            section = getattr(tensor, "section", None) or ("post" if self.per_layer else "pre")
+            self.sections[tensor.name] = (section, tensor.layer)
             if tensor.layer is not None:
                 self.per_layer[tensor.layer] = self.per_layer.get(tensor.layer, 0) + 1
-            elif tensor.section == "pre":
+            elif section == "pre":
                 self.pre += 1
             else:
                 self.post += 1
         self.layer_seen: dict[int, int] = {}
         self.pre_seen = self.post_seen = 0
-        self.sections = {t.name: (t.section, t.layer) for t in plan.tensors}
         self.last_post = 0.0
         self.interval = 1.0 / PROGRESS_HZ
         self.device = ""
@@ -133,6 +136,8 @@ class MergeJob:
     source: Path | None  # the recipe's file, for the history
     started_at: float  # wall-clock time, for the history
     stages: list[Any] | None = None  # a multi-stage file's stages, placed (`place_stages`)
+    moe: Any = None  # an MoE recipe (`recipe` is then a placeholder)
+    out: Path | None = None  # where the MoE goes when its recipe names no output (chosen at `r`)
 
 
 def run_job(target: Poster, job: MergeJob) -> None:
@@ -141,6 +146,9 @@ def run_job(target: Poster, job: MergeJob) -> None:
 
     if job.stages is not None:
         run_stages_job(target, job)
+        return
+    if job.moe is not None:
+        run_moe_job(target, job)
         return
     lower_priority()
     started = clocks.CLOCK()
@@ -165,6 +173,105 @@ def run_job(target: Poster, job: MergeJob) -> None:
     except OSError as exc:
         target.post_message(RunLog(f"the run was not added to the history: {exc}", "yellow"))
     target.post_message(RunEnded(outcome, message, output, record))
+
+
+def run_moe_job(target: Poster, job: MergeJob) -> None:
+    """Assemble an MoE recipe in this thread with the CLI's core (`merge.moe_plan` checks and
+    plans, `merge.moe_run` writes into a temporary folder renamed into place), then record it."""
+    from mergetui.merge.history import append_run
+
+    lower_priority()
+    started = clocks.CLOCK()
+    plan = None
+    outcome, message, output = "failed", "", None
+    try:
+        from mergetui.merge.moe_plan import make_moe_plan
+
+        plan = make_moe_plan(job.moe, recipe_dir=job.recipe_dir, out=job.out)
+        output, message = _run_moe_plan(target, plan, job)
+        outcome = "finished"
+    except CancelledError:
+        outcome, message = "cancelled", "nothing was written"
+    except UserError as exc:
+        outcome, message = "failed", str(exc)
+    except Exception as exc:  # a bug: say so, keep the app alive
+        outcome, message = "failed", f"internal error: {exc!r}"
+    record = _moe_record(job, plan, outcome, message, clocks.CLOCK() - started)
+    try:
+        append_run(record)
+    except OSError as exc:
+        target.post_message(RunLog(f"the run was not added to the history: {exc}", "yellow"))
+    target.post_message(RunEnded(outcome, message, output, record))
+
+
+def _run_moe_plan(target: Poster, plan: Any, job: MergeJob) -> tuple[Path, str]:
+    """`run_moe` on `plan`, its events relayed as a merge's; (the output folder, what was
+    written)."""
+    from mergetui.merge.moe_run import run_moe
+
+    if plan.output_dir.exists() and not job.force:
+        raise UserError("the output folder already exists", where=str(plan.output_dir))
+    relay = Relay(target, plan)
+    target.post_message(RunStarted(moe_summary(plan), copy.copy(relay.state), plan.device))
+    try:
+        result = run_moe(plan, on_event=relay, cancel=job.cancel, force=job.force)
+    finally:
+        relay.flush()
+    return result.output_dir, (
+        f"a {plan.architecture} of {len(plan.recipe.experts)} experts: "
+        f"{result.tensor_count} tensors, {human_bytes(result.total_bytes)}"
+    )
+
+
+def moe_summary(plan: Any) -> list[str]:
+    """The two lines the Log tab starts an MoE assembly with (as `plan_summary` for a merge)."""
+    recipe = plan.recipe
+    shared = f" + {len(recipe.shared_experts)} shared" if recipe.shared_experts else ""
+    return [
+        f"MoE ({plan.architecture}) of {len(recipe.experts)} experts{shared}, "
+        f"gate {recipe.gate_mode}, {recipe.experts_per_token} per token → "
+        f"{short_path(plan.output_dir)}",
+        f"{plan.tensor_count} tensors · {human_bytes(plan.total_bytes)} in "
+        f"{plan.shard_count} file(s) · {plan.layer_count} layers · "
+        f"dtype {dtype_label(plan.out_dtype)} · peak memory about "
+        f"{human_bytes(plan.estimated_peak_bytes)}",
+    ]
+
+
+def dtype_label(code: str | None) -> str:
+    from mergetui.dtypes import dtype_name
+
+    return dtype_name(code) if code else "as the inputs"
+
+
+def _moe_record(job: MergeJob, plan: Any, outcome: str, message: str, seconds: float) -> Any:
+    """The history's record of an MoE assembly: its recipe as `[moe]` TOML (the run's copy, with
+    local models absolute, once planned), method `moe`, the experts as its models."""
+    from mergetui.merge.history import RunRecord
+    from mergetui.recipe.moe import dumps_moe
+
+    moe = job.moe
+    if plan is not None:
+        from mergetui.merge.moe_run import moe_recipe_as_run
+
+        kept = moe_recipe_as_run(plan)
+        kept.output = moe.output
+        output = str(plan.output_dir)
+    else:
+        kept, output = moe, str(job.out or moe.output or "")
+    return RunRecord(
+        started_at=job.started_at,
+        recipe_toml=dumps_moe(kept, "toml"),
+        output_dir=output,
+        outcome=outcome,
+        seconds=seconds,
+        recipe_path=str(job.source) if job.source is not None else None,
+        method="moe",
+        models=[expert.source for expert in moe.experts],
+        message=message,
+        total_bytes=plan.total_bytes if plan is not None else 0,
+        tensor_count=plan.tensor_count if plan is not None else 0,
+    )
 
 
 def run_stages_job(target: Poster, job: MergeJob) -> None:
