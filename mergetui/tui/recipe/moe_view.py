@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
@@ -23,43 +25,60 @@ from mergetui.tui.paths_text import short_path
 from mergetui.tui.workers import reply
 
 
-def _prompts(sign: str, style: str, prompts: list[str]) -> str:
-    quoted = " · ".join(f'"{escape(p)}"' for p in prompts)
-    return f"    [{style}]{sign}[/] {quoted}"
-
-
 def moe_text(moe: Any, output: Path | None) -> str:
-    """The recipe in lines of rich markup (what the view shows above the check line)."""
-    gate = escape(moe.gate_mode)
-    lines = [
-        f"[b]base[/] {escape(moe.base)}",
-        f"[b]gate mode[/] {gate} · [b]{moe.experts_per_token}[/] expert(s) per token · "
-        f"[b]dtype[/] {escape(moe.dtype or 'as the base')}"
-        + (f" · [b]architecture[/] {escape(moe.architecture)}" if moe.architecture else ""),
-        "[b]output[/] "
-        + (escape(short_path(output)) if output else "[$warning]not set[/] (F4 r asks)")
-        + (f" · [b]seed[/] {moe.seed}" if moe.seed is not None else ""),
-    ]
+    """The recipe's own settings, in lines of markup (what the view shows above the experts)."""
+    return "\n".join(
+        [
+            f"[b]base[/] {escape(moe.base)}",
+            f"[b]gate mode[/] {escape(moe.gate_mode)} · [b]{moe.experts_per_token}[/] expert(s) "
+            f"per token · [b]dtype[/] {escape(moe.dtype or 'as the base')}"
+            + (f" · [b]architecture[/] {escape(moe.architecture)}" if moe.architecture else ""),
+            "[b]output[/] "
+            + (escape(short_path(output)) if output else "[$warning]not set[/] (F4 r asks)")
+            + (f" · [b]seed[/] {moe.seed}" if moe.seed is not None else ""),
+        ]
+    )
+
+
+def experts_table(moe: Any) -> Table:
+    """Each expert (then the shared expert): its model, then one row per prompt (+ positive,
+    − negative) and its scales, a long prompt wrapping under itself."""
+    table = Table.grid(padding=(0, 1))
+    table.add_column(justify="right", width=3, no_wrap=True)
+    table.add_column(ratio=1, overflow="fold")
     groups = [("Experts", moe.experts)]
     if moe.shared_experts:
         groups.append(("Shared expert", moe.shared_experts))
-    for title, experts in groups:
-        lines.append("")
-        lines.append(f"[b $accent]{title} ({len(experts)})[/]")
+    for number, (title, experts) in enumerate(groups):
+        if number:
+            table.add_row("", "")
+        table.add_row("", Text(f"{title} ({len(experts)})", style="bold underline"))
         for index, expert in enumerate(experts, start=1):
-            lines.append(f"[b]{index:>2}[/] {escape(expert.source)}")
-            if expert.positive_prompts:
-                lines.append(_prompts("+", "$success", expert.positive_prompts))
-            if expert.negative_prompts:
-                lines.append(_prompts("−", "$error", expert.negative_prompts))
+            table.add_row(Text(str(index), style="bold"), Text(expert.source, style="bold"))
+            for prompt in expert.positive_prompts:
+                table.add_row(Text("+", style="green"), Text(f'"{prompt}"'))
+            for prompt in expert.negative_prompts:
+                table.add_row(Text("−", style="red"), Text(f'"{prompt}"'))
             extra = []
             if expert.noise_scale is not None:
                 extra.append(f"noise_scale {expert.noise_scale:g}")
             if expert.residual_scale is not None:
                 extra.append(f"residual_scale {expert.residual_scale:g}")
             if extra:
-                lines.append(f"    [dim]{' · '.join(extra)}[/]")
-    return "\n".join(lines)
+                table.add_row("", Text(" · ".join(extra), style="dim"))
+    return table
+
+
+def moe_plain(moe: Any, output: Path | None) -> str:
+    """The view's text without styles (tests and the help read it)."""
+    from rich.console import Console
+
+    console = Console(width=200, color_system=None)
+    with console.capture() as capture:
+        console.print(experts_table(moe))
+    return Text.from_markup(moe_text(moe, output).replace("$warning", "yellow")).plain + (
+        "\n" + capture.get()
+    )
 
 
 class MoeView(VerticalScroll, can_focus=True):
@@ -67,20 +86,22 @@ class MoeView(VerticalScroll, can_focus=True):
 
     DEFAULT_CSS = """
     MoeView { height: 1fr; padding: 0 1; display: none; }
-    MoeView #moe-check { margin-bottom: 1; }
+    MoeView #moe-check, MoeView #moe-recipe { margin-bottom: 1; }
     MoeView #moe-hint { margin-top: 1; color: $text-muted; }
     """
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.check = ""  # the check line's text (tests read it)
+        self.text = ""  # the recipe as the view shows it, without styles
         self._key: tuple = ()
 
     def compose(self) -> ComposeResult:
         yield Static(id="moe-check")
         yield Static(id="moe-recipe")
+        yield Static(id="moe-experts")
         yield Static(
-            "read-only: edit the file in a text editor (docs/moe.md) · F4 then r assembles it",
+            "read-only: edit the file in a text editor · F4 then r assembles it",
             id="moe-hint",
         )
 
@@ -90,6 +111,8 @@ class MoeView(VerticalScroll, can_focus=True):
 
         output = recipe_path(moe.output, recipe_dir) if moe.output else None
         self.query_one("#moe-recipe", Static).update(moe_text(moe, output))
+        self.query_one("#moe-experts", Static).update(experts_table(moe))
+        self.text = moe_plain(moe, output)
         key = (id(moe), str(recipe_dir))
         if key == self._key:
             return

@@ -190,11 +190,16 @@ class RecipeScreen(RecipePart, ModeScreen):
         view.show(moe, self.base_dir)
         if self.is_mounted and self.app.screen is self:
             view.focus()
+        self._show_moe_status()
+        self.app.refresh_title()
+        return True
+
+    def _show_moe_status(self) -> None:
+        moe = self.document.moe
+        assert moe is not None
         self.query_one("#status", StatusLine).show(
             [f"[b]MoE recipe[/] · {len(moe.experts)} experts", "read-only", "F4 r assembles it"]
         )
-        self.app.refresh_title()
-        return True
 
     # -- a multi-stage file's stages -------------------------------------------------------------
 
@@ -254,6 +259,9 @@ class RecipeScreen(RecipePart, ModeScreen):
     @on(LayerGrid.CursorMoved)
     def _refresh_status(self) -> None:
         """The status line: valid or how many problems, the grid's cell and selection, the step."""
+        if self.document.moe is not None:
+            self._show_moe_status()
+            return
         errors = sum(1 for p in self.problems if severity_of(p) == "error")
         warnings = len(self.problems) - errors
         if errors:

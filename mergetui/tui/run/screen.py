@@ -504,7 +504,7 @@ class RunScreen(ModeScreen):
         where = f" on {escape(event.device)}" if event.device != "auto" else ""
         if self.cancel_event is None or not self.cancel_event.is_set():
             self.progress.state_line(
-                f"{self._stage_prefix()}[b]merging[/]{where}… [dim]c cancels[/]"
+                f"{self._stage_prefix()}[b]{self._verb()}[/]{where}… [dim]c cancels[/]"
             )
         self._show_progress(event.state)
 
@@ -512,8 +512,13 @@ class RunScreen(ModeScreen):
     def run_device(self, event: RunDevice) -> None:
         if self.running and self.cancel_event is not None and not self.cancel_event.is_set():
             self.progress.state_line(
-                f"{self._stage_prefix()}[b]merging[/] on {escape(event.device)}… [dim]c cancels[/]"
+                f"{self._stage_prefix()}[b]{self._verb()}[/] on {escape(event.device)}… "
+                "[dim]c cancels[/]"
             )
+
+    def _verb(self) -> str:
+        """What the state line says the engine does."""
+        return "assembling" if self.app.document.moe is not None else "merging"
 
     def _tick(self) -> None:
         if self.running and self.app.screen is self and self.state.tensor_count:

@@ -44,9 +44,10 @@ class Poster(Protocol):
 class Relay:
     """The engine's listener: turns events into messages, progress at most PROGRESS_HZ a second."""
 
-    def __init__(self, target: Poster, plan: Any) -> None:
+    def __init__(self, target: Poster, plan: Any, verb: str = "merging") -> None:
         self.target = target
         self.plan = plan
+        self.verb = verb  # what the log says the engine does ("assembling" for an MoE)
         self.state = ProgressState(
             total_bytes=plan.total_bytes,
             tensor_count=plan.tensor_count,
@@ -81,7 +82,7 @@ class Relay:
                 self.flush(now)
         elif isinstance(event, PlanReady):
             self.device = event.device
-            self.target.post_message(RunLog(f"merging on {event.device}", "bold"))
+            self.target.post_message(RunLog(f"{self.verb} on {event.device}", "bold"))
             self.target.post_message(RunDevice(event.device))
         elif isinstance(event, ShardWritten):
             self.flush()
@@ -211,7 +212,7 @@ def _run_moe_plan(target: Poster, plan: Any, job: MergeJob) -> tuple[Path, str]:
 
     if plan.output_dir.exists() and not job.force:
         raise UserError("the output folder already exists", where=str(plan.output_dir))
-    relay = Relay(target, plan)
+    relay = Relay(target, plan, "assembling")
     target.post_message(RunStarted(moe_summary(plan), copy.copy(relay.state), plan.device))
     try:
         result = run_moe(plan, on_event=relay, cancel=job.cancel, force=job.force)
