@@ -263,7 +263,18 @@ async def test_a_toml_with_an_output_asks_before_replacing_it(
         await until_done(app, pilot, screen)
         assert screen.last_outcome == "finished", log_text(screen)
         assert_same(tmp_path / "out", tmp_path / "cli")
+        # `t`: the Chat screen loads the MoE just assembled
+        await pilot.press("t")
+        await pilot.pause()
+        assert app.current_mode == "chat"
+        for _ in range(200):
+            await app.workers.wait_for_complete()
+            await pilot.pause(0.05)
+            if app.screen.loaded is not None:
+                break
+        assert app.screen.loaded.path == (tmp_path / "out").resolve()
         # again: the folder exists, a question first; "keep it" runs nothing
+        await pilot.press("f4")
         await pilot.press("r")
         await pilot.pause()
         assert isinstance(app.screen, ConfirmDialog)
@@ -342,3 +353,22 @@ def test_the_document_never_writes_an_moe_recipe(
     broken.write_text(f"base_model: {llama_family['base']}\nexperts: []\n")
     with pytest.raises(UserError, match="expert"):
         RecipeDocument.open(broken)
+
+
+async def test_the_checkpoints_screen_does_not_add_to_an_moe_recipe(
+    tmp_path: Path, llama_family: dict[str, Path]
+) -> None:
+    from mergetui.tui.checkpoints.screen import CheckpointsScreen
+
+    path = write_toml(tmp_path, llama_family)
+    app = MergeTuiApp(RecipeDocument.open(path), initial_screen="checkpoints")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.5)
+        await app.workers.wait_for_complete()
+        screen = app.screen
+        assert isinstance(screen, CheckpointsScreen)
+        screen.current_row = lambda: type("Row", (), {"error": None, "name": "x"})()
+        screen.action_add(False)
+        await pilot.pause()
+        assert any("read-only" in n.message for n in app._notifications)
+        assert not app.document.modified and not app.document.recipe.models

@@ -316,6 +316,14 @@ class CheckpointsScreen(ModeScreen):
             return
         if row.error:
             self.notify(f"{row.name} cannot be read: {row.error}", severity="warning", timeout=6)
+        if self.app.document.moe is not None:
+            self.notify(
+                "the open recipe is an MoE recipe, read-only in the app: add an expert in its "
+                "file with a text editor (docs/moe.md)",
+                severity="warning",
+                timeout=6,
+            )
+            return
         existing = model_named(self.app.document.recipe, row)
         if existing is not None and not as_base:
             self.notify(f"already in the recipe as {existing}", timeout=3)
