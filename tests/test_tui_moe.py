@@ -372,3 +372,29 @@ async def test_the_checkpoints_screen_does_not_add_to_an_moe_recipe(
         await pilot.pause()
         assert any("read-only" in n.message for n in app._notifications)
         assert not app.document.modified and not app.document.recipe.models
+
+
+async def test_a_folder_no_merge_wrote_is_refused_and_r_asks_again(
+    tmp_path: Path, llama_family: dict[str, Path]
+) -> None:
+    path = write_yaml(tmp_path, llama_family)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    app = MergeTuiApp(RecipeDocument.open(path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await on_screen(app, pilot, "f4", RunScreen)
+        assert isinstance(screen, RunScreen)
+        await pilot.press("r")
+        await pilot.pause()
+        assert isinstance(app.screen, TextPrompt)
+        app.screen.query_one("Input").value = "mine"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not screen.running
+        note = app._notifications
+        assert any("press r again to choose another folder" in n.message for n in note)
+        assert (mine / "notes.txt").read_text() == "keep me"
+        await pilot.press("r")
+        await pilot.pause()
+        assert isinstance(app.screen, TextPrompt)

@@ -315,11 +315,14 @@ class RunScreen(ModeScreen):
             self.notify(
                 f"{short_path(output)} already exists, and only a folder that a previous "
                 f"merge wrote can be replaced: this one {why}. Remove or move it yourself if "
-                "it may go, or set another output on the Recipe screen (F3).",
+                f"it may go, or {self._elsewhere()}.",
                 title="Cannot replace the output",
                 severity="error",
                 timeout=12,
             )
+            if self.app.document.moe is not None and self.stages_out is not None:
+                self.chosen_out = None  # the next `r` asks for another folder
+                self._show_idle()
             return
         self.app.push_screen(
             ConfirmDialog(
@@ -331,6 +334,17 @@ class RunScreen(ModeScreen):
             ),
             lambda yes: self._start(force=True) if yes else None,
         )
+
+    def _elsewhere(self) -> str:
+        """How to send the output elsewhere: an MoE recipe's is in its file, or asked at `r`."""
+        moe = self.app.document.moe
+        if moe is not None:
+            return (
+                "set another output in the MoE recipe's file"
+                if moe.output
+                else "press r again to choose another folder"
+            )
+        return "set another output on the Recipe screen (F3)"
 
     def _run_stages(self) -> None:
         """`r` on a multi-stage file: an output for the final stage when it has none, a question
