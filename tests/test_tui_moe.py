@@ -398,3 +398,36 @@ async def test_a_folder_no_merge_wrote_is_refused_and_r_asks_again(
         await pilot.press("r")
         await pilot.pause()
         assert isinstance(app.screen, TextPrompt)
+
+
+async def test_opening_an_moe_recipe_then_a_merge_recipe_swaps_the_view_and_the_tabs(
+    tmp_path: Path, llama_family: dict[str, Path]
+) -> None:
+    merge = tmp_path / "soup.toml"
+    merge.write_text(
+        f'[merge]\nmethod = "linear"\n\n[models.a]\nsource = "{llama_family["a"]}"\n\n'
+        f'[models.b]\nsource = "{llama_family["b"]}"\n',
+        encoding="utf-8",
+    )
+    moe = write_toml(tmp_path, llama_family)
+    app = MergeTuiApp(RecipeDocument.open(merge))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await on_screen(app, pilot, "f3", RecipeScreen)
+        assert isinstance(screen, RecipeScreen)
+        assert screen.query_one("#recipe-tabs").display
+        assert not screen.query_one(MoeView).display
+        app._open_path(str(moe))
+        await pilot.pause(0.3)
+        assert app.sub_title == "moe.toml · MoE"
+        assert screen.query_one(MoeView).display
+        assert not screen.query_one("#recipe-tabs").display
+        assert "seed 7" in screen.query_one(MoeView).text
+        assert "MoE recipe" in str(screen.query_one("#status").render())
+        app._open_path(str(merge))
+        await pilot.pause(0.3)
+        assert app.sub_title == "soup.toml"
+        assert screen.query_one("#recipe-tabs").display
+        assert not screen.query_one(MoeView).display
+        await pilot.press("f7")  # the tab keys work again
+        await pilot.pause()
+        assert screen.query_one("#recipe-tabs").active == "layers"
