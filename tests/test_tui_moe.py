@@ -199,17 +199,18 @@ shared_experts:
         assert "✗" in check and "architecture" in check, check
 
 
+@pytest.mark.parametrize("gate_mode", ["cheap_embed", "hidden"])
 async def test_run_screen_assembles_like_the_cli_and_records_it(
-    tmp_path: Path, llama_family: dict[str, Path]
+    tmp_path: Path, llama_family: dict[str, Path], gate_mode: str
 ) -> None:
-    path = write_yaml(tmp_path, llama_family)
+    path = write_yaml(tmp_path, llama_family, gate_mode)
     app = MergeTuiApp(RecipeDocument.open(path))
     out = tmp_path / "merges" / "moe"
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await on_screen(app, pilot, "f4", RunScreen)
         assert isinstance(screen, RunScreen)
         summary = str(screen.query_one("#run-summary").render())
-        assert "MoE of 3 experts · gate cheap_embed · 2 per token" in summary
+        assert f"MoE of 3 experts · gate {gate_mode} · 2 per token" in summary
         assert "not set (r asks)" in summary
         await pilot.press("r")
         await pilot.pause()
@@ -219,7 +220,8 @@ async def test_run_screen_assembles_like_the_cli_and_records_it(
         await until_done(app, pilot, screen)
         assert screen.last_outcome == "finished", log_text(screen)
         log = log_text(screen)
-        assert "MoE (Mixtral) of 3 experts, gate cheap_embed, 2 per token → merges/moe" in log
+        assert f"MoE (Mixtral) of 3 experts, gate {gate_mode}, 2 per token → merges/moe" in log
+        assert "assembling on " in log
         assert "finished in" in log and "a Mixtral of 3 experts" in log
         state = str(screen.query_one("#run-state").render())
         assert "assembled into merges/moe" in state
