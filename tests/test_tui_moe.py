@@ -434,3 +434,21 @@ async def test_opening_an_moe_recipe_then_a_merge_recipe_swaps_the_view_and_the_
         await pilot.press("f7")  # the tab keys work again
         await pilot.pause()
         assert screen.query_one("#recipe-tabs").active == "layers"
+
+
+async def test_the_search_screen_says_an_moe_recipe_is_not_searchable(
+    tmp_path: Path, llama_family: dict[str, Path]
+) -> None:
+    from mergetui.tui.search.screen import MOE_NOT_SEARCHABLE, SearchScreen
+
+    path = write_toml(tmp_path, llama_family)
+    app = MergeTuiApp(RecipeDocument.open(path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await on_screen(app, pilot, "f10", SearchScreen)
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert "not searchable" in str(screen.query_one("#search-state").render())
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert not screen.running
+        assert any(n.message.startswith(MOE_NOT_SEARCHABLE) for n in app._notifications)

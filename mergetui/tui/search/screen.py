@@ -47,6 +47,10 @@ from mergetui.tui.workers import reply
 TAB_HELP = ("tab shift+tab", "Next / previous field")
 
 
+# An MoE recipe (docs/moe.md) has no per-layer merge values: what the screen says instead.
+MOE_NOT_SEARCHABLE = "an MoE recipe has no per-layer values to search"
+
+
 class SearchScreen(ModeScreen):
     """Search per-layer values for the open recipe: a live curve, the best so far, apply it."""
 
@@ -194,6 +198,11 @@ class SearchScreen(ModeScreen):
 
         if self.outcome is not None or self.running:
             return
+        if self.app.document.moe is not None:
+            self._state(f"[b $warning]not searchable[/]: {MOE_NOT_SEARCHABLE}")
+            self.refresh_bindings()
+            self._refresh_status()
+            return
         settings = self.form.settings
         try:
             budget: int | str = self.form.read().budget
@@ -241,6 +250,14 @@ class SearchScreen(ModeScreen):
         if self.running:
             return
         document = self.app.document
+        if document.moe is not None:
+            self.notify(
+                f"{MOE_NOT_SEARCHABLE}: open a merge recipe (ctrl+o)",
+                title="Not searched",
+                severity="warning",
+                timeout=8,
+            )
+            return
         if self._key() != self._recipe_key:
             # Another recipe was opened (or its models changed) while a search ran: the form is
             # filled for it first, to be looked at before a start.
