@@ -354,18 +354,23 @@ def run_stages_job(target: Poster, job: MergeJob) -> None:
     if outcome != "finished" and "step" in current and current["step"].output.runs:
         last = record(outcome, message)
     if last is None:  # nothing ran (every stage up to date, or refused before the first)
-        from mergetui.merge.history import RunRecord
-
-        last = RunRecord(
-            started_at=job.started_at,
-            recipe_toml="",
-            output_dir=str(output or ""),
-            outcome=outcome,
-            seconds=0.0,
-            message=message,
-        )
+        last = _nothing_ran(job, output, outcome, message)
     last = dataclasses.replace(last, seconds=clocks.CLOCK() - started)
     target.post_message(RunEnded(outcome, message, output, last))
+
+
+def _nothing_ran(job: MergeJob, output: Any, outcome: str, message: str) -> Any:
+    """The record of a multi-stage run in which no stage merged (all up to date, or refused)."""
+    from mergetui.merge.history import RunRecord
+
+    return RunRecord(
+        started_at=job.started_at,
+        recipe_toml="",
+        output_dir=str(output or ""),
+        outcome=outcome,
+        seconds=0.0,
+        message=message,
+    )
 
 
 def _stopped(current: dict[str, Any], merged: int, what: str) -> str:
