@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -264,49 +262,22 @@ def print_plan(plan: Any, *, force: bool, show_output: bool = True) -> None:
 def run_with_progress(plan: Any, *, force: bool, out: Any, err: Any, label: str = "") -> int:
     """Run the plan under a progress bar (`label` before its description, e.g. a stage's); Ctrl-C,
     SIGTERM and SIGHUP cancel it cleanly: the exit status 128 + the signal."""
+
     from rich.markup import escape
 
-    from mergetui.cli.interrupts import install_stop_signals, restore_signals
-    from mergetui.cli.output import bytes_progress
-    from mergetui.errors import CancelledError
+    from mergetui.cli.interrupts import run_with_tensor_bar
     from mergetui.formatting import human_bytes
-    from mergetui.merge.events import Notice, PlanReady, TensorDone
     from mergetui.merge.runner import run_merge
 
-    cancel = threading.Event()
-    # The elapsed column only where it fits: at 80 columns it would wrap the line.
-    progress = bytes_progress("tensors", err, elapsed=err.width >= 100)
-    task = progress.add_task(
-        f"{label}merging", total=plan.total_bytes, tensors=f"0/{plan.tensor_count} tensors"
+    result, status = run_with_tensor_bar(
+        lambda on_event, cancel: run_merge(plan, on_event=on_event, cancel=cancel, force=force),
+        err=err,
+        total_bytes=plan.total_bytes,
+        tensor_count=plan.tensor_count,
+        verb=f"{label}merging",
     )
-    done = [0]  # tensors finish in any order: count them (an event's index is its plan position)
-
-    def on_event(event: Any) -> None:
-        if isinstance(event, TensorDone):
-            done[0] += 1
-            progress.update(
-                task,
-                completed=event.bytes_written,
-                tensors=f"{done[0]}/{event.tensor_count} tensors",
-            )
-        elif isinstance(event, PlanReady):
-            progress.update(task, description=f"{label}merging on {event.device}")
-        elif isinstance(event, Notice):
-            progress.console.print(f"[yellow]note:[/] {escape(event.message)}", soft_wrap=True)
-
-    received: list[int] = []
-    previous = install_stop_signals(cancel, received)
-    try:
-        with progress:
-            result = run_merge(plan, on_event=on_event, cancel=cancel, force=force)
-    except CancelledError:
-        try:
-            err.print("[yellow]Cancelled:[/] nothing was written.")
-        except OSError:  # SIGHUP: the terminal may be gone
-            pass
-        return 128 + (received[0] if received else signal.SIGINT)
-    finally:
-        restore_signals(previous)
+    if status:
+        return status
     out.print(
         f"[green]Merged[/] {result.tensor_count} tensors ({human_bytes(result.total_bytes)}) "
         f"into {escape(str(result.output_dir))} in {result.seconds:.1f} s",

@@ -80,3 +80,56 @@ def interrupt_at_once(cancel: threading.Event) -> Callable[[], None]:
         signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
     return restore
+
+
+def run_with_tensor_bar(
+    run: Callable[[Callable[[Any], None], threading.Event], Any],
+    *,
+    err: Any,
+    total_bytes: int,
+    tensor_count: int,
+    verb: str,
+    verb_on_device: str | None = None,
+) -> tuple[Any, int]:
+    """Run `run(on_event, cancel)` (a merge or an MoE assembly) under a progress bar of bytes and
+    tensors, stopped cleanly by Ctrl-C, SIGTERM and SIGHUP: (its result, 0), or (None,
+    128 + the signal) once it was cancelled and said so. The bar reads `verb`, then
+    `verb_on_device` (default `verb`) + " on DEVICE" once the engine has placed the work."""
+    from rich.markup import escape
+
+    from mergetui.cli.output import bytes_progress
+    from mergetui.errors import CancelledError
+    from mergetui.merge.events import Notice, PlanReady, TensorDone
+
+    cancel = threading.Event()
+    # The elapsed column only where it fits: at 80 columns it would wrap the line.
+    progress = bytes_progress("tensors", err, elapsed=err.width >= 100)
+    task = progress.add_task(verb, total=total_bytes, tensors=f"0/{tensor_count} tensors")
+    done = [0]  # tensors finish in any order: count them (an event's index is its plan position)
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, TensorDone):
+            done[0] += 1
+            progress.update(
+                task,
+                completed=event.bytes_written,
+                tensors=f"{done[0]}/{event.tensor_count} tensors",
+            )
+        elif isinstance(event, PlanReady):
+            progress.update(task, description=f"{verb_on_device or verb} on {event.device}")
+        elif isinstance(event, Notice):
+            progress.console.print(f"[yellow]note:[/] {escape(event.message)}", soft_wrap=True)
+
+    received: list[int] = []
+    previous = install_stop_signals(cancel, received)
+    try:
+        with progress:
+            return run(on_event, cancel), 0
+    except CancelledError:
+        try:
+            err.print("[yellow]Cancelled:[/] nothing was written.")
+        except OSError:  # SIGHUP: the terminal may be gone
+            pass
+        return None, 128 + (received[0] if received else signal.SIGINT)
+    finally:
+        restore_signals(previous)

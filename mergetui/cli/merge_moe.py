@@ -6,8 +6,6 @@ Mixtral or Qwen2-MoE folder, with the merge's progress bar, dry run and clean ca
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from typing import Any
 
 from mergetui.recipe.moe import MoeRecipe
@@ -120,43 +118,20 @@ def _run_with_progress(plan: Any, *, force: bool, out: Any, err: Any) -> int:
     """The merge's progress bar over `run_moe`; Ctrl-C, SIGTERM, SIGHUP: 128 + the signal."""
     from rich.markup import escape
 
-    from mergetui.cli.interrupts import install_stop_signals, restore_signals
-    from mergetui.cli.output import bytes_progress
-    from mergetui.errors import CancelledError
+    from mergetui.cli.interrupts import run_with_tensor_bar
     from mergetui.formatting import human_bytes
-    from mergetui.merge.events import Notice, PlanReady, TensorDone
     from mergetui.merge.moe_run import run_moe
 
-    cancel = threading.Event()
-    progress = bytes_progress("tensors", err, elapsed=err.width >= 100)
-    count = len(plan.tensors)
-    task = progress.add_task("assembling", total=plan.total_bytes, tensors=f"0/{count} tensors")
-
-    def on_event(event: Any) -> None:
-        if isinstance(event, TensorDone):
-            progress.update(
-                task,
-                completed=event.bytes_written,
-                tensors=f"{event.index + 1}/{event.tensor_count} tensors",
-            )
-        elif isinstance(event, PlanReady):
-            progress.update(task, description=f"assembling {plan.architecture} on {event.device}")
-        elif isinstance(event, Notice):
-            progress.console.print(f"[yellow]note:[/] {escape(event.message)}", soft_wrap=True)
-
-    received: list[int] = []
-    previous = install_stop_signals(cancel, received)
-    try:
-        with progress:
-            result = run_moe(plan, on_event=on_event, cancel=cancel, force=force)
-    except CancelledError:
-        try:
-            err.print("[yellow]Cancelled:[/] nothing was written.")
-        except OSError:
-            pass
-        return 128 + (received[0] if received else signal.SIGINT)
-    finally:
-        restore_signals(previous)
+    result, status = run_with_tensor_bar(
+        lambda on_event, cancel: run_moe(plan, on_event=on_event, cancel=cancel, force=force),
+        err=err,
+        total_bytes=plan.total_bytes,
+        tensor_count=len(plan.tensors),
+        verb="assembling",
+        verb_on_device=f"assembling {plan.architecture}",
+    )
+    if status:
+        return status
     out.print(
         f"[green]Assembled[/] a {plan.architecture} of {len(plan.recipe.experts)} experts: "
         f"{result.tensor_count} tensors ({human_bytes(result.total_bytes)}) into "
