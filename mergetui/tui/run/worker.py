@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -143,53 +144,50 @@ class MergeJob:
 
 def run_job(target: Poster, job: MergeJob) -> None:
     """Plan and run the merge in this thread, then record it; the outcome goes as RunEnded."""
-    from mergetui.merge.history import append_run
-
     if job.stages is not None:
         run_stages_job(target, job)
         return
     if job.moe is not None:
         run_moe_job(target, job)
         return
-    lower_priority()
-    started = clocks.CLOCK()
-    plan = None
-    outcome, message, output = "failed", "", None
-    try:
+
+    def plan() -> Any:
         check_recipe(job.recipe, job.recipe_dir)
         from mergetui.merge.plan import make_plan
 
-        plan = make_plan(job.recipe, recipe_dir=job.recipe_dir)
-        output, message = _run_plan(target, plan, job)
-        outcome = "finished"
-    except CancelledError:
-        outcome, message = "cancelled", "nothing was written"
-    except UserError as exc:
-        outcome, message = "failed", str(exc)
-    except Exception as exc:  # a bug: say so, keep the app alive
-        outcome, message = "failed", f"internal error: {exc!r}"
-    record = _record(job, plan, outcome, message, clocks.CLOCK() - started)
-    try:
-        append_run(record)
-    except OSError as exc:
-        target.post_message(RunLog(f"the run was not added to the history: {exc}", "yellow"))
-    target.post_message(RunEnded(outcome, message, output, record))
+        return make_plan(job.recipe, recipe_dir=job.recipe_dir)
+
+    _run_recorded(target, job, plan, _run_plan, _record)
 
 
 def run_moe_job(target: Poster, job: MergeJob) -> None:
     """Assemble an MoE recipe in this thread with the CLI's core (`merge.moe_plan` checks and
     plans, `merge.moe_run` writes into a temporary folder renamed into place), then record it."""
-    from mergetui.merge.history import append_run
 
+    def plan() -> Any:
+        from mergetui.merge.moe_plan import make_moe_plan
+
+        return make_moe_plan(job.moe, recipe_dir=job.recipe_dir, out=job.out)
+
+    _run_recorded(target, job, plan, _run_moe_plan, _moe_record)
+
+
+def _run_recorded(
+    target: Poster,
+    job: MergeJob,
+    plan_of: Callable[[], Any],
+    run_plan: Callable[[Poster, Any, MergeJob], tuple[Path, str]],
+    record_of: Callable[..., Any],
+) -> None:
+    """One merge or assembly at lower priority: plan, run, then its history record; how it ended
+    (finished, cancelled, failed, or a bug said as such) goes as RunEnded."""
     lower_priority()
     started = clocks.CLOCK()
     plan = None
     outcome, message, output = "failed", "", None
     try:
-        from mergetui.merge.moe_plan import make_moe_plan
-
-        plan = make_moe_plan(job.moe, recipe_dir=job.recipe_dir, out=job.out)
-        output, message = _run_moe_plan(target, plan, job)
+        plan = plan_of()
+        output, message = run_plan(target, plan, job)
         outcome = "finished"
     except CancelledError:
         outcome, message = "cancelled", "nothing was written"
@@ -197,11 +195,8 @@ def run_moe_job(target: Poster, job: MergeJob) -> None:
         outcome, message = "failed", str(exc)
     except Exception as exc:  # a bug: say so, keep the app alive
         outcome, message = "failed", f"internal error: {exc!r}"
-    record = _moe_record(job, plan, outcome, message, clocks.CLOCK() - started)
-    try:
-        append_run(record)
-    except OSError as exc:
-        target.post_message(RunLog(f"the run was not added to the history: {exc}", "yellow"))
+    record = record_of(job, plan, outcome, message, clocks.CLOCK() - started)
+    _append(target, record)
     target.post_message(RunEnded(outcome, message, output, record))
 
 
