@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tui_helpers import gate_the_engine, wait_reached
+from tui_helpers import gate_the_engine, until_done, wait_reached
 
 from mergetui.editing.document import RecipeDocument
 from mergetui.paths import CONFIG_ENV, DATA_ENV
@@ -74,15 +74,6 @@ async def settle(pilot, pause: float = 0.4) -> None:
         await pilot.pause(pause)
         await pilot.app.workers.wait_for_complete()
     await pilot.pause()
-
-
-async def until_done(app: MergeTuiApp, pilot, screen: RunScreen) -> None:
-    for _ in range(400):
-        await app.workers.wait_for_complete()
-        await pilot.pause(0.05)
-        if not screen.running:
-            return
-    raise AssertionError("the merge did not end")
 
 
 def shown(widget) -> str:

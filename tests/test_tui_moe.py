@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tui_helpers import log_text, on_screen, until_done
 
 from mergetui.cli import main
 from mergetui.editing.document import RecipeDocument
@@ -82,28 +83,6 @@ positive_prompts = ["Once upon a time"]
         encoding="utf-8",
     )
     return path
-
-
-async def on_screen(app: MergeTuiApp, pilot, key: str, kind: type) -> object:
-    await pilot.pause(0.3)
-    await app.workers.wait_for_complete()
-    await pilot.press(key)
-    await pilot.pause()
-    assert isinstance(app.screen, kind)
-    return app.screen
-
-
-async def until_done(app: MergeTuiApp, pilot, screen: RunScreen) -> None:
-    for _ in range(600):
-        await app.workers.wait_for_complete()
-        await pilot.pause(0.05)
-        if not screen.running:
-            return
-    raise AssertionError("the run did not end")
-
-
-def log_text(screen: RunScreen) -> str:
-    return "\n".join(strip.text for strip in screen.query_one("#run-log").lines)
 
 
 def tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -217,7 +196,7 @@ async def test_run_screen_assembles_like_the_cli_and_records_it(
         assert isinstance(app.screen, TextPrompt)
         assert app.screen.initial == str(Path("merges") / "moe")
         await pilot.press("enter")
-        await until_done(app, pilot, screen)
+        await until_done(app, pilot, screen, tries=600)
         assert screen.last_outcome == "finished", log_text(screen)
         log = log_text(screen)
         assert f"MoE (Mixtral) of 3 experts, gate {gate_mode}, 2 per token → merges/moe" in log
@@ -263,7 +242,7 @@ async def test_a_toml_with_an_output_asks_before_replacing_it(
         assert isinstance(screen, RunScreen)
         assert "output: out" in str(screen.query_one("#run-summary").render())
         await pilot.press("r")
-        await until_done(app, pilot, screen)
+        await until_done(app, pilot, screen, tries=600)
         assert screen.last_outcome == "finished", log_text(screen)
         assert_same(tmp_path / "out", tmp_path / "cli")
         # `t`: the Chat screen loads the MoE just assembled
@@ -287,7 +266,7 @@ async def test_a_toml_with_an_output_asks_before_replacing_it(
         await pilot.press("r")
         await pilot.pause()
         await pilot.press("y")
-        await until_done(app, pilot, screen)
+        await until_done(app, pilot, screen, tries=600)
         assert screen.last_outcome == "finished", log_text(screen)
     assert_same(tmp_path / "out", tmp_path / "cli")
 
@@ -327,7 +306,7 @@ async def test_cancel_leaves_nothing(
         await pilot.press("y")
         await pilot.pause()
         release.set()
-        await until_done(app, pilot, screen)
+        await until_done(app, pilot, screen, tries=600)
         assert screen.last_outcome == "cancelled"
         assert "nothing was written" in str(screen.query_one("#run-state").render())
         assert screen.check_action("chat_with_output", ()) is False

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tui_helpers import gate_the_engine, wait_reached
+from tui_helpers import gate_the_engine, log_text, on_run_screen, until_done, wait_reached
 
 from mergetui.cli import main
 from mergetui.editing.document import RecipeDocument
@@ -20,7 +20,6 @@ from mergetui.tui.app import MergeTuiApp
 from mergetui.tui.dialogs.confirm import ConfirmDialog
 from mergetui.tui.dialogs.paths import TextPrompt
 from mergetui.tui.recipe.screen import RecipeScreen
-from mergetui.tui.run.screen import RunScreen
 
 
 @pytest.fixture(autouse=True)
@@ -104,28 +103,6 @@ def write_multi(folder: Path, family: dict[str, Path], *, output: str | None = "
     return path
 
 
-async def on_run_screen(app: MergeTuiApp, pilot) -> RunScreen:
-    await pilot.pause(0.4)
-    await app.workers.wait_for_complete()
-    await pilot.press("f4")
-    await pilot.pause()
-    assert isinstance(app.screen, RunScreen)
-    return app.screen
-
-
-async def until_done(app: MergeTuiApp, pilot, screen: RunScreen) -> None:
-    for _ in range(600):
-        await app.workers.wait_for_complete()
-        await pilot.pause(0.05)
-        if not screen.running:
-            return
-    raise AssertionError("the run did not end")
-
-
-def log_text(screen: RunScreen) -> str:
-    return "\n".join(strip.text for strip in screen.query_one("#run-log").lines)
-
-
 def tensors(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
@@ -183,7 +160,7 @@ async def test_run_screen_runs_both_stages_like_the_cli_then_a_rerun_skips_both(
         summary = str(screen.query_one("#run-summary").render())
         assert "2 stages: soup (linear), final (slerp)" in summary
         await pilot.press("r")
-        await until_done(app, pilot, screen)
+        await until_done(app, pilot, screen, tries=600)
         assert screen.last_outcome == "finished", log_text(screen)
         log = log_text(screen)
         first, second = log.index("stage 1/2: soup → "), log.index("stage 2/2: final → ")
@@ -197,7 +174,7 @@ async def test_run_screen_runs_both_stages_like_the_cli_then_a_rerun_skips_both(
 
         # again: both up to date, nothing merged
         await pilot.press("r")
-        await until_done(app, pilot, screen)
+        await until_done(app, pilot, screen, tries=600)
         assert screen.last_outcome == "finished"
         log = log_text(screen)
         assert "stage 1/2: soup → " in log and "stage 2/2: final → " in log
@@ -229,7 +206,7 @@ async def test_no_output_asks_and_the_stages_go_beside_it(
         assert isinstance(app.screen, TextPrompt)
         assert app.screen.initial == str(Path("merges") / "multi")
         await pilot.press("enter")
-        await until_done(app, pilot, screen)
+        await until_done(app, pilot, screen, tries=600)
         assert screen.last_outcome == "finished", log_text(screen)
         # relative to the file's folder; the named stages beside it, as `mergetui merge --out`
         assert (tmp_path / "merges" / "multi" / "model.safetensors").is_file()
@@ -268,7 +245,7 @@ async def test_cancel_in_the_second_stage_keeps_the_first_and_a_rerun_skips_it(
         await pilot.press("y")
         await pilot.pause()
         release.set()
-        await until_done(app, pilot, screen)
+        await until_done(app, pilot, screen, tries=600)
         assert screen.last_outcome == "cancelled"
         assert (soup / "model.safetensors").is_file()
         assert not final.exists()
@@ -280,7 +257,7 @@ async def test_cancel_in_the_second_stage_keeps_the_first_and_a_rerun_skips_it(
 
         monkeypatch.setattr(runner, "run_merge", real)
         await pilot.press("r")
-        await until_done(app, pilot, screen)
+        await until_done(app, pilot, screen, tries=600)
         assert screen.last_outcome == "finished", log_text(screen)
         log = log_text(screen)
         assert log.count("skipped") == 1 and "1 merged, 1 up to date" in log
@@ -325,7 +302,7 @@ async def test_an_edited_stage_asks_before_replacing_and_reruns_what_depends_on_
         await pilot.press("r")
         await pilot.pause()
         await pilot.press("y")
-        await until_done(app, pilot, screen)
+        await until_done(app, pilot, screen, tries=600)
         assert screen.last_outcome == "finished", log_text(screen)
         assert "2 stages, 2 merged, 0 up to date" in log_text(screen)
         assert stamp(final) != merged_final  # stale once the soup was merged again

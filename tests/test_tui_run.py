@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tui_helpers import gate_the_engine, wait_reached
+from tui_helpers import gate_the_engine, log_text, on_run_screen, until_done, wait_reached
 
 from mergetui.editing.document import RecipeDocument
 from mergetui.merge.history import load_history
@@ -65,30 +65,8 @@ def write_recipe(tmp_path: Path, family: dict[str, Path], output: str | None = "
     return path
 
 
-async def on_run_screen(app: MergeTuiApp, pilot) -> RunScreen:
-    await pilot.pause(0.4)
-    await app.workers.wait_for_complete()
-    await pilot.press("f4")
-    await pilot.pause()
-    assert isinstance(app.screen, RunScreen)
-    return app.screen
-
-
-async def until_done(app: MergeTuiApp, pilot, screen: RunScreen) -> None:
-    for _ in range(400):
-        await app.workers.wait_for_complete()
-        await pilot.pause(0.05)
-        if not screen.running:
-            return
-    raise AssertionError("the merge did not end")
-
-
 def temporaries(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if ".mergetui-tmp-" in p.name]
-
-
-def log_text(screen: RunScreen) -> str:
-    return "\n".join(strip.text for strip in screen.query_one("#run-log").lines)
 
 
 async def test_merge_from_the_app_with_progress_and_history(

@@ -35,3 +35,34 @@ async def wait_reached(pilot, reached: threading.Event) -> None:
             return
         await pilot.pause(0.05)
     raise AssertionError("the engine never finished a tensor")
+
+
+async def on_screen(app, pilot, key: str, kind: type):
+    """Let the app settle (its workers done), press `key` and return the screen it shows."""
+    await pilot.pause(0.4)
+    await app.workers.wait_for_complete()
+    await pilot.press(key)
+    await pilot.pause()
+    assert isinstance(app.screen, kind)
+    return app.screen
+
+
+async def on_run_screen(app, pilot):
+    from mergetui.tui.run.screen import RunScreen
+
+    return await on_screen(app, pilot, "f4", RunScreen)
+
+
+async def until_done(app, pilot, screen, tries: int = 400) -> None:
+    """Let the app run until the Run screen's run ends (fail after `tries` x 0.05 s)."""
+    for _ in range(tries):
+        await app.workers.wait_for_complete()
+        await pilot.pause(0.05)
+        if not screen.running:
+            return
+    raise AssertionError("the run did not end")
+
+
+def log_text(screen) -> str:
+    """The Run screen's Log tab as plain text."""
+    return "\n".join(strip.text for strip in screen.query_one("#run-log").lines)
