@@ -83,7 +83,6 @@ def _run(args: argparse.Namespace) -> int:
     from mergetui.cli.output import console, console_err
     from mergetui.device import check_device_name
     from mergetui.errors import UserError
-    from mergetui.merge.plan import make_plan
     from mergetui.merge.target import check_output, output_guard
     from mergetui.merge.writer import parse_size
     from mergetui.recipe.io import load_recipe
@@ -123,16 +122,13 @@ def _run(args: argparse.Namespace) -> int:
             console_err().print("[yellow]Cancelled:[/] download stopped; nothing was merged.")
             return 130
 
-    plan = make_plan(
+    plan = plan_from_args(
         recipe,
+        args,
         recipe_dir=recipe_path.parent,
         out=args.out,
         shard_size=shard_size,
         device=device,
-        seed=args.seed,
-        allow_bin=args.allow_bin,
-        trust_remote_code=args.trust_remote_code,
-        allow_mixed_architectures=args.allow_mixed_architectures,
     )
     if args.dry_run:
         print_plan(plan, force=args.force)
@@ -140,6 +136,32 @@ def _run(args: argparse.Namespace) -> int:
     check_output(plan.output_dir, args.force, **output_guard(plan))  # the engine checks again
     # The plan's notices reach the user as the engine's Notice events, printed by on_event.
     return run_with_progress(plan, force=args.force, out=console(), err=console_err())
+
+
+def plan_from_args(
+    recipe: Any,
+    args: argparse.Namespace,
+    *,
+    recipe_dir: Path,
+    out: Path | str | None,
+    shard_size: int,
+    device: str,
+) -> Any:
+    """The engine's plan for `recipe` with `mergetui merge`'s options (a single recipe's or a
+    stage's): the one place the command's flags reach `make_plan`."""
+    from mergetui.merge.plan import make_plan
+
+    return make_plan(
+        recipe,
+        recipe_dir=recipe_dir,
+        out=out,
+        shard_size=shard_size,
+        device=device,
+        seed=args.seed,
+        allow_bin=args.allow_bin,
+        trust_remote_code=args.trust_remote_code,
+        allow_mixed_architectures=args.allow_mixed_architectures,
+    )
 
 
 def missing_hub_models(recipe: Any, recipe_dir: Path) -> dict[str, Any]:

@@ -77,18 +77,15 @@ def _heading(stage: Any, index: int, count: int) -> str:
 
 
 def _plan(stage: Any, args: argparse.Namespace, *, shard_size: int, device: str) -> Any:
-    from mergetui.merge.plan import make_plan
+    from mergetui.cli.cmd_merge import plan_from_args
 
-    return make_plan(
+    return plan_from_args(
         stage.recipe,
+        args,
         recipe_dir=Path(args.recipe).parent,
         out=stage.output,
         shard_size=shard_size,
         device=device,
-        seed=args.seed,
-        allow_bin=args.allow_bin,
-        trust_remote_code=args.trust_remote_code,
-        allow_mixed_architectures=args.allow_mixed_architectures,
     )
 
 
