@@ -23,7 +23,8 @@ from mergetui.tui.run.messages import RunEnded
 
 
 class RunKinds:
-    """`RunScreen`'s multi-stage and MoE runs, its replace question and its end-of-run words."""
+    """`RunScreen`'s summary before a run, its multi-stage and MoE runs, its replace question and
+    its end-of-run words."""
 
     app: Any
     chosen_out: tuple[Any, Path] | None
@@ -31,6 +32,24 @@ class RunKinds:
     running_stages: bool
     stage_heading: str
     sub_title: str | None
+
+    def _show_idle(self) -> None:
+        """The summary before a run: a recipe's, an MoE's or a multi-stage file's."""
+        first = self.last_outcome is None
+        if self.app.document.moe is not None:
+            self.sub_title = None
+            self.progress.show_moe(self.app.document, self._output_dir(), first=first)
+            self.refresh_bindings()
+            return
+        if self.app.document.stages is not None:
+            output, stages_dir = self._stage_folders()
+            self.progress.show_stages(self.app.document, output, stages_dir, first=first)
+            self._stage_title()
+            self.refresh_bindings()
+            return
+        self.sub_title = None
+        self.progress.show_recipe(self.app.document, self._output_dir(), first=first)
+        self.refresh_bindings()
 
     @property
     def stages_out(self) -> Path | None:

@@ -189,23 +189,6 @@ class RunScreen(RunKinds, ModeScreen):
                 return None
         return output_folder(self.app.document.recipe, self._recipe_dir())
 
-    def _show_idle(self) -> None:
-        first = self.last_outcome is None
-        if self.app.document.moe is not None:
-            self.sub_title = None
-            self.progress.show_moe(self.app.document, self._output_dir(), first=first)
-            self.refresh_bindings()
-            return
-        if self.app.document.stages is not None:
-            output, stages_dir = self._stage_folders()
-            self.progress.show_stages(self.app.document, output, stages_dir, first=first)
-            self._stage_title()
-            self.refresh_bindings()
-            return
-        self.sub_title = None
-        self.progress.show_recipe(self.app.document, self._output_dir(), first=first)
-        self.refresh_bindings()
-
     def _show_progress(self, state: ProgressState) -> None:
         self.state = state
         finished = self.last_outcome == "finished"
