@@ -250,7 +250,8 @@ def test_streams_one_input_tensor_at_a_time_across_shards(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A sharded base and a sharded output give the tensors of the plain run, and no write is
-    larger than one input tensor: a layer's stacked experts are never built whole."""
+    larger than one input tensor: a layer's stacked experts are never built whole (a tensor of
+    the output's dtype goes file to file, through `copy_range`; the others through `write`)."""
     from mergetui.merge.writer import ShardSetWriter
 
     config = tmp_path / "moe.yml"
@@ -265,7 +266,14 @@ def test_streams_one_input_tensor_at_a_time_across_shards(
         writes.append((name, tensor.numel() * tensor.element_size()))
         return original(self, name, tensor, start)
 
+    copy_range = ShardSetWriter.copy_range
+
+    def copy(self: ShardSetWriter, name: str, source: int, offset: int, nbytes: int, *a, **k):
+        writes.append((name, nbytes))
+        return copy_range(self, name, source, offset, nbytes, *a, **k)
+
     monkeypatch.setattr(ShardSetWriter, "write", write)
+    monkeypatch.setattr(ShardSetWriter, "copy_range", copy)
     out = tmp_path / "out"
     assert main(["merge", str(sharded), "--out", str(out), "--shard-size", "300KB"]) == 0
     shards = sorted(p.name for p in out.glob("model-*.safetensors"))

@@ -72,11 +72,12 @@ def gate_vectors(
         return torch.rand((layers, count, hidden), generator=generator) * 2 * scale - scale
     if recipe.gate_mode == "cheap_embed":
         info = base.tensors["model.embed_tokens.weight"]
-        embed = reader.read(info.file, info.offset, info.nbytes, info.dtype, info.shape, info.name)
         vocab = int(config.get("vocab_size") or info.shape[0])
 
         def states(tokens: Any) -> torch.Tensor:
-            return _cheap_embedding(embed, tokens, layers, vocab)
+            used, where = torch.unique(tokens["input_ids"], return_inverse=True)
+            rows = _embedding_rows(info, used.tolist(), min(vocab, info.shape[0]), reader)
+            return _cheap_embedding(rows, where, tokens["attention_mask"], layers)
 
         return _for_each_expert(plan, tokenizer, states, cancel)
     model = _load_base_model(plan)  # freed on return: the tensors are written after
@@ -113,14 +114,36 @@ def _tokenize(prompts: list[str], tokenizer: Any) -> Any:
     )
 
 
-def _cheap_embedding(embed: Any, tokens: Any, layers: int, vocab: int) -> torch.Tensor:
-    """mergekit-moe's `get_cheap_embedding`, operation for operation (one-hot product included:
-    a gather would sum in another order)."""
+def _embedding_rows(info: Any, ids: list[int], vocab: int, reader: TensorReader) -> torch.Tensor:
+    """The embedding rows of `ids` (sorted, distinct), read alone: the prompts' few tokens, not
+    the whole vocabulary's matrix."""
     import torch
 
-    onehot = torch.nn.functional.one_hot(tokens["input_ids"], num_classes=vocab)
-    h = onehot.float() @ embed.float()
-    embedded = (h * tokens["attention_mask"].unsqueeze(-1)).sum(dim=1).sum(dim=0, keepdim=True)
+    bad = [i for i in ids if not 0 <= i < vocab]
+    if bad:
+        raise UserError(
+            f"the base's tokenizer gives token id {bad[0]}, and its embedding has {vocab} rows",
+            where=str(info.file),
+            fix="use the tokenizer that belongs to the base model",
+        )
+    hidden = info.shape[1]
+    size = info.nbytes // info.shape[0]
+    rows = [
+        reader.read(info.file, info.offset + i * size, size, info.dtype, (hidden,), info.name)
+        for i in ids
+    ]
+    return torch.stack(rows)
+
+
+def _cheap_embedding(rows: Any, where: Any, mask: Any, layers: int) -> torch.Tensor:
+    """mergekit-moe's `get_cheap_embedding`, operation for operation, over the rows of the tokens
+    used (`where`: each token's row): the one-hot product picks each row exactly (one term is
+    the row, every other a zero) as the product over the whole vocabulary does."""
+    import torch
+
+    onehot = torch.nn.functional.one_hot(where, num_classes=rows.shape[0])
+    h = onehot.float() @ rows.float()
+    embedded = (h * mask.unsqueeze(-1)).sum(dim=1).sum(dim=0, keepdim=True)
     result = embedded / embedded.norm(dim=-1, keepdim=True).clamp(min=1e-8)
     return result.repeat(layers, 1)
 

@@ -210,8 +210,27 @@ def _write_tensor(
         writer.write(tensor.name, rows.to(dtype=dtype).contiguous())
     else:
         for piece in tensor.pieces:
+            info = plan.models[piece.model].tensors[piece.tensor]
+            if _unchanged(piece, info, tensor.dtype):
+                source = reader.descriptor(info.file)
+                where = str(info.file)
+                writer.copy_range(
+                    tensor.name, source, info.offset, info.nbytes, piece.start, where=where
+                )
+                continue
             value = _read_piece(plan, piece, reader, generator)
             writer.write(tensor.name, value.to(dtype=dtype).contiguous(), piece.start)
+
+
+def _unchanged(piece: Piece, info: Any, dtype: str) -> bool:
+    """Whether the piece's bytes go to the output as they are in its file: the same dtype, no
+    noise or residual scale (mergekit-moe's cast of a tensor to its own dtype changes nothing)."""
+    expert = piece.expert
+    if info.offset < 0 or info.dtype != dtype:  # offset < 0: a pickled .bin tensor
+        return False
+    if expert is not None and expert.noise_scale is not None:
+        return False
+    return not (piece.residual and expert is not None and expert.residual_scale is not None)
 
 
 def _read_piece(

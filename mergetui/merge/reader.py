@@ -50,6 +50,10 @@ class TensorReader:
                 self._fds[path] = fd
             return fd
 
+    def descriptor(self, path: str | Path) -> int:
+        """The open descriptor of `path` (a safetensors file), for a copy that bypasses `read`."""
+        return self._fd(str(path))
+
     def read(
         self,
         path: str | Path,

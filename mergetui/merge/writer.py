@@ -206,6 +206,37 @@ def write_at(fd: int, data: memoryview, offset: int) -> None:
         done += written
 
 
+_COPY_CHUNK = 1 << 30  # as the reader: stay well under Linux's ~2 GiB cap on one call
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF}
+
+
+def copy_between(source: int, offset: int, target: int, dest: int, nbytes: int) -> int:
+    """Copy `nbytes` from `offset` of `source` to `dest` of `target`; returns the bytes copied,
+    fewer only where the source file ends. copy_file_range where the kernel and file systems
+    allow it, else through a bounded buffer."""
+    done = 0
+    kernel = hasattr(os, "copy_file_range")
+    while done < nbytes:
+        size = min(nbytes - done, _COPY_CHUNK)
+        if kernel:
+            try:
+                got = os.copy_file_range(source, target, size, offset + done, dest + done)
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                kernel = False
+                continue
+        else:
+            data = os.pread(source, min(size, 16 << 20), offset + done)
+            got = len(data)
+            if got:
+                write_at(target, memoryview(data), dest + done)
+        if got == 0:
+            break
+        done += got
+    return done
+
+
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """A zero-copy byte view of a contiguous CPU tensor (keep the tensor alive while using it)."""
     nbytes = tensor.numel() * tensor.element_size()
@@ -253,19 +284,57 @@ class ShardSetWriter:
         if tensor.device.type != "cpu" or not tensor.is_contiguous():
             raise RuntimeError(f"tensor {name} must be a contiguous CPU tensor to be written")
         nbytes = tensor.numel() * tensor.element_size()
-        done = self._bytes.get(name, 0)
-        if start < 0 or start + nbytes > slot.nbytes or done + nbytes > slot.nbytes:
-            raise RuntimeError(
-                f"{nbytes} bytes at {start} do not fit tensor {name} ({slot.nbytes} bytes, "
-                f"{done} already written)"
-            )
+        self._check_fits(name, nbytes, start)
         spec = self.layout.shards[slot.shard]
         fd = self._fd(slot.shard)
         try:
             write_at(fd, tensor_bytes(tensor), slot.begin + start)
         except OSError as exc:
             raise self._os_error(exc, spec.filename) from exc
-        done += nbytes
+        return self._count(name, nbytes)
+
+    def copy_range(
+        self, name: str, source: int, offset: int, nbytes: int, start: int = 0, *, where: str = ""
+    ) -> ShardLayout | None:
+        """Write `nbytes` read at `offset` of the open file `source` (`where`, for messages) as
+        the piece of tensor `name` that begins `start` bytes into it: a tensor copied unchanged
+        goes file to file in the kernel (copy_file_range), never through a buffer here. Returns
+        what `write` returns."""
+        slot = self.layout.slots[name]
+        self._check_fits(name, nbytes, start)
+        spec = self.layout.shards[slot.shard]
+        fd = self._fd(slot.shard)
+        try:
+            copied = copy_between(source, offset, fd, slot.begin + start, nbytes)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._os_error(exc, spec.filename) from exc
+            raise UserError(
+                f"cannot copy tensor {name} into {spec.filename}: {exc.strerror or exc}",
+                where=where or str(self.folder),
+            ) from exc
+        if copied < nbytes:
+            raise UserError(
+                f"the file ends before the bytes of tensor {name} do: it is truncated or corrupt",
+                where=where,
+                fix="download or copy the checkpoint again",
+            )
+        return self._count(name, nbytes)
+
+    def _check_fits(self, name: str, nbytes: int, start: int) -> None:
+        slot = self.layout.slots[name]
+        done = self._bytes.get(name, 0)
+        if start < 0 or start + nbytes > slot.nbytes or done + nbytes > slot.nbytes:
+            raise RuntimeError(
+                f"{nbytes} bytes at {start} do not fit tensor {name} ({slot.nbytes} bytes, "
+                f"{done} already written)"
+            )
+
+    def _count(self, name: str, nbytes: int) -> ShardLayout | None:
+        """Record `nbytes` more of tensor `name`; its shard when that shard just became complete."""
+        slot = self.layout.slots[name]
+        spec = self.layout.shards[slot.shard]
+        done = self._bytes.get(name, 0) + nbytes
         self._bytes[name] = done
         if done < slot.nbytes or name in self._written:
             return None
