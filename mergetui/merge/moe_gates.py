@@ -10,7 +10,7 @@ the deterministic gate modes give the same tensors bit for bit.
 - `random` / `uniform_random`: drawn from `seed` (torch.randn / nn.Linear's uniform init).
 
 Prompts are tokenised as mergekit-moe does: the tokenizer's BOS text prefixed, no special tokens
-added, padded on the left with BOS (EOS when there is none).
+added, padded on the left with BOS (EOS when there is none): `merge.moe_tokenizer`.
 """
 
 from __future__ import annotations
@@ -26,27 +26,6 @@ if TYPE_CHECKING:
 
     from mergetui.merge.moe_plan import MoePlan
     from mergetui.merge.reader import TensorReader
-
-
-def load_gate_tokenizer(plan: MoePlan) -> Any:
-    """The base's tokenizer with mergekit-moe's padding (left, BOS as pad); it is also the one
-    saved with the output, as mergekit-moe saves it."""
-    import transformers
-
-    folder = plan.models["base"].path
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"cannot load the base's tokenizer: {exc}",
-            where=str(folder),
-            fix="the gates are computed from the prompts' tokens: the base needs its tokenizer",
-        ) from None
-    tokenizer.padding_side = "left"
-    tokenizer.pad_token_id = tokenizer.bos_token_id
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def gate_vectors(
@@ -97,21 +76,12 @@ def _for_each_expert(plan: MoePlan, tokenizer: Any, states: Any, cancel: Any) ->
     for _, expert in plan.recipe.all_experts():
         if cancel is not None and cancel.is_set():
             raise CancelledError()
-        vector = states(_tokenize(expert.positive_prompts, tokenizer))
+        vector = states(tokenizer.encode(expert.positive_prompts))
         if expert.negative_prompts:
-            vector -= states(_tokenize(expert.negative_prompts, tokenizer))
+            vector -= states(tokenizer.encode(expert.negative_prompts))
         vector /= vector.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-8)
         vectors.append(vector)
     return torch.stack(vectors, dim=0).permute(1, 0, 2).cpu()
-
-
-def _tokenize(prompts: list[str], tokenizer: Any) -> Any:
-    return tokenizer(
-        [(tokenizer.bos_token or "") + p for p in prompts],
-        return_tensors="pt",
-        padding=True,
-        add_special_tokens=False,
-    )
 
 
 def _embedding_rows(info: Any, ids: list[int], vocab: int, reader: TensorReader) -> torch.Tensor:

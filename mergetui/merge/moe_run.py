@@ -127,8 +127,9 @@ def _assemble(
     """Gates, tensors, then the files beside them, all into `folder`."""
     import torch
 
-    from mergetui.merge.moe_gates import gate_vectors, load_gate_tokenizer
+    from mergetui.merge.moe_gates import gate_vectors
     from mergetui.merge.moe_plan import needs_prompts
+    from mergetui.merge.moe_tokenizer import load_gate_tokenizer
     from mergetui.merge.reader import TensorReader
     from mergetui.merge.writer import ShardSetWriter
 
@@ -256,14 +257,15 @@ def write_moe_extras(plan: MoePlan, folder: Path, tokenizer: Any) -> None:
     mergekit-moe's padding), the recipe copy and a model card."""
     import shutil
 
+    from mergetui.merge.moe_config import write_output_config
     from mergetui.recipe.moe import dumps_moe
 
-    output_config(plan).save_pretrained(str(folder))
+    write_output_config(plan, folder)
     generation = plan.models["base"].path / GENERATION_CONFIG_FILE
     if generation.is_file():
         shutil.copyfile(generation, folder / GENERATION_CONFIG_FILE)
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(folder))
+        tokenizer.save(folder)
     as_run = dumps_moe(moe_recipe_as_run(plan), "toml")
     (folder / RECIPE_FILE).write_text(as_run, encoding="utf-8")
     (folder / CARD_FILE).write_text(_card(plan, as_run), encoding="utf-8")
@@ -288,44 +290,6 @@ def moe_recipe_as_run(plan: MoePlan) -> MoeRecipe:
         expert.source = as_run(expert.source)
     recipe.output, recipe.seed, recipe.source_path = None, plan.seed, None
     return recipe
-
-
-def output_config(plan: MoePlan) -> Any:
-    """mergekit-moe's `_generate_config` of the chosen architecture, from the base's config."""
-    import transformers
-
-    from mergetui.dtypes import torch_dtype
-    from mergetui.merge.moe_plan import MIXTRAL
-
-    base = transformers.AutoConfig.from_pretrained(
-        str(plan.models["base"].path), trust_remote_code=False
-    )
-    recipe = plan.recipe
-    if plan.architecture == MIXTRAL:
-        if not isinstance(base, transformers.MistralConfig):
-            mistral = transformers.MistralConfig(**base.to_dict())
-            mistral.sliding_window = None
-            mistral.max_position_embeddings = base.max_position_embeddings
-            base = mistral
-        config = transformers.MixtralConfig(**base.to_dict())
-        config.architectures = ["MixtralForCausalLM"]
-        config.num_local_experts = len(recipe.experts)
-        config.num_experts_per_tok = recipe.experts_per_token
-        config.sliding_window = None
-    else:
-        config = transformers.Qwen2MoeConfig(**base.to_dict())
-        config.architectures = ["Qwen2MoeForCausalLM"]
-        config.num_experts = len(recipe.experts)
-        config.num_experts_per_tok = recipe.experts_per_token
-        config.decoder_sparse_step = 1
-        config.norm_topk_prob = True
-        config.sliding_window = None
-        config.use_sliding_window = False
-        config.shared_expert_intermediate_size = config.intermediate_size
-        config.moe_intermediate_size = config.intermediate_size
-    if plan.out_dtype is not None:
-        config.dtype = torch_dtype(plan.out_dtype)
-    return config
 
 
 def _card(plan: MoePlan, recipe_toml: str) -> str:
