@@ -364,3 +364,54 @@ def test_recipe_copy_reruns_and_names_hub_parents(
         '[[moe.experts]]\nsource = "org/code"\n\n[[moe.experts]]\nsource = "org/base"\n'
     )
     assert recipe_parents(hub) == ["org/base", "org/code"]
+
+
+@pytest.mark.parametrize("kernel", ["refuses (another file system)", "absent (not Linux)"])
+def test_copy_without_copy_file_range_writes_the_same_bytes(
+    llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: str
+) -> None:
+    """Tensors copied unchanged go file to file; where the kernel cannot (EXDEV across file
+    systems, or no copy_file_range at all) they go through a buffer, to the same bytes."""
+    import errno
+    import os
+
+    config = tmp_path / "moe.yml"
+    config.write_text(mixtral_yaml(llama_family, "cheap_embed"))
+    assert main(["merge", str(config), "--out", str(tmp_path / "kernel")]) == 0
+    calls = []
+
+    def refuse(*args: object) -> int:
+        calls.append(args)
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    if kernel.startswith("refuses"):
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    else:
+        monkeypatch.delattr(os, "copy_file_range")
+    assert main(["merge", str(config), "--out", str(tmp_path / "buffered")]) == 0
+    assert bool(calls) == kernel.startswith("refuses")
+    kernel_bytes = (tmp_path / "kernel" / "model.safetensors").read_bytes()
+    assert (tmp_path / "buffered" / "model.safetensors").read_bytes() == kernel_bytes
+
+
+def test_an_input_truncated_after_planning_is_named(
+    llama_family: dict[str, Path], tmp_path: Path
+) -> None:
+    """A file that shrinks between the plan and the copy fails on the tensor it cuts, naming the
+    file, and leaves no output behind."""
+    import shutil
+
+    from mergetui.errors import UserError
+
+    expert = tmp_path / "expert"
+    shutil.copytree(llama_family["a"], expert)
+    config = tmp_path / "moe.yml"
+    config.write_text(mixtral_yaml({**llama_family, "a": expert}, "cheap_embed"))
+    plan = make_moe_plan(load_moe(config), recipe_dir=tmp_path, out=tmp_path / "out")
+    weights = expert / "model.safetensors"
+    with open(weights, "r+b") as handle:
+        handle.truncate(weights.stat().st_size // 2)  # cuts MLP tensors: all of them are copied
+    with pytest.raises(UserError) as caught:
+        run_moe(plan)
+    assert "truncated" in str(caught.value) and str(weights) in str(caught.value.where)
+    assert not (tmp_path / "out").exists()
