@@ -98,8 +98,9 @@ class MoePlan:
 
     @property
     def estimated_peak_bytes(self) -> int:
-        """The largest piece in float32 twice (read, cast), and for `hidden` gates the base
-        model loaded in bfloat16 (as mergekit-moe loads it), freed before the tensors."""
+        """The largest piece read into memory in float32 twice (read, cast; a plain copy goes
+        file to file), and for `hidden` gates the base model loaded in bfloat16 (as
+        mergekit-moe loads it), freed before the tensors."""
         largest = max((self._piece_bytes(t) for t in self.tensors), default=0)
         if self.recipe.gate_mode.startswith("hidden"):
             params = self.models["base"].parameter_count
@@ -107,8 +108,9 @@ class MoePlan:
         return largest
 
     def _piece_bytes(self, tensor: MoeTensor) -> int:
-        sizes = [4 * _numel(self.models[p.model].tensors[p.tensor].shape) for p in tensor.pieces]
-        return 2 * max(sizes, default=4 * _numel(tensor.shape))
+        infos = [(p, self.models[p.model].tensors[p.tensor]) for p in tensor.pieces]
+        sizes = [4 * _numel(i.shape) for p, i in infos if not plain_copy(p, i, tensor.dtype)]
+        return 2 * max(sizes, default=0 if tensor.pieces else 4 * _numel(tensor.shape))
 
     def summary_lines(self) -> list[str]:
         """The dry run's lines: what a run would write."""
@@ -125,6 +127,18 @@ class MoePlan:
             f"output: {self.output_dir}",
             f"estimated peak memory: {human_bytes(self.estimated_peak_bytes)}",
         ]
+
+
+def plain_copy(piece: Piece, info: Any, dtype: str) -> bool:
+    """Whether the piece's bytes go to the output as they are in its file (`MoeTensor` dtype
+    `dtype`): a safetensors tensor of that dtype, no noise, no residual scale."""
+    expert = piece.expert
+    if info.offset < 0 or info.dtype != dtype:  # offset < 0: a pickled .bin tensor
+        return False
+    if expert is None:
+        return True
+    scaled = piece.residual and expert.residual_scale is not None
+    return expert.noise_scale is None and not scaled
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -1,7 +1,8 @@
 """Runs an MoE plan: gates first (they may need the base model), then every output tensor piece by
-piece (one input tensor in memory at a time: a Mixtral layer's stacked experts are written expert by
-expert at their offsets), then config, tokenizer, recipe copy and card, into a temporary folder
-renamed into place. The same events, cancel and folder rules as `merge.runner.run_merge`.
+piece (a Mixtral layer's stacked experts are written expert by expert at their offsets): a piece
+kept as it is in its file goes file to file in the kernel, any other through memory, one input
+tensor at a time; then config, tokenizer, recipe copy and card, into a temporary folder renamed
+into place. The same events, cancel and folder rules as `merge.runner.run_merge`.
 """
 
 from __future__ import annotations
@@ -199,6 +200,7 @@ def _write_tensor(
     import torch
 
     from mergetui.dtypes import torch_dtype
+    from mergetui.merge.moe_plan import plain_copy
 
     dtype = torch_dtype(tensor.dtype)
     count = len(plan.recipe.experts)
@@ -212,7 +214,7 @@ def _write_tensor(
     else:
         for piece in tensor.pieces:
             info = plan.models[piece.model].tensors[piece.tensor]
-            if _unchanged(piece, info, tensor.dtype):
+            if plain_copy(piece, info, tensor.dtype):
                 source = reader.descriptor(info.file)
                 where = str(info.file)
                 writer.copy_range(
@@ -221,17 +223,6 @@ def _write_tensor(
                 continue
             value = _read_piece(plan, piece, reader, generator)
             writer.write(tensor.name, value.to(dtype=dtype).contiguous(), piece.start)
-
-
-def _unchanged(piece: Piece, info: Any, dtype: str) -> bool:
-    """Whether the piece's bytes go to the output as they are in its file: the same dtype, no
-    noise or residual scale (mergekit-moe's cast of a tensor to its own dtype changes nothing)."""
-    expert = piece.expert
-    if info.offset < 0 or info.dtype != dtype:  # offset < 0: a pickled .bin tensor
-        return False
-    if expert is not None and expert.noise_scale is not None:
-        return False
-    return not (piece.residual and expert is not None and expert.residual_scale is not None)
 
 
 def _read_piece(

@@ -315,7 +315,8 @@ class ShardSetWriter:
             ) from exc
         if copied < nbytes:
             raise UserError(
-                f"the file ends before the bytes of tensor {name} do: it is truncated or corrupt",
+                f"the input ends before all the bytes copied into tensor {name}: it is "
+                "truncated or corrupt",
                 where=where,
                 fix="download or copy the checkpoint again",
             )
