@@ -176,3 +176,30 @@ def test_cheap_embed_assembly_never_imports_transformers(
     assert loaded.pad_token_id == loaded.bos_token_id
     config = transformers.AutoConfig.from_pretrained(str(tmp_path / "out"))
     assert config.num_local_experts == 3 and config.model_type == "mixtral"
+
+
+def test_which_tokenizer_each_base_gets(
+    llama_family: dict[str, Path], tiny_model_factory, tmp_path: Path
+) -> None:
+    """A llama base's plain tokenizer for cheap_embed; transformers' for hidden gates (they load
+    the model through it anyway) and for a qwen2 base (AutoTokenizer substitutes its own class)."""
+    from mergetui.merge.moe_tokenizer import load_gate_tokenizer
+
+    plan = plan_for(llama_family, tmp_path)
+    assert isinstance(load_gate_tokenizer(plan), PlainTokenizer)
+    hidden = dataclasses.replace(plan.recipe, gate_mode="hidden")
+    assert isinstance(
+        load_gate_tokenizer(dataclasses.replace(plan, recipe=hidden)), HfGateTokenizer
+    )
+    qwen = tiny_model_factory("qwen2", seed=0)
+    family = {"base": qwen, "a": tiny_model_factory("qwen2", seed=1, base=qwen)}
+    text = recipe_text({**family, "b": qwen, "c": family["a"]}).replace(
+        "[[moe.experts]]",
+        '[[moe.shared_experts]]\nsource = "' + str(qwen) + '"\n'
+        'positive_prompts = ["hello"]\n\n[[moe.experts]]',
+        1,
+    )
+    recipe = loads_moe(text, "toml")
+    qwen_plan = make_moe_plan(recipe, recipe_dir=tmp_path, out=tmp_path / "qwen")
+    assert PlainTokenizer.open(qwen) is not None  # its files alone would qualify
+    assert isinstance(load_gate_tokenizer(qwen_plan), HfGateTokenizer)

@@ -4,8 +4,8 @@ prefixed to each prompt, no special tokens added.
 
 transformers' `AutoTokenizer` costs seconds of imports (most of a cheap_embed assembly's time).
 Where the base's tokenizer is one transformers itself runs straight from its `tokenizer.json`
-(class `TokenizersBackend`, alias `PreTrainedTokenizerFast`, with nothing in its config that
-transformers would add or change), the `tokenizers` library runs that same file: the same ids,
+(a llama or mistral base, class `TokenizersBackend`, alias `PreTrainedTokenizerFast`, with nothing
+in its config that transformers would add or change), the `tokenizers` library runs that same file: the same ids,
 and the files are copied with the pad token set. Any other tokenizer, and every `hidden` gate
 mode (which loads the model through transformers anyway), goes through `AutoTokenizer`.
 """
@@ -36,7 +36,10 @@ _PLAIN_KEYS = {
     "chat_template",
 }
 # Files transformers would read besides these two, which the plain path does not.
-_OTHER_FILES = ("special_tokens_map.json", "added_tokens.json", "tokenizer.model")
+_OTHER_FILES = ("special_tokens_map.json", "added_tokens.json", "tokenizer.model", "tekken.json")
+# Model types whose tokenizer AutoTokenizer takes as the tokenizer_config names it (for qwen2, for
+# one, it substitutes its own Qwen2Tokenizer class).
+_PLAIN_MODEL_TYPES = ("llama", "mistral")
 _SAVED_FILES = ("tokenizer.json", "chat_template.jinja", "chat_template.json")
 _MISTRAL_REGEX_VOCAB = 100_000  # above it transformers may patch the pre-tokenizer
 
@@ -44,8 +47,9 @@ _MISTRAL_REGEX_VOCAB = 100_000  # above it transformers may patch the pre-tokeni
 def load_gate_tokenizer(plan: MoePlan) -> Any:
     """The base's tokenizer with mergekit-moe's padding: a `PlainTokenizer` where it gives
     transformers' ids, else transformers' own (`HfGateTokenizer`)."""
-    folder = plan.models["base"].path
-    if not plan.recipe.gate_mode.startswith("hidden"):
+    base = plan.models["base"]
+    folder = base.path
+    if not plan.recipe.gate_mode.startswith("hidden") and base.model_type in _PLAIN_MODEL_TYPES:
         plain = PlainTokenizer.open(folder)
         if plain is not None:
             return plain
