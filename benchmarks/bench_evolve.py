@@ -12,7 +12,7 @@ groups per model (8 values), one perplexity objective on that text. Then:
   for why it does not here), on the SAME candidates ours scored (read back from evaluations.jsonl):
   for each one `mergekit-yaml CANDIDATE.yaml OUT` (the candidate as mergekit YAML, the file our
   best.yaml would be), then transformers loads OUT in float32 and scores the text with the same
-  windows as `mergetui eval` (1024 tokens, stride 512).
+  windows as the perplexity objective (lm-eval's rolling windows: 1024 tokens, back to back).
 
 Both report evaluations per minute over the whole run (wall time / N) and peak RSS (wait4's
 ru_maxrss of the child and of its own children; the measuring parent stays a bare Python process).
@@ -62,7 +62,7 @@ SHAPE = dict(
     pad_token_id=3,
 )
 GROUPS = 4
-WINDOW, STRIDE = 1024, 512
+WINDOW = 1024  # the perplexity objective's window (chat.perplexity.MAX_WINDOW)
 
 
 def cpu_model() -> str:
@@ -168,30 +168,25 @@ text = "text.txt"
 
 
 def windowed_nll(model: Any, ids: Any) -> float:
-    """Mean NLL per token with overlapping windows, as the transformers docs (and mergetui) do."""
+    """Mean NLL per token with back-to-back windows (each starts on the last token of the one
+    before, so every token but the first is scored once), as lm-eval's rolling log-likelihood
+    and mergetui's perplexity objective do."""
     import torch
 
     total = int(ids.shape[0])
     size = min(WINDOW, total)
-    stride = max(1, size // 2)
-    nll, count, previous_end, begin = 0.0, 0, 0, 0
+    nll, count = 0.0, 0
     with torch.inference_mode():
-        while True:
-            end = min(begin + size, total)
-            target_len = end - previous_end
-            chunk = ids[begin:end].unsqueeze(0)
-            logits = model(chunk).logits[0].float()
+        for begin in range(0, total - 1, size - 1):
+            chunk = ids[begin : begin + size].unsqueeze(0)
+            logits = model(chunk, use_cache=False).logits[0].float()
             token_nll = -torch.log_softmax(logits[:-1], -1).gather(1, chunk[0, 1:, None])[:, 0]
-            first = max(0, (end - begin) - target_len - 1)
-            nll += float(token_nll[first:].double().sum())
-            count += int(token_nll[first:].numel())
-            previous_end = end
-            if end >= total:
-                return nll / count
-            begin += stride
+            nll += float(token_nll.double().sum())
+            count += int(token_nll.numel())
+    return nll / count
 
 
-def hand_loop(root: Path, out_json: Path) -> None:
+def hand_loop(root: Path, out_json: Path, first: int | None = None) -> None:
     """For each candidate ours scored: mergekit-yaml, then transformers perplexity."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -205,7 +200,7 @@ def hand_loop(root: Path, out_json: Path) -> None:
     genome = Genome(spec, SHAPE["num_hidden_layers"])
     records = [
         json.loads(line) for line in (root / "ours" / "evaluations.jsonl").read_text().splitlines()
-    ]
+    ][:first]
     text = (root / "text.txt").read_text(encoding="utf-8")
     results = []
     started = time.perf_counter()
@@ -236,7 +231,7 @@ def hand_loop(root: Path, out_json: Path) -> None:
     )
 
 
-def bench_speed(budget: int, population: int | None) -> dict[str, Any]:
+def bench_speed(budget: int, population: int | None, theirs_first: int | None) -> dict[str, Any]:
     root = WORK / "speed"
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, __file__, "--make-only", str(root)], check=True)
@@ -250,15 +245,21 @@ def bench_speed(budget: int, population: int | None) -> dict[str, Any]:
     ours_wall, ours_rss, _ = run_measured(ours_cmd)
     print("theirs: mergekit-yaml + transformers perplexity per candidate ...", flush=True)
     theirs_json = root / "theirs.json"
-    theirs_wall, theirs_rss, _ = run_measured(
-        [sys.executable, __file__, "--hand-loop", str(root), str(theirs_json)]
-    )
+    hand_loop_cmd = [sys.executable, __file__, "--hand-loop", str(root), str(theirs_json)]
+    if theirs_first:
+        hand_loop_cmd += ["--first", str(theirs_first)]
+    theirs_wall, theirs_rss, _ = run_measured(hand_loop_cmd)
     theirs = json.loads(theirs_json.read_text())
     worst = max(abs(r["fitness"] - r["ours"]) / abs(r["fitness"]) for r in theirs["results"])
     ours_rate = budget / ours_wall * 60
-    theirs_rate = budget / theirs_wall * 60
+    # Theirs pays the same per candidate however many it scores; its rate counts only the
+    # candidates' own seconds (its one start-up left out, in its favour).
+    per_candidate = [r["seconds"] for r in theirs["results"]]
+    theirs_rate = len(per_candidate) / sum(per_candidate) * 60
     return {
         "budget": budget,
+        "theirs_candidates": len(per_candidate),
+        "theirs_per_candidate_s": [round(x, 2) for x in per_candidate],
         "ours_seconds": ours_wall,
         "theirs_seconds": theirs_wall,
         "ours_evals_per_min": ours_rate,
@@ -356,23 +357,30 @@ def main() -> int:
     parser.add_argument("--only", choices=("speed", "quality"))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--make-only", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--theirs-first",
+        type=int,
+        help="the hand loop scores only ours' first N candidates (its cost per candidate does "
+        "not change; default: all of them)",
+    )
     parser.add_argument("--hand-loop", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--first", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make_only:
         make_family(args.make_only)
         return 0
     if args.hand_loop:
-        hand_loop(*args.hand_loop)
+        hand_loop(*args.hand_loop, first=args.first)
         return 0
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     report: dict[str, Any] = {}
     if args.only in (None, "speed"):
-        report["speed"] = speed = bench_speed(args.budget, args.population)
+        report["speed"] = speed = bench_speed(args.budget, args.population, args.theirs_first)
         print(
             f"speed: ours {speed['ours_evals_per_min']:.2f} evals/min "
             f"({speed['ours_seconds']:.1f} s, peak {speed['ours_peak_rss_mib']:.0f} MiB), "
             f"hand loop {speed['theirs_evals_per_min']:.2f} evals/min "
-            f"({speed['theirs_seconds']:.1f} s, peak {speed['theirs_peak_rss_mib']:.0f} MiB): "
+            f"({speed['theirs_candidates']} candidates in {speed['theirs_seconds']:.1f} s, peak {speed['theirs_peak_rss_mib']:.0f} MiB): "
             f"{speed['speedup']:.1f}x (target >= 5x); "
             f"worst fitness difference {speed['worst_fitness_rel_diff']:.2e} (target < 1e-2)"
         )

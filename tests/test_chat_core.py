@@ -15,7 +15,7 @@ import pytest
 from mergetui.chat.generate import GenerationSettings, generate_reply
 from mergetui.chat.loader import load_for_chat, resolve_checkpoint
 from mergetui.chat.memory import choose_device, needed_bytes, weights_bytes
-from mergetui.chat.perplexity import perplexity, read_text, sample_text
+from mergetui.chat.perplexity import perplexity, read_text, sample_text, windows
 from mergetui.chat.prompt import (
     PLAIN_STOPS,
     Message,
@@ -246,6 +246,31 @@ def test_perplexity_on_the_bundled_sample_uses_overlapping_windows(loaded, refer
     assert result.tokens == count == total - 1
     assert result.perplexity == pytest.approx(math.exp(nll / count), rel=1e-4)
     assert name == "bundled sample"
+
+
+def test_perplexity_without_overlap_scores_back_to_back_windows(loaded, reference) -> None:
+    """overlap=False (a search's objective): windows of 128 tokens, each starting on the last
+    token of the one before, so every token but the first is scored once, with only its own
+    window's tokens before it; the reference is transformers' loss on each window."""
+    import torch
+
+    model, tokenizer = reference
+    text, _ = sample_text()
+    ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"]
+    total, window = ids.shape[1], 128
+    nll, count, forwards = 0.0, 0, 0
+    with torch.no_grad():
+        for begin in range(0, total - 1, window - 1):
+            chunk = ids[:, begin : begin + window]
+            nll += model(chunk, labels=chunk).loss.item() * (chunk.shape[1] - 1)
+            count += chunk.shape[1] - 1
+            forwards += 1
+    result = perplexity(loaded, text, window=window, overlap=False)
+    overlapping = perplexity(loaded, text, window=window)
+    assert result.tokens == count == total - 1
+    assert result.perplexity == pytest.approx(math.exp(nll / count), rel=1e-4)
+    assert forwards < len(windows(total, window))  # less work than the overlapping windows
+    assert result.perplexity != pytest.approx(overlapping.perplexity, rel=1e-6)
 
 
 def test_perplexity_can_be_cancelled_and_texts_are_checked(loaded, tmp_path: Path) -> None:

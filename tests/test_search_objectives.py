@@ -53,9 +53,31 @@ def test_perplexity_is_the_log_of_chat_perplexity(loaded: LoadedModel, tmp_path:
     scorer = load_scorer(Objective("perplexity", "perplexity:prose.txt", 1.0, path=path))
     assert isinstance(scorer, PerplexityScorer)
     scorer.prepare(loaded)
-    expected = perplexity(loaded, text)
+    expected = perplexity(loaded, text, overlap=False)
     assert scorer.score(loaded) == pytest.approx(math.log(expected.perplexity), rel=1e-12)
     assert 1.0 < scorer.score(loaded) < 20.0  # a mean NLL per token, not a perplexity
+
+
+def test_perplexity_of_a_long_text_uses_back_to_back_windows(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    """Longer than the window: scored as lm-eval's rolling windows (overlap=False), every
+    token once, not with `mergetui eval`'s overlapping windows."""
+    from mergetui.chat.perplexity import MAX_WINDOW
+
+    window = min(loaded.context_length, MAX_WINDOW)
+    text = sample_text()
+    while len(loaded.tokenizer(text)["input_ids"]) < 3 * window:
+        text += "\n" + sample_text()
+    path = tmp_path / "long.txt"
+    path.write_text(text, encoding="utf-8")
+    scorer = load_scorer(Objective("perplexity", "perplexity:long.txt", 1.0, path=path))
+    scorer.prepare(loaded)
+    back_to_back = perplexity(loaded, text, overlap=False)
+    overlapping = perplexity(loaded, text)
+    assert back_to_back.tokens == overlapping.tokens  # every token once, either way
+    assert scorer.score(loaded) == pytest.approx(math.log(back_to_back.perplexity), rel=1e-12)
+    assert scorer.score(loaded) != pytest.approx(math.log(overlapping.perplexity), rel=1e-6)
 
 
 @pytest.mark.parametrize(

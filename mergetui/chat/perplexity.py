@@ -5,6 +5,10 @@ it. A text longer than the model's context is scored with overlapping windows (s
 window): each token is scored once, with at least half a window of context before it (the first
 window's tokens with what precedes them), as in the transformers documentation. A healthy small
 model on plain English scores in the tens; a broken merge in the thousands (or `inf`).
+
+`overlap=False` scores with back-to-back windows instead (each shares one token with the one
+before, so every token is still scored once), as lm-eval's rolling log-likelihood does: a third
+less work than the overlapping windows, for a search that scores the same text hundreds of times.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ def perplexity(
     *,
     text_name: str = "text",
     window: int | None = None,
+    overlap: bool = True,
     on_progress: Callable[[float], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> PerplexityResult:
@@ -85,11 +90,12 @@ def perplexity(
     nll_sum = 0.0
     scored = 0
     with torch.inference_mode():
-        for batch in _batches(windows(total, size), per_batch):
+        stride = None if overlap else size - 1
+        for batch in _batches(windows(total, size, stride), per_batch):
             if cancel is not None and cancel.is_set():
                 raise CancelledError("perplexity cancelled")
             chunk = torch.stack([ids[begin:end] for begin, end, _ in batch]).to(loaded.device)
-            logits = loaded.model(chunk).logits
+            logits = loaded.model(chunk, use_cache=False).logits
             for row, (begin, end, first) in enumerate(batch):
                 # Predictions first .. last-1 score the tokens this window adds.
                 log_probs = torch.log_softmax(logits[row, first : end - begin - 1].float(), dim=-1)
@@ -110,11 +116,12 @@ def perplexity(
     )
 
 
-def windows(total: int, size: int) -> list[tuple[int, int, int]]:
-    """(begin, end, first) of each window over `total` tokens: windows of `size` tokens, stride
-    half a window, and `first`, the window position whose prediction is the first one scored
-    (each token is scored once, in the first window that has it; the text's first token never)."""
-    stride = max(1, size // 2)
+def windows(total: int, size: int, stride: int | None = None) -> list[tuple[int, int, int]]:
+    """(begin, end, first) of each window over `total` tokens: windows of `size` tokens, `stride`
+    apart (default half a window), and `first`, the window position whose prediction is the first
+    one scored (each token is scored once, in the first window that has it; the text's first
+    token never)."""
+    stride = max(1, stride if stride is not None else size // 2)
     spans = []
     begin = previous_end = 0
     while True:

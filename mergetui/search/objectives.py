@@ -3,8 +3,11 @@
 Every score is oriented lower-is-better, so a spec's fitness is a plain weighted sum:
 
 - `perplexity`: the mean negative log-likelihood per token (the log of the perplexity) of a text,
-  scored exactly as `mergetui eval` / `chat.perplexity` scores it (the same tokens, the same
-  overlapping windows: that function is called);
+  scored by `chat.perplexity` (the function `mergetui eval` calls: the same tokens and window
+  size) with back-to-back windows (`overlap=False`), as lm-eval's rolling log-likelihood (what
+  mergekit-evolve's perplexity tasks compute) does: every token once, a third less work than
+  `mergetui eval`'s overlapping windows on a text longer than the window. A text that fits one
+  window scores the same either way;
 - `completions`: a JSONL file of `{"prompt": ..., "completion": ...}` lines; each line's score is
   the mean negative log-likelihood of the completion's tokens given its prompt, and the objective
   is the mean over lines (each line counts once, however long);
@@ -107,7 +110,7 @@ class PerplexityScorer:
     def score(self, loaded: LoadedModel) -> float:
         from mergetui.chat.perplexity import perplexity
 
-        result = perplexity(loaded, self.text, text_name=self.text_name)
+        result = perplexity(loaded, self.text, text_name=self.text_name, overlap=False)
         return finite_or_inf(result.mean_nll)
 
 
