@@ -8,7 +8,8 @@ import torch
 
 
 def make_adapter(base: Path, out: Path, *, seed: int = 0, **config) -> Path:
-    """A PEFT LoRA adapter for `base` with seeded non-zero lora_B (and modules_to_save changed)."""
+    """A PEFT LoRA adapter for `base` with seeded non-zero lora_B (an embedding's A and B), and
+    modules_to_save changed, so every piece changes something."""
     import transformers
     from peft import LoraConfig, get_peft_model
 

@@ -59,6 +59,9 @@ class LoraModule:
     # A second update of the same tensor, added after this one is rounded: a tied head's LoRA,
     # which PEFT merges into the embedding it shares after the embedding's own (lora_ties.py).
     then: LoraModule | None = None
+    # An embedding's update (lora_embedding_A/B): PEFT's Embedding.merge rounds the update to
+    # the weight's dtype before adding it, so the sum is rounded twice (a Linear's, once).
+    embedding: bool = False
 
     @property
     def rank(self) -> int:
@@ -273,6 +276,7 @@ def _map_tensors(
     tensor name, and the lora_B.bias tensors PEFT would drop (no lora_bias in the config)."""
     pairs: dict[str, dict[str, TensorInfo]] = {}
     transposed: dict[str, bool] = {}
+    embeddings: set[str] = set()
     replaced: dict[str, TensorInfo] = {}
     biases: dict[str, TensorInfo] = {}
     ignored: list[str] = []
@@ -290,6 +294,8 @@ def _map_tensors(
                 module = key[: -len(suffix)]
                 pairs.setdefault(module, {})[piece] = info
                 transposed[module] = embedding or fan_in_fan_out
+                if embedding:
+                    embeddings.add(module)
                 break
         else:
             if ".lora_" in key or "lora_magnitude" in key:
@@ -315,7 +321,9 @@ def _map_tensors(
         scale = lora_scale(module_alpha, a.shape[0], use_rslora)
         target = f"{module}.weight"
         base = replaced.pop(target, None)
-        modules[target] = LoraModule(target, a, b, scale, transposed[module], base)
+        modules[target] = LoraModule(
+            target, a, b, scale, transposed[module], base, embedding=module in embeddings
+        )
         bias = biases.pop(module, None)
         if bias is not None:
             if tuple(bias.shape) != (b.shape[0],):

@@ -10,7 +10,8 @@ update is computed only for the rows those elements cover.
 
 The arithmetic is PEFT's `merge_and_unload`, which mergekit 0.1.5 runs on a `base+adapter`
 reference: the update in float32 (A and B upcast), added to the weight upcast to float32, the sum
-rounded once to the weight's dtype (a bias alike); PEFT merges two updates of one tied weight
+rounded once to the weight's dtype (a bias alike; an embedding's update is rounded to that dtype
+before it is added, as PEFT's Embedding.merge does); PEFT merges two updates of one tied weight
 one after the other, so the second is added to the first's rounded sum. A replacement tensor is
 cast to the weight's dtype.
 """
@@ -74,6 +75,8 @@ def apply_lora(
             weight = _read_range(reader, patch.base, begin, end).to(flat.dtype)
         for module, factors in steps:  # one rounding per update, as PEFT merges them
             delta = _delta(module, factors, begin, end, tuple(source.shape))
+            if module.embedding:  # Embedding.merge adds the update cast to the weight's dtype
+                delta = delta.to(flat.dtype).to(torch.float32)
             weight = (weight.to(torch.float32) + delta).to(flat.dtype)
         out[first:last] = weight
     return value if out is flat else out.reshape(value.shape)
