@@ -369,6 +369,7 @@ def check_adapter(adapter: Adapter, checkpoint: Checkpoint, source: str) -> tupl
             'too); set "lora_bias": true in its adapter_config.json to apply them'
         )
     warnings += unsaved_head_warnings(adapter)
+    warnings += _bias_free_layers(adapter, checkpoint)
     problem = fit_tied_head(adapter, checkpoint)
     if problem:
         return problem, warnings
@@ -405,6 +406,28 @@ def check_adapter(adapter: Adapter, checkpoint: Checkpoint, source: str) -> tupl
                 warnings,
             )
     return "", warnings
+
+
+def _bias_free_layers(adapter: Adapter, checkpoint: Checkpoint) -> list[str]:
+    """lora_bias: true is global in PEFT: layers with neither a bias nor a lora_B.bias (what
+    extract-lora writes for a Qwen2's o_proj) make PEFT's merge fail, not its model."""
+    if not adapter.config.get("lora_bias"):
+        return []
+    bare = [
+        name.removesuffix(".weight")
+        for name, module in adapter.modules.items()
+        if not module.embedding
+        and name.endswith(".weight")
+        and f"{name.removesuffix('.weight')}.bias" not in adapter.replaced
+        and f"{name.removesuffix('.weight')}.bias" not in checkpoint.tensors
+    ]
+    if not bare:
+        return []
+    return [
+        f"lora_bias: true, but {len(bare)} adapted layers have no bias (first {bare[0]}) and "
+        "the adapter gives them none: PEFT's merge refuses that (mergekit-yaml fails), mergetui "
+        "applies the biases the adapter holds, as PEFT's unmerged model does"
+    ]
 
 
 def _no_bias(name: str, checkpoint: Checkpoint) -> str:
