@@ -3,7 +3,8 @@ safetensors header, and which checkpoint tensor each of its pieces changes.
 
 An adapter changes a model's tensors as they are read (`mergetui.merge.lora_apply`), so nothing
 here loads a tensor: the planner and the validator check an adapter against its base from headers
-alone, and `mergetui inspect` shows its rank, alpha and targets. Only plain LoRA is supported
+alone (but for a saved head on a tied base, compared with the embedding: lora_ties.py), and
+`mergetui inspect` shows its rank, alpha and targets. Only plain LoRA is supported
 (`SUPPORTED_KINDS`); any other PEFT adapter is refused with a located error before weights load.
 """
 
