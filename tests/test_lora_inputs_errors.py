@@ -85,7 +85,7 @@ def problems_of(kit: dict[str, Path], adapter: Path, name: str) -> list:
         ("dora", {"use_dora": True}, "DoRA"),
         ("ia3", {"peft_type": "IA3"}, "IA3"),
         ("loha", {"peft_type": "LOHA"}, "LOHA"),
-        ("lora-bias", {"lora_bias": True}, "biases"),
+        ("trained-biases", {"bias": "all"}, "trains the base's biases"),
     ],
 )
 def test_unsupported_kinds_say_what_is_supported(

@@ -3,7 +3,8 @@ safetensors header, and which checkpoint tensor each of its pieces changes.
 
 An adapter changes a model's tensors as they are read (`mergetui.merge.lora_apply`), so nothing
 here loads a tensor: the planner and the validator check an adapter against its base from headers
-alone, and `mergetui inspect` shows its rank, alpha and targets. Only plain LoRA is supported
+alone (but for a saved head on a tied base, compared with the embedding: lora_ties.py), and
+`mergetui inspect` shows its rank, alpha and targets. Only plain LoRA is supported
 (`SUPPORTED_KINDS`); any other PEFT adapter is refused with a located error before weights load.
 """
 
@@ -26,8 +27,9 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_SAFETENSORS = "adapter_model.safetensors"
 ADAPTER_BIN = "adapter_model.bin"
 SUPPORTED_KINDS = (
-    "plain LoRA (peft_type LORA, rsLoRA included, with modules_to_save); not DoRA, LoRA biases, "
-    "target_parameters, nor other PEFT types (IA3, LoHa, LoKr, prompt tuning ...)"
+    "plain LoRA (peft_type LORA, rsLoRA included, with modules_to_save and lora_bias); not DoRA, "
+    "trained base biases (bias: all / lora_only), target_parameters, nor other PEFT types (IA3, "
+    "LoHa, LoKr, prompt tuning ...)"
 )
 # PEFT saves an adapter's tensors under the wrapped model's names: `base_model.model.` + the
 # checkpoint's module path, then `lora_A.weight` / `lora_B.weight` (Linear, Conv1D) or
@@ -39,6 +41,7 @@ _PIECES = {
     ".lora_embedding_A": ("A", True),
     ".lora_embedding_B": ("B", True),
 }
+LORA_BIAS = ".lora_B.bias"  # lora_bias: true (PEFT >= 0.14): added to the layer's own bias
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,12 @@ class LoraModule:
     # The weight the update is added to, when the adapter saved its own copy (PEFT saves the
     # embedding layers it adapts: `...embed_tokens.base_layer.weight`); None: the base's.
     base: TensorInfo | None = None
+    # A second update of the same tensor, added after this one is rounded: a tied head's LoRA,
+    # which PEFT merges into the embedding it shares after the embedding's own (lora_ties.py).
+    then: LoraModule | None = None
+    # An embedding's update (lora_embedding_A/B): PEFT's Embedding.merge rounds the update to
+    # the weight's dtype before adding it, so the sum is rounded twice (a Linear's, once).
+    embedding: bool = False
 
     @property
     def rank(self) -> int:
@@ -64,6 +73,15 @@ class LoraModule:
         """The shape of B @ A as the checkpoint stores the tensor."""
         rows, cols = self.b.shape[0], self.a.shape[1]
         return (cols, rows) if self.transposed else (rows, cols)
+
+
+@dataclass(frozen=True)
+class LoraBias(TensorInfo):
+    """A `lora_bias` piece (lora_B.bias, where this TensorInfo points): the checkpoint tensor
+    `target` (the layer's bias) becomes bias + scale * lora_B.bias, as PEFT merges it."""
+
+    target: str
+    scale: float
 
 
 @dataclass(frozen=True)
@@ -81,7 +99,10 @@ class Adapter:
     modules_to_save: list[str]
     base_model: str | None
     modules: dict[str, LoraModule] = field(repr=False)  # by checkpoint tensor name
-    replaced: dict[str, TensorInfo] = field(repr=False)  # modules_to_save, by checkpoint name
+    # modules_to_save, and lora_bias updates (LoraBias), by checkpoint name
+    replaced: dict[str, TensorInfo] = field(repr=False)
+    # lora_B.bias tensors of an adapter without lora_bias: true, which PEFT drops on load
+    ignored: tuple[str, ...] = ()
 
     @property
     def scale(self) -> float:
@@ -106,7 +127,10 @@ class Adapter:
             "base_model": self.base_model,
             "format": self.format,
             "lora_tensors": len(self.modules),
-            "replaced_tensors": sorted(self.replaced),
+            "replaced_tensors": sorted(
+                name for name, info in self.replaced.items() if not isinstance(info, LoraBias)
+            ),
+            "bias_updates": sorted(n for n, i in self.replaced.items() if isinstance(i, LoraBias)),
             "ranks": sorted({module.rank for module in self.modules.values()}),
             "size_on_disk": self.size_on_disk,
         }
@@ -151,7 +175,9 @@ def open_adapter(path: str | Path, *, allow_bin: bool = False, where: str | None
             f"lora_alpha must be a number, not {alpha!r}", where=where or str(config_path)
         )
     use_rslora = bool(config.get("use_rslora", False))
-    modules, replaced = _map_tensors(tensors, config, float(alpha), use_rslora, where or str(file))
+    modules, replaced, ignored = _map_tensors(
+        tensors, config, float(alpha), use_rslora, where or str(file)
+    )
     targets = config.get("target_modules") or []
     return Adapter(
         path=folder,
@@ -166,6 +192,7 @@ def open_adapter(path: str | Path, *, allow_bin: bool = False, where: str | None
         base_model=config.get("base_model_name_or_path") or None,
         modules=modules,
         replaced=replaced,
+        ignored=tuple(ignored),
     )
 
 
@@ -191,10 +218,8 @@ def _check_kind(config: dict[str, Any], where: str) -> None:
         refusals.append(f"a {peft_type or 'untyped'} adapter (peft_type is not LORA)")
     if config.get("use_dora"):
         refusals.append("a DoRA adapter (use_dora: true)")
-    if config.get("lora_bias"):
-        refusals.append("a LoRA with biases (lora_bias: true)")
     if config.get("bias") not in (None, "none"):
-        refusals.append(f"an adapter that trains biases (bias: {config.get('bias')})")
+        refusals.append(f"an adapter that trains the base's biases (bias: {config.get('bias')})")
     if config.get("target_parameters"):
         refusals.append("an adapter on parameters (target_parameters)")
     if config.get("trainable_token_indices"):
@@ -247,19 +272,31 @@ def _map_tensors(
     alpha: float,
     use_rslora: bool,
     where: str,
-) -> tuple[dict[str, LoraModule], dict[str, TensorInfo]]:
-    """PEFT's tensor names -> (LoRA pairs, replacement tensors) by checkpoint tensor name."""
+) -> tuple[dict[str, LoraModule], dict[str, TensorInfo], list[str]]:
+    """PEFT's tensor names -> (LoRA pairs, replacement tensors and bias updates) by checkpoint
+    tensor name, and the lora_B.bias tensors PEFT would drop (no lora_bias in the config)."""
     pairs: dict[str, dict[str, TensorInfo]] = {}
     transposed: dict[str, bool] = {}
+    embeddings: set[str] = set()
     replaced: dict[str, TensorInfo] = {}
+    biases: dict[str, TensorInfo] = {}
+    ignored: list[str] = []
     fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
     for name, info in tensors.items():
         key = name.removeprefix(PEFT_PREFIX)
+        if key.endswith(LORA_BIAS):
+            if config.get("lora_bias"):
+                biases[key[: -len(LORA_BIAS)]] = info
+            else:  # PEFT builds lora_B without a bias and drops the tensor (mergekit-extract-lora)
+                ignored.append(name)
+            continue
         for suffix, (piece, embedding) in _PIECES.items():
             if key.endswith(suffix):
                 module = key[: -len(suffix)]
                 pairs.setdefault(module, {})[piece] = info
                 transposed[module] = embedding or fan_in_fan_out
+                if embedding:
+                    embeddings.add(module)
                 break
         else:
             if ".lora_" in key or "lora_magnitude" in key:
@@ -285,8 +322,24 @@ def _map_tensors(
         scale = lora_scale(module_alpha, a.shape[0], use_rslora)
         target = f"{module}.weight"
         base = replaced.pop(target, None)
-        modules[target] = LoraModule(target, a, b, scale, transposed[module], base)
-    return modules, replaced
+        modules[target] = LoraModule(
+            target, a, b, scale, transposed[module], base, embedding=module in embeddings
+        )
+        bias = biases.pop(module, None)
+        if bias is not None:
+            if tuple(bias.shape) != (b.shape[0],):
+                raise UserError(
+                    f"module {module}: lora_B.bias is {list(bias.shape)}, not [{b.shape[0]}]",
+                    where=where,
+                )
+            replaced[f"{module}.bias"] = LoraBias(
+                **{k: getattr(bias, k) for k in TensorInfo.__dataclass_fields__},
+                target=f"{module}.bias",
+                scale=scale,
+            )
+    if biases:
+        raise UserError(f"module {next(iter(biases))} has a lora_B.bias but no lora_A", where=where)
+    return modules, replaced, ignored
 
 
 def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
@@ -299,13 +352,28 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
 
 def check_adapter(adapter: Adapter, checkpoint: Checkpoint, source: str) -> tuple[str, list[str]]:
     """Whether `adapter` fits the base `checkpoint` (headers only): ("", warnings) when it does,
-    else (the first problem, warnings). The base the adapter names is only a warning."""
+    else (the first problem, warnings). The base the adapter names is only a warning. On a base
+    with tied embeddings, the adapter's head pieces are first moved onto the embedding as PEFT
+    merges them (lora_ties.py: the one case that compares tensor values)."""
+    from mergetui.checkpoints.lora_ties import fit_tied_head, unsaved_head_warnings
+
     warnings: list[str] = []
     named = adapter.base_model
     if named and Path(named).name.lower() != Path(source.rstrip("/")).name.lower():
         warnings.append(
             f"the adapter was trained on {named!r}, here applied to {source!r}; its shapes fit"
         )
+    if adapter.ignored:
+        warnings.append(
+            f"the adapter holds {len(adapter.ignored)} lora_B.bias tensors but its config does "
+            "not set lora_bias: true, so they are not applied (PEFT and mergekit-yaml drop them "
+            'too); set "lora_bias": true in its adapter_config.json to apply them'
+        )
+    warnings += unsaved_head_warnings(adapter)
+    warnings += _bias_free_layers(adapter, checkpoint)
+    problem = fit_tied_head(adapter, checkpoint)
+    if problem:
+        return problem, warnings
     tensors = checkpoint.tensors
     for name, module in adapter.modules.items():
         info = tensors.get(name)
@@ -317,14 +385,19 @@ def check_adapter(adapter: Adapter, checkpoint: Checkpoint, source: str) -> tupl
                 f"is {list(info.shape)}",
                 warnings,
             )
-        if tuple(info.shape) != module.delta_shape:
-            return (
-                f"the adapter changes {name} by a {list(module.delta_shape)} update, but the "
-                f"base's {name} is {list(info.shape)}: it was made for another model size",
-                warnings,
-            )
+        step: LoraModule | None = module
+        while step is not None:
+            if tuple(info.shape) != step.delta_shape:
+                return (
+                    f"the adapter changes {name} by a {list(step.delta_shape)} update, but the "
+                    f"base's {name} is {list(info.shape)}: it was made for another model size",
+                    warnings,
+                )
+            step = step.then
     for name, info in adapter.replaced.items():
         have = tensors.get(name)
+        if isinstance(info, LoraBias) and have is None:
+            return _no_bias(name, checkpoint), warnings
         if have is None:
             return _missing(name, checkpoint), warnings
         if tuple(have.shape) != tuple(info.shape):
@@ -334,6 +407,40 @@ def check_adapter(adapter: Adapter, checkpoint: Checkpoint, source: str) -> tupl
                 warnings,
             )
     return "", warnings
+
+
+def _bias_free_layers(adapter: Adapter, checkpoint: Checkpoint) -> list[str]:
+    """lora_bias: true is global in PEFT: layers with neither a bias nor a lora_B.bias (what
+    extract-lora writes for a Qwen2's o_proj) make PEFT's merge fail, not its model."""
+    if not adapter.config.get("lora_bias"):
+        return []
+    bare = [
+        name.removesuffix(".weight")
+        for name, module in adapter.modules.items()
+        if not module.embedding
+        and name.endswith(".weight")
+        and f"{name.removesuffix('.weight')}.bias" not in adapter.replaced
+        and f"{name.removesuffix('.weight')}.bias" not in checkpoint.tensors
+    ]
+    if not bare:
+        return []
+    return [
+        f"lora_bias: true, but {len(bare)} adapted layers have no bias (first {bare[0]}) and "
+        "the adapter gives them none: PEFT's merge refuses that (mergekit-yaml fails), mergetui "
+        "applies the biases the adapter holds, as PEFT's unmerged model does"
+    ]
+
+
+def _no_bias(name: str, checkpoint: Checkpoint) -> str:
+    module = name.removesuffix(".bias")
+    return (
+        f"the adapter adds a bias to {module} (lora_bias: true), but the base's {module} has no "
+        f"bias ({name}): PEFT cannot merge it ('Impossible to merge LoRA with lora_bias=True "
+        "because the base layer has no bias', so mergekit-yaml fails too), and a "
+        f"{checkpoint.architecture or 'model'} whose config declares no such bias would not "
+        "load one; use the adapter on a base whose layers have biases, or merge it without its "
+        "biases by setting lora_bias: false in its adapter_config.json"
+    )
 
 
 def _missing(name: str, checkpoint: Checkpoint) -> str:

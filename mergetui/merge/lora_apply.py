@@ -1,14 +1,19 @@
 """A LoRA adapter applied to an input tensor as it is read, so no merged copy of the model is made.
 
 The planner attaches to a `PlannedInput` the adapter's piece for that tensor (`PlannedInput.lora`):
-a `LoraModule` (add scale * B @ A) or a `TensorInfo` (a modules_to_save tensor that replaces it).
+a `LoraModule` (add scale * B @ A; a tied embedding may take a second one, its head's, after the
+first is rounded), a `LoraBias` (add scale * lora_B.bias to the layer's bias) or a `TensorInfo` (a
+modules_to_save tensor that replaces it).
 Every read of an input's elements (a whole tensor, a piece of an element-wise merge, a chunk a
 method asks the file for) passes through `apply_lora` with the first element's index, so the
 update is computed only for the rows those elements cover.
 
 The arithmetic is PEFT's `merge_and_unload`, which mergekit 0.1.5 runs on a `base+adapter`
 reference: the update in float32 (A and B upcast), added to the weight upcast to float32, the sum
-rounded once to the weight's dtype. A replacement tensor is cast to the weight's dtype.
+rounded once to the weight's dtype (a bias alike; an embedding's update is rounded to that dtype
+before it is added, as PEFT's Embedding.merge does); PEFT merges two updates of one tied weight
+one after the other, so the second is added to the first's rounded sum. A replacement tensor is
+cast to the weight's dtype.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ def apply_lora(
     `value` (a buffer the caller owns) rather than into a new tensor of its dtype."""
     import torch
 
+    from mergetui.checkpoints.lora import LoraBias
     from mergetui.checkpoints.safetensors_io import TensorInfo
 
     patch = getattr(source, "lora", None)
@@ -46,23 +52,33 @@ def apply_lora(
         out = flat
     else:
         out = torch.empty_like(flat)
-    if isinstance(patch, TensorInfo):
-        factors = None
-    else:
-        a = _read_whole(reader, patch.a).to(torch.float32)
-        b = _read_whole(reader, patch.b).to(torch.float32)
-        factors = (a, b)
+    steps: list[tuple[LoraModule, tuple[torch.Tensor, torch.Tensor]]] = []
+    if not isinstance(patch, TensorInfo):
+        module: LoraModule | None = patch
+        while module is not None:
+            a = _read_whole(reader, module.a).to(torch.float32)
+            b = _read_whole(reader, module.b).to(torch.float32)
+            steps.append((module, (a, b)))
+            module = module.then
     for first in range(0, flat.numel(), BLOCK_ELEMENTS):
         last = min(flat.numel(), first + BLOCK_ELEMENTS)
         begin, end = start + first, start + last
-        if factors is None:  # modules_to_save: the adapter's tensor, in the weight's dtype
+        if isinstance(patch, LoraBias):  # lora_bias: the layer's bias + scale * lora_B.bias
+            update = _read_range(reader, patch, begin, end).to(torch.float32) * patch.scale
+            out[first:last] = (flat[first:last].to(torch.float32) + update).to(flat.dtype)
+            continue
+        if isinstance(patch, TensorInfo):  # modules_to_save: the adapter's, in the weight's dtype
             out[first:last] = _read_range(reader, patch, begin, end).to(flat.dtype)
             continue
         weight = flat[first:last]
         if patch.base is not None:  # the adapter's own copy of the weight (saved embeddings)
             weight = _read_range(reader, patch.base, begin, end).to(flat.dtype)
-        delta = _delta(patch, factors, begin, end, tuple(source.shape))
-        out[first:last] = (weight.to(torch.float32) + delta).to(flat.dtype)
+        for module, factors in steps:  # one rounding per update, as PEFT merges them
+            delta = _delta(module, factors, begin, end, tuple(source.shape))
+            if module.embedding:  # Embedding.merge adds the update cast to the weight's dtype
+                delta = delta.to(flat.dtype).to(torch.float32)
+            weight = (weight.to(torch.float32) + delta).to(flat.dtype)
+        out[first:last] = weight
     return value if out is flat else out.reshape(value.shape)
 
 
