@@ -132,7 +132,7 @@ def test_lora_bias_on_layers_without_a_bias_is_a_located_error(kit: dict[str, Pa
     error = caught.value
     assert error.where == "models.m.lora"
     assert "adds a bias to model.layers.0.self_attn.q_proj (lora_bias: true)" in error.message
-    assert "has no bias" in error.message and "lora_bias: false" in error.message
+    assert "has no bias" in error.message and "lora_bias: false" in error.fix
     problems = validate_recipe(load_recipe(recipe), base_dir=root)
     assert any(p.is_error and "lora_bias: true" in p.message for p in problems)
     config = root / "llama-bias.yaml"

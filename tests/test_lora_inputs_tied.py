@@ -188,6 +188,8 @@ def test_a_head_of_its_own_on_a_tied_base_is_a_located_error(
     assert (
         "replaces lm_head.weight (modules_to_save) with values of its own" in caught.value.message
     )
-    assert "untie the base first (save it with tie_word_embeddings: false" in caught.value.message
+    assert "untie the base first (save it with tie_word_embeddings: false" in caught.value.fix
     problems = validate_recipe(load_recipe(recipe), base_dir=root)
-    assert any(p.is_error and p.where == "models.m.lora" and "untie" in p.message for p in problems)
+    assert any(
+        p.is_error and p.where == "models.m.lora" and "untie" in (p.fix or "") for p in problems
+    )

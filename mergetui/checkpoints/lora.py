@@ -350,9 +350,19 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     return default
 
 
-def check_adapter(adapter: Adapter, checkpoint: Checkpoint, source: str) -> tuple[str, list[str]]:
-    """Whether `adapter` fits the base `checkpoint` (headers only): ("", warnings) when it does,
-    else (the first problem, warnings). The base the adapter names is only a warning. On a base
+@dataclass(frozen=True)
+class AdapterMisfit:
+    """Why an adapter does not fit a base, and what to do about it."""
+
+    message: str
+    fix: str
+
+
+def check_adapter(
+    adapter: Adapter, checkpoint: Checkpoint, source: str
+) -> tuple[AdapterMisfit | None, list[str]]:
+    """Whether `adapter` fits the base `checkpoint` (headers only): (None, warnings) when it
+    does, else (the first misfit, warnings). The base the adapter names is only a warning. On a base
     with tied embeddings, the adapter's head pieces are first moved onto the embedding as PEFT
     merges them (lora_ties.py: the one case that compares tensor values)."""
     from mergetui.checkpoints.lora_ties import fit_tied_head, unsaved_head_warnings
@@ -371,42 +381,43 @@ def check_adapter(adapter: Adapter, checkpoint: Checkpoint, source: str) -> tupl
         )
     warnings += unsaved_head_warnings(adapter)
     warnings += _bias_free_layers(adapter, checkpoint)
-    problem = fit_tied_head(adapter, checkpoint)
-    if problem:
-        return problem, warnings
+    misfit = fit_tied_head(adapter, checkpoint)
+    if misfit is not None:
+        return misfit, warnings
+    own_base = f"use the adapter with the base it was trained on ({adapter.base_model or '?'})"
     tensors = checkpoint.tensors
     for name, module in adapter.modules.items():
         info = tensors.get(name)
         if info is None:
-            return _missing(name, checkpoint), warnings
+            return AdapterMisfit(_missing(name, checkpoint), own_base), warnings
         if module.base is not None and tuple(module.base.shape) != tuple(info.shape):
-            return (
+            message = (
                 f"the adapter's copy of {name} is {list(module.base.shape)}, but the base's "
-                f"is {list(info.shape)}",
-                warnings,
+                f"is {list(info.shape)}"
             )
+            return AdapterMisfit(message, own_base), warnings
         step: LoraModule | None = module
         while step is not None:
             if tuple(info.shape) != step.delta_shape:
-                return (
+                message = (
                     f"the adapter changes {name} by a {list(step.delta_shape)} update, but the "
-                    f"base's {name} is {list(info.shape)}: it was made for another model size",
-                    warnings,
+                    f"base's {name} is {list(info.shape)}: it was made for another model size"
                 )
+                return AdapterMisfit(message, own_base), warnings
             step = step.then
     for name, info in adapter.replaced.items():
         have = tensors.get(name)
         if isinstance(info, LoraBias) and have is None:
             return _no_bias(name, checkpoint), warnings
         if have is None:
-            return _missing(name, checkpoint), warnings
+            return AdapterMisfit(_missing(name, checkpoint), own_base), warnings
         if tuple(have.shape) != tuple(info.shape):
-            return (
+            message = (
                 f"the adapter replaces {name} with a {list(info.shape)} tensor, but the base's "
-                f"is {list(have.shape)}",
-                warnings,
+                f"is {list(have.shape)}"
             )
-    return "", warnings
+            return AdapterMisfit(message, own_base), warnings
+    return None, warnings
 
 
 def _bias_free_layers(adapter: Adapter, checkpoint: Checkpoint) -> list[str]:
@@ -431,15 +442,16 @@ def _bias_free_layers(adapter: Adapter, checkpoint: Checkpoint) -> list[str]:
     ]
 
 
-def _no_bias(name: str, checkpoint: Checkpoint) -> str:
+def _no_bias(name: str, checkpoint: Checkpoint) -> AdapterMisfit:
     module = name.removesuffix(".bias")
-    return (
+    return AdapterMisfit(
         f"the adapter adds a bias to {module} (lora_bias: true), but the base's {module} has no "
         f"bias ({name}): PEFT cannot merge it ('Impossible to merge LoRA with lora_bias=True "
         "because the base layer has no bias', so mergekit-yaml fails too), and a "
         f"{checkpoint.architecture or 'model'} whose config declares no such bias would not "
-        "load one; use the adapter on a base whose layers have biases, or merge it without its "
-        "biases by setting lora_bias: false in its adapter_config.json"
+        "load one",
+        "use the adapter on a base whose layers have biases, or merge it without its biases by "
+        "setting lora_bias: false in its adapter_config.json",
     )
 
 

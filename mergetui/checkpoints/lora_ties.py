@@ -27,7 +27,7 @@ from mergetui.checkpoints.layers import block_kind, layer_index
 
 if TYPE_CHECKING:
     from mergetui.checkpoints.inspect import Checkpoint
-    from mergetui.checkpoints.lora import Adapter
+    from mergetui.checkpoints.lora import Adapter, AdapterMisfit
     from mergetui.checkpoints.safetensors_io import TensorInfo
 
 # Input embeddings a tied head uses, most specific first (as the planner's `_tied_embedding`).
@@ -64,12 +64,12 @@ def unsaved_head_warnings(adapter: Adapter) -> list[str]:
     ]
 
 
-def fit_tied_head(adapter: Adapter, checkpoint: Checkpoint) -> str:
+def fit_tied_head(adapter: Adapter, checkpoint: Checkpoint) -> AdapterMisfit | None:
     """Move the adapter's pieces of a head the base does not store onto the embedding it is tied
-    to, as PEFT merges them; "" when done (or nothing to do), else why it cannot be done."""
+    to, as PEFT merges them; None when done (or nothing to do), else why it cannot be done."""
     embed = tied_embedding(checkpoint)
     if embed is None:
-        return ""
+        return None
     heads = [
         name
         for name in (*adapter.modules, *adapter.replaced)
@@ -77,16 +77,18 @@ def fit_tied_head(adapter: Adapter, checkpoint: Checkpoint) -> str:
     ]
     for head in heads:
         problem = _fit_one(adapter, checkpoint, head, embed)
-        if problem:
+        if problem is not None:
             return problem
-    return ""
+    return None
 
 
-def _fit_one(adapter: Adapter, checkpoint: Checkpoint, head: str, embed: str) -> str:
-    from mergetui.checkpoints.lora import LoraBias
+def _fit_one(
+    adapter: Adapter, checkpoint: Checkpoint, head: str, embed: str
+) -> AdapterMisfit | None:
+    from mergetui.checkpoints.lora import AdapterMisfit, LoraBias
 
     untie = (
-        f"a tied checkpoint cannot hold a head that differs from {embed}; untie the base first "
+        f"a tied checkpoint cannot hold a head that differs from {embed}: untie the base first "
         f"(save it with tie_word_embeddings: false and {head} a copy of {embed}) and use that "
         "folder as the model's source"
     )
@@ -94,9 +96,10 @@ def _fit_one(adapter: Adapter, checkpoint: Checkpoint, head: str, embed: str) ->
     if module is not None:
         saved = adapter.replaced.get(embed)
         if saved is not None and not isinstance(saved, LoraBias):
-            return (
+            return AdapterMisfit(
                 f"the adapter changes {head} with a LoRA and replaces {embed} (modules_to_save), "
-                f"but the base ties its head to {embed}: after the merge they differ, and {untie}"
+                f"but the base ties its head to {embed}: after the merge they would differ",
+                untie,
             )
         del adapter.modules[head]
         moved = dataclasses.replace(module, target=embed)
@@ -107,22 +110,23 @@ def _fit_one(adapter: Adapter, checkpoint: Checkpoint, head: str, embed: str) ->
                 first, base=base, then=dataclasses.replace(moved, base=None)
             )
         adapter.modules[embed] = moved
-        return ""
+        return None
     saved_head = adapter.replaced[head]
     if embed in adapter.modules:
-        return (
+        return AdapterMisfit(
             f"the adapter replaces {head} (modules_to_save) and changes {embed} with a LoRA, but "
-            f"the base ties its head to {embed}: after the merge they differ, and {untie}"
+            f"the base ties its head to {embed}: after the merge they would differ",
+            untie,
         )
     final = adapter.replaced.get(embed) or checkpoint.tensors[embed]
     if not equal_values(saved_head, final, checkpoint.tensors[embed].dtype):
-        return (
+        return AdapterMisfit(
             f"the adapter replaces {head} (modules_to_save) with values of its own, but the base "
-            f"stores no {head}: its head is tied to {embed}, which the merge leaves different, "
-            f"and {untie}"
+            f"stores no {head}: its head is tied to {embed}, which the merge leaves different",
+            untie,
         )
     del adapter.replaced[head]  # the head the tied checkpoint already has
-    return ""
+    return None
 
 
 def equal_values(first: TensorInfo, second: TensorInfo, dtype: str) -> bool:

@@ -113,10 +113,11 @@ def _show_with_adapter(args: argparse.Namespace) -> int:
     assert found is not None and adapter_found is not None
     checkpoint = open_checkpoint(found[0], allow_bin=args.allow_bin)
     adapter = open_adapter(adapter_found[0], allow_bin=args.allow_bin)
-    problem, warnings = check_adapter(adapter, checkpoint, source)
+    misfit, warnings = check_adapter(adapter, checkpoint, source)
     if args.json:
         data = checkpoint.to_dict()
-        data["adapter"] = {**adapter.to_dict(), "fits": not problem, "problem": problem or None}
+        problem = misfit.message if misfit is not None else None
+        data["adapter"] = {**adapter.to_dict(), "fits": misfit is None, "problem": problem}
         data["warnings"] = [*data.get("warnings", []), *warnings]
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return 0
@@ -125,10 +126,8 @@ def _show_with_adapter(args: argparse.Namespace) -> int:
     out.print(_adapter_table(adapter))
     for warning in warnings:
         out.print(f"[yellow]warning:[/] {escape(warning)}")
-    if problem:
-        raise UserError(
-            problem, where=args.path, fix="use the adapter with the base it was made for"
-        )
+    if misfit is not None:
+        raise UserError(misfit.message, where=args.path, fix=misfit.fix)
     out.print("[green]the adapter fits this model[/] (every target's shape matches)")
     return 0
 

@@ -106,13 +106,9 @@ def open_model_adapter(
             else "check the path; relative paths are read from the recipe's folder",
         )
     adapter = open_adapter(found[0], allow_bin=allow_bin, where=where)
-    problem, warnings = check_adapter(adapter, checkpoint, source)
-    if problem:
-        raise UserError(
-            problem,
-            where=where,
-            fix=f"use the adapter with the base it was trained on ({adapter.base_model or '?'})",
-        )
+    misfit, warnings = check_adapter(adapter, checkpoint, source)
+    if misfit is not None:
+        raise UserError(misfit.message, where=where, fix=misfit.fix)
     return adapter, warnings
 
 

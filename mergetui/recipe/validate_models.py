@@ -115,13 +115,11 @@ def check_adapters(
         except UserError as exc:
             problems.error(where, exc.message, exc.fix)
             continue
-        problem, warnings = check_adapter(adapter, checkpoint, entry.source)
+        misfit, warnings = check_adapter(adapter, checkpoint, entry.source)
         for warning in warnings:
             problems.warning(where, warning)
-        if problem:
-            problems.error(
-                where, problem, f"use the adapter with its own base ({adapter.base_model or '?'})"
-            )
+        if misfit is not None:
+            problems.error(where, misfit.message, misfit.fix)
 
 
 def _comparable(checkpoint: Checkpoint, depth: int) -> dict[str, str]:
