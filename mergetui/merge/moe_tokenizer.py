@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergetui.errors import UserError
+from mergetui.merge.remote_code import read_json_object
 
 if TYPE_CHECKING:
     from mergetui.merge.moe_plan import MoePlan
@@ -107,7 +108,7 @@ class PlainTokenizer:
     def open(cls, folder: Path) -> PlainTokenizer | None:
         """The plain tokenizer of `folder`, or None where transformers might tokenise otherwise
         than its tokenizer.json alone does (the caller then uses transformers)."""
-        config = _read_json(folder / "tokenizer_config.json")
+        config = read_json_object(folder / "tokenizer_config.json")
         if config is None or not (folder / "tokenizer.json").is_file():
             return None
         if config.get("tokenizer_class") not in _PLAIN_CLASSES or set(config) - _PLAIN_KEYS:
@@ -158,11 +159,3 @@ class PlainTokenizer:
 
 def _token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

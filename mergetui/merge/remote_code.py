@@ -44,7 +44,7 @@ def code_files(folder: Path) -> list[Path]:
 
 def tokenizer_code_keys(folder: Path) -> list[str]:
     """The code keys that the folder's tokenizer_config.json holds."""
-    config = _read_json(folder / TOKENIZER_CONFIG)
+    config = read_json_object(folder / TOKENIZER_CONFIG)
     return [key for key in CODE_KEYS if config is not None and key in config]
 
 
@@ -90,7 +90,7 @@ def left_out_notice(
 def clean_tokenizer_config(folder: Path) -> None:
     """Rewrite the output's tokenizer_config.json without the keys that point at code."""
     path = folder / TOKENIZER_CONFIG
-    config = _read_json(path)
+    config = read_json_object(path)
     if config is not None and strip_code_keys(config):
         path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -126,7 +126,8 @@ def no_stdin_prompts() -> Iterator[None]:
             builtins.input = previous
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON file's object, or None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
