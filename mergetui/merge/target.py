@@ -130,7 +130,8 @@ def check_output(
         raise UserError(
             "the output folder already exists",
             where=str(target),
-            fix="pass --force to replace it (only once the new merge is complete), "
+            fix="pass --force to replace it (only once the new "
+            f"{'merge' if written_by_us is None else 'output'} is complete), "
             "or choose another --out",
         )
     why = replace_refusal(target, inputs=inputs, recipe_dir=recipe_dir, written_by_us=written_by_us)
