@@ -162,7 +162,7 @@ REFUSED = [
     ({"energy": "nan"}, "energy", "above 0 and at most 1"),
     ({"energy": "most"}, "energy", "not 'most'"),
     ({"base": ""}, "base", "which base"),
-    ({"base": "nobody/not-cached"}, "base", "not in the HF cache"),
+    ({"base": "nobody/not-cached"}, "base", "no Hub model nobody/not-cached in the HF cache"),
     ({"out": "notes.txt"}, "out", "not a folder"),
     ({"out": "foreign"}, "out", "it is never replaced"),
 ]

@@ -26,6 +26,7 @@ from mergetui.checkpoints.sources import CheckpointRow
 from mergetui.errors import CancelledError, UserError
 from mergetui.formatting import human_bytes
 from mergetui.tui.dialogs.extract import ExtractRequest
+from mergetui.tui.paths_text import short_path
 from mergetui.tui.workers import lower_priority, reply
 
 
@@ -37,21 +38,32 @@ class ExtractState:
     cancel: threading.Event
     modules: int = 0  # once planned: how many modules are decomposed
 
+    @property
+    def name(self) -> str:
+        """The fine-tune as the strip names it: its folder's name, or the Hub id's."""
+        return self.request.finetuned_source.rstrip("/").rsplit("/", 1)[-1]
 
-def default_base(document: Any) -> str:
-    """The open recipe's base model (a folder relative to the recipe made absolute), else ""."""
+
+def default_base(document: Any, finetuned: Path) -> str:
+    """The open recipe's base model (a folder as seen from the working folder), else "", and ""
+    when that base is the fine-tune itself (as when the recipe merges from it)."""
+    from mergetui.checkpoints.locate import find_local
     from mergetui.recipe.paths import recipe_folder
 
     recipe = document.recipe
     entry = recipe.models.get(recipe.base) if recipe.base else None
     if entry is None:
         return ""
-    source = Path(entry.source).expanduser()
-    if not source.is_absolute():
-        beside = recipe_folder(document.path or document.origin) / source
-        if beside.is_dir():
-            return str(beside.resolve())
-    return entry.source
+    source = entry.source
+    path = Path(source).expanduser()
+    if not path.is_absolute():  # a recipe's folders are relative to its own folder
+        path = recipe_folder(document.path or document.origin) / path
+    if path.is_dir():
+        source = short_path(path.resolve())
+    folder = find_local(source, entry.revision)
+    if folder is not None and Path(folder).resolve() == finetuned.resolve():
+        return ""
+    return source
 
 
 def out_namer(row: CheckpointRow, models_dirs: list[str]) -> Callable[[int], str]:
@@ -71,7 +83,7 @@ def out_namer(row: CheckpointRow, models_dirs: list[str]) -> Callable[[int], str
         while candidate.exists() or candidate.is_symlink():
             candidate = parent / f"{stem}-lora-r{rank}-{number}"
             number += 1
-        return str(candidate)
+        return short_path(candidate)
 
     return name
 
@@ -117,7 +129,8 @@ def summary(result: Any) -> str:
     saved = f", {len(result.saved)} tensors saved whole" if result.saved else ""
     return (
         f"{len(modules)} modules at rank ≤ {result.config.get('r', '?')}{saved}; relative error "
-        f"mean {mean:.3g}, worst {result.max_error:.3g}; in {result.seconds:.1f} s → {result.out}"
+        f"mean {mean:.3g}, worst {result.max_error:.3g}; in {result.seconds:.1f} s → "
+        f"{short_path(result.out)}"
     )
 
 
@@ -126,7 +139,7 @@ class ExtractStrip(Horizontal):
 
     DEFAULT_CSS = """
     ExtractStrip { height: 1; padding: 0 1; background: $panel; }
-    ExtractStrip #ck-extract-progress { width: 30; padding-right: 1; }
+    ExtractStrip #ck-extract-progress { width: 20; padding-right: 1; }
     ExtractStrip #ck-extract-label { width: 1fr; }
     """
 
@@ -142,14 +155,15 @@ class ExtractStrip(Horizontal):
 
     def begin(self, name: str) -> None:
         self.display = True
-        self.say(f"⤓ LoRA of {name}: reading headers… (x cancels)")
+        self.say(f"⤓ LoRA of {name}: reading the headers and the modules… (x cancels)")
         self.query_one("#ck-extract-progress", ProgressBar).update(total=None, progress=0)
 
     def show(self, state: ExtractState, count: int, event: Any) -> None:
         """One `ExtractProgress` of the run; `count` modules done so far."""
         bar = self.query_one("#ck-extract-progress", ProgressBar)
         bar.update(total=max(event.total, 1), progress=event.done)
-        module = event.module if len(event.module) <= 36 else "…" + event.module[-35:]
+        module = event.module.removeprefix("model.")
+        module = module if len(module) <= 36 else "…" + module[-35:]
         self.say(
             f"{min(count, state.modules)}/{state.modules} modules · {human_bytes(event.done)} / "
             f"{human_bytes(event.total)} · x cancels · {module}"
@@ -195,7 +209,7 @@ class ExtractActions:
         dialog = ExtractDialog(
             row.path,
             row.source,
-            default_base(screen.app.document),
+            default_base(screen.app.document, row.path),
             out_namer(row, screen.models_dirs),
         )
         screen.app.push_screen(dialog, self._extract_chosen)
@@ -205,7 +219,7 @@ class ExtractActions:
             return
         self.extraction = ExtractState(request, threading.Event())
         strip = self.query_one(ExtractStrip)
-        strip.begin(request.finetuned_source.rsplit("/", 1)[-1])
+        strip.begin(self.extraction.name)
         self._extract(self.extraction)
 
     @work(thread=True, exclusive=True, group="ck-extract", exit_on_error=False)
@@ -266,8 +280,10 @@ class ExtractActions:
         if self.extraction is None:
             return False
         self.extraction.cancel.set()
-        name = self.extraction.request.finetuned_source
-        self.query_one(ExtractStrip).say(f"⤓ LoRA of {name}: cancelling…")
+        name = self.extraction.name
+        self.query_one(ExtractStrip).say(
+            f"⤓ LoRA of {name}: cancelling (after the module at work)…"
+        )
         return True
 
     def select_extracted(self) -> None:

@@ -82,7 +82,7 @@ def parse_energy(text: str) -> float | None:
     if not (math.isfinite(energy) and 0 < energy <= 1):
         raise FieldError(
             "ex-energy",
-            f"the energy share must be above 0 and at most 1 (e.g. 0.9 keeps 90%), not {text}",
+            f"the energy must be above 0 and at most 1, not {text} (0.9 keeps 90%)",
         )
     return energy
 
@@ -100,8 +100,8 @@ def locate_base(text: str, finetuned: Path) -> tuple[Path, str]:
         if looks_like_hub_id(text) and not Path(text).expanduser().exists():
             raise FieldError(
                 "ex-base",
-                f"{text} is not in the HF cache: download it first (search the Hub in the "
-                "filter, then d), or give its folder",
+                f"no folder {text} here, and no Hub model {text} in the HF cache: give the "
+                "base's folder, or download it first (search the Hub in the filter, then d)",
             )
         raise FieldError("ex-base", f"no checkpoint folder at {text}")
     folder = Path(folder)
@@ -134,6 +134,9 @@ def check_out(text: str) -> tuple[Path, str | None]:
     return out, f"{out} holds an adapter extract-lora wrote: enter again replaces it"
 
 
+HINT = "enter extracts · escape closes · tab completes a path"
+
+
 class ExtractDialog(DialogScreen):
     """The fields, checked on enter (or the button); answers an `ExtractRequest`, or None."""
 
@@ -158,7 +161,11 @@ class ExtractDialog(DialogScreen):
         self.confirmed: Path | None = None  # an existing output the user said to replace
 
     def compose_body(self) -> ComposeResult:
-        yield Label(f"Fine-tune  {self.finetuned_source}", id="ex-finetuned")
+        from mergetui.tui.paths_text import short_path
+
+        source = self.finetuned_source
+        shown = short_path(source) if Path(source).is_absolute() else source
+        yield Label(f"Fine-tune  {shown}", id="ex-finetuned")
         yield Label("Base it was trained from (a folder, or a Hub id in the HF cache)")
         yield PathInput(
             self.base, placeholder="e.g. ../base or org/base-model", id="ex-base", compact=True
@@ -175,9 +182,7 @@ class ExtractDialog(DialogScreen):
         yield Checkbox(
             "decompose the embeddings too (else saved whole)", id="ex-embed", compact=True
         )
-        yield Static(
-            "enter extracts · escape closes · tab completes a path", id="ex-message", classes="hint"
-        )
+        yield Static(HINT, id="ex-message", classes="hint")
         with Horizontal(classes="buttons"):
             yield Button("Extract", id="ex-go", variant="primary", compact=True)
 
@@ -204,6 +209,13 @@ class ExtractDialog(DialogScreen):
     @on(Input.Changed, "#ex-out")
     def out_changed(self, event: Input.Changed) -> None:
         self.confirmed = None
+
+    @on(Input.Changed)
+    @on(Checkbox.Changed)
+    def edited(self) -> None:
+        """An edit answers the message that was shown: back to the hint."""
+        if self.query_one("#ex-message").has_class("error"):
+            self._message(HINT)
 
     @on(Input.Submitted)
     def submitted(self, event: Input.Submitted) -> None:
