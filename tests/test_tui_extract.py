@@ -3,7 +3,7 @@ driven by keys (Pilot): `e` on a local fine-tune opens the dialog (the base defa
 recipe's), the run is the core's in a worker, and the adapter equals the core's own run on the same
 inputs and joins the list; bad numbers and a foreign output folder are refused in the dialog with
 nothing run; `x` cancels, leaving nothing written; an adapter extract-lora wrote is replaced only
-after a second enter.
+after a second enter; the default output is beside the fine-tune and never an existing folder.
 
 The fine-tune is a tiny Llama base plus a delta of known spectrum on every projection and a little
 noise everywhere (tests/extract_helpers.py), so every module has something to decompose.
@@ -260,3 +260,26 @@ async def test_e_on_an_adapter_or_without_a_local_folder_says_why(
         import shutil
 
         shutil.rmtree(pair["models"] / "an-adapter")
+
+
+def test_output_names_beside_the_fine_tune_never_an_existing_folder(tmp_path: Path) -> None:
+    from mergetui.checkpoints.sources import CheckpointRow
+    from mergetui.tui.checkpoints.extract import default_base, out_namer
+
+    folder = CheckpointRow(
+        "tuned", str(tmp_path / "m" / "tuned"), "folder", tmp_path / "m" / "tuned"
+    )
+    (tmp_path / "m" / "tuned-lora-r8").mkdir(parents=True)  # taken: the next free name
+    name = out_namer(folder, [])
+    assert name(128) == "m/tuned-lora-r128" and name(8) == "m/tuned-lora-r8-2"
+    # A fine-tune in the HF cache: never inside the cache, in the first models folder instead.
+    cached = CheckpointRow("org/tuned", "org/tuned", "cache", tmp_path / "hf" / "snap")
+    assert out_namer(cached, [str(tmp_path / "models")])(16) == "models/tuned-lora-r16"
+    assert out_namer(cached, [])(16) == "tuned-lora-r16"
+    # The recipe's base, unless it is the fine-tune itself.
+    document = RecipeDocument.new("task_arithmetic")
+    assert default_base(document, tmp_path / "m" / "tuned") == ""
+    document.recipe.models["b"] = ModelEntry("b", str(tmp_path / "m" / "tuned-lora-r8"))
+    document.recipe.base = "b"
+    assert default_base(document, tmp_path / "m" / "tuned") == "m/tuned-lora-r8"
+    assert default_base(document, tmp_path / "m" / "tuned-lora-r8") == ""
