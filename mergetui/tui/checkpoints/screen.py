@@ -6,10 +6,11 @@ the filter narrows it at once, `s` sorts by the next column. Enter in the filter
 checkpoint: config, tensors by layer, tokenizer, files, and for Hub models downloads, likes,
 licence and the parameters read from the remote safetensors headers. `a` / `b` add it to the
 recipe as a model / as the base (through the document, so ctrl+z undoes it), `d` downloads it with
-a progress bar (`x` cancels), `k` checks that the recipe's models fit together.
+a progress bar (`x` cancels), `e` extracts a LoRA adapter from a local fine-tune (`extract`; `x`
+cancels too), `k` checks that the recipe's models fit together.
 
 This screen wires its panes (`table`: the filter and the list; `hub_search`; `details`;
-`download`); all the work (reading headers, the Hub) happens in workers; the core does it.
+`download`; `extract`); all the work (reading headers, the Hub) happens in workers; the core does it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mergetui.checkpoints.sources import CheckpointRow
 from mergetui.tui.checkpoints.adding import add_checkpoint, model_named
 from mergetui.tui.checkpoints.details import DetailsPane
 from mergetui.tui.checkpoints.download import DownloadState, DownloadStrip, fetch
+from mergetui.tui.checkpoints.extract import ExtractActions, ExtractStrip
 from mergetui.tui.checkpoints.hub_search import OFFLINE_MESSAGE, HubSearch
 from mergetui.tui.checkpoints.messages import DetailsRead, HubAnswered
 from mergetui.tui.checkpoints.table import CheckpointTable, FilterInput
@@ -45,7 +47,8 @@ PALETTE = (
     ),
     PaletteEntry("add(True)", "Checkpoints: add as base", "the highlighted checkpoint as the base"),
     PaletteEntry("download", "Checkpoints: download", "into the HF cache, with progress"),
-    PaletteEntry("cancel_download", "Checkpoints: cancel download", "keeps finished files"),
+    PaletteEntry("extract", "Checkpoints: extract a LoRA adapter…", "from a local fine-tune"),
+    PaletteEntry("cancel_download", "Checkpoints: cancel download / extraction"),
     PaletteEntry("check", "Checkpoints: check recipe compatibility", "architecture, names, shapes"),
     PaletteEntry("sort", "Checkpoints: sort by next column"),
     PaletteEntry("reverse", "Checkpoints: reverse order"),
@@ -63,7 +66,7 @@ def delegate(pane: str, name: str, doc: str = "") -> property:
     return property(lambda screen: getattr(getattr(screen, pane), name), doc=doc)
 
 
-class CheckpointsScreen(ModeScreen):
+class CheckpointsScreen(ExtractActions, ModeScreen):
     """Browse checkpoints and hand them to the recipe."""
 
     BINDINGS = [
@@ -72,7 +75,8 @@ class CheckpointsScreen(ModeScreen):
         Binding("a", "add(False)", "Add"),
         Binding("b", "add(True)", "Base"),
         Binding("d", "download", "Download", show=False),
-        Binding("x", "cancel_download", "Cancel download", show=False),
+        Binding("e", "extract", "Extract a LoRA adapter (fine-tune - base)", show=False),
+        Binding("x", "cancel_download", "Cancel the download / extraction", show=False),
         Binding("k", "check", "Check recipe", show=False),
         Binding("s", "sort", "Sort by next column", show=False),
         Binding("S", "reverse", "Reverse the order", show=False),
@@ -122,6 +126,7 @@ class CheckpointsScreen(ModeScreen):
         yield self.table
         yield self.pane
         yield DownloadStrip(id="ck-download")
+        yield ExtractStrip(id="ck-extract")
         yield StatusLine(id="ck-status")
         yield KeyFooter()
 
@@ -181,6 +186,7 @@ class CheckpointsScreen(ModeScreen):
         if error:
             self.notify(f"could not read the local checkpoints: {error}", severity="warning")
         self.refresh_table()
+        self.select_extracted()
 
     def _link_local(self) -> None:
         """A Hub result that is also on this machine points at its local folder."""
@@ -412,8 +418,10 @@ class CheckpointsScreen(ModeScreen):
             self.notify(error or "download failed", title="Download", severity="error", timeout=10)
 
     def action_cancel_download(self) -> None:
+        extracting = self.cancel_extraction()
         if self.download is None:
-            self.notify("no download is running", timeout=2)
+            if not extracting:
+                self.notify("no download or extraction is running", timeout=2)
             return
         self.download.cancel.set()
         self.query_one(DownloadStrip).cancelling(self.download.repo_id)
