@@ -19,6 +19,7 @@ at a time.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -84,12 +85,13 @@ class ExtractResult:
         return max((m.error for m in self.modules), default=0.0)
 
 
-def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
-    """The fewest leading singular values whose squares hold `energy` of the total (at least 1)."""
+def energy_rank(singular_values: torch.Tensor, energy: float, total: float | None = None) -> int:
+    """The fewest leading singular values whose squares hold `energy` of `total` (by default
+    their own sum of squares), at least 1 and at most as many as are given."""
     import torch
 
     power = singular_values.to(torch.float64) ** 2
-    total = float(power.sum())
+    total = float(power.sum()) if total is None else total
     if total <= 0.0:
         return 1
     kept = torch.cumsum(power, 0) / total
@@ -98,21 +100,92 @@ def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
     return max(1, min(index + 1, singular_values.numel()))
 
 
-def decompose(
-    delta: torch.Tensor, max_rank: int, energy: float | None
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(A, B, kept energy share) with B @ A the truncated SVD of the float32 `delta`."""
+def truncated_svd(
+    matrix: torch.Tensor, rank: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """(u, s, vh, ||matrix||_F^2): the top min(rank, shorter side) singular triplets, in float64.
+
+    A full SVD computes every singular vector where a LoRA keeps a few dozen; this takes the top
+    eigenvectors U of the smaller Gram matrix (X X^T of X, the matrix or its transpose with the
+    shorter side first) and then W = U^T X, whose rows are s_i v_i^T: s is their norms, so
+    u diag(s) vh = U U^T X, the projection on the top singular subspace, holds even where an
+    eigenvalue is lost to rounding (below ~1e-8 s_1, where the SVD itself is ill-determined), and
+    a direction with no energy (a rank-deficient or zero matrix) gets s = 0 and a zero row in vh.
+    """
     import torch
 
-    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-    rank = min(max_rank, s.shape[0])
+    x = matrix.to(torch.float64)
+    wide = x.shape[0] <= x.shape[1]
+    if not wide:
+        x = x.T
+    gram = x @ x.T
+    total = float(gram.diagonal().sum())
+    if not math.isfinite(total):
+        raise ValueError("the matrix holds a NaN or an infinity")
+    vectors = _top_eigenvectors(gram, min(rank, gram.shape[0]))
+    del gram
+    w = vectors.T @ x
+    s = torch.linalg.vector_norm(w, dim=1)
+    s, order = torch.sort(s, descending=True)
+    vectors, w = vectors[:, order], w[order]
+    w *= torch.where(s > 0, 1.0 / s, 0.0)[:, None]
+    if wide:
+        return vectors, s, w, total
+    return w.T, s, vectors.T, total
+
+
+def _top_eigenvectors(gram: torch.Tensor, count: int) -> torch.Tensor:
+    """The eigenvectors of the `count` largest eigenvalues of a symmetric matrix, largest first.
+
+    SciPy's LAPACK (dsyevr) computes only those, several times faster than torch's full eigh
+    on a CPU; without SciPy, or off the CPU, torch's eigh does it all."""
+    import torch
+
+    size = gram.shape[0]
+    if gram.device.type == "cpu":
+        try:
+            from scipy.linalg import eigh
+        except ImportError:
+            pass
+        else:
+            _, vectors = eigh(
+                gram.numpy(),
+                subset_by_index=(size - count, size - 1),
+                driver="evr",
+                check_finite=False,
+                overwrite_a=True,
+            )
+            return torch.from_numpy(vectors).flip(1)
+    return torch.linalg.eigh(gram)[1][:, size - count :].flip(1)
+
+
+def decompose(
+    delta: torch.Tensor, max_rank: int, energy: float | None
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """(A, B, kept energy share, ||delta||_F^2) in float64, with B @ A the truncated SVD of
+    `delta` and the singular values split evenly between the pieces (mergekit's convention)."""
+    import torch
+
+    u, s, vh, total = truncated_svd(delta, max_rank)
+    rank = s.shape[0]
     if energy is not None:
-        rank = min(rank, energy_rank(s, energy))
-    power = s.to(torch.float64) ** 2
-    total = float(power.sum())
-    kept = float(power[:rank].sum()) / total if total > 0 else 1.0
+        rank = min(rank, energy_rank(s, energy, total))
+    kept = float((s[:rank] ** 2).sum()) / total if total > 0 else 1.0
     sqrt_s = torch.sqrt(s[:rank])
-    return sqrt_s[:, None] * vh[:rank], u[:, :rank] * sqrt_s[None, :], kept
+    return sqrt_s[:, None] * vh[:rank], u[:, :rank] * sqrt_s[None, :], min(kept, 1.0), total
+
+
+def relative_error(delta: torch.Tensor, a: torch.Tensor, b: torch.Tensor, total: float) -> float:
+    """||delta - B @ A||_F / ||delta||_F for the saved (rounded) A and B, without forming B @ A:
+    ||D||^2 - 2 <B^T D, A> + <B^T B, A A^T>, in float64 (clamped at 0 against cancellation)."""
+    import torch
+
+    if total <= 0:
+        return 0.0
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    cross = float(((b.T @ delta.to(torch.float64)) * a).sum())
+    square = float(((b.T @ b) * (a @ a.T)).sum())
+    return math.sqrt(max(total - 2.0 * cross + square, 0.0) / total)
 
 
 def run_extraction(
@@ -196,20 +269,30 @@ def _decompose_target(
     plan: ExtractPlan, target: LoraTarget, reader: TensorReader, device: torch.device
 ) -> tuple[ModuleResult, list[tuple[str, torch.Tensor]]]:
     """One module: its delta's factors in the fine-tune's dtype, and how well they fit."""
-    from mergetui.dtypes import torch_dtype
+    import torch
 
-    delta = (_read(reader, target.finetuned) - _read(reader, target.base)).to(device)
+    from mergetui.dtypes import torch_dtype
+    from mergetui.errors import UserError
+
+    delta = _read(reader, target.finetuned).to(device)
+    delta -= _read(reader, target.base).to(device)
+    delta = delta.to(torch.float64)  # one float64 copy, shared by the SVD and the error
     if target.embedding:
         delta = delta.T
     options = plan.options
-    a, b, kept = decompose(delta, options.rank, options.energy)
+    try:
+        a, b, kept, total = decompose(delta, options.rank, options.energy)
+    except ValueError:
+        raise UserError(
+            f"the fine-tune minus the base holds a NaN or an infinity in {target.module}",
+            where=str(plan.finetuned.path),
+            fix=f"check both checkpoints, or leave the module out: --exclude '{target.module}'",
+        ) from None
     dtype = torch_dtype(target.finetuned.dtype)
     a, b = a.to(dtype), b.to(dtype)
-    norm = float(delta.norm())
-    residual = float((delta - b.float() @ a.float()).norm())
-    module = ModuleResult(
-        target.module, a.shape[0], target.max_rank, residual / norm if norm else 0.0, kept
-    )
+    error = relative_error(delta, a, b, total)
+    del delta
+    module = ModuleResult(target.module, a.shape[0], target.max_rank, error, kept)
     name_a, name_b = peft_tensor_names(target.module, target.embedding)
     tensors = [(name_a, a.cpu().contiguous()), (name_b, b.cpu().contiguous())]
     if target.bias is not None:  # mergekit saves a bias's delta as lora_B.bias
