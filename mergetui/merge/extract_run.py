@@ -18,6 +18,8 @@ at a time.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
@@ -35,7 +37,7 @@ from mergetui.checkpoints.lora import (
     peft_tensor_names,
 )
 from mergetui.errors import CancelledError
-from mergetui.merge.extract_plan import ExtractPlan, LoraTarget
+from mergetui.merge.extract_plan import ExtractPlan, LoraTarget, SavedTensor
 
 if TYPE_CHECKING:
     import threading
@@ -49,6 +51,7 @@ ADAPTER_FILES = frozenset({ADAPTER_CONFIG, ADAPTER_SAFETENSORS, CARD_FILE})
 # Written into the adapter's safetensors metadata: what `--force` may replace carries it.
 MARK = ("mergetui", "extract-lora")
 _SPILL = "pieces.spill"
+_COPY_CHUNK = 8 << 20  # bytes of a saved tensor read and written at a time
 
 
 @dataclass(frozen=True)
@@ -118,12 +121,7 @@ def truncated_svd(
     wide = x.shape[0] <= x.shape[1]
     if not wide:
         x = x.T
-    gram = x @ x.T
-    total = float(gram.diagonal().sum())
-    if not math.isfinite(total):
-        raise ValueError("the matrix holds a NaN or an infinity")
-    vectors = _top_eigenvectors(gram, min(rank, gram.shape[0]))
-    del gram
+    vectors, total = _gram_eigenvectors(x, min(rank, x.shape[0]))
     w = vectors.T @ x
     s = torch.linalg.vector_norm(w, dim=1)
     s, order = torch.sort(s, descending=True)
@@ -134,29 +132,58 @@ def truncated_svd(
     return w.T, s, vectors.T, total
 
 
-def _top_eigenvectors(gram: torch.Tensor, count: int) -> torch.Tensor:
-    """The eigenvectors of the `count` largest eigenvalues of a symmetric matrix, largest first.
+def _gram_eigenvectors(x: torch.Tensor, count: int) -> tuple[torch.Tensor, float]:
+    """The eigenvectors of the `count` largest eigenvalues of X X^T, largest first, and its
+    trace ||X||_F^2 (ValueError if not finite).
 
-    SciPy's LAPACK (dsyevr) computes only those, several times faster than torch's full eigh
-    on a CPU; without SciPy, or off the CPU, torch's eigh does it all."""
+    On a CPU with SciPy: its BLAS computes one triangle of X X^T (dsyrk) and its LAPACK (dsyevr)
+    only the eigenvectors asked for, several times faster than torch's full eigh; dsyevr runs on
+    one thread, which beats two fighting torch's idle OpenMP threads. Otherwise torch does it."""
     import torch
 
-    size = gram.shape[0]
-    if gram.device.type == "cpu":
-        try:
-            from scipy.linalg import eigh
-        except ImportError:
-            pass
-        else:
-            _, vectors = eigh(
-                gram.numpy(),
-                subset_by_index=(size - count, size - 1),
-                driver="evr",
-                check_finite=False,
-                overwrite_a=True,
-            )
-            return torch.from_numpy(vectors).flip(1)
-    return torch.linalg.eigh(gram)[1][:, size - count :].flip(1)
+    size = x.shape[0]
+    linalg = _scipy_linalg() if x.device.type == "cpu" else None
+    if linalg is None:
+        gram = x @ x.T
+        total = float(gram.diagonal().sum())
+        if not math.isfinite(total):
+            raise ValueError("the matrix holds a NaN or an infinity")
+        return torch.linalg.eigh(gram)[1][:, size - count :].flip(1), total
+    blas, lapack_eigh, limit = linalg
+    array = x.numpy()
+    if array.T.flags.f_contiguous:  # X row-major: syrk of its transpose
+        gram = blas.dsyrk(1.0, array.T, trans=1)
+    else:
+        gram = blas.dsyrk(1.0, array, trans=0)  # (copied to column-major if it is neither)
+    total = float(gram.trace())
+    if not math.isfinite(total):
+        raise ValueError("the matrix holds a NaN or an infinity")
+    with limit():
+        _, vectors = lapack_eigh(
+            gram,
+            lower=False,  # dsyrk filled the upper triangle only
+            subset_by_index=(size - count, size - 1),
+            driver="evr",
+            check_finite=False,
+            overwrite_a=True,
+        )
+    return torch.from_numpy(vectors).flip(1), total
+
+
+@functools.cache
+def _scipy_linalg() -> tuple[Any, Any, Callable[[], Any]] | None:
+    """SciPy's dsyrk and eigh and a one-BLAS-thread limiter (threadpoolctl's, if present), or
+    None without SciPy (an optional speed-up: the results are the same)."""
+    try:
+        from scipy.linalg import blas, eigh
+    except ImportError:
+        return None
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return blas, eigh, contextlib.nullcontext
+    controller = ThreadpoolController()
+    return blas, eigh, lambda: controller.limit(limits=1, user_api="blas")
 
 
 def decompose(
@@ -335,16 +362,29 @@ def _write_weights(
         for saved in plan.saved:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("extraction cancelled")
-            info = saved.info
-            tensor = reader.read(info.file, info.offset, info.nbytes, info.dtype, info.shape, name)
-            writer.write(PEFT_PREFIX + saved.name, tensor.contiguous())
-            done += info.nbytes
+            _copy_saved(reader, writer, saved)
+            done += saved.info.nbytes
             if on_event is not None:
                 on_event(ExtractProgress(done, plan.total_bytes, saved.name))
         writer.finish()
     finally:
         writer.close()
     os.replace(folder / SINGLE_FILE_NAME, folder / ADAPTER_SAFETENSORS)
+
+
+def _copy_saved(reader: TensorReader, writer: Any, saved: SavedTensor) -> None:
+    """A modules_to_save tensor copied in pieces of at most _COPY_CHUNK bytes (an embedding or a
+    head is the largest tensor of a model: never held whole)."""
+    info = saved.info
+    name = PEFT_PREFIX + saved.name
+    if info.offset < 0 or info.nbytes <= _COPY_CHUNK:  # a .bin tensor is read whole anyway
+        tensor = reader.read(info.file, info.offset, info.nbytes, info.dtype, info.shape, name)
+        writer.write(name, tensor.contiguous())
+        return
+    for start in range(0, info.nbytes, _COPY_CHUNK):
+        size = min(_COPY_CHUNK, info.nbytes - start)
+        piece = reader.read(info.file, info.offset + start, size, "U8", (size,), name)
+        writer.write(name, piece, start)
 
 
 def adapter_config(plan: ExtractPlan, modules: list[ModuleResult]) -> dict[str, Any]:
