@@ -145,3 +145,8 @@ def test_not_finite(solver: str) -> None:
     matrix[2, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         truncated_svd(matrix, 2)
+
+
+def test_empty_matrix(solver: str) -> None:
+    u, s, vh, total = truncated_svd(torch.zeros(0, 5), 4)
+    assert u.shape == (0, 0) and s.shape == (0,) and vh.shape == (0, 5) and total == 0.0

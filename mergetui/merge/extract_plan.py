@@ -1,7 +1,8 @@
 """What `mergetui extract-lora` will do, decided from configs and headers before a tensor is read.
 
 mergekit-extract-lora walks the fine-tune's modules (a model built on the meta device, so no
-memory) and sorts each module that has a weight: a Linear (or Conv, or an Embedding with
+memory; for the decoder families in `_LAYOUTS` the same list comes from the config and tensor names,
+sparing the import of transformers' modelling code) and sorts each module that has a weight: a Linear (or Conv, or an Embedding with
 `--embed-lora`) gets a low-rank update from the SVD of its delta; an embedding without
 `--embed-lora`, a module named by `--save-module`, and any other module with a weight (norms) is
 saved whole in `modules_to_save`; `--include` / `--exclude` regexes pick which modules are

@@ -1,19 +1,21 @@
 """`mergetui extract-lora`'s run: each module's delta decomposed by truncated SVD, one module at a
 time, and the adapter written into a temporary folder renamed into place when complete.
 
-The arithmetic is mergekit-extract-lora's: delta = fine-tune - base (here subtracted in float32,
-so a bfloat16 pair loses nothing to the subtraction), an SVD in float32, rank min(--rank, the
-module's shorter side), and the singular values split evenly between the pieces: A = sqrt(S) Vh,
+The result is mergekit-extract-lora's: delta = fine-tune - base (here subtracted in float32, so a
+bfloat16 pair loses nothing to the subtraction), rank min(--rank, the module's shorter side), the
+top singular triplets with the singular values split evenly between the pieces: A = sqrt(S) Vh,
 B = U sqrt(S), both cast to the fine-tune's dtype; an embedding is decomposed transposed, as PEFT
-stores lora_embedding_A/B. With `--energy`, each module keeps the fewest singular values holding
-that share of the delta's squared singular values (still capped by the rank). The adapter config
-puts the largest rank in `r` and `lora_alpha` and the others in `rank_pattern` / `alpha_pattern`,
-so every module's scale is 1 and B @ A is the update.
+stores lora_embedding_A/B. mergekit takes them from a full float32 SVD; `truncated_svd` computes
+only those (top eigenvectors of the float64 Gram matrix), a fraction of the work. With `--energy`,
+each module keeps the fewest singular values holding that share of the delta's squared Frobenius
+norm (still capped by the rank). The adapter config puts the largest rank in `r` and `lora_alpha`
+and the others in `rank_pattern` / `alpha_pattern`, so every module's scale is 1 and B @ A is the
+update.
 
-Memory: the run holds one module's two weights, their delta and its factors; finished pieces go
-to a spill file in the temporary folder (their shapes are known only once every rank is), then
-into adapter_model.safetensors by the streaming writer; modules_to_save tensors are copied one
-at a time.
+Memory: the run holds one module's two weights, their delta, its Gram matrix and its factors;
+finished pieces go to a spill file in the temporary folder (their shapes are known only once every
+rank is), then into adapter_model.safetensors by the streaming writer; modules_to_save tensors are
+copied a piece at a time.
 """
 
 from __future__ import annotations
@@ -121,6 +123,9 @@ def truncated_svd(
     wide = x.shape[0] <= x.shape[1]
     if not wide:
         x = x.T
+    if x.shape[0] == 0:  # an empty weight: nothing to keep
+        empty = x.new_zeros((0,))
+        return x.new_zeros((matrix.shape[0], 0)), empty, x.new_zeros((0, matrix.shape[1])), 0.0
     vectors, total = _gram_eigenvectors(x, min(rank, x.shape[0]))
     w = vectors.T @ x
     s = torch.linalg.vector_norm(w, dim=1)
@@ -301,6 +306,8 @@ def _decompose_target(
     from mergetui.dtypes import torch_dtype
     from mergetui.errors import UserError
 
+    if device.type == "mps":  # no float64 there: the CPU computes it
+        device = torch.device("cpu")
     delta = _read(reader, target.finetuned).to(device)
     delta -= _read(reader, target.base).to(device)
     delta = delta.to(torch.float64)  # one float64 copy, shared by the SVD and the error
