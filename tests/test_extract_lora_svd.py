@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from mergetui.merge import extract_run
-from mergetui.merge.extract_run import decompose, energy_rank, relative_error, truncated_svd
+from mergetui.merge import extract_svd
+from mergetui.merge.extract_svd import decompose, energy_rank, relative_error, truncated_svd
 
 
 @pytest.fixture(params=["scipy", "torch"])
@@ -19,7 +19,7 @@ def solver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     if request.param == "scipy":
         pytest.importorskip("scipy.linalg")
     else:
-        monkeypatch.setattr(extract_run, "_scipy_linalg", lambda: None)
+        monkeypatch.setattr(extract_svd, "_scipy", lambda: None)
     return request.param
 
 
@@ -150,3 +150,22 @@ def test_not_finite(solver: str) -> None:
 def test_empty_matrix(solver: str) -> None:
     u, s, vh, total = truncated_svd(torch.zeros(0, 5), 4)
     assert u.shape == (0, 0) and s.shape == (0,) and vh.shape == (0, 5) and total == 0.0
+
+
+@pytest.mark.parametrize("shape", [(90, 40), (40, 90)], ids=["tall", "wide"])
+def test_column_blocks_add_up(
+    solver: str, shape: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The float64 copies come BLOCK columns at a time: uneven blocks give the same results."""
+    monkeypatch.setattr(extract_svd, "BLOCK", 7)
+    generator = torch.Generator().manual_seed(8)
+    matrix = torch.randn(shape, generator=generator)  # float32, as a delta
+    u, s, vh, total = truncated_svd(matrix, 5)
+    exact = matrix.double()
+    torch.testing.assert_close(s, torch.linalg.svdvals(exact)[:5], rtol=1e-12, atol=0)
+    torch.testing.assert_close(u @ torch.diag(s) @ vh, best(exact, 5), atol=1e-12, rtol=0)
+    assert total == pytest.approx(float((exact**2).sum()), rel=1e-13)
+    a, b, _, total = decompose(matrix, 5, None)
+    a, b = a.to(torch.bfloat16), b.to(torch.bfloat16)
+    expected = float((exact - b.double() @ a.double()).norm() / exact.norm())
+    assert relative_error(matrix, a, b, total) == pytest.approx(expected, rel=1e-9)

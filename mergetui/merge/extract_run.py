@@ -1,18 +1,19 @@
-"""`mergetui extract-lora`'s run: each module's delta decomposed by truncated SVD, one module at a
-time, and the adapter written into a temporary folder renamed into place when complete.
+"""`mergetui extract-lora`'s run: each module's delta decomposed by truncated SVD, module by
+module, and the adapter written into a temporary folder renamed into place when complete.
 
 The result is mergekit-extract-lora's: delta = fine-tune - base (here subtracted in float32, so a
 bfloat16 pair loses nothing to the subtraction), rank min(--rank, the module's shorter side), the
 top singular triplets with the singular values split evenly between the pieces: A = sqrt(S) Vh,
 B = U sqrt(S), both cast to the fine-tune's dtype; an embedding is decomposed transposed, as PEFT
-stores lora_embedding_A/B. mergekit takes them from a full float32 SVD; `truncated_svd` computes
+stores lora_embedding_A/B. mergekit takes them from a full float32 SVD; merge.extract_svd computes
 only those (top eigenvectors of the float64 Gram matrix), a fraction of the work. With `--energy`,
 each module keeps the fewest singular values holding that share of the delta's squared Frobenius
 norm (still capped by the rank). The adapter config puts the largest rank in `r` and `lora_alpha`
 and the others in `rank_pattern` / `alpha_pattern`, so every module's scale is 1 and B @ A is the
 update.
 
-Memory: the run holds one module's two weights, their delta, its Gram matrix and its factors;
+A worker thread computes one module's eigenvectors while the main thread reads the next module and
+forms its Gram matrix. Memory: the run holds two modules' float32 deltas and Gram matrices;
 finished pieces go to a spill file in the temporary folder (their shapes are known only once every
 rank is), then into adapter_model.safetensors by the streaming writer; modules_to_save tensors are
 copied a piece at a time.
@@ -20,14 +21,12 @@ copied a piece at a time.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-import math
 import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +39,15 @@ from mergetui.checkpoints.lora import (
 )
 from mergetui.errors import CancelledError
 from mergetui.merge.extract_plan import ExtractPlan, LoraTarget, SavedTensor
+from mergetui.merge.extract_svd import (
+    Gram,
+    gram,
+    one_blas_thread,
+    pieces,
+    project,
+    relative_error,
+    top_eigenvectors,
+)
 
 if TYPE_CHECKING:
     import threading
@@ -90,136 +98,6 @@ class ExtractResult:
         return max((m.error for m in self.modules), default=0.0)
 
 
-def energy_rank(singular_values: torch.Tensor, energy: float, total: float | None = None) -> int:
-    """The fewest leading singular values whose squares hold `energy` of `total` (by default
-    their own sum of squares), at least 1 and at most as many as are given."""
-    import torch
-
-    power = singular_values.to(torch.float64) ** 2
-    total = float(power.sum()) if total is None else total
-    if total <= 0.0:
-        return 1
-    kept = torch.cumsum(power, 0) / total
-    # a share within rounding of the target counts as reaching it
-    index = int(torch.searchsorted(kept, torch.tensor(energy - 1e-12, dtype=torch.float64)))
-    return max(1, min(index + 1, singular_values.numel()))
-
-
-def truncated_svd(
-    matrix: torch.Tensor, rank: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """(u, s, vh, ||matrix||_F^2): the top min(rank, shorter side) singular triplets, in float64.
-
-    A full SVD computes every singular vector where a LoRA keeps a few dozen; this takes the top
-    eigenvectors U of the smaller Gram matrix (X X^T of X, the matrix or its transpose with the
-    shorter side first) and then W = U^T X, whose rows are s_i v_i^T: s is their norms, so
-    u diag(s) vh = U U^T X, the projection on the top singular subspace, holds even where an
-    eigenvalue is lost to rounding (below ~1e-8 s_1, where the SVD itself is ill-determined), and
-    a direction with no energy (a rank-deficient or zero matrix) gets s = 0 and a zero row in vh.
-    """
-    import torch
-
-    x = matrix.to(torch.float64)
-    wide = x.shape[0] <= x.shape[1]
-    if not wide:
-        x = x.T
-    if x.shape[0] == 0:  # an empty weight: nothing to keep
-        empty = x.new_zeros((0,))
-        return x.new_zeros((matrix.shape[0], 0)), empty, x.new_zeros((0, matrix.shape[1])), 0.0
-    vectors, total = _gram_eigenvectors(x, min(rank, x.shape[0]))
-    w = vectors.T @ x
-    s = torch.linalg.vector_norm(w, dim=1)
-    s, order = torch.sort(s, descending=True)
-    vectors, w = vectors[:, order], w[order]
-    w *= torch.where(s > 0, 1.0 / s, 0.0)[:, None]
-    if wide:
-        return vectors, s, w, total
-    return w.T, s, vectors.T, total
-
-
-def _gram_eigenvectors(x: torch.Tensor, count: int) -> tuple[torch.Tensor, float]:
-    """The eigenvectors of the `count` largest eigenvalues of X X^T, largest first, and its
-    trace ||X||_F^2 (ValueError if not finite).
-
-    On a CPU with SciPy: its BLAS computes one triangle of X X^T (dsyrk) and its LAPACK (dsyevr)
-    only the eigenvectors asked for, several times faster than torch's full eigh; dsyevr runs on
-    one thread, which beats two fighting torch's idle OpenMP threads. Otherwise torch does it."""
-    import torch
-
-    size = x.shape[0]
-    linalg = _scipy_linalg() if x.device.type == "cpu" else None
-    if linalg is None:
-        gram = x @ x.T
-        total = float(gram.diagonal().sum())
-        if not math.isfinite(total):
-            raise ValueError("the matrix holds a NaN or an infinity")
-        return torch.linalg.eigh(gram)[1][:, size - count :].flip(1), total
-    blas, lapack_eigh, limit = linalg
-    array = x.numpy()
-    if array.T.flags.f_contiguous:  # X row-major: syrk of its transpose
-        gram = blas.dsyrk(1.0, array.T, trans=1)
-    else:
-        gram = blas.dsyrk(1.0, array, trans=0)  # (copied to column-major if it is neither)
-    total = float(gram.trace())
-    if not math.isfinite(total):
-        raise ValueError("the matrix holds a NaN or an infinity")
-    with limit():
-        _, vectors = lapack_eigh(
-            gram,
-            lower=False,  # dsyrk filled the upper triangle only
-            subset_by_index=(size - count, size - 1),
-            driver="evr",
-            check_finite=False,
-            overwrite_a=True,
-        )
-    return torch.from_numpy(vectors).flip(1), total
-
-
-@functools.cache
-def _scipy_linalg() -> tuple[Any, Any, Callable[[], Any]] | None:
-    """SciPy's dsyrk and eigh and a one-BLAS-thread limiter (threadpoolctl's, if present), or
-    None without SciPy (an optional speed-up: the results are the same)."""
-    try:
-        from scipy.linalg import blas, eigh
-    except ImportError:
-        return None
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return blas, eigh, contextlib.nullcontext
-    controller = ThreadpoolController()
-    return blas, eigh, lambda: controller.limit(limits=1, user_api="blas")
-
-
-def decompose(
-    delta: torch.Tensor, max_rank: int, energy: float | None
-) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """(A, B, kept energy share, ||delta||_F^2) in float64, with B @ A the truncated SVD of
-    `delta` and the singular values split evenly between the pieces (mergekit's convention)."""
-    import torch
-
-    u, s, vh, total = truncated_svd(delta, max_rank)
-    rank = s.shape[0]
-    if energy is not None:
-        rank = min(rank, energy_rank(s, energy, total))
-    kept = float((s[:rank] ** 2).sum()) / total if total > 0 else 1.0
-    sqrt_s = torch.sqrt(s[:rank])
-    return sqrt_s[:, None] * vh[:rank], u[:, :rank] * sqrt_s[None, :], min(kept, 1.0), total
-
-
-def relative_error(delta: torch.Tensor, a: torch.Tensor, b: torch.Tensor, total: float) -> float:
-    """||delta - B @ A||_F / ||delta||_F for the saved (rounded) A and B, without forming B @ A:
-    ||D||^2 - 2 <B^T D, A> + <B^T B, A A^T>, in float64 (clamped at 0 against cancellation)."""
-    import torch
-
-    if total <= 0:
-        return 0.0
-    a, b = a.to(torch.float64), b.to(torch.float64)
-    cross = float(((b.T @ delta.to(torch.float64)) * a).sum())
-    square = float(((b.T @ b) * (a @ a.T)).sum())
-    return math.sqrt(max(total - 2.0 * cross + square, 0.0) / total)
-
-
 def run_extraction(
     plan: ExtractPlan,
     out: Path,
@@ -268,17 +146,28 @@ def _write_adapter(
     pieces: list[tuple[str, str, tuple[int, ...], int, int]] = []  # name, dtype, shape, at, size
     done = 0
     try:
-        with open(spill_path, "wb") as spill:
-            for target in plan.targets:
-                if cancel is not None and cancel.is_set():
-                    raise CancelledError("extraction cancelled")
-                module, tensors = _decompose_target(plan, target, reader, device)
+        with open(spill_path, "wb") as spill, _eigen_worker() as worker, one_blas_thread():
+
+            def finish(job: _Job) -> None:
+                nonlocal done
+                module, tensors = _finish_target(plan, job)
                 for name, tensor in tensors:
                     _spill(spill, pieces, name, tensor)
                 result.modules.append(module)
-                done += target.finetuned.nbytes + target.base.nbytes
+                done += job.target.finetuned.nbytes + job.target.base.nbytes
                 if on_event is not None:
-                    on_event(ExtractProgress(done, plan.total_bytes, target.module, module))
+                    on_event(ExtractProgress(done, plan.total_bytes, job.target.module, module))
+
+            pending: _Job | None = None
+            for target in plan.targets:  # module i's eigenvectors overlap module i+1's reading
+                if cancel is not None and cancel.is_set():
+                    raise CancelledError("extraction cancelled")
+                job = _start_target(plan, target, reader, device, worker)
+                if pending is not None:
+                    finish(pending)
+                pending = job
+            if pending is not None:
+                finish(pending)
         result.config = adapter_config(plan, result.modules)
         _write_weights(plan, folder, reader, pieces, done, on_event, cancel)
         result.saved = [s.name for s in plan.saved]
@@ -297,41 +186,74 @@ def _read(reader: TensorReader, info: Any) -> torch.Tensor:
     return tensor.to(torch.float32)
 
 
-def _decompose_target(
-    plan: ExtractPlan, target: LoraTarget, reader: TensorReader, device: torch.device
-) -> tuple[ModuleResult, list[tuple[str, torch.Tensor]]]:
-    """One module: its delta's factors in the fine-tune's dtype, and how well they fit."""
+@dataclass
+class _Job:
+    """A module between its Gram matrix and its pieces: the eigenvectors come from the worker."""
+
+    target: LoraTarget
+    delta: torch.Tensor  # float32 (an embedding's transposed)
+    gram: Gram
+    vectors: Future
+    bias: torch.Tensor | None  # the bias's delta, float32
+
+
+def _eigen_worker() -> ThreadPoolExecutor:
+    """One thread for the eigenvectors (LAPACK releases the GIL): they take as long as the rest
+    of a module's work, which the main thread does meanwhile, on the other core."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract-eigh")
+
+
+def _start_target(
+    plan: ExtractPlan,
+    target: LoraTarget,
+    reader: TensorReader,
+    device: torch.device,
+    worker: ThreadPoolExecutor,
+) -> _Job:
+    """Read a module's two weights, its float32 delta and its Gram matrix; queue the eigenvectors."""
     import torch
 
-    from mergetui.dtypes import torch_dtype
     from mergetui.errors import UserError
 
     if device.type == "mps":  # no float64 there: the CPU computes it
         device = torch.device("cpu")
     delta = _read(reader, target.finetuned).to(device)
     delta -= _read(reader, target.base).to(device)
-    delta = delta.to(torch.float64)  # one float64 copy, shared by the SVD and the error
     if target.embedding:
         delta = delta.T
-    options = plan.options
     try:
-        a, b, kept, total = decompose(delta, options.rank, options.energy)
+        step = gram(delta)
     except ValueError:
         raise UserError(
             f"the fine-tune minus the base holds a NaN or an infinity in {target.module}",
             where=str(plan.finetuned.path),
             fix=f"check both checkpoints, or leave the module out: --exclude '{target.module}'",
         ) from None
+    bias = None
+    if target.bias is not None:
+        bias = _read(reader, target.bias[0]) - _read(reader, target.bias[1])
+    count = min(plan.options.rank, step.x.shape[0])
+    return _Job(target, delta, step, worker.submit(top_eigenvectors, step, count), bias)
+
+
+def _finish_target(
+    plan: ExtractPlan, job: _Job
+) -> tuple[ModuleResult, list[tuple[str, torch.Tensor]]]:
+    """A module's pieces in the fine-tune's dtype, and how well they fit."""
+    from mergetui.dtypes import torch_dtype
+
+    target = job.target
+    u, s, vh = project(job.gram, job.vectors.result())
+    a, b, kept = pieces(u, s, vh, job.gram.total, plan.options.energy)
     dtype = torch_dtype(target.finetuned.dtype)
     a, b = a.to(dtype), b.to(dtype)
-    error = relative_error(delta, a, b, total)
-    del delta
+    error = relative_error(job.delta, a, b, job.gram.total)
     module = ModuleResult(target.module, a.shape[0], target.max_rank, error, kept)
     name_a, name_b = peft_tensor_names(target.module, target.embedding)
     tensors = [(name_a, a.cpu().contiguous()), (name_b, b.cpu().contiguous())]
-    if target.bias is not None:  # mergekit saves a bias's delta as lora_B.bias
-        bias = _read(reader, target.bias[0]) - _read(reader, target.bias[1])
-        tensors.append((f"{PEFT_PREFIX}{target.module}.lora_B.bias", bias.to(dtype).contiguous()))
+    if job.bias is not None:  # mergekit saves a bias's delta as lora_B.bias
+        name = f"{PEFT_PREFIX}{target.module}.lora_B.bias"
+        tensors.append((name, job.bias.to(dtype).contiguous()))
     return module, tensors
 
 
