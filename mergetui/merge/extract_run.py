@@ -42,8 +42,8 @@ from mergetui.merge.extract_plan import ExtractPlan, LoraTarget, SavedTensor
 from mergetui.merge.extract_svd import (
     Gram,
     gram,
+    lora_pieces,
     one_blas_thread,
-    pieces,
     project,
     relative_error,
     top_eigenvectors,
@@ -62,6 +62,7 @@ ADAPTER_FILES = frozenset({ADAPTER_CONFIG, ADAPTER_SAFETENSORS, CARD_FILE})
 MARK = ("mergetui", "extract-lora")
 _SPILL = "pieces.spill"
 _COPY_CHUNK = 8 << 20  # bytes of a saved tensor read and written at a time
+_SUBTRACT_ELEMENTS = 1 << 18  # of the base converted to float32 at a time
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,20 @@ def _read(reader: TensorReader, info: Any) -> torch.Tensor:
     return tensor.to(torch.float32)
 
 
+def _delta(reader: TensorReader, target: LoraTarget, device: torch.device) -> torch.Tensor:
+    """Fine-tune - base in float32 on `device`, the base converted a few rows at a time (no
+    float32 copy of it)."""
+    import torch
+
+    delta = _read(reader, target.finetuned).to(device)
+    info = target.base
+    base = reader.read(info.file, info.offset, info.nbytes, info.dtype, info.shape, info.name)
+    rows = max(1, _SUBTRACT_ELEMENTS // max(1, base[0].numel()))
+    for start in range(0, base.shape[0], rows):
+        delta[start : start + rows] -= base[start : start + rows].to(device, torch.float32)
+    return delta
+
+
 @dataclass
 class _Job:
     """A module between its Gram matrix and its pieces: the eigenvectors come from the worker."""
@@ -217,8 +232,7 @@ def _start_target(
 
     if device.type == "mps":  # no float64 there: the CPU computes it
         device = torch.device("cpu")
-    delta = _read(reader, target.finetuned).to(device)
-    delta -= _read(reader, target.base).to(device)
+    delta = _delta(reader, target, device)
     if target.embedding:
         delta = delta.T
     try:
@@ -244,7 +258,7 @@ def _finish_target(
 
     target = job.target
     u, s, vh = project(job.gram, job.vectors.result())
-    a, b, kept = pieces(u, s, vh, job.gram.total, plan.options.energy)
+    a, b, kept = lora_pieces(u, s, vh, job.gram.total, plan.options.energy)
     dtype = torch_dtype(target.finetuned.dtype)
     a, b = a.to(dtype), b.to(dtype)
     error = relative_error(job.delta, a, b, job.gram.total)

@@ -9,7 +9,7 @@ to rounding (below ~1e-8 s_1, where the SVD itself is ill-determined), and a dir
 energy (a rank-deficient or zero delta) gets s = 0 and a zero row in vh.
 
 Three steps, so a run can overlap them: `gram` (X X^T and ||X||_F^2), `top_eigenvectors` (the
-costly one; extract_run gives it a worker thread), `project` (W). The delta stays float32: float64
+costly one; extract_run gives it a worker thread), `project` (W); then `lora_pieces` (A and B). The delta stays float32: float64
 copies of BLOCK columns at a time feed the Gram matrix, W and the error, the same sums as one
 whole float64 copy at a third of its memory.
 """
@@ -176,7 +176,7 @@ def energy_rank(singular_values: torch.Tensor, energy: float, total: float | Non
     return max(1, min(index + 1, singular_values.numel()))
 
 
-def pieces(
+def lora_pieces(
     u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, total: float, energy: float | None
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(A, B, kept energy share): the singular values split evenly between the pieces, mergekit's
@@ -196,7 +196,7 @@ def decompose(
 ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """(A, B, kept energy share, ||delta||_F^2) in float64: B @ A the truncated SVD of `delta`."""
     u, s, vh, total = truncated_svd(delta, max_rank)
-    return (*pieces(u, s, vh, total, energy), total)
+    return (*lora_pieces(u, s, vh, total, energy), total)
 
 
 def relative_error(delta: torch.Tensor, a: torch.Tensor, b: torch.Tensor, total: float) -> float:
