@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 # of any such block freed, so each module's deltas (tens of MiB) soon come from the heap, which
 # keeps them when freed: the peak grows by the heap's holes. A fixed threshold returns every
 # large block to the system when freed (this command's process does nothing else).
-_MMAP_THRESHOLD = 1 << 20
+_MMAP_THRESHOLD = 1 << 18
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter, from glibc's malloc.h
 
 

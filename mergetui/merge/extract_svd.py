@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-BLOCK = 512  # columns converted to float64 at a time
+BLOCK = 256  # columns converted to float64 at a time (512: ~8 MiB more peak RSS, no faster)
 
 
 @dataclass
