@@ -12,8 +12,7 @@ norm (still capped by the rank). The adapter config puts the largest rank in `r`
 and the others in `rank_pattern` / `alpha_pattern`, so every module's scale is 1 and B @ A is the
 update.
 
-A worker thread computes one module's eigenvectors while the main thread reads the next module and
-forms its Gram matrix. Memory: the run holds two modules' float32 deltas and Gram matrices;
+Memory: the run holds one module's float32 delta, its Gram matrix and its factors;
 finished pieces go to a spill file in the temporary folder (their shapes are known only once every
 rank is), then into adapter_model.safetensors by the streaming writer; modules_to_save tensors are
 copied a piece at a time.
@@ -26,7 +25,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +38,6 @@ from mergetui.checkpoints.lora import (
 from mergetui.errors import CancelledError
 from mergetui.merge.extract_plan import ExtractPlan, LoraTarget, SavedTensor
 from mergetui.merge.extract_svd import (
-    Gram,
     gram,
     lora_pieces,
     one_blas_thread,
@@ -147,28 +144,17 @@ def _write_adapter(
     pieces: list[tuple[str, str, tuple[int, ...], int, int]] = []  # name, dtype, shape, at, size
     done = 0
     try:
-        with open(spill_path, "wb") as spill, _eigen_worker() as worker, one_blas_thread():
-
-            def finish(job: _Job) -> None:
-                nonlocal done
-                module, tensors = _finish_target(plan, job)
+        with open(spill_path, "wb") as spill:
+            for target in plan.targets:
+                if cancel is not None and cancel.is_set():
+                    raise CancelledError("extraction cancelled")
+                module, tensors = _decompose_target(plan, target, reader, device)
                 for name, tensor in tensors:
                     _spill(spill, pieces, name, tensor)
                 result.modules.append(module)
-                done += job.target.finetuned.nbytes + job.target.base.nbytes
+                done += target.finetuned.nbytes + target.base.nbytes
                 if on_event is not None:
-                    on_event(ExtractProgress(done, plan.total_bytes, job.target.module, module))
-
-            pending: _Job | None = None
-            for target in plan.targets:  # module i's eigenvectors overlap module i+1's reading
-                if cancel is not None and cancel.is_set():
-                    raise CancelledError("extraction cancelled")
-                job = _start_target(plan, target, reader, device, worker)
-                if pending is not None:
-                    finish(pending)
-                pending = job
-            if pending is not None:
-                finish(pending)
+                    on_event(ExtractProgress(done, plan.total_bytes, target.module, module))
         result.config = adapter_config(plan, result.modules)
         _write_weights(plan, folder, reader, pieces, done, on_event, cancel)
         result.saved = [s.name for s in plan.saved]
@@ -201,33 +187,13 @@ def _delta(reader: TensorReader, target: LoraTarget, device: torch.device) -> to
     return delta
 
 
-@dataclass
-class _Job:
-    """A module between its Gram matrix and its pieces: the eigenvectors come from the worker."""
-
-    target: LoraTarget
-    delta: torch.Tensor  # float32 (an embedding's transposed)
-    gram: Gram
-    vectors: Future
-    bias: torch.Tensor | None  # the bias's delta, float32
-
-
-def _eigen_worker() -> ThreadPoolExecutor:
-    """One thread for the eigenvectors (LAPACK releases the GIL): they take as long as the rest
-    of a module's work, which the main thread does meanwhile, on the other core."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract-eigh")
-
-
-def _start_target(
-    plan: ExtractPlan,
-    target: LoraTarget,
-    reader: TensorReader,
-    device: torch.device,
-    worker: ThreadPoolExecutor,
-) -> _Job:
-    """Read a module's two weights, its float32 delta and its Gram matrix; queue the eigenvectors."""
+def _decompose_target(
+    plan: ExtractPlan, target: LoraTarget, reader: TensorReader, device: torch.device
+) -> tuple[ModuleResult, list[tuple[str, torch.Tensor]]]:
+    """One module: its delta's factors in the fine-tune's dtype, and how well they fit."""
     import torch
 
+    from mergetui.dtypes import torch_dtype
     from mergetui.errors import UserError
 
     if device.type == "mps":  # no float64 there: the CPU computes it
@@ -243,31 +209,20 @@ def _start_target(
             where=str(plan.finetuned.path),
             fix=f"check both checkpoints, or leave the module out: --exclude '{target.module}'",
         ) from None
-    bias = None
-    if target.bias is not None:
-        bias = _read(reader, target.bias[0]) - _read(reader, target.bias[1])
-    count = min(plan.options.rank, step.x.shape[0])
-    return _Job(target, delta, step, worker.submit(top_eigenvectors, step, count), bias)
-
-
-def _finish_target(
-    plan: ExtractPlan, job: _Job
-) -> tuple[ModuleResult, list[tuple[str, torch.Tensor]]]:
-    """A module's pieces in the fine-tune's dtype, and how well they fit."""
-    from mergetui.dtypes import torch_dtype
-
-    target = job.target
-    u, s, vh = project(job.gram, job.vectors.result())
-    a, b, kept = lora_pieces(u, s, vh, job.gram.total, plan.options.energy)
+    with one_blas_thread():
+        vectors = top_eigenvectors(step, min(plan.options.rank, step.x.shape[0]))
+    u, s, vh = project(step, vectors)
+    a, b, kept = lora_pieces(u, s, vh, step.total, plan.options.energy)
     dtype = torch_dtype(target.finetuned.dtype)
     a, b = a.to(dtype), b.to(dtype)
-    error = relative_error(job.delta, a, b, job.gram.total)
+    error = relative_error(delta, a, b, step.total)
+    del delta, step
     module = ModuleResult(target.module, a.shape[0], target.max_rank, error, kept)
     name_a, name_b = peft_tensor_names(target.module, target.embedding)
     tensors = [(name_a, a.cpu().contiguous()), (name_b, b.cpu().contiguous())]
-    if job.bias is not None:  # mergekit saves a bias's delta as lora_B.bias
-        name = f"{PEFT_PREFIX}{target.module}.lora_B.bias"
-        tensors.append((name, job.bias.to(dtype).contiguous()))
+    if target.bias is not None:  # mergekit saves a bias's delta as lora_B.bias
+        bias = _read(reader, target.bias[0]) - _read(reader, target.bias[1])
+        tensors.append((f"{PEFT_PREFIX}{target.module}.lora_B.bias", bias.to(dtype).contiguous()))
     return module, tensors
 
 

@@ -8,8 +8,8 @@ U U^T X, the projection on the top singular subspace. That holds even where an e
 to rounding (below ~1e-8 s_1, where the SVD itself is ill-determined), and a direction with no
 energy (a rank-deficient or zero delta) gets s = 0 and a zero row in vh.
 
-Three steps, so a run can overlap them: `gram` (X X^T and ||X||_F^2), `top_eigenvectors` (the
-costly one; extract_run gives it a worker thread), `project` (W); then `lora_pieces` (A and B). The delta stays float32: float64
+Three steps: `gram` (X X^T and ||X||_F^2), `top_eigenvectors` (the costly one), `project` (W);
+then `lora_pieces` (A and B). The delta stays float32: float64
 copies of BLOCK columns at a time feed the Gram matrix, W and the error, the same sums as one
 whole float64 copy at a third of its memory.
 """
@@ -63,9 +63,8 @@ def _scipy() -> _SciPy | None:
 
 
 def one_blas_thread() -> contextlib.AbstractContextManager:
-    """SciPy's BLAS on one thread (with threadpoolctl): extract_run runs the Gram matrix on the
-    main thread and the eigenvectors on a worker, one core each; dsyevr on two threads is slower
-    than on one whenever the other core is busy (measured 3-4x)."""
+    """SciPy's BLAS on one thread (with threadpoolctl), for the eigenvectors: dsyevr on two
+    threads was 3-4x slower than on one whenever the other core was busy (measured)."""
     scipy = _scipy()
     if scipy is None or scipy.controller is None:
         return contextlib.nullcontext()
