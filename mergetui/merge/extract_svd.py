@@ -98,8 +98,10 @@ def gram(matrix: torch.Tensor) -> Gram:
         import numpy as np
 
         product = np.zeros((size, size), order="F")
-        for _, block in _blocks(x):
-            a = block.numpy()
+        array = x.numpy()
+        for start in range(0, array.shape[1] if size else 0, BLOCK):
+            # NumPy converts (torch's OpenMP threads, spinning after an op, would slow dsyrk's)
+            a = array[:, start : start + BLOCK].astype(np.float64)
             if a.flags.f_contiguous:  # a a^T
                 product = scipy.blas.dsyrk(1.0, a, beta=1.0, c=product, overwrite_c=1)
             else:  # a's transpose is column-major: (a^T)^T a^T
