@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     )
     check_options(options)
     device = check_device_name(args.device)
+    _unmap_freed_blocks()
     out = Path(args.out).expanduser()
     err = console_err()
     finetuned = _locate(args.finetuned, err)
@@ -127,6 +128,28 @@ def run(args: argparse.Namespace) -> int:
         restore_signals(previous)
     _print_table(result, plan)
     return 0
+
+
+# glibc's malloc gives blocks over 128 KiB their own mmap but raises that threshold to the size
+# of any such block freed, so each module's deltas (tens of MiB) soon come from the heap, which
+# keeps them when freed: the peak grows by the heap's holes. A fixed threshold returns every
+# large block to the system when freed (this command's process does nothing else).
+_MMAP_THRESHOLD = 1 << 18
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter, from glibc's malloc.h
+
+
+def _unmap_freed_blocks() -> None:
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other libcs: keep their defaults
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
 
 
 def _locate(source: str, err: Any) -> Path:

@@ -1,7 +1,8 @@
 """What `mergetui extract-lora` will do, decided from configs and headers before a tensor is read.
 
 mergekit-extract-lora walks the fine-tune's modules (a model built on the meta device, so no
-memory) and sorts each module that has a weight: a Linear (or Conv, or an Embedding with
+memory; for the decoder families in `_LAYOUTS` the same list comes from the config and tensor names,
+sparing the import of transformers' modelling code) and sorts each module that has a weight: a Linear (or Conv, or an Embedding with
 `--embed-lora`) gets a low-rank update from the SVD of its delta; an embedding without
 `--embed-lora`, a module named by `--save-module`, and any other module with a weight (norms) is
 saved whole in `modules_to_save`; `--include` / `--exclude` regexes pick which modules are
@@ -62,6 +63,34 @@ class SavedTensor:
     name: (
         str  # the checkpoint name it is saved under (a tied head: the head's, not the embedding's)
     )
+
+
+@dataclass(frozen=True)
+class ModuleEntry:
+    """A module with a weight, as mergekit's walk sees it."""
+
+    name: str
+    kind: str  # "embedding" (nn.Embedding), "linear" (Linear or Conv), "other" (a norm...)
+    role: str  # "input" / "output": the model's input / output embedding; else ""
+
+
+# Decoder families whose modules are known without building the model (transformers' modelling
+# code costs ~170 MB and seconds to import): model_type -> (its architecture, one layer's modules
+# in the model's order), between model.embed_tokens and model.norm, lm_head.
+# tests/test_extract_lora_plan.py checks each against the model transformers builds.
+_ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+_NORMS = ("input_layernorm", "post_attention_layernorm")
+_LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "llama": ("LlamaForCausalLM", _ATTENTION + _MLP + _NORMS),
+    "mistral": ("MistralForCausalLM", _ATTENTION + _MLP + _NORMS),
+    "qwen2": ("Qwen2ForCausalLM", _ATTENTION + _MLP + _NORMS),
+    "gemma": ("GemmaForCausalLM", _ATTENTION + _MLP + _NORMS),
+    "phi3": (
+        "Phi3ForCausalLM",
+        ("self_attn.o_proj", "self_attn.qkv_proj", "mlp.gate_up_proj", "mlp.down_proj") + _NORMS,
+    ),
+}
 
 
 @dataclass
@@ -141,7 +170,9 @@ def plan_extraction(
     plan = ExtractPlan(
         ft, bs, finetuned_source or str(finetuned), base_source or str(base), options
     )
-    model = _meta_model(ft)
+    modules = known_layout(ft)
+    if modules is None:
+        modules = _walk(_meta_model(ft))
     embed_lora = options.embed_lora
     if embed_lora and ft.vocab_size != bs.vocab_size:
         plan.notices.append(
@@ -149,7 +180,7 @@ def plan_extraction(
             "embeddings are saved whole, not as LoRA (as mergekit does)"
         )
         embed_lora = False
-    _sort_modules(plan, model, embed_lora)
+    _sort_modules(plan, modules, embed_lora)
     if not plan.targets and (options.include or options.exclude):
         raise UserError(
             "no module is left to decompose",
@@ -196,30 +227,76 @@ def _meta_model(checkpoint: Checkpoint) -> Any:
         ) from None
 
 
-def _sort_modules(plan: ExtractPlan, model: Any, embed_lora: bool) -> None:
-    """mergekit's walk over the modules: decompose, save whole, or skip each one. Names the
-    embeddings add to `modules_to_save` and `--save-module`'s own names all reach the config."""
+def _walk(model: Any) -> list[ModuleEntry]:
+    """The modules with a weight of a (meta) model, in its order, as mergekit's walk sorts them."""
     import torch
     from torch import nn
 
-    options = plan.options
-    save = list(options.save_modules)
     embed_in, embed_out = model.get_input_embeddings(), model.get_output_embeddings()
-    embed_in_name = next((n for n, m in model.named_modules() if m is embed_in), None)
+    entries = []
     for name, module in model.named_modules():
         if not isinstance(getattr(module, "weight", None), torch.Tensor):
             continue
+        if isinstance(module, nn.Embedding):
+            kind = "embedding"
+        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            kind = "linear"
+        else:
+            kind = "other"
+        role = "output" if module is embed_out else "input" if module is embed_in else ""
+        entries.append(ModuleEntry(name, kind, role))
+    return entries
+
+
+def known_layout(checkpoint: Checkpoint) -> list[ModuleEntry] | None:
+    """The modules of a decoder of a family in _LAYOUTS, from its config alone, when its tensors
+    are exactly those modules' weights (and Linear biases); else None (build the model)."""
+    config = checkpoint.config
+    layout = _LAYOUTS.get(config.get("model_type"))
+    layers = config.get("num_hidden_layers")
+    if layout is None or config.get("architectures") != [layout[0]] or config.get("auto_map"):
+        return None
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+        return None
+    names = ["model.embed_tokens"]
+    for layer in range(layers):
+        names += [f"model.layers.{layer}.{module}" for module in layout[1]]
+    names += ["model.norm", "lm_head"]
+    entries = [ModuleEntry(name, _kind(name), "") for name in names]
+    entries[0] = ModuleEntry("model.embed_tokens", "embedding", "input")
+    entries[-1] = ModuleEntry("lm_head", "linear", "output")
+    expected = {entry.name + ".weight" for entry in entries}
+    expected.discard("lm_head.weight")  # a tied head is not stored
+    stored = set(checkpoint.tensors)
+    linear = {entry.name + ".bias" for entry in entries if entry.kind == "linear"}
+    if not expected <= stored or not stored - expected <= linear | {"lm_head.weight"}:
+        return None
+    return entries
+
+
+def _kind(name: str) -> str:
+    return "other" if name.endswith("norm") else "linear"
+
+
+def _sort_modules(plan: ExtractPlan, modules: list[ModuleEntry], embed_lora: bool) -> None:
+    """mergekit's walk over the modules: decompose, save whole, or skip each one. Names the
+    embeddings add to `modules_to_save` and `--save-module`'s own names all reach the config."""
+    options = plan.options
+    save = list(options.save_modules)
+    embed_in_name = next((m.name for m in modules if m.role == "input"), None)
+    for module in modules:
+        name = module.name
         key = name.split(".")[-1]
-        embedding = module is embed_in or module is embed_out or isinstance(module, nn.Embedding)
+        embedding = module.role != "" or module.kind == "embedding"
         excluded = any(re.search(p, name) for p in options.exclude)
         if not embed_lora and embedding and not excluded and key not in save:
             save.append(key)
-        tied_to = embed_in_name if module is embed_out else None
+        tied_to = embed_in_name if module.role == "output" else None
         if name in save or key in save:
             _save_module(plan, name, tied_to)
         elif _should_extract(name, options):
-            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)):
-                _add_target(plan, name, isinstance(module, nn.Embedding))
+            if module.kind != "other":
+                _add_target(plan, name, module.kind == "embedding")
             else:  # a norm or another module with a weight: whole, as mergekit does
                 if key not in save:
                     save.append(key)

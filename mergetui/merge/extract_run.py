@@ -1,19 +1,21 @@
-"""`mergetui extract-lora`'s run: each module's delta decomposed by truncated SVD, one module at a
-time, and the adapter written into a temporary folder renamed into place when complete.
+"""`mergetui extract-lora`'s run: each module's delta decomposed by truncated SVD, module by
+module, and the adapter written into a temporary folder renamed into place when complete.
 
-The arithmetic is mergekit-extract-lora's: delta = fine-tune - base (here subtracted in float32,
-so a bfloat16 pair loses nothing to the subtraction), an SVD in float32, rank min(--rank, the
-module's shorter side), and the singular values split evenly between the pieces: A = sqrt(S) Vh,
+The result is mergekit-extract-lora's: delta = fine-tune - base (here subtracted in float32, so a
+bfloat16 pair loses nothing to the subtraction), rank min(--rank, the module's shorter side), the
+top singular triplets with the singular values split evenly between the pieces: A = sqrt(S) Vh,
 B = U sqrt(S), both cast to the fine-tune's dtype; an embedding is decomposed transposed, as PEFT
-stores lora_embedding_A/B. With `--energy`, each module keeps the fewest singular values holding
-that share of the delta's squared singular values (still capped by the rank). The adapter config
-puts the largest rank in `r` and `lora_alpha` and the others in `rank_pattern` / `alpha_pattern`,
-so every module's scale is 1 and B @ A is the update.
+stores lora_embedding_A/B. mergekit takes them from a full float32 SVD; merge.extract_svd computes
+only those (top eigenvectors of the float64 Gram matrix), a fraction of the work. With `--energy`,
+each module keeps the fewest singular values holding that share of the delta's squared Frobenius
+norm (still capped by the rank). The adapter config puts the largest rank in `r` and `lora_alpha`
+and the others in `rank_pattern` / `alpha_pattern`, so every module's scale is 1 and B @ A is the
+update.
 
-Memory: the run holds one module's two weights, their delta and its factors; finished pieces go
-to a spill file in the temporary folder (their shapes are known only once every rank is), then
-into adapter_model.safetensors by the streaming writer; modules_to_save tensors are copied one
-at a time.
+Memory: the run holds one module's float32 delta, its Gram matrix and its factors;
+finished pieces go to a spill file in the temporary folder (their shapes are known only once every
+rank is), then into adapter_model.safetensors by the streaming writer; modules_to_save tensors are
+copied a piece at a time.
 """
 
 from __future__ import annotations
@@ -34,7 +36,15 @@ from mergetui.checkpoints.lora import (
     peft_tensor_names,
 )
 from mergetui.errors import CancelledError
-from mergetui.merge.extract_plan import ExtractPlan, LoraTarget
+from mergetui.merge.extract_plan import ExtractPlan, LoraTarget, SavedTensor
+from mergetui.merge.extract_svd import (
+    gram,
+    lora_pieces,
+    one_blas_thread,
+    project,
+    relative_error,
+    top_eigenvectors,
+)
 
 if TYPE_CHECKING:
     import threading
@@ -48,6 +58,8 @@ ADAPTER_FILES = frozenset({ADAPTER_CONFIG, ADAPTER_SAFETENSORS, CARD_FILE})
 # Written into the adapter's safetensors metadata: what `--force` may replace carries it.
 MARK = ("mergetui", "extract-lora")
 _SPILL = "pieces.spill"
+_COPY_CHUNK = 8 << 20  # bytes of a saved tensor read and written at a time
+_SUBTRACT_ELEMENTS = 1 << 18  # of the base converted to float32 at a time
 
 
 @dataclass(frozen=True)
@@ -82,37 +94,6 @@ class ExtractResult:
     @property
     def max_error(self) -> float:
         return max((m.error for m in self.modules), default=0.0)
-
-
-def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
-    """The fewest leading singular values whose squares hold `energy` of the total (at least 1)."""
-    import torch
-
-    power = singular_values.to(torch.float64) ** 2
-    total = float(power.sum())
-    if total <= 0.0:
-        return 1
-    kept = torch.cumsum(power, 0) / total
-    # a share within rounding of the target counts as reaching it
-    index = int(torch.searchsorted(kept, torch.tensor(energy - 1e-12, dtype=torch.float64)))
-    return max(1, min(index + 1, singular_values.numel()))
-
-
-def decompose(
-    delta: torch.Tensor, max_rank: int, energy: float | None
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(A, B, kept energy share) with B @ A the truncated SVD of the float32 `delta`."""
-    import torch
-
-    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-    rank = min(max_rank, s.shape[0])
-    if energy is not None:
-        rank = min(rank, energy_rank(s, energy))
-    power = s.to(torch.float64) ** 2
-    total = float(power.sum())
-    kept = float(power[:rank].sum()) / total if total > 0 else 1.0
-    sqrt_s = torch.sqrt(s[:rank])
-    return sqrt_s[:, None] * vh[:rank], u[:, :rank] * sqrt_s[None, :], kept
 
 
 def run_extraction(
@@ -192,24 +173,51 @@ def _read(reader: TensorReader, info: Any) -> torch.Tensor:
     return tensor.to(torch.float32)
 
 
+def _delta(reader: TensorReader, target: LoraTarget, device: torch.device) -> torch.Tensor:
+    """Fine-tune - base in float32 on `device`, the base converted a few rows at a time (no
+    float32 copy of it)."""
+    import torch
+
+    delta = _read(reader, target.finetuned).to(device)
+    info = target.base
+    base = reader.read(info.file, info.offset, info.nbytes, info.dtype, info.shape, info.name)
+    rows = max(1, _SUBTRACT_ELEMENTS // max(1, base[0].numel()))
+    for start in range(0, base.shape[0], rows):
+        delta[start : start + rows] -= base[start : start + rows].to(device, torch.float32)
+    return delta
+
+
 def _decompose_target(
     plan: ExtractPlan, target: LoraTarget, reader: TensorReader, device: torch.device
 ) -> tuple[ModuleResult, list[tuple[str, torch.Tensor]]]:
     """One module: its delta's factors in the fine-tune's dtype, and how well they fit."""
-    from mergetui.dtypes import torch_dtype
+    import torch
 
-    delta = (_read(reader, target.finetuned) - _read(reader, target.base)).to(device)
+    from mergetui.dtypes import torch_dtype
+    from mergetui.errors import UserError
+
+    if device.type == "mps":  # no float64 there: the CPU computes it
+        device = torch.device("cpu")
+    delta = _delta(reader, target, device)
     if target.embedding:
         delta = delta.T
-    options = plan.options
-    a, b, kept = decompose(delta, options.rank, options.energy)
+    try:
+        step = gram(delta)
+    except ValueError:
+        raise UserError(
+            f"the fine-tune minus the base holds a NaN or an infinity in {target.module}",
+            where=str(plan.finetuned.path),
+            fix=f"check both checkpoints, or leave the module out: --exclude '{target.module}'",
+        ) from None
+    with one_blas_thread():
+        vectors = top_eigenvectors(step, min(plan.options.rank, step.x.shape[0]))
+    u, s, vh = project(step, vectors)
+    a, b, kept = lora_pieces(u, s, vh, step.total, plan.options.energy)
     dtype = torch_dtype(target.finetuned.dtype)
     a, b = a.to(dtype), b.to(dtype)
-    norm = float(delta.norm())
-    residual = float((delta - b.float() @ a.float()).norm())
-    module = ModuleResult(
-        target.module, a.shape[0], target.max_rank, residual / norm if norm else 0.0, kept
-    )
+    error = relative_error(delta, a, b, step.total)
+    del delta, step
+    module = ModuleResult(target.module, a.shape[0], target.max_rank, error, kept)
     name_a, name_b = peft_tensor_names(target.module, target.embedding)
     tensors = [(name_a, a.cpu().contiguous()), (name_b, b.cpu().contiguous())]
     if target.bias is not None:  # mergekit saves a bias's delta as lora_B.bias
@@ -252,16 +260,29 @@ def _write_weights(
         for saved in plan.saved:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("extraction cancelled")
-            info = saved.info
-            tensor = reader.read(info.file, info.offset, info.nbytes, info.dtype, info.shape, name)
-            writer.write(PEFT_PREFIX + saved.name, tensor.contiguous())
-            done += info.nbytes
+            _copy_saved(reader, writer, saved)
+            done += saved.info.nbytes
             if on_event is not None:
                 on_event(ExtractProgress(done, plan.total_bytes, saved.name))
         writer.finish()
     finally:
         writer.close()
     os.replace(folder / SINGLE_FILE_NAME, folder / ADAPTER_SAFETENSORS)
+
+
+def _copy_saved(reader: TensorReader, writer: Any, saved: SavedTensor) -> None:
+    """A modules_to_save tensor copied in pieces of at most _COPY_CHUNK bytes (an embedding or a
+    head is the largest tensor of a model: never held whole)."""
+    info = saved.info
+    name = PEFT_PREFIX + saved.name
+    if info.offset < 0 or info.nbytes <= _COPY_CHUNK:  # a .bin tensor is read whole anyway
+        tensor = reader.read(info.file, info.offset, info.nbytes, info.dtype, info.shape, name)
+        writer.write(name, tensor.contiguous())
+        return
+    for start in range(0, info.nbytes, _COPY_CHUNK):
+        size = min(_COPY_CHUNK, info.nbytes - start)
+        piece = reader.read(info.file, info.offset + start, size, "U8", (size,), name)
+        writer.write(name, piece, start)
 
 
 def adapter_config(plan: ExtractPlan, modules: list[ModuleResult]) -> dict[str, Any]:
