@@ -135,21 +135,12 @@ def run(args: argparse.Namespace) -> int:
 # keeps them when freed: the peak grows by the heap's holes. A fixed threshold returns every
 # large block to the system when freed (this command's process does nothing else).
 _MMAP_THRESHOLD = 1 << 18
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter, from glibc's malloc.h
 
 
 def _unmap_freed_blocks() -> None:
-    import ctypes
-    import ctypes.util
-    import sys
+    from mergetui.malloc import set_malloc_thresholds
 
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):  # musl and other libcs: keep their defaults
-        return
-    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    set_malloc_thresholds(_MMAP_THRESHOLD)
 
 
 def _locate(source: str, err: Any) -> Path:

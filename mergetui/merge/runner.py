@@ -214,7 +214,6 @@ def _raise_if_cancelled(cancel: threading.Event | None) -> None:
 # 4 KiB, tens of thousands per tensor. Serving blocks up to this size from the heap lets every
 # chunk reuse the memory the previous one freed (a third to half fewer faults, measured).
 _MALLOC_MMAP_THRESHOLD = 32 * 1024 * 1024
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 _allocator_tuned = False
 
 
@@ -224,19 +223,9 @@ def _tune_allocator() -> None:
     if _allocator_tuned:
         return
     _allocator_tuned = True
-    import ctypes
-    import ctypes.util
-    import sys
+    from mergetui.malloc import set_malloc_thresholds
 
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other libcs: keep their defaults
-        return
-    mallopt(_M_MMAP_THRESHOLD, _MALLOC_MMAP_THRESHOLD)
-    mallopt(_M_TRIM_THRESHOLD, 2 * _MALLOC_MMAP_THRESHOLD)
+    set_malloc_thresholds(_MALLOC_MMAP_THRESHOLD, 2 * _MALLOC_MMAP_THRESHOLD)
 
 
 def _core_count() -> int:
