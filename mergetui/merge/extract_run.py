@@ -198,7 +198,9 @@ def _decompose_target(
 
     if device.type == "mps":  # no float64 there: the CPU computes it
         device = torch.device("cpu")
-    delta = _delta(reader, target, device)
+    # float64 once (exact from float32): the Gram matrix, the projection and the error each
+    # read it in float64, which was three conversions of every block
+    delta = _delta(reader, target, device).to(torch.float64)
     if target.embedding:
         delta = delta.T
     try:

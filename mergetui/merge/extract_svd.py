@@ -99,9 +99,11 @@ def gram(matrix: torch.Tensor) -> Gram:
 
         product = np.zeros((size, size), order="F")
         array = x.numpy()
-        for start in range(0, array.shape[1] if size else 0, BLOCK):
+        # a float64 matrix needs no copies: one call over all of it
+        step = array.shape[1] if array.dtype == np.float64 else BLOCK
+        for start in range(0, array.shape[1] if size else 0, max(step, 1)):
             # NumPy converts (torch's OpenMP threads, spinning after an op, would slow dsyrk's)
-            a = array[:, start : start + BLOCK].astype(np.float64)
+            a = array[:, start : start + step].astype(np.float64, copy=False)
             if a.flags.f_contiguous:  # a a^T
                 product = scipy.blas.dsyrk(1.0, a, beta=1.0, c=product, overwrite_c=1)
             else:  # a's transpose is column-major: (a^T)^T a^T
