@@ -274,16 +274,8 @@ def run_stages_job(target: Poster, job: MergeJob) -> None:
     """Run a multi-stage file's stages (placed) in this thread, as `mergetui merge FILE` does
     (`merge.stages`: the checks before anything runs, then each stage in order, skipped when up to
     date); each stage that runs is recorded in the history. RunEnded names the final output."""
+    from mergetui.merge import stages as staging
     from mergetui.merge.plan import make_plan
-    from mergetui.merge.stages import (
-        KEPT,
-        SKIPPED,
-        check_outputs,
-        final_stage,
-        run_steps,
-        stage_outputs,
-        stage_steps,
-    )
 
     lower_priority()
     stages = job.stages
@@ -325,17 +317,17 @@ def run_stages_job(target: Poster, job: MergeJob) -> None:
 
     try:
         check_stages(stages)
-        states = stage_outputs(stages, None)
-        check_outputs(stages, states, force=job.force, recipe_dir=job.recipe_dir)
-        run = run_steps(
-            stage_steps(stages, states, force=job.force),
+        states = staging.stage_outputs(stages, None)
+        staging.check_outputs(stages, states, force=job.force, recipe_dir=job.recipe_dir)
+        run = staging.run_steps(
+            staging.stage_steps(stages, states, force=job.force),
             plan=plan,
             merge=merge,
             started=begin,
-            skipped=lambda step: target.post_message(RunLog(f"  {SKIPPED}", "dim")),
-            kept=lambda count: target.post_message(RunLog(f"  {KEPT}", "yellow")),
+            skipped=lambda step: target.post_message(RunLog(f"  {staging.SKIPPED}", "dim")),
+            kept=lambda count: target.post_message(RunLog(f"  {staging.KEPT}", "yellow")),
         )
-        output = final_stage(stages).output
+        output = staging.final_stage(stages).output
         outcome = "finished"
         message = (
             f"{len(stages)} stages, {run.merged} merged, {len(stages) - run.merged} up to date"
