@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from textual.widgets import Input
 
 from mergetui.editing.document import RecipeDocument
 from mergetui.paths import CACHE_ENV, CONFIG_ENV
@@ -49,6 +50,10 @@ def test_extract_dialog_80x24(snap_compare, tmp_path: Path, llama_family: dict[s
         app.screen.query_one("#ex-energy").value = "1.5"
         await pilot.pause()
         await pilot.press("enter")
+        await pilot.pause()
+        # the focused field's cursor blinks: fixed before the picture, or it is there or not
+        for field in app.screen.query(Input):
+            field.cursor_blink = False
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=open_dialog)
