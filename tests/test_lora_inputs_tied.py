@@ -137,8 +137,10 @@ def test_mergekit_extract_lora_adapter_on_a_tied_pair(
         linear_alone(root, f"{family}-ours-again", base, ours_extracted),
         root / f"{family}-ours-again-out",
     )
-    for name, value in ours.items():  # the same model as from our own extraction
-        assert torch.allclose(value, again[name], atol=1e-6), name
+    # the same model as from our own extraction, to mergekit's float32 SVD (~2e-5 relative off
+    # the exact truncation ours computes in float64: 1.8e-6 on weights of at most 0.09 here)
+    for name, value in ours.items():
+        assert torch.allclose(value, again[name], atol=1e-5), name
 
 
 @needs_mergekit
