@@ -44,6 +44,9 @@ def test_extract_dialog_80x24(snap_compare, tmp_path: Path, llama_family: dict[s
             await app.workers.wait_for_complete()
         screen = app.screen
         screen.table.move_cursor(row=[row.name for row in screen.rows].index("tuned"))
+        # the details pane behind the dialog fills in a worker: settled before the picture
+        await pilot.pause(0.4)
+        await app.workers.wait_for_complete()
         await pilot.pause()
         await pilot.press("e")
         await pilot.pause()
