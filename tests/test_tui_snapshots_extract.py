@@ -7,6 +7,7 @@ working folder (so the paths are short and the same on every machine). Regenerat
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,21 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def test_extract_dialog_80x24(snap_compare, tmp_path: Path, llama_family: dict[str, Path]) -> None:
-    models = tmp_path / "models"
+@pytest.fixture
+def short_root(monkeypatch: pytest.MonkeyPatch):
+    """A working folder whose path has the same length on every machine and under xdist (the
+    details pane behind the dialog wraps the checkpoint's absolute path: a longer pytest folder,
+    as xdist's popen-gwN, made it one line longer)."""
+    root = Path(tempfile.mkdtemp(prefix="mergetui-snap-", dir="/tmp"))
+    monkeypatch.chdir(root)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_extract_dialog_80x24(
+    snap_compare, short_root: Path, llama_family: dict[str, Path]
+) -> None:
+    models = short_root / "models"
     shutil.copytree(llama_family["base"], models / "base")
     shutil.copytree(llama_family["a"], models / "tuned")
     document = RecipeDocument.new("task_arithmetic")
