@@ -12,7 +12,7 @@ norm (still capped by the rank). The adapter config puts the largest rank in `r`
 and the others in `rank_pattern` / `alpha_pattern`, so every module's scale is 1 and B @ A is the
 update.
 
-Memory: the run holds one module's float32 delta, its Gram matrix and its factors;
+Memory: the run holds one module's delta (float64), its Gram matrix and its factors;
 finished pieces go to a spill file in the temporary folder (their shapes are known only once every
 rank is), then into adapter_model.safetensors by the streaming writer; modules_to_save tensors are
 copied a piece at a time.
@@ -59,7 +59,7 @@ ADAPTER_FILES = frozenset({ADAPTER_CONFIG, ADAPTER_SAFETENSORS, CARD_FILE})
 MARK = ("mergetui", "extract-lora")
 _SPILL = "pieces.spill"
 _COPY_CHUNK = 8 << 20  # bytes of a saved tensor read and written at a time
-_SUBTRACT_ELEMENTS = 1 << 18  # of the base converted to float32 at a time
+_SUBTRACT_ELEMENTS = 1 << 18  # of each weight converted to float32 at a time
 
 
 @dataclass(frozen=True)
@@ -174,16 +174,20 @@ def _read(reader: TensorReader, info: Any) -> torch.Tensor:
 
 
 def _delta(reader: TensorReader, target: LoraTarget, device: torch.device) -> torch.Tensor:
-    """Fine-tune - base in float32 on `device`, the base converted a few rows at a time (no
-    float32 copy of it)."""
+    """Fine-tune - base on `device`: subtracted in float32 (a bfloat16 pair loses nothing) and held
+    in float64, which the Gram matrix, the projection and the error all read; a few rows at a time,
+    so neither weight is ever copied whole in float32."""
     import torch
 
-    delta = _read(reader, target.finetuned).to(device)
-    info = target.base
-    base = reader.read(info.file, info.offset, info.nbytes, info.dtype, info.shape, info.name)
-    rows = max(1, _SUBTRACT_ELEMENTS // max(1, base[0].numel()))
-    for start in range(0, base.shape[0], rows):
-        delta[start : start + rows] -= base[start : start + rows].to(device, torch.float32)
+    tuned, base = (
+        reader.read(info.file, info.offset, info.nbytes, info.dtype, info.shape, info.name)
+        for info in (target.finetuned, target.base)
+    )
+    delta = torch.empty(tuned.shape, dtype=torch.float64, device=device)
+    rows = max(1, _SUBTRACT_ELEMENTS // max(1, tuned.numel() // max(1, tuned.shape[0])))
+    for start in range(0, tuned.shape[0], rows):
+        part = slice(start, start + rows)
+        delta[part] = tuned[part].to(device, torch.float32) - base[part].to(device, torch.float32)
     return delta
 
 
@@ -198,9 +202,7 @@ def _decompose_target(
 
     if device.type == "mps":  # no float64 there: the CPU computes it
         device = torch.device("cpu")
-    # float64 once (exact from float32): the Gram matrix, the projection and the error each
-    # read it in float64, which was three conversions of every block
-    delta = _delta(reader, target, device).to(torch.float64)
+    delta = _delta(reader, target, device)
     if target.embedding:
         delta = delta.T
     try:

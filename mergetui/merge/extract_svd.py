@@ -9,9 +9,9 @@ to rounding (below ~1e-8 s_1, where the SVD itself is ill-determined), and a dir
 energy (a rank-deficient or zero delta) gets s = 0 and a zero row in vh.
 
 Three steps: `gram` (X X^T and ||X||_F^2), `top_eigenvectors` (the costly one), `project` (W);
-then `lora_pieces` (A and B). The delta stays float32: float64
-copies of BLOCK columns at a time feed the Gram matrix, W and the error, the same sums as one
-whole float64 copy at a third of its memory.
+then `lora_pieces` (A and B). A float32 matrix is read BLOCK columns at a time, each block
+converted to float64 (the same sums as one whole float64 copy, at a fraction of its memory); a
+float64 one (what extract-lora's run passes) is read whole, with no copies.
 """
 
 from __future__ import annotations
@@ -71,14 +71,21 @@ def one_blas_thread() -> contextlib.AbstractContextManager:
     return scipy.controller.limit(limits=1, user_api="blas")
 
 
+def _block_width(x: Any) -> int:
+    """Columns of x read at a time: BLOCK for a float32 matrix (each block copied to float64),
+    all of them for a float64 one (nothing to copy)."""
+    return max(1, x.shape[1]) if str(x.dtype).endswith("float64") else BLOCK
+
+
 def _blocks(x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-    """(first column, a float64 copy of up to BLOCK columns of x); none when x has no rows."""
+    """(first column, up to _block_width(x) columns of x in float64); none when x has no rows."""
     import torch
 
     if x.shape[0] == 0:
         return
-    for start in range(0, x.shape[1], BLOCK):
-        yield start, x[:, start : start + BLOCK].to(torch.float64)
+    width = _block_width(x)
+    for start in range(0, x.shape[1], width):
+        yield start, x[:, start : start + width].to(torch.float64)
 
 
 def gram(matrix: torch.Tensor) -> Gram:
@@ -99,11 +106,10 @@ def gram(matrix: torch.Tensor) -> Gram:
 
         product = np.zeros((size, size), order="F")
         array = x.numpy()
-        # a float64 matrix needs no copies: one call over all of it
-        step = array.shape[1] if array.dtype == np.float64 else BLOCK
-        for start in range(0, array.shape[1] if size else 0, max(step, 1)):
+        width = _block_width(array)
+        for start in range(0, array.shape[1] if size else 0, width):
             # NumPy converts (torch's OpenMP threads, spinning after an op, would slow dsyrk's)
-            a = array[:, start : start + step].astype(np.float64, copy=False)
+            a = array[:, start : start + width].astype(np.float64, copy=False)
             if a.flags.f_contiguous:  # a a^T
                 product = scipy.blas.dsyrk(1.0, a, beta=1.0, c=product, overwrite_c=1)
             else:  # a's transpose is column-major: (a^T)^T a^T
