@@ -31,8 +31,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 _LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
-# Token embeddings, as opposed to position or type embeddings.
-_TOKEN_EMBEDDINGS = {"embed_tokens", "wte", "word_embeddings", "tok_embeddings", "embed_in"}
+# Token embeddings, as opposed to position or type embeddings, most specific first: a head with
+# no tensor of its own is tied to the first found (mergekit's `tied_names`).
+TOKEN_EMBEDDINGS = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embed_in")
 
 
 @dataclass
@@ -121,8 +122,17 @@ class Checkpoint:
 
     def _embedding_tensor(self) -> TensorInfo | None:
         for name in self.pre_layer:
-            if _TOKEN_EMBEDDINGS & set(name.split(".")) and len(self.tensors[name].shape) == 2:
+            if set(TOKEN_EMBEDDINGS) & set(name.split(".")) and len(self.tensors[name].shape) == 2:
                 return self.tensors[name]
+        return None
+
+    def tied_embedding_name(self) -> str | None:
+        """The token embedding before the layers that a head with no tensor of its own is tied
+        to (the planner reads it for such a head; an adapter's head pieces land on it)."""
+        for hint in TOKEN_EMBEDDINGS:
+            for name in self.pre_layer:
+                if hint in name.split("."):
+                    return name
         return None
 
     def layer_tensors(self, index: int) -> list[str]:

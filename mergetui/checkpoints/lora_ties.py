@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from mergetui.checkpoints.lora import Adapter, AdapterMisfit
     from mergetui.checkpoints.safetensors_io import TensorInfo
 
-# Input embeddings a tied head uses, most specific first (as the planner's `_tied_embedding`).
-_EMBEDDING_HINTS = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embed_in")
 _ROWS_AT_ONCE = 4096  # rows compared at a time: memory stays bounded whatever the vocabulary
 
 
@@ -41,13 +39,7 @@ def _is_head(name: str) -> bool:
 
 def tied_embedding(checkpoint: Checkpoint) -> str | None:
     """The input embedding a checkpoint without a head ties its head to (None: not tied)."""
-    if not checkpoint.tied:
-        return None
-    for hint in _EMBEDDING_HINTS:
-        for name in checkpoint.pre_layer:
-            if hint in name.split("."):
-                return name
-    return None
+    return checkpoint.tied_embedding_name() if checkpoint.tied else None
 
 
 def unsaved_head_warnings(adapter: Adapter) -> list[str]:

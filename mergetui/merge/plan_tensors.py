@@ -29,9 +29,6 @@ if TYPE_CHECKING:
     from mergetui.recipe.methods import MethodSpec
     from mergetui.recipe.model import Recipe, Slice
 
-# Input embeddings a tied head falls back to (mergekit's `tied_names`), most specific first.
-_EMBEDDING_HINTS = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embed_in")
-
 
 @dataclass(frozen=True)
 class PlannedInput:
@@ -181,7 +178,8 @@ def _input(
 ) -> PlannedInput | None:
     info: TensorInfo | None = checkpoint.tensors.get(tensor)
     if info is None and block_kind(tensor) == "head" and layer_index(tensor) is None:
-        info = _tied_embedding(checkpoint)
+        tied = checkpoint.tied_embedding_name()
+        info = checkpoint.tensors[tied] if tied is not None else None
     if info is None:
         return None
     lora = None
@@ -241,15 +239,6 @@ def _is_elementwise(spec: MethodSpec, per_model: Sequence[Mapping[str, Any]]) ->
         densities = [p.get("density", 1.0) for p in per_model]
         return all(d is None or float(d) >= 1.0 for d in densities)
     return False
-
-
-def _tied_embedding(checkpoint: Checkpoint) -> TensorInfo | None:
-    """The input embedding a model without a head ties its output projection to."""
-    for hint in _EMBEDDING_HINTS:
-        for name in checkpoint.pre_layer:
-            if hint in name.split("."):
-                return checkpoint.tensors[name]
-    return None
 
 
 def recipe_dtype(name: str | None, where: str) -> str | None:
