@@ -12,12 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from textual.app import ComposeResult
-from textual.containers import Horizontal
-from textual.widgets import Label, ProgressBar
-
 from mergetui.errors import CancelledError, UserError
 from mergetui.formatting import human_bytes
+from mergetui.tui.checkpoints.strip import ProgressStrip
 
 
 @dataclass
@@ -47,35 +44,23 @@ def fetch(
         return None, f"download failed: {exc}"
 
 
-class DownloadStrip(Horizontal):
+class DownloadStrip(ProgressStrip):
     """Shown while a download runs: the bar, files and bytes done, and that x cancels."""
 
-    def compose(self) -> ComposeResult:
-        yield ProgressBar(id="ck-progress", show_eta=False)
-        yield Label(id="ck-download-label")
-
-    def on_mount(self) -> None:
-        self.display = False
-
-    def _say(self, text: str) -> None:
-        self.query_one("#ck-download-label", Label).update(text)
+    BAR_ID = "ck-progress"
+    LABEL_ID = "ck-download-label"
 
     def begin(self, repo_id: str) -> None:
-        self.display = True
-        self._say(f"⇣ {repo_id}: asking the Hub… (x cancels)")
-        self.query_one("#ck-progress", ProgressBar).update(total=None, progress=0)
+        self.start(f"⇣ {repo_id}: asking the Hub… (x cancels)")
 
     def show(self, event: Any) -> None:
         """One progress event of `download_repo`."""
-        bar = self.query_one("#ck-progress", ProgressBar)
-        bar.update(total=max(event.bytes_total, 1), progress=event.bytes_done)
-        self._say(
+        self.advance(
+            event.bytes_done,
+            event.bytes_total,
             f"{event.files_done}/{event.file_count} files · {human_bytes(event.bytes_done)} / "
-            f"{human_bytes(event.bytes_total)} · x cancels · {event.repo_id}"
+            f"{human_bytes(event.bytes_total)} · x cancels · {event.repo_id}",
         )
 
     def cancelling(self, repo_id: str) -> None:
-        self._say(f"⇣ {repo_id}: cancelling…")
-
-    def end(self) -> None:
-        self.display = False
+        self.say(f"⇣ {repo_id}: cancelling…")

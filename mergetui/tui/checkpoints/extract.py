@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from textual import work
-from textual.app import ComposeResult
-from textual.containers import Horizontal
-from textual.widgets import Label, ProgressBar
 
 from mergetui.checkpoints.sources import CheckpointRow
 from mergetui.errors import CancelledError, UserError
 from mergetui.formatting import human_bytes
+from mergetui.tui.checkpoints.strip import ProgressStrip
 from mergetui.tui.dialogs.extract import ExtractRequest
 from mergetui.tui.paths_text import short_path
 from mergetui.tui.workers import lower_priority, reply
@@ -134,7 +132,7 @@ def summary(result: Any) -> str:
     )
 
 
-class ExtractStrip(Horizontal):
+class ExtractStrip(ProgressStrip):
     """Shown while an extraction runs: the bar, modules and bytes done, and that x cancels."""
 
     DEFAULT_CSS = """
@@ -142,35 +140,22 @@ class ExtractStrip(Horizontal):
     ExtractStrip #ck-extract-progress { width: 20; padding-right: 1; }
     ExtractStrip #ck-extract-label { width: 1fr; }
     """
-
-    def compose(self) -> ComposeResult:
-        yield ProgressBar(id="ck-extract-progress", show_eta=False)
-        yield Label(id="ck-extract-label")
-
-    def on_mount(self) -> None:
-        self.display = False
-
-    def say(self, text: str) -> None:
-        self.query_one("#ck-extract-label", Label).update(text)
+    BAR_ID = "ck-extract-progress"
+    LABEL_ID = "ck-extract-label"
 
     def begin(self, name: str) -> None:
-        self.display = True
-        self.say(f"⤓ LoRA of {name}: reading the headers and the modules… (x cancels)")
-        self.query_one("#ck-extract-progress", ProgressBar).update(total=None, progress=0)
+        self.start(f"⤓ LoRA of {name}: reading the headers and the modules… (x cancels)")
 
     def show(self, state: ExtractState, count: int, event: Any) -> None:
         """One `ExtractProgress` of the run; `count` modules done so far."""
-        bar = self.query_one("#ck-extract-progress", ProgressBar)
-        bar.update(total=max(event.total, 1), progress=event.done)
         module = event.module.removeprefix("model.")
         module = module if len(module) <= 36 else "…" + module[-35:]
-        self.say(
+        self.advance(
+            event.done,
+            event.total,
             f"{min(count, state.modules)}/{state.modules} modules · {human_bytes(event.done)} / "
-            f"{human_bytes(event.total)} · x cancels · {module}"
+            f"{human_bytes(event.total)} · x cancels · {module}",
         )
-
-    def end(self) -> None:
-        self.display = False
 
 
 def refusal(row: CheckpointRow | None) -> str | None:
